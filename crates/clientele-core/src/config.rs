@@ -1,0 +1,441 @@
+//! The configuration file (`clientele.toml`), parsed and validated in one place.
+//!
+//! Every section has defaults, so an empty file (or no file at all) is a working embedded setup.
+//! Unknown keys are errors, not warnings: a typo in a limit should never silently fall back to a
+//! default. Errors name the file, the key and the reason, and say how to fix it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// A configuration problem, already phrased for the person who wrote the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    pub admin: AdminConfig,
+    pub storage: StorageConfig,
+    pub apis: Vec<ApiConfig>,
+    pub limits: LimitsConfig,
+    pub plans: BTreeMap<String, PlanConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Address the data plane listens on.
+    pub listen: SocketAddr,
+    /// PEM certificate chain; with `tls_key`, the gateway terminates TLS (HTTP/2 via ALPN).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Peers whose `X-Forwarded-For` is believed. Anyone else's is ignored, so a client cannot
+    /// choose the IP its events are attributed to.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Request header carrying a client session id, recorded on each event.
+    pub session_header: String,
+    /// Largest request head (request line plus headers) accepted, in bytes.
+    pub max_header_bytes: usize,
+    /// Largest request body forwarded upstream, in bytes; 0 means no limit. Bodies stream
+    /// either way: the limit is counted as bytes pass, never by buffering.
+    pub max_request_body_bytes: u64,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace_secs: u64,
+    /// Capacity of the hand-off between the hot path and the event pipeline. When it is full,
+    /// events are dropped and counted rather than slowing traffic.
+    pub event_queue: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls_cert: None,
+            tls_key: None,
+            trusted_proxies: Vec::new(),
+            session_header: "x-session-id".to_string(),
+            max_header_bytes: 64 * 1024,
+            max_request_body_bytes: 64 * 1024 * 1024,
+            shutdown_grace_secs: 30,
+            event_queue: 65_536,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Bearer token for the admin API and dashboard. `CLIENTELE_ADMIN_TOKEN` overrides it.
+    pub token: Option<String>,
+    /// Largest request body the admin API accepts, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            token: None,
+            max_body_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    /// Raw events older than this are deleted; rollups are kept separately.
+    pub raw_event_retention_days: u32,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: PathBuf::from("./clientele-data"),
+            raw_event_retention_days: 7,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub name: String,
+    /// Base URL of the upstream, `http://host:port[/base]`.
+    pub upstream: String,
+    /// Gateway path prefix routed to this API; the longest matching prefix wins.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Remove `prefix` from the path before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// OpenAPI document for route templates, drift and deprecation.
+    #[serde(default)]
+    pub openapi: Option<PathBuf>,
+    /// Time allowed for the upstream to answer with headers; past it the gateway answers 504.
+    #[serde(default = "default_upstream_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Time allowed to open a connection to the upstream; past it the gateway answers 502.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+fn default_prefix() -> String {
+    "/".to_string()
+}
+fn default_upstream_timeout_ms() -> u64 {
+    30_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub redis_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanConfig {
+    pub rate_per_second: f64,
+    pub burst: u32,
+    #[serde(default)]
+    pub quota_per_day: Option<u64>,
+    #[serde(default)]
+    pub quota_per_month: Option<u64>,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file. Relative paths inside it are resolved against
+    /// the file's folder, so the same file works from any working directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!(
+                "cannot read config file {}: {e}; check the path given to --config",
+                path.display()
+            ))
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, &path.display().to_string(), base)
+    }
+
+    /// Parses and validates config text. `origin` names the source in messages.
+    pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            // toml's message already names the key and shows the line; flatten it to keep
+            // one clear message.
+            let msg = e.message().to_string();
+            let place = e
+                .span()
+                .map(|span| {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            ConfigError(format!("{origin}{place}: {msg}"))
+        })?;
+        config.resolve_paths(base);
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.storage.data_dir);
+        if let Some(p) = self.gateway.tls_cert.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = self.gateway.tls_key.as_mut() {
+            resolve(p);
+        }
+        for api in &mut self.apis {
+            if let Some(p) = api.openapi.as_mut() {
+                resolve(p);
+            }
+        }
+    }
+
+    /// Checks what types alone cannot: ranges, references between sections, and URLs.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, reason: String| Err(ConfigError(format!("{origin}: {key}: {reason}")));
+
+        if self.gateway.tls_cert.is_some() != self.gateway.tls_key.is_some() {
+            return err(
+                "gateway.tls_cert",
+                "tls_cert and tls_key must be set together; set both to terminate TLS, or neither"
+                    .into(),
+            );
+        }
+        if self.gateway.max_header_bytes < 1024 {
+            return err(
+                "gateway.max_header_bytes",
+                format!("{} is too small; use at least 1024", self.gateway.max_header_bytes),
+            );
+        }
+        if self.gateway.event_queue == 0 {
+            return err("gateway.event_queue", "must be at least 1".into());
+        }
+        if self.gateway.session_header.is_empty()
+            || http_header_name_invalid(&self.gateway.session_header)
+        {
+            return err(
+                "gateway.session_header",
+                format!("{:?} is not a valid HTTP header name", self.gateway.session_header),
+            );
+        }
+        if self.admin.max_body_bytes < 1024 {
+            return err("admin.max_body_bytes", "use at least 1024".into());
+        }
+        if let Some(token) = &self.admin.token {
+            if token.len() < 16 {
+                return err(
+                    "admin.token",
+                    "is shorter than 16 characters; use a long random value, e.g. from `openssl rand -hex 24`"
+                        .into(),
+                );
+            }
+        }
+
+        let mut names = std::collections::HashSet::new();
+        for (i, api) in self.apis.iter().enumerate() {
+            let key = format!("apis[{i}]");
+            if !valid_name(&api.name) {
+                return err(
+                    &format!("{key}.name"),
+                    format!("{:?} must be 1-64 characters of a-z, A-Z, 0-9, '_', '-' or '.'", api.name),
+                );
+            }
+            if !names.insert(api.name.as_str()) {
+                return err(&format!("{key}.name"), format!("{:?} is used by two APIs; names must be unique", api.name));
+            }
+            if let Err(reason) = parse_upstream(&api.upstream) {
+                return err(&format!("{key}.upstream"), reason);
+            }
+            if !api.prefix.starts_with('/') {
+                return err(&format!("{key}.prefix"), format!("{:?} must start with '/'", api.prefix));
+            }
+            if api.timeout_ms == 0 || api.connect_timeout_ms == 0 {
+                return err(&format!("{key}.timeout_ms"), "timeouts must be greater than 0".into());
+            }
+        }
+        let mut prefixes = std::collections::HashSet::new();
+        for (i, api) in self.apis.iter().enumerate() {
+            if !prefixes.insert(api.prefix.trim_end_matches('/')) {
+                return err(
+                    &format!("apis[{i}].prefix"),
+                    format!("{:?} is routed to two APIs; give each API its own prefix", api.prefix),
+                );
+            }
+        }
+
+        for (name, plan) in &self.plans {
+            let key = format!("plans.{name}");
+            if !valid_name(name) {
+                return err(&key, "plan names must be 1-64 characters of a-z, A-Z, 0-9, '_', '-' or '.'".into());
+            }
+            if !(plan.rate_per_second.is_finite() && plan.rate_per_second > 0.0) {
+                return err(
+                    &format!("{key}.rate_per_second"),
+                    format!("{} must be greater than 0", plan.rate_per_second),
+                );
+            }
+            if plan.burst == 0 {
+                return err(&format!("{key}.burst"), "must be at least 1".into());
+            }
+            if plan.quota_per_day == Some(0) || plan.quota_per_month == Some(0) {
+                return err(&format!("{key}.quota_per_day"), "a quota must be at least 1; leave it out for no quota".into());
+            }
+        }
+
+        if let Some(url) = &self.limits.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return err("limits.redis_url", format!("{url:?} must start with redis:// or rediss://"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The admin token from the environment, then the file.
+    pub fn admin_token(&self) -> Option<String> {
+        std::env::var("CLIENTELE_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .or_else(|| self.admin.token.clone())
+    }
+}
+
+/// Names used as identifiers in URLs and metrics: consumers, plans, APIs.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+fn http_header_name_invalid(name: &str) -> bool {
+    !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// An upstream URL split into what the proxy needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// `host:port`, used as the authority and to connect.
+    pub authority: String,
+    /// Base path joined before the request path, without a trailing slash (may be empty).
+    pub base_path: String,
+}
+
+/// Parses `http://host[:port][/base]`. HTTPS upstreams are refused with a clear message rather
+/// than silently spoken to in plaintext.
+pub fn parse_upstream(url: &str) -> Result<Upstream, String> {
+    let rest = if let Some(rest) = url.strip_prefix("http://") {
+        rest
+    } else if url.starts_with("https://") {
+        return Err(format!(
+            "{url:?}: https upstreams are not supported yet; use http:// on a private network, or put a TLS sidecar in front of the upstream"
+        ));
+    } else {
+        return Err(format!("{url:?} must be an http:// URL such as http://127.0.0.1:9000"));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return Err(format!("{url:?} has no host, or has credentials in it; use http://host:port"));
+    }
+    let has_port = !authority.ends_with(']')
+        && authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok());
+    let authority = if has_port {
+        authority.to_string()
+    } else if authority.contains(':') && !authority.starts_with('[') {
+        return Err(format!("{url:?} has an invalid port"));
+    } else {
+        format!("{authority}:80")
+    };
+    Ok(Upstream {
+        authority,
+        base_path: path.trim_end_matches('/').to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml", Path::new("/etc/clientele"))
+    }
+
+    #[test]
+    fn empty_config_is_a_working_default() {
+        let c = parse("").unwrap();
+        assert_eq!(c.gateway.listen.port(), 8080);
+        assert_eq!(c.storage.data_dir, PathBuf::from("/etc/clientele/./clientele-data"));
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_line() {
+        let e = parse("[gateway]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
+        assert!(e.0.contains("test.toml (line 3)"), "{e}");
+        assert!(e.0.contains("listen_port"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_reported() {
+        let e = parse("[plans.free]\nrate_per_second = \"fast\"\nburst = 1\n").unwrap_err();
+        assert!(e.0.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn zero_rate_is_refused_with_its_key() {
+        let e = parse("[plans.free]\nrate_per_second = 0\nburst = 1\n").unwrap_err();
+        assert!(e.0.contains("plans.free.rate_per_second"), "{e}");
+    }
+
+    #[test]
+    fn bad_redis_url_is_refused() {
+        let e = parse("[limits]\nredis_url = \"localhost:6379\"\n").unwrap_err();
+        assert!(e.0.contains("limits.redis_url"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_prefix_is_refused() {
+        let text = "[[apis]]\nname='a'\nupstream='http://x:1'\n[[apis]]\nname='b'\nupstream='http://y:1'\n";
+        let e = parse(text).unwrap_err();
+        assert!(e.0.contains("apis[1].prefix"), "{e}");
+    }
+
+    #[test]
+    fn upstream_parsing() {
+        assert_eq!(
+            parse_upstream("http://127.0.0.1:9000/v2/").unwrap(),
+            Upstream { authority: "127.0.0.1:9000".into(), base_path: "/v2".into() }
+        );
+        assert_eq!(parse_upstream("http://api.internal").unwrap().authority, "api.internal:80");
+        assert!(parse_upstream("https://x").unwrap_err().contains("https"));
+        assert!(parse_upstream("ftp://x").is_err());
+        assert!(parse_upstream("http://x:notaport").is_err());
+        assert!(parse_upstream("http://u:p@x:1").is_err());
+    }
+}

@@ -1,0 +1,120 @@
+//! The per-request event: one for every request that reaches the gateway, allowed or refused,
+//! and one for every event accepted by `POST /v1/events`.
+
+use serde::{Deserialize, Serialize};
+
+/// Why the gateway answered as it did, when it was not simply the upstream's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Forwarded and answered by the upstream.
+    Proxied,
+    /// No key, or a malformed one.
+    MissingKey,
+    /// A key that matches no consumer.
+    UnknownKey,
+    RevokedKey,
+    ExpiredKey,
+    /// No API is routed at the request's path.
+    NoRoute,
+    /// Refused by a rate limit or quota.
+    RateLimited,
+    /// The request body was larger than allowed.
+    BodyTooLarge,
+    /// The upstream could not be reached (502).
+    UpstreamUnreachable,
+    /// The upstream did not answer in time (504).
+    UpstreamTimeout,
+    /// The upstream's body failed part-way.
+    UpstreamAborted,
+    /// The client went away before the response completed.
+    ClientAborted,
+    /// Sent through the ingest API rather than seen by the gateway.
+    Ingested,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Proxied => "proxied",
+            Outcome::MissingKey => "missing_key",
+            Outcome::UnknownKey => "unknown_key",
+            Outcome::RevokedKey => "revoked_key",
+            Outcome::ExpiredKey => "expired_key",
+            Outcome::NoRoute => "no_route",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::BodyTooLarge => "body_too_large",
+            Outcome::UpstreamUnreachable => "upstream_unreachable",
+            Outcome::UpstreamTimeout => "upstream_timeout",
+            Outcome::UpstreamAborted => "upstream_aborted",
+            Outcome::ClientAborted => "client_aborted",
+            Outcome::Ingested => "ingested",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Outcome> {
+        Some(match s {
+            "proxied" => Outcome::Proxied,
+            "missing_key" => Outcome::MissingKey,
+            "unknown_key" => Outcome::UnknownKey,
+            "revoked_key" => Outcome::RevokedKey,
+            "expired_key" => Outcome::ExpiredKey,
+            "no_route" => Outcome::NoRoute,
+            "rate_limited" => Outcome::RateLimited,
+            "body_too_large" => Outcome::BodyTooLarge,
+            "upstream_unreachable" => Outcome::UpstreamUnreachable,
+            "upstream_timeout" => Outcome::UpstreamTimeout,
+            "upstream_aborted" => Outcome::UpstreamAborted,
+            "client_aborted" => Outcome::ClientAborted,
+            "ingested" => Outcome::Ingested,
+            _ => return None,
+        })
+    }
+}
+
+/// One request, as seen at the gateway (or reported by a sidecar).
+///
+/// `latency_ms` is the whole exchange as the client saw it (to the last response byte);
+/// `upstream_latency_ms` is the time to the upstream's response headers. Their difference is
+/// the gateway's own overhead plus body transfer, which is what an operator needs to see
+/// when asking "is it us or the backend?".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unique id; duplicates of an id are ignored by the store.
+    pub id: String,
+    /// Request start, epoch milliseconds.
+    pub ts_ms: i64,
+    /// Consumer id; `None` when the request could not be attributed (no or unknown key).
+    pub consumer: Option<String>,
+    pub key_id: Option<String>,
+    pub api: Option<String>,
+    pub method: String,
+    pub path: String,
+    /// Route template, such as `/pets/{id}`.
+    pub route: String,
+    pub status: u16,
+    pub latency_ms: f64,
+    pub upstream_latency_ms: Option<f64>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub session_id: Option<String>,
+    /// W3C trace id (32 lowercase hex), propagated from `traceparent` or created.
+    pub trace_id: Option<String>,
+    pub outcome: Outcome,
+    pub plan: Option<String>,
+    pub team: Option<String>,
+    pub use_case: Option<String>,
+    pub model: Option<String>,
+    pub tokens_in: Option<u64>,
+    pub tokens_out: Option<u64>,
+    pub cost_usd: Option<f64>,
+}
+
+/// A fresh random 128-bit id in lowercase hex, for events and trace ids.
+pub fn random_id128() -> String {
+    let mut buf = [0u8; 16];
+    crate::keys::fill_random(&mut buf);
+    hex::encode(buf)
+}

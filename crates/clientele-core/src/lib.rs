@@ -1,0 +1,16 @@
+//! The domain core of Clientele: the types every other crate shares.
+//!
+//! It holds configuration (parsed and validated in one place), the per-request [`event::Event`],
+//! consumers and API keys (generation, hashing and the in-memory [`keys::KeyIndex`] the gateway
+//! reads on its hot path), route-template inference, the bounded [`pipeline::EventSink`] through
+//! which events leave the hot path, and `application/problem+json` bodies. It depends on nothing
+//! heavy: no HTTP stack, no storage engine.
+
+pub mod config;
+pub mod consumer;
+pub mod event;
+pub mod keys;
+pub mod pipeline;
+pub mod problem;
+pub mod route;
+pub mod time;

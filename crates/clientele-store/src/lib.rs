@@ -1,0 +1,118 @@
+//! Storage for Clientele: one trait for the control plane ([`ControlStore`]: consumers, keys)
+//! and one for analytics ([`EventStore`]: events and the statistics read from them).
+//!
+//! Callers hold `Arc<dyn ControlStore>` / `Arc<dyn EventStore>`, so a PostgreSQL control plane
+//! or a ClickHouse event store can be added beside [`sqlite::SqliteStore`] without touching
+//! them. Every backend must pass the shared suite in [`testsuite`].
+
+use async_trait::async_trait;
+use clientele_core::consumer::{ApiKey, Consumer};
+use clientele_core::event::Event;
+use clientele_core::keys::KeyEntry;
+
+pub mod sqlite;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testsuite;
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    /// The storage engine failed; the message is for operators, not clients.
+    #[error("storage error: {0}")]
+    Backend(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Consumers, keys and the store's key-hashing secret.
+#[async_trait]
+pub trait ControlStore: Send + Sync {
+    /// The secret keys are hashed under. Every node sharing a store shares it.
+    fn key_secret(&self) -> [u8; 32];
+
+    /// Creates a consumer; `Conflict` when the id exists.
+    async fn create_consumer(&self, consumer: Consumer) -> Result<Consumer>;
+    async fn get_consumer(&self, id: &str) -> Result<Option<Consumer>>;
+    async fn list_consumers(&self) -> Result<Vec<Consumer>>;
+    /// Replaces a consumer's fields; `NotFound` when it does not exist.
+    async fn update_consumer(&self, consumer: Consumer) -> Result<Consumer>;
+    /// Deletes a consumer and revokes its keys. Its past events are kept.
+    async fn delete_consumer(&self, id: &str, now_ms: i64) -> Result<()>;
+
+    /// Stores a new key; `Conflict` when the same key (by hash) is already stored,
+    /// `NotFound` when the consumer does not exist.
+    async fn create_key(&self, key: ApiKey) -> Result<ApiKey>;
+    async fn list_keys(&self, consumer: &str) -> Result<Vec<ApiKey>>;
+    /// Marks a key revoked (idempotent) and returns it; `NotFound` when unknown.
+    async fn revoke_key(&self, key_id: &str, now_ms: i64) -> Result<ApiKey>;
+
+    /// Every key with what the gateway needs about its consumer, revoked ones included so the
+    /// gateway can say why it refuses them.
+    async fn key_entries(&self) -> Result<Vec<KeyEntry>>;
+    /// A number that changes whenever consumers or keys change, so that nodes can poll it
+    /// cheaply and reload only when needed.
+    async fn control_version(&self) -> Result<u64>;
+}
+
+/// Filters shared by the statistics endpoints.
+#[derive(Debug, Clone, Default)]
+pub struct StatsFilter {
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub api: Option<String>,
+    pub plan: Option<String>,
+    pub team: Option<String>,
+    pub use_case: Option<String>,
+}
+
+/// Per-consumer totals over a window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConsumerTotals {
+    pub consumer: String,
+    pub requests: u64,
+    pub errors_4xx: u64,
+    pub errors_5xx: u64,
+    pub rate_limited: u64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+}
+
+/// Which raw events to return for drill-down.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub consumer: String,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    /// Inclusive status range, e.g. 500..=599 for `5xx`.
+    pub status: Option<(u16, u16)>,
+    pub limit: usize,
+}
+
+/// Events and what is read from them.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Appends events in one transaction; ids already stored are ignored. Returns how many were
+    /// new. When it returns, the events are durable.
+    async fn append_events(&self, events: Vec<Event>) -> Result<usize>;
+    /// Per-consumer totals, attributed events only, busiest first.
+    async fn consumer_totals(&self, filter: &StatsFilter) -> Result<Vec<ConsumerTotals>>;
+    /// A consumer's raw events, newest first.
+    async fn recent_events(&self, query: &EventQuery) -> Result<Vec<Event>>;
+    /// Deletes raw events older than `before_ms`; returns how many.
+    async fn prune_events(&self, before_ms: i64) -> Result<u64>;
+    /// How many raw events are stored.
+    async fn event_count(&self) -> Result<u64>;
+}

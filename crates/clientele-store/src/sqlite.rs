@@ -1,0 +1,667 @@
+//! The embedded store: one SQLite database in WAL mode inside `data_dir`.
+//!
+//! Two connections: one writer and one reader, each behind its own mutex. WAL lets the reader
+//! answer queries while the writer commits. Every call runs on tokio's blocking pool, so no
+//! async task ever waits on disk, and no lock is held across an await.
+//!
+//! `synchronous = NORMAL` with WAL makes a commit durable against a crash of the process
+//! (kill -9); only a power loss can drop the last commits.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use clientele_core::consumer::{ApiKey, Consumer};
+use clientele_core::event::{Event, Outcome};
+use clientele_core::keys::KeyEntry;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{
+    ConsumerTotals, ControlStore, EventQuery, EventStore, Result, StatsFilter, StoreError,
+};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (
+    k TEXT PRIMARY KEY,
+    v TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS consumers (
+    id TEXT PRIMARY KEY,
+    name TEXT,
+    plan TEXT,
+    team TEXT,
+    use_case TEXT,
+    metadata TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT PRIMARY KEY,
+    consumer TEXT NOT NULL,
+    name TEXT,
+    prefix TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    revoked_at INTEGER,
+    imported INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS api_keys_consumer ON api_keys(consumer);
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    ts INTEGER NOT NULL,
+    consumer TEXT,
+    key_id TEXT,
+    api TEXT,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    route TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    latency_ms REAL NOT NULL,
+    upstream_latency_ms REAL,
+    request_bytes INTEGER NOT NULL,
+    response_bytes INTEGER NOT NULL,
+    client_ip TEXT,
+    user_agent TEXT,
+    session_id TEXT,
+    trace_id TEXT,
+    outcome TEXT NOT NULL,
+    plan TEXT,
+    team TEXT,
+    use_case TEXT,
+    model TEXT,
+    tokens_in INTEGER,
+    tokens_out INTEGER,
+    cost_usd REAL
+);
+CREATE INDEX IF NOT EXISTS events_consumer_ts ON events(consumer, ts);
+CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
+"#;
+
+/// The embedded SQLite store. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+    key_secret: [u8; 32],
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.inner.path).finish()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<SqliteStore> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot create data directory {}: {e}; check [storage].data_dir and its permissions",
+                data_dir.display()
+            ))
+        })?;
+        let path = data_dir.join("clientele.db");
+        let open_err = |e: rusqlite::Error| {
+            StoreError::Backend(format!("cannot open {}: {e}", path.display()))
+        };
+        let writer = Connection::open(&path).map_err(open_err)?;
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = NORMAL;
+                 PRAGMA busy_timeout = 5000;",
+            )
+            .map_err(open_err)?;
+        writer.execute_batch(SCHEMA).map_err(open_err)?;
+        let version: Option<String> = writer
+            .query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| r.get(0))
+            .optional()?;
+        match version.as_deref().map(str::parse::<i64>) {
+            None => {
+                writer.execute(
+                    "INSERT INTO meta (k, v) VALUES ('schema_version', ?1)",
+                    [SCHEMA_VERSION.to_string()],
+                )?;
+            }
+            Some(Ok(v)) if v == SCHEMA_VERSION => {}
+            Some(other) => {
+                return Err(StoreError::Backend(format!(
+                    "{} has schema version {other:?}, this build expects {SCHEMA_VERSION}; use a matching clientele release or a fresh data_dir",
+                    path.display()
+                )));
+            }
+        }
+        let key_secret = load_or_create_secret(&writer)?;
+        let reader = Connection::open(&path).map_err(open_err)?;
+        reader.execute_batch("PRAGMA busy_timeout = 5000;").map_err(open_err)?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(writer),
+                reader: Mutex::new(reader),
+                key_secret,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` with the writer connection on the blocking pool.
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+
+    /// Runs `f` with the reader connection on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.reader.lock().unwrap_or_else(|e| e.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+}
+
+fn load_or_create_secret(conn: &Connection) -> Result<[u8; 32]> {
+    let existing: Option<String> = conn
+        .query_row("SELECT v FROM meta WHERE k = 'key_secret'", [], |r| r.get(0))
+        .optional()?;
+    let hex_secret = match existing {
+        Some(s) => s,
+        None => {
+            let mut secret = [0u8; 32];
+            clientele_core::keys::fill_random(&mut secret);
+            let s = hex::encode(secret);
+            conn.execute("INSERT INTO meta (k, v) VALUES ('key_secret', ?1)", [&s])?;
+            s
+        }
+    };
+    parse_hash(&hex_secret)
+        .ok_or_else(|| StoreError::Backend("the stored key secret is corrupt".into()))
+}
+
+fn bump_version(conn: &Connection) -> Result<()> {
+    conn.execute(
+        "INSERT INTO meta (k, v) VALUES ('control_version', '1')
+         ON CONFLICT(k) DO UPDATE SET v = CAST(v AS INTEGER) + 1",
+        [],
+    )?;
+    Ok(())
+}
+
+fn consumer_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Consumer> {
+    let metadata: String = r.get(5)?;
+    Ok(Consumer {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        plan: r.get(2)?,
+        team: r.get(3)?,
+        use_case: r.get(4)?,
+        // Only JSON objects are ever written; an unreadable value is shown as empty rather
+        // than failing every listing.
+        metadata: serde_json::from_str(&metadata).unwrap_or_default(),
+        created_at_ms: r.get(6)?,
+    })
+}
+
+const CONSUMER_COLUMNS: &str = "id, name, plan, team, use_case, metadata, created_at";
+const KEY_COLUMNS: &str =
+    "key_id, consumer, name, prefix, hash, created_at, expires_at, revoked_at, imported";
+
+fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
+    Ok(ApiKey {
+        key_id: r.get(0)?,
+        consumer: r.get(1)?,
+        name: r.get(2)?,
+        prefix: r.get(3)?,
+        hash: r.get(4)?,
+        created_at_ms: r.get(5)?,
+        expires_at_ms: r.get(6)?,
+        revoked_at_ms: r.get(7)?,
+        imported: r.get(8)?,
+    })
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+    )
+}
+
+#[async_trait]
+impl ControlStore for SqliteStore {
+    fn key_secret(&self) -> [u8; 32] {
+        self.inner.key_secret
+    }
+
+    async fn create_consumer(&self, consumer: Consumer) -> Result<Consumer> {
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            let metadata = serde_json::Value::Object(consumer.metadata.clone()).to_string();
+            let res = tx.execute(
+                "INSERT INTO consumers (id, name, plan, team, use_case, metadata, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    consumer.id,
+                    consumer.name,
+                    consumer.plan,
+                    consumer.team,
+                    consumer.use_case,
+                    metadata,
+                    consumer.created_at_ms
+                ],
+            );
+            match res {
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::Conflict(format!(
+                        "a consumer with id {:?} already exists; choose another id or PATCH the existing one",
+                        consumer.id
+                    )));
+                }
+                other => other?,
+            };
+            bump_version(&tx)?;
+            tx.commit()?;
+            Ok(consumer)
+        })
+        .await
+    }
+
+    async fn get_consumer(&self, id: &str) -> Result<Option<Consumer>> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    &format!("SELECT {CONSUMER_COLUMNS} FROM consumers WHERE id = ?1"),
+                    [id],
+                    consumer_from_row,
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn list_consumers(&self) -> Result<Vec<Consumer>> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare(&format!("SELECT {CONSUMER_COLUMNS} FROM consumers ORDER BY id"))?;
+            let rows = stmt.query_map([], consumer_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn update_consumer(&self, consumer: Consumer) -> Result<Consumer> {
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            let metadata = serde_json::Value::Object(consumer.metadata.clone()).to_string();
+            let n = tx.execute(
+                "UPDATE consumers SET name = ?2, plan = ?3, team = ?4, use_case = ?5, metadata = ?6
+                 WHERE id = ?1",
+                params![
+                    consumer.id,
+                    consumer.name,
+                    consumer.plan,
+                    consumer.team,
+                    consumer.use_case,
+                    metadata
+                ],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("no consumer has id {:?}", consumer.id)));
+            }
+            bump_version(&tx)?;
+            tx.commit()?;
+            Ok(consumer)
+        })
+        .await
+    }
+
+    async fn delete_consumer(&self, id: &str, now_ms: i64) -> Result<()> {
+        let id = id.to_string();
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            let n = tx.execute("DELETE FROM consumers WHERE id = ?1", [&id])?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("no consumer has id {id:?}")));
+            }
+            // Keys stay (revoked) so their prefixes still explain old events.
+            tx.execute(
+                "UPDATE api_keys SET revoked_at = ?2 WHERE consumer = ?1 AND revoked_at IS NULL",
+                params![id, now_ms],
+            )?;
+            bump_version(&tx)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_key(&self, key: ApiKey) -> Result<ApiKey> {
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            let exists: Option<i64> = tx
+                .query_row("SELECT 1 FROM consumers WHERE id = ?1", [&key.consumer], |r| r.get(0))
+                .optional()?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(format!("no consumer has id {:?}", key.consumer)));
+            }
+            let res = tx.execute(
+                &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                params![
+                    key.key_id,
+                    key.consumer,
+                    key.name,
+                    key.prefix,
+                    key.hash,
+                    key.created_at_ms,
+                    key.expires_at_ms,
+                    key.revoked_at_ms,
+                    key.imported
+                ],
+            );
+            match res {
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::Conflict(
+                        "this key is already registered; each key can belong to one consumer only".into(),
+                    ));
+                }
+                other => other?,
+            };
+            bump_version(&tx)?;
+            tx.commit()?;
+            Ok(key)
+        })
+        .await
+    }
+
+    async fn list_keys(&self, consumer: &str) -> Result<Vec<ApiKey>> {
+        let consumer = consumer.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys WHERE consumer = ?1 ORDER BY created_at, key_id"
+            ))?;
+            let rows = stmt.query_map([consumer], key_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn revoke_key(&self, key_id: &str, now_ms: i64) -> Result<ApiKey> {
+        let key_id = key_id.to_string();
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "UPDATE api_keys SET revoked_at = ?2 WHERE key_id = ?1 AND revoked_at IS NULL",
+                params![key_id, now_ms],
+            )?;
+            let key = tx
+                .query_row(
+                    &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?1"),
+                    [&key_id],
+                    key_from_row,
+                )
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound(format!("no key has id {key_id:?}")))?;
+            bump_version(&tx)?;
+            tx.commit()?;
+            Ok(key)
+        })
+        .await
+    }
+
+    async fn key_entries(&self) -> Result<Vec<KeyEntry>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT k.key_id, k.hash, k.consumer, c.plan, c.team, c.use_case, k.expires_at,
+                        k.revoked_at IS NOT NULL OR c.id IS NULL
+                 FROM api_keys k LEFT JOIN consumers c ON c.id = k.consumer",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let hash_hex: String = r.get(1)?;
+                Ok((
+                    hash_hex,
+                    KeyEntry {
+                        key_id: r.get::<_, String>(0)?.into(),
+                        hash: [0; 32],
+                        consumer: r.get::<_, String>(2)?.into(),
+                        plan: r.get::<_, Option<String>>(3)?.map(Into::into),
+                        team: r.get::<_, Option<String>>(4)?.map(Into::into),
+                        use_case: r.get::<_, Option<String>>(5)?.map(Into::into),
+                        expires_at_ms: r.get(6)?,
+                        revoked: r.get(7)?,
+                    },
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (hash_hex, mut entry) = row?;
+                match parse_hash(&hash_hex) {
+                    Some(h) => entry.hash = h,
+                    None => {
+                        tracing::warn!(key_id = %entry.key_id, "skipping key with a corrupt stored hash");
+                        continue;
+                    }
+                }
+                out.push(entry);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn control_version(&self) -> Result<u64> {
+        self.read(|conn| {
+            let v: Option<String> = conn
+                .query_row("SELECT v FROM meta WHERE k = 'control_version'", [], |r| r.get(0))
+                .optional()?;
+            Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+        })
+        .await
+    }
+}
+
+fn parse_hash(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text, &mut out).ok()?;
+    Some(out)
+}
+
+const EVENT_COLUMNS: &str = "id, ts, consumer, key_id, api, method, path, route, status, latency_ms,
+    upstream_latency_ms, request_bytes, response_bytes, client_ip, user_agent, session_id,
+    trace_id, outcome, plan, team, use_case, model, tokens_in, tokens_out, cost_usd";
+
+fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    let outcome: String = r.get(17)?;
+    Ok(Event {
+        id: r.get(0)?,
+        ts_ms: r.get(1)?,
+        consumer: r.get(2)?,
+        key_id: r.get(3)?,
+        api: r.get(4)?,
+        method: r.get(5)?,
+        path: r.get(6)?,
+        route: r.get(7)?,
+        status: r.get(8)?,
+        latency_ms: r.get(9)?,
+        upstream_latency_ms: r.get(10)?,
+        request_bytes: r.get::<_, i64>(11)?.max(0) as u64,
+        response_bytes: r.get::<_, i64>(12)?.max(0) as u64,
+        client_ip: r.get(13)?,
+        user_agent: r.get(14)?,
+        session_id: r.get(15)?,
+        trace_id: r.get(16)?,
+        outcome: Outcome::parse(&outcome).unwrap_or(Outcome::Ingested),
+        plan: r.get(18)?,
+        team: r.get(19)?,
+        use_case: r.get(20)?,
+        model: r.get(21)?,
+        tokens_in: r.get::<_, Option<i64>>(22)?.map(|v| v.max(0) as u64),
+        tokens_out: r.get::<_, Option<i64>>(23)?.map(|v| v.max(0) as u64),
+        cost_usd: r.get(24)?,
+    })
+}
+
+/// Bytes counts are stored as SQLite integers (i64); larger values saturate instead of wrapping.
+fn sql_u64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn append_events(&self, events: Vec<Event>) -> Result<usize> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            let mut inserted = 0;
+            {
+                let mut stmt = tx.prepare_cached(&format!(
+                    "INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) VALUES
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                      ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)"
+                ))?;
+                for e in &events {
+                    inserted += stmt.execute(params![
+                        e.id,
+                        e.ts_ms,
+                        e.consumer,
+                        e.key_id,
+                        e.api,
+                        e.method,
+                        e.path,
+                        e.route,
+                        e.status,
+                        e.latency_ms,
+                        e.upstream_latency_ms,
+                        sql_u64(e.request_bytes),
+                        sql_u64(e.response_bytes),
+                        e.client_ip,
+                        e.user_agent,
+                        e.session_id,
+                        e.trace_id,
+                        e.outcome.as_str(),
+                        e.plan,
+                        e.team,
+                        e.use_case,
+                        e.model,
+                        e.tokens_in.map(sql_u64),
+                        e.tokens_out.map(sql_u64),
+                        e.cost_usd
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(inserted)
+        })
+        .await
+    }
+
+    async fn consumer_totals(&self, filter: &StatsFilter) -> Result<Vec<ConsumerTotals>> {
+        let f = filter.clone();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT consumer, COUNT(*),
+                        SUM(status BETWEEN 400 AND 499), SUM(status >= 500), SUM(status = 429),
+                        SUM(request_bytes), SUM(response_bytes)
+                 FROM events
+                 WHERE consumer IS NOT NULL AND ts >= ?1 AND ts < ?2
+                   AND (?3 IS NULL OR api = ?3) AND (?4 IS NULL OR plan = ?4)
+                   AND (?5 IS NULL OR team = ?5) AND (?6 IS NULL OR use_case = ?6)
+                 GROUP BY consumer ORDER BY COUNT(*) DESC, consumer",
+            )?;
+            let rows = stmt.query_map(
+                params![f.from_ms, f.to_ms, f.api, f.plan, f.team, f.use_case],
+                |r| {
+                    Ok(ConsumerTotals {
+                        consumer: r.get(0)?,
+                        requests: r.get::<_, i64>(1)? as u64,
+                        errors_4xx: r.get::<_, i64>(2)? as u64,
+                        errors_5xx: r.get::<_, i64>(3)? as u64,
+                        rate_limited: r.get::<_, i64>(4)? as u64,
+                        request_bytes: r.get::<_, i64>(5)? as u64,
+                        response_bytes: r.get::<_, i64>(6)? as u64,
+                    })
+                },
+            )?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn recent_events(&self, query: &EventQuery) -> Result<Vec<Event>> {
+        let q = query.clone();
+        self.read(move |conn| {
+            let (lo, hi) = q.status.unwrap_or((0, 999));
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events
+                 WHERE consumer = ?1 AND ts >= ?2 AND ts < ?3 AND status BETWEEN ?4 AND ?5
+                 ORDER BY ts DESC LIMIT ?6"
+            ))?;
+            let rows = stmt.query_map(
+                params![q.consumer, q.from_ms, q.to_ms, lo, hi, q.limit as i64],
+                event_from_row,
+            )?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn prune_events(&self, before_ms: i64) -> Result<u64> {
+        self.write(move |conn| Ok(conn.execute("DELETE FROM events WHERE ts < ?1", [before_ms])? as u64))
+            .await
+    }
+
+    async fn event_count(&self) -> Result<u64> {
+        self.read(|conn| Ok(conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))? as u64))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn passes_the_shared_suite() {
+        let dir = std::env::temp_dir().join(format!("clientele-store-test-{}", clientele_core::event::random_id128()));
+        let store = SqliteStore::open(&dir).unwrap();
+        crate::testsuite::control_store_suite(&store).await;
+        crate::testsuite::event_store_suite(&store).await;
+        // Reopening keeps everything, including the key secret.
+        let secret = store.key_secret();
+        drop(store);
+        let reopened = SqliteStore::open(&dir).unwrap();
+        assert_eq!(reopened.key_secret(), secret);
+        assert!(reopened.get_consumer("acme").await.unwrap().is_some());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

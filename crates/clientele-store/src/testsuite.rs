@@ -1,0 +1,166 @@
+//! The behaviour every store backend must show. Each backend's tests call these functions on
+//! a fresh, empty store, so the embedded store and any scale-out backend give the same answers.
+
+use clientele_core::consumer::{ApiKey, Consumer};
+use clientele_core::event::{Event, Outcome};
+
+use crate::{ControlStore, EventQuery, EventStore, StatsFilter, StoreError};
+
+fn consumer(id: &str, plan: Option<&str>) -> Consumer {
+    Consumer {
+        id: id.into(),
+        name: Some(format!("{id} inc")),
+        plan: plan.map(Into::into),
+        team: Some("growth".into()),
+        use_case: None,
+        metadata: serde_json::Map::from_iter([("crm".to_string(), serde_json::json!("42"))]),
+        created_at_ms: 1_000,
+    }
+}
+
+fn key(key_id: &str, consumer: &str, hash: &str) -> ApiKey {
+    ApiKey {
+        key_id: key_id.into(),
+        consumer: consumer.into(),
+        name: None,
+        prefix: "ck_abcdefgh".into(),
+        hash: hash.into(),
+        created_at_ms: 2_000,
+        expires_at_ms: None,
+        revoked_at_ms: None,
+        imported: false,
+    }
+}
+
+/// An event for tests of any crate.
+pub fn event(id: &str, consumer: &str, ts_ms: i64, status: u16) -> Event {
+    Event {
+        id: id.into(),
+        ts_ms,
+        consumer: Some(consumer.into()),
+        key_id: None,
+        api: Some("petstore".into()),
+        method: "GET".into(),
+        path: "/pets/1".into(),
+        route: "/pets/{id}".into(),
+        status,
+        latency_ms: 12.5,
+        upstream_latency_ms: Some(10.0),
+        request_bytes: 10,
+        response_bytes: 100,
+        client_ip: Some("127.0.0.1".into()),
+        user_agent: None,
+        session_id: None,
+        trace_id: None,
+        outcome: Outcome::Proxied,
+        plan: Some("pro".into()),
+        team: None,
+        use_case: None,
+        model: None,
+        tokens_in: None,
+        tokens_out: None,
+        cost_usd: None,
+    }
+}
+
+pub async fn control_store_suite(store: &dyn ControlStore) {
+    let v0 = store.control_version().await.unwrap();
+    let acme = store.create_consumer(consumer("acme", Some("pro"))).await.unwrap();
+    assert_eq!(store.get_consumer("acme").await.unwrap(), Some(acme.clone()));
+    assert!(matches!(
+        store.create_consumer(consumer("acme", None)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(store.control_version().await.unwrap() > v0);
+
+    let mut changed = acme.clone();
+    changed.plan = Some("free".into());
+    store.update_consumer(changed.clone()).await.unwrap();
+    assert_eq!(store.get_consumer("acme").await.unwrap(), Some(changed));
+    assert!(matches!(
+        store.update_consumer(consumer("ghost", None)).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    let hash = "a".repeat(64);
+    store.create_key(key("key_1", "acme", &hash)).await.unwrap();
+    assert!(matches!(
+        store.create_key(key("key_2", "acme", &hash)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.create_key(key("key_3", "ghost", &"b".repeat(64))).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let entries = store.key_entries().await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].hash, [0xaa; 32]);
+    assert_eq!(entries[0].plan.as_deref(), Some("free"));
+    assert!(!entries[0].revoked);
+
+    let revoked = store.revoke_key("key_1", 5_000).await.unwrap();
+    assert_eq!(revoked.revoked_at_ms, Some(5_000));
+    // Revoking again keeps the first time.
+    assert_eq!(store.revoke_key("key_1", 6_000).await.unwrap().revoked_at_ms, Some(5_000));
+    assert!(store.key_entries().await.unwrap()[0].revoked);
+    assert!(matches!(store.revoke_key("nope", 1).await, Err(StoreError::NotFound(_))));
+
+    store.create_consumer(consumer("globex", None)).await.unwrap();
+    store.create_key(key("key_4", "globex", &"c".repeat(64))).await.unwrap();
+    store.delete_consumer("globex", 7_000).await.unwrap();
+    assert_eq!(store.get_consumer("globex").await.unwrap(), None);
+    let keys = store.list_keys("globex").await.unwrap();
+    assert_eq!(keys[0].revoked_at_ms, Some(7_000), "deleting a consumer revokes its keys");
+    assert!(matches!(store.delete_consumer("globex", 1).await, Err(StoreError::NotFound(_))));
+    assert_eq!(store.list_consumers().await.unwrap().len(), 1);
+}
+
+pub async fn event_store_suite(store: &dyn EventStore) {
+    let events = vec![
+        event("e1", "acme", 1_000, 200),
+        event("e2", "acme", 2_000, 404),
+        event("e3", "acme", 3_000, 503),
+        event("e4", "globex", 3_000, 429),
+    ];
+    assert_eq!(store.append_events(events.clone()).await.unwrap(), 4);
+    // The same ids again are ignored: exactly once per event.
+    assert_eq!(store.append_events(events).await.unwrap(), 0);
+    assert_eq!(store.event_count().await.unwrap(), 4);
+
+    let totals = store
+        .consumer_totals(&StatsFilter { from_ms: 0, to_ms: 10_000, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(totals.len(), 2);
+    assert_eq!(totals[0].consumer, "acme");
+    assert_eq!((totals[0].requests, totals[0].errors_4xx, totals[0].errors_5xx), (3, 1, 1));
+    assert_eq!((totals[1].errors_4xx, totals[1].rate_limited), (1, 1));
+    assert_eq!(totals[0].response_bytes, 300);
+
+    let window = store
+        .consumer_totals(&StatsFilter { from_ms: 1_500, to_ms: 3_000, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(window.len(), 1, "the window is [from, to)");
+
+    let errors = store
+        .recent_events(&EventQuery {
+            consumer: "acme".into(),
+            from_ms: 0,
+            to_ms: 10_000,
+            status: Some((500, 599)),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].id, "e3");
+    let all = store
+        .recent_events(&EventQuery { consumer: "acme".into(), from_ms: 0, to_ms: 10_000, status: None, limit: 2 })
+        .await
+        .unwrap();
+    assert_eq!(all.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["e3", "e2"], "newest first");
+
+    assert_eq!(store.prune_events(2_000).await.unwrap(), 1);
+    assert_eq!(store.event_count().await.unwrap(), 3);
+}
