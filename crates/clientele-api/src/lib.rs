@@ -1,1 +1,89 @@
-//! placeholder
+//! The admin and query API, served on `[admin].listen`.
+//!
+//! Every route but `/healthz` and `/v1/openapi.json` needs the admin token. Errors are
+//! `application/problem+json` through [`error::ApiError`]. The OpenAPI document is generated
+//! from the handlers' annotations ([`openapi::ApiDoc`]), so it cannot drift from the code.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{delete, get};
+use clientele_core::keys::KeyIndex;
+use clientele_core::pipeline::PipelineStats;
+use clientele_store::{ControlStore, EventStore};
+
+pub mod error;
+mod handlers;
+pub mod openapi;
+
+pub use error::ApiError;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub control: Arc<dyn ControlStore>,
+    pub events: Arc<dyn EventStore>,
+    pub keys: Arc<KeyIndex>,
+    pub admin_token: Arc<str>,
+    pub pipeline: Arc<PipelineStats>,
+    /// Plan names from the config; consumers may only be put on these.
+    pub plans: Arc<BTreeSet<String>>,
+    pub started: Instant,
+}
+
+impl AppState {
+    /// Reloads the gateway's key index from the store, so a change made here applies to the
+    /// very next request.
+    pub async fn reload_keys(&self) -> Result<(), ApiError> {
+        let entries = self.control.key_entries().await?;
+        self.keys.replace_all(entries);
+        Ok(())
+    }
+}
+
+/// The admin router. `max_body_bytes` bounds every request body.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let protected = Router::new()
+        .route("/v1/consumers", get(handlers::list_consumers).post(handlers::create_consumer))
+        .route(
+            "/v1/consumers/{id}",
+            get(handlers::get_consumer).patch(handlers::patch_consumer).delete(handlers::delete_consumer),
+        )
+        .route("/v1/consumers/{id}/keys", get(handlers::list_keys).post(handlers::create_key))
+        .route("/v1/consumers/{id}/events", get(handlers::consumer_events))
+        .route("/v1/keys/{key_id}", delete(handlers::revoke_key))
+        .route("/v1/stats/consumers", get(handlers::stats_consumers))
+        .route("/v1/status", get(handlers::status))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .route("/v1/openapi.json", get(openapi::openapi_json))
+        .merge(protected)
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// Checks `Authorization: Bearer <admin token>` in constant time.
+async fn require_admin(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, ApiError> {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    match given {
+        None => Err(ApiError::unauthorized(
+            "send the admin token as Authorization: Bearer <token> (see [admin].token or CLIENTELE_ADMIN_TOKEN)",
+        )),
+        Some(token) if clientele_core::keys::secret_eq(token, &state.admin_token) => Ok(next.run(req).await),
+        Some(_) => Err(ApiError::unauthorized("the admin token is wrong")),
+    }
+}

@@ -1,1 +1,20 @@
-//! placeholder
+//! Clientele's data plane: a streaming reverse proxy that attributes every request to the
+//! consumer who made it.
+//!
+//! Each request goes through the same phases (see [`proxy::Gateway::handle`]): identify the
+//! consumer by API key, route by the longest path prefix, forward with pooled keep-alive
+//! connections while bodies stream both ways, and emit one [`clientele_core::event::Event`] when
+//! the response has been fully sent (or abandoned). The event is offered to an
+//! [`clientele_core::pipeline::EventSink`] that never blocks.
+//!
+//! Architecture invariant: this crate depends on the domain core only. It never imports the
+//! store or the API; it reads keys from a [`clientele_core::keys::KeyIndex`] and hands events to
+//! a sink it is given.
+
+mod body;
+mod headers;
+pub mod proxy;
+pub mod server;
+
+pub use proxy::{Gateway, GatewayOptions};
+pub use server::{ServeHandle, TlsFiles, load_tls, serve};

@@ -1,1 +1,124 @@
-fn main() {}
+//! The `clientele` binary: a thin layer that parses the command line and wires the crates
+//! together. No domain logic lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+mod cli;
+mod client;
+mod demo;
+mod server;
+
+#[derive(Parser)]
+#[command(
+    name = "clientele",
+    version,
+    about = "Consumer-aware API gateway and analytics: every request attributed to the consumer who made it",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway, the admin/query API and the event pipeline.
+    Serve {
+        /// Config file (TOML). Without it, embedded defaults: gateway on 127.0.0.1:8080, admin
+        /// on 127.0.0.1:8081, data in ./clientele-data.
+        #[arg(long, short = 'c', value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Start everything with a sample upstream and synthetic traffic from many consumers.
+    Demo(demo::DemoArgs),
+    /// Manage consumers through the admin API.
+    #[command(subcommand)]
+    Consumers(cli::ConsumersCmd),
+    /// Manage API keys through the admin API.
+    #[command(subcommand)]
+    Keys(cli::KeysCmd),
+}
+
+/// How CLI commands reach a running server.
+#[derive(Args, Clone, Debug)]
+pub struct Remote {
+    /// Admin API base URL.
+    #[arg(long, env = "CLIENTELE_ADMIN_URL", default_value = "http://127.0.0.1:8081", global = true)]
+    pub admin_url: String,
+    /// Admin token. Defaults to the token file in ./clientele-data when the server generated one.
+    #[arg(long, env = "CLIENTELE_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help and versions to stdout with success, and usage errors as one
+            // clear message with a hint; either way no backtrace.
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Serve { config } => serve(config).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Consumers(cmd) => cli::consumers(cmd).await,
+        Command::Keys(cmd) => cli::keys(cmd).await,
+    }
+}
+
+async fn serve(config_path: Option<PathBuf>) -> Result<()> {
+    let config = match &config_path {
+        Some(path) => clientele_core::config::Config::load(path)?,
+        None => clientele_core::config::Config::parse("", "defaults", std::path::Path::new("."))?,
+    };
+    let running = server::start(config).await?;
+    tracing::info!(gateway = %running.gateway_addr, admin = %running.admin_addr, data_dir = %running.data_dir.display(), "clientele serving");
+    if let Some(path) = &running.token_file {
+        tracing::info!(token_file = %path.display(), "no admin token configured; using the generated token in this file");
+    }
+    server::termination().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    running.stop().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CLIENTELE_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,602 @@
+//! Request handlers. Each is annotated for the generated OpenAPI document.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use clientele_core::config::valid_name;
+use clientele_core::consumer::{ApiKey, Consumer};
+use clientele_core::event::Event;
+use clientele_core::keys;
+use clientele_core::time::{format_ts, now_ms, parse_ts, parse_ts_value};
+use clientele_store::{EventQuery, StatsFilter};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::error::{ApiError, Json, Query};
+
+const DAY_MS: i64 = 86_400_000;
+
+// ----- shapes -----
+
+/// A consumer: whoever makes requests with one of its keys.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumerOut {
+    pub id: String,
+    pub name: Option<String>,
+    pub plan: Option<String>,
+    pub team: Option<String>,
+    pub use_case: Option<String>,
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+impl From<Consumer> for ConsumerOut {
+    fn from(c: Consumer) -> Self {
+        ConsumerOut {
+            id: c.id,
+            name: c.name,
+            plan: c.plan,
+            team: c.team,
+            use_case: c.use_case,
+            metadata: c.metadata,
+            created_at: format_ts(c.created_at_ms),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConsumer {
+    /// 1-64 characters of a-z, A-Z, 0-9, '_', '-', '.'.
+    pub id: String,
+    pub name: Option<String>,
+    /// Must be a plan defined in the config.
+    pub plan: Option<String>,
+    pub team: Option<String>,
+    pub use_case: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumerList {
+    pub consumers: Vec<ConsumerOut>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    pub name: Option<String>,
+    /// RFC 3339 or epoch milliseconds; must be in the future.
+    #[schema(value_type = Option<String>)]
+    pub expires_at: Option<Value>,
+    /// An existing key to import (at least 16 characters), for teams migrating from another
+    /// gateway. Leave out to generate one.
+    pub key: Option<String>,
+}
+
+/// A new key. `key` is shown here and never again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyCreated {
+    pub key_id: String,
+    pub key: String,
+    pub prefix: String,
+    pub consumer: String,
+    pub name: Option<String>,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub imported: bool,
+}
+
+/// A key as listed: no plaintext, no hash.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyOut {
+    pub key_id: String,
+    pub consumer: String,
+    pub name: Option<String>,
+    pub prefix: String,
+    /// `active`, `revoked` or `expired`.
+    pub status: String,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+    pub imported: bool,
+}
+
+impl KeyOut {
+    fn from_key(k: ApiKey, now: i64) -> KeyOut {
+        let status = if k.revoked_at_ms.is_some() {
+            "revoked"
+        } else if k.expires_at_ms.is_some_and(|t| t <= now) {
+            "expired"
+        } else {
+            "active"
+        };
+        KeyOut {
+            key_id: k.key_id,
+            consumer: k.consumer,
+            name: k.name,
+            prefix: k.prefix,
+            status: status.to_string(),
+            created_at: format_ts(k.created_at_ms),
+            expires_at: k.expires_at_ms.map(format_ts),
+            revoked_at: k.revoked_at_ms.map(format_ts),
+            imported: k.imported,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyList {
+    pub keys: Vec<KeyOut>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WindowQuery {
+    /// RFC 3339 or epoch ms; default 24 h before `to`.
+    pub from: Option<String>,
+    /// RFC 3339 or epoch ms; default now.
+    pub to: Option<String>,
+    pub api: Option<String>,
+    pub plan: Option<String>,
+    pub team: Option<String>,
+    pub use_case: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// `2xx`, `4xx`, `5xx`, or one status such as `429`.
+    pub status: Option<String>,
+    /// 1-1000, default 100.
+    pub limit: Option<usize>,
+}
+
+/// One raw event, for drill-down.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventOut {
+    pub id: String,
+    pub ts: String,
+    pub consumer: Option<String>,
+    pub key_id: Option<String>,
+    pub api: Option<String>,
+    pub method: String,
+    pub path: String,
+    pub route: String,
+    pub status: u16,
+    pub latency_ms: f64,
+    pub upstream_latency_ms: Option<f64>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub session_id: Option<String>,
+    pub trace_id: Option<String>,
+    pub outcome: String,
+}
+
+impl From<Event> for EventOut {
+    fn from(e: Event) -> Self {
+        EventOut {
+            id: e.id,
+            ts: format_ts(e.ts_ms),
+            consumer: e.consumer,
+            key_id: e.key_id,
+            api: e.api,
+            method: e.method,
+            path: e.path,
+            route: e.route,
+            status: e.status,
+            latency_ms: e.latency_ms,
+            upstream_latency_ms: e.upstream_latency_ms,
+            request_bytes: e.request_bytes,
+            response_bytes: e.response_bytes,
+            client_ip: e.client_ip,
+            user_agent: e.user_agent,
+            session_id: e.session_id,
+            trace_id: e.trace_id,
+            outcome: e.outcome.as_str().to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventList {
+    pub events: Vec<EventOut>,
+}
+
+/// One consumer's totals over the window.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumerStats {
+    pub consumer: String,
+    pub plan: Option<String>,
+    pub team: Option<String>,
+    pub use_case: Option<String>,
+    pub requests: u64,
+    pub errors_4xx: u64,
+    pub errors_5xx: u64,
+    pub rate_limited: u64,
+    /// Responses with status >= 400 over requests.
+    pub error_rate: f64,
+    /// Latency percentiles; null until the analytics engine computes them.
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumerStatsList {
+    pub from: String,
+    pub to: String,
+    pub consumers: Vec<ConsumerStats>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+/// Pipeline and key-index state, for operators.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Status {
+    pub uptime_s: u64,
+    /// Keys in the gateway's in-memory index (revoked ones included).
+    pub keys_loaded: usize,
+    /// Events handed from the gateway to the pipeline.
+    pub events_offered: u64,
+    /// Events dropped because the pipeline fell behind. Traffic was never slowed for them.
+    pub events_dropped: u64,
+    pub events_stored: u64,
+    pub events_store_errors: u64,
+}
+
+// ----- helpers -----
+
+fn validate_optional_text(field: &str, v: &Option<String>) -> Result<(), ApiError> {
+    if let Some(s) = v {
+        if s.len() > 256 || s.chars().any(char::is_control) {
+            return Err(ApiError::unprocessable(format!("{field} must be at most 256 characters without control characters")));
+        }
+    }
+    Ok(())
+}
+
+fn check_plan(state: &AppState, plan: &Option<String>) -> Result<(), ApiError> {
+    if let Some(p) = plan {
+        if !state.plans.contains(p) {
+            let known: Vec<&str> = state.plans.iter().map(String::as_str).collect();
+            let hint = if known.is_empty() {
+                "no plans are defined; add a [plans.NAME] section to the config".to_string()
+            } else {
+                format!("known plans: {}", known.join(", "))
+            };
+            return Err(ApiError::unprocessable(format!("unknown plan {p:?}; {hint}")));
+        }
+    }
+    Ok(())
+}
+
+fn window(from: &Option<String>, to: &Option<String>) -> Result<(i64, i64), ApiError> {
+    let to_ms = match to {
+        Some(t) => parse_ts(t).map_err(|e| ApiError::bad_request(format!("to: {e}")))?,
+        None => now_ms(),
+    };
+    let from_ms = match from {
+        Some(f) => parse_ts(f).map_err(|e| ApiError::bad_request(format!("from: {e}")))?,
+        None => to_ms - DAY_MS,
+    };
+    if from_ms >= to_ms {
+        return Err(ApiError::bad_request("from must be before to"));
+    }
+    Ok((from_ms, to_ms))
+}
+
+fn parse_status_filter(s: &str) -> Result<(u16, u16), ApiError> {
+    let s = s.trim().to_ascii_lowercase();
+    if let Some(class) = s.strip_suffix("xx") {
+        if let Ok(c @ 1..=5) = class.parse::<u16>() {
+            return Ok((c * 100, c * 100 + 99));
+        }
+    }
+    match s.parse::<u16>() {
+        Ok(code @ 100..=599) => Ok((code, code)),
+        _ => Err(ApiError::bad_request(format!("status {s:?}: use a class such as 5xx or a code such as 429"))),
+    }
+}
+
+async fn existing_consumer(state: &AppState, id: &str) -> Result<Consumer, ApiError> {
+    state
+        .control
+        .get_consumer(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no consumer has id {id:?}")))
+}
+
+// ----- handlers -----
+
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok".into() })
+}
+
+#[utoipa::path(get, path = "/v1/status", responses((status = 200, body = Status)), security(("admin_token" = [])))]
+pub async fn status(State(state): State<AppState>) -> Json<Status> {
+    let p = state.pipeline.snapshot();
+    Json(Status {
+        uptime_s: state.started.elapsed().as_secs(),
+        keys_loaded: state.keys.len(),
+        events_offered: p.offered,
+        events_dropped: p.dropped,
+        events_stored: p.stored,
+        events_store_errors: p.store_errors,
+    })
+}
+
+#[utoipa::path(post, path = "/v1/consumers", request_body = CreateConsumer,
+    responses((status = 201, body = ConsumerOut), (status = 409, description = "duplicate id"), (status = 422, description = "invalid field or unknown plan")),
+    security(("admin_token" = [])))]
+pub async fn create_consumer(State(state): State<AppState>, Json(body): Json<CreateConsumer>) -> Result<(StatusCode, Json<ConsumerOut>), ApiError> {
+    if !valid_name(&body.id) {
+        return Err(ApiError::unprocessable(format!(
+            "id {:?} must be 1-64 characters of a-z, A-Z, 0-9, '_', '-' or '.'",
+            body.id
+        )));
+    }
+    validate_optional_text("name", &body.name)?;
+    validate_optional_text("team", &body.team)?;
+    validate_optional_text("use_case", &body.use_case)?;
+    check_plan(&state, &body.plan)?;
+    let consumer = Consumer {
+        id: body.id,
+        name: body.name,
+        plan: body.plan,
+        team: body.team,
+        use_case: body.use_case,
+        metadata: body.metadata.unwrap_or_default(),
+        created_at_ms: now_ms(),
+    };
+    let created = state.control.create_consumer(consumer).await?;
+    Ok((StatusCode::CREATED, Json(created.into())))
+}
+
+#[utoipa::path(get, path = "/v1/consumers", responses((status = 200, body = ConsumerList)), security(("admin_token" = [])))]
+pub async fn list_consumers(State(state): State<AppState>) -> Result<Json<ConsumerList>, ApiError> {
+    let consumers = state.control.list_consumers().await?;
+    Ok(Json(ConsumerList { consumers: consumers.into_iter().map(Into::into).collect() }))
+}
+
+#[utoipa::path(get, path = "/v1/consumers/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = ConsumerOut), (status = 404)), security(("admin_token" = [])))]
+pub async fn get_consumer(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ConsumerOut>, ApiError> {
+    Ok(Json(existing_consumer(&state, &id).await?.into()))
+}
+
+/// JSON merge patch (RFC 7396) of `name`, `plan`, `team`, `use_case` and `metadata`:
+/// a field set to null is cleared; `metadata` keys set to null are removed.
+#[utoipa::path(patch, path = "/v1/consumers/{id}", params(("id" = String, Path)), request_body = Object,
+    responses((status = 200, body = ConsumerOut), (status = 404), (status = 422)), security(("admin_token" = [])))]
+pub async fn patch_consumer(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(patch): Json<Map<String, Value>>,
+) -> Result<Json<ConsumerOut>, ApiError> {
+    let mut consumer = existing_consumer(&state, &id).await?;
+    for (field, value) in patch {
+        let text = |v: &Value| -> Result<Option<String>, ApiError> {
+            match v {
+                Value::Null => Ok(None),
+                Value::String(s) => Ok(Some(s.clone())),
+                _ => Err(ApiError::unprocessable(format!("{field} must be a string or null"))),
+            }
+        };
+        match field.as_str() {
+            "name" => consumer.name = text(&value)?,
+            "plan" => consumer.plan = text(&value)?,
+            "team" => consumer.team = text(&value)?,
+            "use_case" => consumer.use_case = text(&value)?,
+            "metadata" => match value {
+                Value::Null => consumer.metadata.clear(),
+                Value::Object(m) => {
+                    for (k, v) in m {
+                        if v.is_null() {
+                            consumer.metadata.remove(&k);
+                        } else {
+                            consumer.metadata.insert(k, v);
+                        }
+                    }
+                }
+                _ => return Err(ApiError::unprocessable("metadata must be an object or null")),
+            },
+            "id" | "created_at" => {
+                return Err(ApiError::unprocessable(format!("{field} cannot be changed")));
+            }
+            other => {
+                return Err(ApiError::unprocessable(format!(
+                    "unknown field {other:?}; fields are name, plan, team, use_case and metadata"
+                )));
+            }
+        }
+    }
+    validate_optional_text("name", &consumer.name)?;
+    validate_optional_text("team", &consumer.team)?;
+    validate_optional_text("use_case", &consumer.use_case)?;
+    check_plan(&state, &consumer.plan)?;
+    let updated = state.control.update_consumer(consumer).await?;
+    state.reload_keys().await?;
+    Ok(Json(updated.into()))
+}
+
+#[utoipa::path(delete, path = "/v1/consumers/{id}", params(("id" = String, Path)),
+    responses((status = 204, description = "deleted; its keys are revoked"), (status = 404)), security(("admin_token" = [])))]
+pub async fn delete_consumer(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    state.control.delete_consumer(&id, now_ms()).await?;
+    state.reload_keys().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/v1/consumers/{id}/keys", params(("id" = String, Path)), request_body = CreateKey,
+    responses((status = 201, body = KeyCreated), (status = 404), (status = 409, description = "key already registered"),
+        (status = 422, description = "key too short or expiry in the past")),
+    security(("admin_token" = [])))]
+pub async fn create_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(body): Json<CreateKey>,
+) -> Result<(StatusCode, Json<KeyCreated>), ApiError> {
+    existing_consumer(&state, &id).await?;
+    validate_optional_text("name", &body.name)?;
+    let now = now_ms();
+    let expires_at_ms = match &body.expires_at {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let t = parse_ts_value(v).map_err(|e| ApiError::unprocessable(format!("expires_at: {e}")))?;
+            if t <= now {
+                return Err(ApiError::unprocessable("expires_at is in the past; give a future time"));
+            }
+            Some(t)
+        }
+    };
+    let (key, imported) = match body.key {
+        Some(k) => {
+            if k.len() < keys::MIN_IMPORTED_KEY_LEN {
+                return Err(ApiError::unprocessable(format!(
+                    "an imported key must be at least {} characters; short keys are guessable",
+                    keys::MIN_IMPORTED_KEY_LEN
+                )));
+            }
+            if !keys::key_syntax_ok(&k) {
+                return Err(ApiError::unprocessable(format!(
+                    "an imported key must be at most {} printable ASCII characters without spaces",
+                    keys::MAX_KEY_LEN
+                )));
+            }
+            (k, true)
+        }
+        None => (keys::generate_key(), false),
+    };
+    let hash = state.keys.hasher().hash(&key);
+    let stored = ApiKey {
+        key_id: keys::generate_key_id(),
+        consumer: id,
+        name: body.name,
+        prefix: keys::visible_prefix(&key),
+        hash: hex_lower(&hash),
+        created_at_ms: now,
+        expires_at_ms,
+        revoked_at_ms: None,
+        imported,
+    };
+    let stored = state.control.create_key(stored).await?;
+    state.reload_keys().await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(KeyCreated {
+            key_id: stored.key_id,
+            key,
+            prefix: stored.prefix,
+            consumer: stored.consumer,
+            name: stored.name,
+            created_at: format_ts(stored.created_at_ms),
+            expires_at: stored.expires_at_ms.map(format_ts),
+            imported,
+        }),
+    ))
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[utoipa::path(get, path = "/v1/consumers/{id}/keys", params(("id" = String, Path)),
+    responses((status = 200, body = KeyList), (status = 404)), security(("admin_token" = [])))]
+pub async fn list_keys(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<KeyList>, ApiError> {
+    existing_consumer(&state, &id).await?;
+    let now = now_ms();
+    let keys = state.control.list_keys(&id).await?;
+    Ok(Json(KeyList { keys: keys.into_iter().map(|k| KeyOut::from_key(k, now)).collect() }))
+}
+
+#[utoipa::path(delete, path = "/v1/keys/{key_id}", params(("key_id" = String, Path)),
+    responses((status = 200, body = KeyOut, description = "revoked; refused by the gateway from now on"), (status = 404)),
+    security(("admin_token" = [])))]
+pub async fn revoke_key(State(state): State<AppState>, Path(key_id): Path<String>) -> Result<Json<KeyOut>, ApiError> {
+    let now = now_ms();
+    let key = state.control.revoke_key(&key_id, now).await?;
+    state.reload_keys().await?;
+    Ok(Json(KeyOut::from_key(key, now)))
+}
+
+#[utoipa::path(get, path = "/v1/consumers/{id}/events", params(("id" = String, Path), EventsQuery),
+    responses((status = 200, body = EventList), (status = 400)), security(("admin_token" = [])))]
+pub async fn consumer_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<EventList>, ApiError> {
+    let (from_ms, to_ms) = window(&q.from, &q.to)?;
+    let status = q.status.as_deref().map(parse_status_filter).transpose()?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+    }
+    let events = state
+        .events
+        .recent_events(&EventQuery { consumer: id, from_ms, to_ms, status, limit })
+        .await?;
+    Ok(Json(EventList { events: events.into_iter().map(Into::into).collect() }))
+}
+
+#[utoipa::path(get, path = "/v1/stats/consumers", params(WindowQuery),
+    responses((status = 200, body = ConsumerStatsList), (status = 400)), security(("admin_token" = [])))]
+pub async fn stats_consumers(State(state): State<AppState>, Query(q): Query<WindowQuery>) -> Result<Json<ConsumerStatsList>, ApiError> {
+    let (from_ms, to_ms) = window(&q.from, &q.to)?;
+    let filter = StatsFilter { from_ms, to_ms, api: q.api, plan: q.plan, team: q.team, use_case: q.use_case };
+    let totals = state.events.consumer_totals(&filter).await?;
+    let consumers = state.control.list_consumers().await?;
+    let by_id: std::collections::HashMap<&str, &Consumer> = consumers.iter().map(|c| (c.id.as_str(), c)).collect();
+    let rows = totals
+        .into_iter()
+        .map(|t| {
+            let c = by_id.get(t.consumer.as_str());
+            let errors = t.errors_4xx + t.errors_5xx;
+            ConsumerStats {
+                plan: c.and_then(|c| c.plan.clone()),
+                team: c.and_then(|c| c.team.clone()),
+                use_case: c.and_then(|c| c.use_case.clone()),
+                error_rate: if t.requests == 0 { 0.0 } else { errors as f64 / t.requests as f64 },
+                consumer: t.consumer,
+                requests: t.requests,
+                errors_4xx: t.errors_4xx,
+                errors_5xx: t.errors_5xx,
+                rate_limited: t.rate_limited,
+                p50_ms: None,
+                p95_ms: None,
+                p99_ms: None,
+                request_bytes: t.request_bytes,
+                response_bytes: t.response_bytes,
+            }
+        })
+        .collect();
+    Ok(Json(ConsumerStatsList { from: format_ts(from_ms), to: format_ts(to_ms), consumers: rows }))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint; see GET /v1/openapi.json for the API")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        "this endpoint does not accept that method; see GET /v1/openapi.json",
+    )
+}

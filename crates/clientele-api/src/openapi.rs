@@ -1,0 +1,44 @@
+//! The OpenAPI document, generated from the handlers' annotations.
+
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::handlers;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Clientele admin and query API", description = "Consumers, keys, events and per-consumer statistics."),
+    paths(
+        handlers::healthz,
+        handlers::status,
+        handlers::create_consumer,
+        handlers::list_consumers,
+        handlers::get_consumer,
+        handlers::patch_consumer,
+        handlers::delete_consumer,
+        handlers::create_key,
+        handlers::list_keys,
+        handlers::revoke_key,
+        handlers::consumer_events,
+        handlers::stats_consumers,
+    ),
+    modifiers(&AdminToken)
+)]
+pub struct ApiDoc;
+
+struct AdminToken;
+
+impl Modify for AdminToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub async fn openapi_json() -> Response {
+    axum::Json(ApiDoc::openapi()).into_response()
+}

@@ -1,0 +1,435 @@
+//! The request lifecycle: identify, route, forward, capture.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clientele_core::config::{ApiConfig, Upstream, parse_upstream};
+use clientele_core::event::{Event, Outcome, random_id128};
+use clientele_core::keys::{KeyEntry, KeyIndex, Lookup};
+use clientele_core::pipeline::EventSink;
+use clientele_core::problem::{self, Problem};
+use clientele_core::route::infer_template;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use ipnet::IpNet;
+
+use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
+use crate::headers::{self as h, KeySource, PresentedKey, TraceContext};
+
+/// Gateway settings that are not per API.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    pub trusted_proxies: Vec<IpNet>,
+    pub session_header: String,
+    /// 0 = no limit.
+    pub max_request_body_bytes: u64,
+    /// Remove the credential that carried the Clientele key before forwarding, so upstreams
+    /// never see consumers' keys.
+    pub hide_credentials: bool,
+}
+
+/// One API behind the gateway.
+struct Api {
+    name: Arc<str>,
+    prefix: String,
+    strip_prefix: bool,
+    upstream: Upstream,
+    timeout: Duration,
+    client: Client<HttpConnector, RequestBody>,
+}
+
+/// The data plane. Shared by every connection through an `Arc`.
+pub struct Gateway {
+    /// Sorted by prefix length, longest first, so the first match wins.
+    apis: Vec<Api>,
+    keys: Arc<KeyIndex>,
+    sink: EventSink,
+    options: GatewayOptions,
+    session_header: Option<HeaderName>,
+    /// Whether connections arrive over TLS, for `X-Forwarded-Proto`.
+    tls: AtomicBool,
+    in_flight: AtomicU64,
+}
+
+/// Context gathered before the request is forwarded, used to fill the event.
+struct Seen {
+    started: Instant,
+    event: Event,
+}
+
+impl Gateway {
+    pub fn new(apis: &[ApiConfig], options: GatewayOptions, keys: Arc<KeyIndex>, sink: EventSink) -> Result<Gateway, String> {
+        let mut built = Vec::with_capacity(apis.len());
+        for api in apis {
+            let upstream = parse_upstream(&api.upstream).map_err(|e| format!("api {}: upstream {e}", api.name))?;
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            connector.set_connect_timeout(Some(Duration::from_millis(api.connect_timeout_ms)));
+            connector.set_keepalive(Some(Duration::from_secs(60)));
+            let client = Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(1024)
+                .build(connector);
+            built.push(Api {
+                name: api.name.as_str().into(),
+                prefix: api.prefix.clone(),
+                strip_prefix: api.strip_prefix,
+                upstream,
+                timeout: Duration::from_millis(api.timeout_ms),
+                client,
+            });
+        }
+        built.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        let session_header = HeaderName::from_bytes(options.session_header.as_bytes()).ok();
+        Ok(Gateway {
+            apis: built,
+            keys,
+            sink,
+            options,
+            session_header,
+            tls: AtomicBool::new(false),
+            in_flight: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn set_tls(&self, tls: bool) {
+        self.tls.store(tls, Ordering::Relaxed);
+    }
+
+    /// Requests currently being handled (headers received, response not yet started).
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn route(&self, path: &str) -> Option<&Api> {
+        self.apis.iter().find(|api| prefix_matches(&api.prefix, path))
+    }
+
+    /// Handles one request from start to response head. The body streams afterwards; the
+    /// event is emitted by the response body when it completes.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let response = self.handle_inner(req, peer).await;
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        response
+    }
+
+    async fn handle_inner(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        let path = parts.uri.path().to_string();
+        let trace = h::parse_traceparent(&parts.headers).unwrap_or_else(|| TraceContext {
+            trace_id: random_id128(),
+            flags: "01".to_string(),
+        });
+        let client_ip = h::client_ip(peer.ip(), &parts.headers, &self.options.trusted_proxies);
+        let header_str = |name: &HeaderName| {
+            parts.headers.get(name).and_then(|v| v.to_str().ok()).map(|s| truncate(s, 512))
+        };
+        let mut seen = Seen {
+            started,
+            event: Event {
+                id: random_id128(),
+                ts_ms: clientele_core::time::now_ms(),
+                consumer: None,
+                key_id: None,
+                api: None,
+                method: parts.method.as_str().to_string(),
+                path: truncate(&path, 2048),
+                route: String::new(),
+                status: 0,
+                latency_ms: 0.0,
+                upstream_latency_ms: None,
+                request_bytes: 0,
+                response_bytes: 0,
+                client_ip: Some(client_ip.to_string()),
+                user_agent: header_str(&header::USER_AGENT),
+                session_id: self.session_header.as_ref().and_then(header_str),
+                trace_id: Some(trace.trace_id.clone()),
+                outcome: Outcome::Proxied,
+                plan: None,
+                team: None,
+                use_case: None,
+                model: None,
+                tokens_in: None,
+                tokens_out: None,
+                cost_usd: None,
+            },
+        };
+
+        // Phase 1: who is calling?
+        let api = self.route(&path);
+        if let Some(api) = api {
+            seen.event.api = Some(api.name.to_string());
+            seen.event.route = infer_template(api_relative_path(api, &path));
+        } else {
+            seen.event.route = infer_template(&path);
+        }
+        let (key, source) = match h::presented_key(&parts.headers) {
+            PresentedKey::Key(key, source) => (key, source),
+            PresentedKey::Missing => {
+                return self.refuse(seen, StatusCode::UNAUTHORIZED, Outcome::MissingKey, "missing-api-key", "Missing API key",
+                    "send your API key in the X-API-Key header or as Authorization: Bearer <key>");
+            }
+            PresentedKey::Malformed(_) => {
+                return self.refuse(seen, StatusCode::UNAUTHORIZED, Outcome::UnknownKey, "invalid-api-key", "Invalid API key",
+                    "the API key is not well-formed; send it exactly as it was issued");
+            }
+        };
+        let entry = match self.keys.lookup(key, seen.event.ts_ms) {
+            Lookup::Valid(entry) => entry,
+            Lookup::Unknown => {
+                return self.refuse(seen, StatusCode::UNAUTHORIZED, Outcome::UnknownKey, "invalid-api-key", "Invalid API key",
+                    "the API key is not recognised; check that you copied it completely");
+            }
+            Lookup::Revoked(entry) => {
+                attribute(&mut seen.event, &entry);
+                return self.refuse(seen, StatusCode::UNAUTHORIZED, Outcome::RevokedKey, "revoked-api-key", "Revoked API key",
+                    "this API key has been revoked; create a new key or ask the API's owner for one");
+            }
+            Lookup::Expired(entry) => {
+                attribute(&mut seen.event, &entry);
+                return self.refuse(seen, StatusCode::UNAUTHORIZED, Outcome::ExpiredKey, "expired-api-key", "Expired API key",
+                    "this API key has expired; create a new key or ask the API's owner for one");
+            }
+        };
+        attribute(&mut seen.event, &entry);
+
+        // Phase 2: where does it go?
+        let Some(api) = api else {
+            return self.refuse(seen, StatusCode::NOT_FOUND, Outcome::NoRoute, "no-route", "No API at this path",
+                format!("no API is configured for the path {}; check the URL", truncate(&path, 200)));
+        };
+
+        // Phase 3: is the body acceptable?
+        let limit = self.options.max_request_body_bytes;
+        if limit > 0 {
+            let declared = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > limit) {
+                return self.refuse(seen, StatusCode::PAYLOAD_TOO_LARGE, Outcome::BodyTooLarge, "body-too-large", "Request body too large",
+                    format!("the request body is larger than the gateway's limit of {limit} bytes"));
+            }
+        }
+
+        // Phase 4: forward.
+        let upstream_uri = match self.upstream_uri(api, &path, parts.uri.query()) {
+            Some(uri) => uri,
+            None => {
+                return self.refuse(seen, StatusCode::BAD_REQUEST, Outcome::NoRoute, "bad-path", "Invalid request path",
+                    "the request path cannot be forwarded; percent-encode special characters");
+            }
+        };
+        parts.uri = upstream_uri;
+        parts.version = http::Version::HTTP_11;
+        self.rewrite_request_headers(&mut parts.headers, &entry, source, peer.ip(), &trace);
+
+        let counted = Arc::new(AtomicU64::new(0));
+        let too_large = Arc::new(AtomicBool::new(false));
+        let body = RequestBody::new(body, counted.clone(), limit, too_large.clone());
+        let upstream_req = Request::from_parts(parts, body);
+        let sent = Instant::now();
+        let result = tokio::time::timeout(api.timeout, api.client.request(upstream_req)).await;
+        let upstream_ms = sent.elapsed().as_secs_f64() * 1000.0;
+        let mut response = match result {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(err)) => {
+                seen.event.upstream_latency_ms = Some(upstream_ms);
+                seen.event.request_bytes = counted.load(Ordering::Relaxed);
+                if too_large.load(Ordering::Relaxed) || source_is(&err, |e| e.is::<BodyTooLarge>()) {
+                    return self.refuse_counted(seen, counted, StatusCode::PAYLOAD_TOO_LARGE, Outcome::BodyTooLarge, "body-too-large",
+                        "Request body too large", format!("the request body is larger than the gateway's limit of {limit} bytes"));
+                }
+                tracing::debug!(api = %api.name, error = %err, "upstream request failed");
+                return self.refuse_counted(seen, counted, StatusCode::BAD_GATEWAY, Outcome::UpstreamUnreachable, "upstream-unreachable",
+                    "Upstream unreachable", format!("the {} API could not be reached; try again later", api.name));
+            }
+            Err(_) => {
+                seen.event.upstream_latency_ms = Some(upstream_ms);
+                return self.refuse_counted(seen, counted, StatusCode::GATEWAY_TIMEOUT, Outcome::UpstreamTimeout, "upstream-timeout",
+                    "Upstream timed out", format!("the {} API did not answer within {} ms", api.name, api.timeout.as_millis()));
+            }
+        };
+
+        seen.event.upstream_latency_ms = Some(upstream_ms);
+        seen.event.status = response.status().as_u16();
+        h::strip_hop_by_hop(response.headers_mut());
+        let (resp_parts, resp_body) = response.into_parts();
+        let body = ResponseBody::upstream(resp_body).emit_on_finish(seen.event, seen.started, counted, self.sink.clone());
+        Response::from_parts(resp_parts, body)
+    }
+
+    fn upstream_uri(&self, api: &Api, path: &str, query: Option<&str>) -> Option<Uri> {
+        let rel = api_relative_path(api, path);
+        let mut pq = String::with_capacity(api.upstream.base_path.len() + rel.len() + query.map_or(0, |q| q.len() + 1));
+        pq.push_str(&api.upstream.base_path);
+        if !rel.starts_with('/') {
+            pq.push('/');
+        }
+        pq.push_str(rel);
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        Uri::builder()
+            .scheme("http")
+            .authority(api.upstream.authority.as_str())
+            .path_and_query(pq)
+            .build()
+            .ok()
+    }
+
+    fn rewrite_request_headers(
+        &self,
+        headers: &mut http::HeaderMap,
+        entry: &KeyEntry,
+        source: KeySource,
+        peer: std::net::IpAddr,
+        trace: &TraceContext,
+    ) {
+        h::strip_hop_by_hop(headers);
+        // The upstream trusts these to say who is calling: a client's own copies must never
+        // reach it.
+        headers.remove(&h::X_CONSUMER_ID);
+        headers.remove(&h::X_CONSUMER_PLAN);
+        // The Host is the upstream's; hyper's client sets it from the URI.
+        headers.remove(header::HOST);
+        if self.options.hide_credentials {
+            match source {
+                KeySource::XApiKey => headers.remove(&h::X_API_KEY),
+                KeySource::Bearer => headers.remove(header::AUTHORIZATION),
+            };
+        }
+        if let Ok(v) = HeaderValue::from_str(&entry.consumer) {
+            headers.insert(h::X_CONSUMER_ID.clone(), v);
+        }
+        if let Some(plan) = entry.plan.as_deref().and_then(|p| HeaderValue::from_str(p).ok()) {
+            headers.insert(h::X_CONSUMER_PLAN.clone(), plan);
+        }
+        // Keep the chain only when it came from a proxy we trust; otherwise it is whatever the
+        // client chose to write, and the upstream would be misled by it.
+        let peer_trusted = self.options.trusted_proxies.iter().any(|n| n.contains(&peer));
+        let xff = match headers.get(&h::X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) if peer_trusted && !prev.is_empty() => format!("{prev}, {peer}"),
+            _ => peer.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert(h::X_FORWARDED_FOR.clone(), v);
+        }
+        let proto = if self.tls.load(Ordering::Relaxed) { "https" } else { "http" };
+        headers.insert(h::X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+        if let Some(tp) = h::child_traceparent(trace) {
+            headers.insert(h::TRACEPARENT.clone(), tp);
+        }
+    }
+
+    /// Answers with a problem+json made by the gateway, emitting the event when sent.
+    fn refuse(&self, seen: Seen, status: StatusCode, outcome: Outcome, slug: &str, title: &str, detail: impl Into<String>) -> Response<ResponseBody> {
+        self.refuse_counted(seen, Arc::new(AtomicU64::new(0)), status, outcome, slug, title, detail)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn refuse_counted(
+        &self,
+        mut seen: Seen,
+        request_bytes: Arc<AtomicU64>,
+        status: StatusCode,
+        outcome: Outcome,
+        slug: &str,
+        title: &str,
+        detail: impl Into<String>,
+    ) -> Response<ResponseBody> {
+        seen.event.status = status.as_u16();
+        seen.event.outcome = outcome;
+        let mut problem = Problem::new(status.as_u16(), slug, title, detail);
+        problem.instance = seen.event.trace_id.as_ref().map(|t| format!("urn:clientele:trace:{t}"));
+        let body = ResponseBody::local(Bytes::from(problem.to_json())).emit_on_finish(seen.event, seen.started, request_bytes, self.sink.clone());
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(problem::CONTENT_TYPE));
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"clientele\""));
+        }
+        resp
+    }
+}
+
+fn attribute(event: &mut Event, entry: &KeyEntry) {
+    event.consumer = Some(entry.consumer.to_string());
+    event.key_id = Some(entry.key_id.to_string());
+    event.plan = entry.plan.as_deref().map(str::to_string);
+    event.team = entry.team.as_deref().map(str::to_string);
+    event.use_case = entry.use_case.as_deref().map(str::to_string);
+}
+
+/// `prefix` matches `path` on whole segments: `/api` matches `/api` and `/api/x`, not `/apix`.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    let prefix = prefix.trim_end_matches('/');
+    path == prefix || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
+}
+
+/// The path as the API sees it: without the gateway prefix when `strip_prefix` is set.
+fn api_relative_path<'a>(api: &Api, path: &'a str) -> &'a str {
+    if api.strip_prefix && api.prefix != "/" {
+        let rest = &path[api.prefix.trim_end_matches('/').len().min(path.len())..];
+        if rest.is_empty() { "/" } else { rest }
+    } else {
+        path
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// Whether any error in `err`'s source chain satisfies `pred`.
+fn source_is(err: &(dyn std::error::Error + 'static), pred: impl Fn(&(dyn std::error::Error + 'static)) -> bool) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if pred(e) {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/api", "/api"));
+        assert!(prefix_matches("/api/", "/api/x"));
+        assert!(prefix_matches("/api", "/api/x"));
+        assert!(!prefix_matches("/api", "/apix"));
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+}

@@ -1,0 +1,301 @@
+//! Wiring: builds the store, key index, event pipeline, gateway and admin API from a config,
+//! and runs them until shutdown.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clientele_api::AppState;
+use clientele_core::config::Config;
+use clientele_core::event::Event;
+use clientele_core::keys::{KeyHasher, KeyIndex};
+use clientele_core::pipeline::{EventSink, PipelineStats};
+use clientele_gateway::{Gateway, GatewayOptions, ServeHandle, TlsFiles};
+use clientele_store::{ControlStore, EventStore, SqliteStore};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// Largest number of events written in one transaction.
+const WRITE_BATCH: usize = 8192;
+
+/// A started server: its addresses, and the handle to stop it.
+pub struct Running {
+    pub gateway_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub admin_token: String,
+    /// Where the token was written when it was generated rather than configured.
+    pub token_file: Option<std::path::PathBuf>,
+    pub data_dir: std::path::PathBuf,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    writer: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish, then flushes the pipeline.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        // The gateway's sinks are gone once its tasks ended, so the writer drains and exits.
+        if tokio::time::timeout(Duration::from_secs(30), self.writer).await.is_err() {
+            tracing::warn!("event writer did not finish within 30 s; some events may not be stored");
+        }
+    }
+}
+
+/// Binds both listeners and starts every part. Returns once the server is accepting.
+pub async fn start(config: Config) -> Result<Running> {
+    let admin_token_configured = config.admin_token();
+    if admin_token_configured.is_none() && !config.admin.listen.ip().is_loopback() {
+        bail!(
+            "admin.token: required when [admin].listen ({}) is not a loopback address; set it in the config or CLIENTELE_ADMIN_TOKEN",
+            config.admin.listen
+        );
+    }
+
+    let store = SqliteStore::open(&config.storage.data_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let data_dir = config.storage.data_dir.clone();
+    let (admin_token, token_file) = match admin_token_configured {
+        Some(t) => (t, None),
+        None => {
+            let (t, path) = load_or_create_token(&data_dir)?;
+            (t, Some(path))
+        }
+    };
+
+    let control: Arc<dyn ControlStore> = Arc::new(store.clone());
+    let events: Arc<dyn EventStore> = Arc::new(store);
+    let keys = Arc::new(KeyIndex::new(KeyHasher::new(control.key_secret())));
+    keys.replace_all(control.key_entries().await.map_err(|e| anyhow::anyhow!("{e}"))?);
+
+    let stats = Arc::new(PipelineStats::default());
+    let (sink, rx) = EventSink::bounded(config.gateway.event_queue, stats.clone());
+    let writer = tokio::spawn(run_writer(rx, events.clone(), stats.clone()));
+
+    let tls = match (&config.gateway.tls_cert, &config.gateway.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            clientele_gateway::load_tls(&TlsFiles { cert: cert.clone(), key: key.clone() })
+                .map_err(|e| anyhow::anyhow!("gateway.tls_cert: {e}"))?,
+        ),
+        _ => None,
+    };
+    let gateway = Gateway::new(
+        &config.apis,
+        GatewayOptions {
+            trusted_proxies: config.gateway.trusted_proxies.clone(),
+            session_header: config.gateway.session_header.clone(),
+            max_request_body_bytes: config.gateway.max_request_body_bytes,
+            hide_credentials: true,
+        },
+        keys.clone(),
+        sink,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+
+    let gateway_listener = TcpListener::bind(config.gateway.listen)
+        .await
+        .with_context(|| format!("gateway.listen: cannot listen on {}; is another process using it?", config.gateway.listen))?;
+    let admin_listener = TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("admin.listen: cannot listen on {}; is another process using it?", config.admin.listen))?;
+    let gateway_addr = gateway_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    let settings = ServeHandle {
+        max_header_bytes: config.gateway.max_header_bytes,
+        grace: Duration::from_secs(config.gateway.shutdown_grace_secs),
+        header_read_timeout: Duration::from_secs(30),
+    };
+    tasks.push(tokio::spawn(clientele_gateway::serve(
+        Arc::new(gateway),
+        gateway_listener,
+        tls,
+        settings,
+        wait_for(shutdown_rx.clone()),
+    )));
+
+    let plans: BTreeSet<String> = config.plans.keys().cloned().collect();
+    let state = AppState {
+        control: control.clone(),
+        events: events.clone(),
+        keys: keys.clone(),
+        admin_token: admin_token.as_str().into(),
+        pipeline: stats.clone(),
+        plans: Arc::new(plans),
+        started: Instant::now(),
+    };
+    let app = clientele_api::router(state, config.admin.max_body_bytes);
+    let admin_shutdown = wait_for(shutdown_rx.clone());
+    tasks.push(tokio::spawn(async move {
+        let serve = axum::serve(admin_listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(admin_shutdown);
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    }));
+
+    tasks.push(tokio::spawn(sync_keys(control.clone(), keys, wait_for(shutdown_rx.clone()))));
+    tasks.push(tokio::spawn(report_drops(stats, wait_for(shutdown_rx.clone()))));
+    tasks.push(tokio::spawn(prune_events(
+        events,
+        config.storage.raw_event_retention_days,
+        wait_for(shutdown_rx),
+    )));
+
+    Ok(Running {
+        gateway_addr,
+        admin_addr,
+        admin_token,
+        token_file,
+        data_dir,
+        shutdown: shutdown_tx,
+        tasks,
+        writer,
+    })
+}
+
+async fn wait_for(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Reads the admin token kept in the data dir, or makes one. Only the owner can read it.
+fn load_or_create_token(data_dir: &Path) -> Result<(String, std::path::PathBuf)> {
+    let path = data_dir.join("admin-token");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let t = existing.trim().to_string();
+        if t.len() >= 16 {
+            return Ok((t, path));
+        }
+    }
+    let token = format!("cat_{}", clientele_core::keys::random_base62(40));
+    write_private(&path, &token).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok((token, path))
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.write_all(b"\n")
+}
+
+/// Drains the pipeline into the store in large batches. Runs until every sink is dropped.
+async fn run_writer(mut rx: mpsc::Receiver<Event>, store: Arc<dyn EventStore>, stats: Arc<PipelineStats>) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        let n = batch.len() as u64;
+        match store.append_events(std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH))).await {
+            Ok(_) => {
+                stats.stored.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                stats.store_errors.fetch_add(n, Ordering::Relaxed);
+                tracing::error!(error = %e, events = n, "could not store events");
+            }
+        }
+    }
+}
+
+/// Keeps the key index in step with the store, for changes made by other nodes or processes.
+/// Changes made through this node's admin API apply at once; this bounds the rest to 500 ms.
+async fn sync_keys(control: Arc<dyn ControlStore>, keys: Arc<KeyIndex>, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut seen = control.control_version().await.unwrap_or(0);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        match control.control_version().await {
+            Ok(v) if v != seen => match control.key_entries().await {
+                Ok(entries) => {
+                    keys.replace_all(entries);
+                    seen = v;
+                }
+                Err(e) => tracing::warn!(error = %e, "key reload failed; keeping the previous keys"),
+            },
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the control version"),
+        }
+    }
+}
+
+/// Logs dropped events, at most every 10 s, so an operator notices the pipeline falling behind.
+async fn report_drops(stats: Arc<PipelineStats>, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut last = 0;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+        let dropped = stats.dropped.load(Ordering::Relaxed);
+        if dropped > last {
+            tracing::warn!(dropped_total = dropped, dropped_recently = dropped - last, "event pipeline fell behind; events were dropped, traffic was not slowed");
+            last = dropped;
+        }
+    }
+}
+
+async fn prune_events(events: Arc<dyn EventStore>, retention_days: u32, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let cutoff = clientele_core::time::now_ms() - i64::from(retention_days) * 86_400_000;
+        match events.prune_events(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, retention_days, "pruned old raw events"),
+            Err(e) => tracing::warn!(error = %e, "pruning raw events failed"),
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
