@@ -8,21 +8,32 @@ use clientele_core::problem::{self, Problem};
 use clientele_store::StoreError;
 use serde::de::DeserializeOwned;
 
-/// An error answer. Every handler returns `Result<_, ApiError>`.
+/// An error answer. Every handler returns `Result<_, ApiError>`. Boxed so that `Result`s stay
+/// small on the success path.
 #[derive(Debug)]
-pub struct ApiError(pub Problem);
+pub struct ApiError(pub Box<Problem>);
 
 impl ApiError {
     pub fn new(status: StatusCode, slug: &str, title: &str, detail: impl Into<String>) -> ApiError {
-        ApiError(Problem::new(status.as_u16(), slug, title, detail))
+        ApiError(Box::new(Problem::new(status.as_u16(), slug, title, detail)))
     }
 
     pub fn bad_request(detail: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", detail)
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            detail,
+        )
     }
 
     pub fn unprocessable(detail: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-field", "Invalid field", detail)
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-field",
+            "Invalid field",
+            detail,
+        )
     }
 
     pub fn not_found(detail: impl Into<String>) -> ApiError {
@@ -30,7 +41,12 @@ impl ApiError {
     }
 
     pub fn unauthorized(detail: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", detail)
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            detail,
+        )
     }
 }
 
@@ -38,7 +54,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(m) => ApiError::not_found(m),
-            StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", m),
+            StoreError::Conflict(m) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", m)
+            }
             StoreError::Invalid(m) => ApiError::unprocessable(m),
             StoreError::Backend(m) => {
                 tracing::error!(error = %m, "store failure");
@@ -55,13 +73,18 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = (status, self.0.to_json()).into_response();
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(problem::CONTENT_TYPE));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(problem::CONTENT_TYPE),
+        );
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"clientele-admin\""));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"clientele-admin\""),
+            );
         }
         resp
     }

@@ -263,7 +263,9 @@ pub struct Status {
 fn validate_optional_text(field: &str, v: &Option<String>) -> Result<(), ApiError> {
     if let Some(s) = v {
         if s.len() > 256 || s.chars().any(char::is_control) {
-            return Err(ApiError::unprocessable(format!("{field} must be at most 256 characters without control characters")));
+            return Err(ApiError::unprocessable(format!(
+                "{field} must be at most 256 characters without control characters"
+            )));
         }
     }
     Ok(())
@@ -278,7 +280,9 @@ fn check_plan(state: &AppState, plan: &Option<String>) -> Result<(), ApiError> {
             } else {
                 format!("known plans: {}", known.join(", "))
             };
-            return Err(ApiError::unprocessable(format!("unknown plan {p:?}; {hint}")));
+            return Err(ApiError::unprocessable(format!(
+                "unknown plan {p:?}; {hint}"
+            )));
         }
     }
     Ok(())
@@ -308,7 +312,9 @@ fn parse_status_filter(s: &str) -> Result<(u16, u16), ApiError> {
     }
     match s.parse::<u16>() {
         Ok(code @ 100..=599) => Ok((code, code)),
-        _ => Err(ApiError::bad_request(format!("status {s:?}: use a class such as 5xx or a code such as 429"))),
+        _ => Err(ApiError::bad_request(format!(
+            "status {s:?}: use a class such as 5xx or a code such as 429"
+        ))),
     }
 }
 
@@ -324,7 +330,9 @@ async fn existing_consumer(state: &AppState, id: &str) -> Result<Consumer, ApiEr
 
 #[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
 pub async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok".into() })
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
 #[utoipa::path(get, path = "/v1/status", responses((status = 200, body = Status)), security(("admin_token" = [])))]
@@ -343,7 +351,10 @@ pub async fn status(State(state): State<AppState>) -> Json<Status> {
 #[utoipa::path(post, path = "/v1/consumers", request_body = CreateConsumer,
     responses((status = 201, body = ConsumerOut), (status = 409, description = "duplicate id"), (status = 422, description = "invalid field or unknown plan")),
     security(("admin_token" = [])))]
-pub async fn create_consumer(State(state): State<AppState>, Json(body): Json<CreateConsumer>) -> Result<(StatusCode, Json<ConsumerOut>), ApiError> {
+pub async fn create_consumer(
+    State(state): State<AppState>,
+    Json(body): Json<CreateConsumer>,
+) -> Result<(StatusCode, Json<ConsumerOut>), ApiError> {
     if !valid_name(&body.id) {
         return Err(ApiError::unprocessable(format!(
             "id {:?} must be 1-64 characters of a-z, A-Z, 0-9, '_', '-' or '.'",
@@ -370,12 +381,17 @@ pub async fn create_consumer(State(state): State<AppState>, Json(body): Json<Cre
 #[utoipa::path(get, path = "/v1/consumers", responses((status = 200, body = ConsumerList)), security(("admin_token" = [])))]
 pub async fn list_consumers(State(state): State<AppState>) -> Result<Json<ConsumerList>, ApiError> {
     let consumers = state.control.list_consumers().await?;
-    Ok(Json(ConsumerList { consumers: consumers.into_iter().map(Into::into).collect() }))
+    Ok(Json(ConsumerList {
+        consumers: consumers.into_iter().map(Into::into).collect(),
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/consumers/{id}", params(("id" = String, Path)),
     responses((status = 200, body = ConsumerOut), (status = 404)), security(("admin_token" = [])))]
-pub async fn get_consumer(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ConsumerOut>, ApiError> {
+pub async fn get_consumer(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ConsumerOut>, ApiError> {
     Ok(Json(existing_consumer(&state, &id).await?.into()))
 }
 
@@ -394,7 +410,9 @@ pub async fn patch_consumer(
             match v {
                 Value::Null => Ok(None),
                 Value::String(s) => Ok(Some(s.clone())),
-                _ => Err(ApiError::unprocessable(format!("{field} must be a string or null"))),
+                _ => Err(ApiError::unprocessable(format!(
+                    "{field} must be a string or null"
+                ))),
             }
         };
         match field.as_str() {
@@ -413,10 +431,16 @@ pub async fn patch_consumer(
                         }
                     }
                 }
-                _ => return Err(ApiError::unprocessable("metadata must be an object or null")),
+                _ => {
+                    return Err(ApiError::unprocessable(
+                        "metadata must be an object or null",
+                    ));
+                }
             },
             "id" | "created_at" => {
-                return Err(ApiError::unprocessable(format!("{field} cannot be changed")));
+                return Err(ApiError::unprocessable(format!(
+                    "{field} cannot be changed"
+                )));
             }
             other => {
                 return Err(ApiError::unprocessable(format!(
@@ -436,7 +460,10 @@ pub async fn patch_consumer(
 
 #[utoipa::path(delete, path = "/v1/consumers/{id}", params(("id" = String, Path)),
     responses((status = 204, description = "deleted; its keys are revoked"), (status = 404)), security(("admin_token" = [])))]
-pub async fn delete_consumer(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete_consumer(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     state.control.delete_consumer(&id, now_ms()).await?;
     state.reload_keys().await?;
     Ok(StatusCode::NO_CONTENT)
@@ -457,9 +484,12 @@ pub async fn create_key(
     let expires_at_ms = match &body.expires_at {
         None | Some(Value::Null) => None,
         Some(v) => {
-            let t = parse_ts_value(v).map_err(|e| ApiError::unprocessable(format!("expires_at: {e}")))?;
+            let t = parse_ts_value(v)
+                .map_err(|e| ApiError::unprocessable(format!("expires_at: {e}")))?;
             if t <= now {
-                return Err(ApiError::unprocessable("expires_at is in the past; give a future time"));
+                return Err(ApiError::unprocessable(
+                    "expires_at is in the past; give a future time",
+                ));
             }
             Some(t)
         }
@@ -517,17 +547,25 @@ fn hex_lower(bytes: &[u8]) -> String {
 
 #[utoipa::path(get, path = "/v1/consumers/{id}/keys", params(("id" = String, Path)),
     responses((status = 200, body = KeyList), (status = 404)), security(("admin_token" = [])))]
-pub async fn list_keys(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<KeyList>, ApiError> {
+pub async fn list_keys(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<KeyList>, ApiError> {
     existing_consumer(&state, &id).await?;
     let now = now_ms();
     let keys = state.control.list_keys(&id).await?;
-    Ok(Json(KeyList { keys: keys.into_iter().map(|k| KeyOut::from_key(k, now)).collect() }))
+    Ok(Json(KeyList {
+        keys: keys.into_iter().map(|k| KeyOut::from_key(k, now)).collect(),
+    }))
 }
 
 #[utoipa::path(delete, path = "/v1/keys/{key_id}", params(("key_id" = String, Path)),
     responses((status = 200, body = KeyOut, description = "revoked; refused by the gateway from now on"), (status = 404)),
     security(("admin_token" = [])))]
-pub async fn revoke_key(State(state): State<AppState>, Path(key_id): Path<String>) -> Result<Json<KeyOut>, ApiError> {
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    Path(key_id): Path<String>,
+) -> Result<Json<KeyOut>, ApiError> {
     let now = now_ms();
     let key = state.control.revoke_key(&key_id, now).await?;
     state.reload_keys().await?;
@@ -549,19 +587,38 @@ pub async fn consumer_events(
     }
     let events = state
         .events
-        .recent_events(&EventQuery { consumer: id, from_ms, to_ms, status, limit })
+        .recent_events(&EventQuery {
+            consumer: id,
+            from_ms,
+            to_ms,
+            status,
+            limit,
+        })
         .await?;
-    Ok(Json(EventList { events: events.into_iter().map(Into::into).collect() }))
+    Ok(Json(EventList {
+        events: events.into_iter().map(Into::into).collect(),
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/stats/consumers", params(WindowQuery),
     responses((status = 200, body = ConsumerStatsList), (status = 400)), security(("admin_token" = [])))]
-pub async fn stats_consumers(State(state): State<AppState>, Query(q): Query<WindowQuery>) -> Result<Json<ConsumerStatsList>, ApiError> {
+pub async fn stats_consumers(
+    State(state): State<AppState>,
+    Query(q): Query<WindowQuery>,
+) -> Result<Json<ConsumerStatsList>, ApiError> {
     let (from_ms, to_ms) = window(&q.from, &q.to)?;
-    let filter = StatsFilter { from_ms, to_ms, api: q.api, plan: q.plan, team: q.team, use_case: q.use_case };
+    let filter = StatsFilter {
+        from_ms,
+        to_ms,
+        api: q.api,
+        plan: q.plan,
+        team: q.team,
+        use_case: q.use_case,
+    };
     let totals = state.events.consumer_totals(&filter).await?;
     let consumers = state.control.list_consumers().await?;
-    let by_id: std::collections::HashMap<&str, &Consumer> = consumers.iter().map(|c| (c.id.as_str(), c)).collect();
+    let by_id: std::collections::HashMap<&str, &Consumer> =
+        consumers.iter().map(|c| (c.id.as_str(), c)).collect();
     let rows = totals
         .into_iter()
         .map(|t| {
@@ -571,7 +628,11 @@ pub async fn stats_consumers(State(state): State<AppState>, Query(q): Query<Wind
                 plan: c.and_then(|c| c.plan.clone()),
                 team: c.and_then(|c| c.team.clone()),
                 use_case: c.and_then(|c| c.use_case.clone()),
-                error_rate: if t.requests == 0 { 0.0 } else { errors as f64 / t.requests as f64 },
+                error_rate: if t.requests == 0 {
+                    0.0
+                } else {
+                    errors as f64 / t.requests as f64
+                },
                 consumer: t.consumer,
                 requests: t.requests,
                 errors_4xx: t.errors_4xx,
@@ -585,7 +646,11 @@ pub async fn stats_consumers(State(state): State<AppState>, Query(q): Query<Wind
             }
         })
         .collect();
-    Ok(Json(ConsumerStatsList { from: format_ts(from_ms), to: format_ts(to_ms), consumers: rows }))
+    Ok(Json(ConsumerStatsList {
+        from: format_ts(from_ms),
+        to: format_ts(to_ms),
+        consumers: rows,
+    }))
 }
 
 pub async fn not_found() -> ApiError {

@@ -50,12 +50,20 @@ impl AppState {
 /// The admin router. `max_body_bytes` bounds every request body.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let protected = Router::new()
-        .route("/v1/consumers", get(handlers::list_consumers).post(handlers::create_consumer))
+        .route(
+            "/v1/consumers",
+            get(handlers::list_consumers).post(handlers::create_consumer),
+        )
         .route(
             "/v1/consumers/{id}",
-            get(handlers::get_consumer).patch(handlers::patch_consumer).delete(handlers::delete_consumer),
+            get(handlers::get_consumer)
+                .patch(handlers::patch_consumer)
+                .delete(handlers::delete_consumer),
         )
-        .route("/v1/consumers/{id}/keys", get(handlers::list_keys).post(handlers::create_key))
+        .route(
+            "/v1/consumers/{id}/keys",
+            get(handlers::list_keys).post(handlers::create_key),
+        )
         .route("/v1/consumers/{id}/events", get(handlers::consumer_events))
         .route("/v1/keys/{key_id}", delete(handlers::revoke_key))
         .route("/v1/stats/consumers", get(handlers::stats_consumers))
@@ -72,18 +80,27 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
 }
 
 /// Checks `Authorization: Bearer <admin token>` in constant time.
-async fn require_admin(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, ApiError> {
+async fn require_admin(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim);
     match given {
         None => Err(ApiError::unauthorized(
             "send the admin token as Authorization: Bearer <token> (see [admin].token or CLIENTELE_ADMIN_TOKEN)",
         )),
-        Some(token) if clientele_core::keys::secret_eq(token, &state.admin_token) => Ok(next.run(req).await),
+        Some(token) if clientele_core::keys::secret_eq(token, &state.admin_token) => {
+            Ok(next.run(req).await)
+        }
         Some(_) => Err(ApiError::unauthorized("the admin token is wrong")),
     }
 }

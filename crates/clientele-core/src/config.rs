@@ -212,7 +212,8 @@ impl Config {
 
     /// Checks what types alone cannot: ranges, references between sections, and URLs.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let err = |key: &str, reason: String| Err(ConfigError(format!("{origin}: {key}: {reason}")));
+        let err =
+            |key: &str, reason: String| Err(ConfigError(format!("{origin}: {key}: {reason}")));
 
         if self.gateway.tls_cert.is_some() != self.gateway.tls_key.is_some() {
             return err(
@@ -224,7 +225,10 @@ impl Config {
         if self.gateway.max_header_bytes < 1024 {
             return err(
                 "gateway.max_header_bytes",
-                format!("{} is too small; use at least 1024", self.gateway.max_header_bytes),
+                format!(
+                    "{} is too small; use at least 1024",
+                    self.gateway.max_header_bytes
+                ),
             );
         }
         if self.gateway.event_queue == 0 {
@@ -235,7 +239,10 @@ impl Config {
         {
             return err(
                 "gateway.session_header",
-                format!("{:?} is not a valid HTTP header name", self.gateway.session_header),
+                format!(
+                    "{:?} is not a valid HTTP header name",
+                    self.gateway.session_header
+                ),
             );
         }
         if self.admin.max_body_bytes < 1024 {
@@ -257,20 +264,32 @@ impl Config {
             if !valid_name(&api.name) {
                 return err(
                     &format!("{key}.name"),
-                    format!("{:?} must be 1-64 characters of a-z, A-Z, 0-9, '_', '-' or '.'", api.name),
+                    format!(
+                        "{:?} must be 1-64 characters of a-z, A-Z, 0-9, '_', '-' or '.'",
+                        api.name
+                    ),
                 );
             }
             if !names.insert(api.name.as_str()) {
-                return err(&format!("{key}.name"), format!("{:?} is used by two APIs; names must be unique", api.name));
+                return err(
+                    &format!("{key}.name"),
+                    format!("{:?} is used by two APIs; names must be unique", api.name),
+                );
             }
             if let Err(reason) = parse_upstream(&api.upstream) {
                 return err(&format!("{key}.upstream"), reason);
             }
             if !api.prefix.starts_with('/') {
-                return err(&format!("{key}.prefix"), format!("{:?} must start with '/'", api.prefix));
+                return err(
+                    &format!("{key}.prefix"),
+                    format!("{:?} must start with '/'", api.prefix),
+                );
             }
             if api.timeout_ms == 0 || api.connect_timeout_ms == 0 {
-                return err(&format!("{key}.timeout_ms"), "timeouts must be greater than 0".into());
+                return err(
+                    &format!("{key}.timeout_ms"),
+                    "timeouts must be greater than 0".into(),
+                );
             }
         }
         let mut prefixes = std::collections::HashSet::new();
@@ -278,7 +297,10 @@ impl Config {
             if !prefixes.insert(api.prefix.trim_end_matches('/')) {
                 return err(
                     &format!("apis[{i}].prefix"),
-                    format!("{:?} is routed to two APIs; give each API its own prefix", api.prefix),
+                    format!(
+                        "{:?} is routed to two APIs; give each API its own prefix",
+                        api.prefix
+                    ),
                 );
             }
         }
@@ -286,7 +308,10 @@ impl Config {
         for (name, plan) in &self.plans {
             let key = format!("plans.{name}");
             if !valid_name(name) {
-                return err(&key, "plan names must be 1-64 characters of a-z, A-Z, 0-9, '_', '-' or '.'".into());
+                return err(
+                    &key,
+                    "plan names must be 1-64 characters of a-z, A-Z, 0-9, '_', '-' or '.'".into(),
+                );
             }
             if !(plan.rate_per_second.is_finite() && plan.rate_per_second > 0.0) {
                 return err(
@@ -298,13 +323,19 @@ impl Config {
                 return err(&format!("{key}.burst"), "must be at least 1".into());
             }
             if plan.quota_per_day == Some(0) || plan.quota_per_month == Some(0) {
-                return err(&format!("{key}.quota_per_day"), "a quota must be at least 1; leave it out for no quota".into());
+                return err(
+                    &format!("{key}.quota_per_day"),
+                    "a quota must be at least 1; leave it out for no quota".into(),
+                );
             }
         }
 
         if let Some(url) = &self.limits.redis_url {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return err("limits.redis_url", format!("{url:?} must start with redis:// or rediss://"));
+                return err(
+                    "limits.redis_url",
+                    format!("{url:?} must start with redis:// or rediss://"),
+                );
             }
         }
         Ok(())
@@ -353,14 +384,18 @@ pub fn parse_upstream(url: &str) -> Result<Upstream, String> {
             "{url:?}: https upstreams are not supported yet; use http:// on a private network, or put a TLS sidecar in front of the upstream"
         ));
     } else {
-        return Err(format!("{url:?} must be an http:// URL such as http://127.0.0.1:9000"));
+        return Err(format!(
+            "{url:?} must be an http:// URL such as http://127.0.0.1:9000"
+        ));
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
     };
     if authority.is_empty() || authority.contains('@') {
-        return Err(format!("{url:?} has no host, or has credentials in it; use http://host:port"));
+        return Err(format!(
+            "{url:?} has no host, or has credentials in it; use http://host:port"
+        ));
     }
     let has_port = !authority.ends_with(']')
         && authority
@@ -391,7 +426,10 @@ mod tests {
     fn empty_config_is_a_working_default() {
         let c = parse("").unwrap();
         assert_eq!(c.gateway.listen.port(), 8080);
-        assert_eq!(c.storage.data_dir, PathBuf::from("/etc/clientele/./clientele-data"));
+        assert_eq!(
+            c.storage.data_dir,
+            PathBuf::from("/etc/clientele/./clientele-data")
+        );
     }
 
     #[test]
@@ -430,9 +468,15 @@ mod tests {
     fn upstream_parsing() {
         assert_eq!(
             parse_upstream("http://127.0.0.1:9000/v2/").unwrap(),
-            Upstream { authority: "127.0.0.1:9000".into(), base_path: "/v2".into() }
+            Upstream {
+                authority: "127.0.0.1:9000".into(),
+                base_path: "/v2".into()
+            }
         );
-        assert_eq!(parse_upstream("http://api.internal").unwrap().authority, "api.internal:80");
+        assert_eq!(
+            parse_upstream("http://api.internal").unwrap().authority,
+            "api.internal:80"
+        );
         assert!(parse_upstream("https://x").unwrap_err().contains("https"));
         assert!(parse_upstream("ftp://x").is_err());
         assert!(parse_upstream("http://x:notaport").is_err());

@@ -226,7 +226,10 @@ mod tests {
     #[test]
     fn hash_depends_on_secret() {
         let k = generate_key();
-        assert_ne!(KeyHasher::new([1; 32]).hash(&k), KeyHasher::new([2; 32]).hash(&k));
+        assert_ne!(
+            KeyHasher::new([1; 32]).hash(&k),
+            KeyHasher::new([2; 32]).hash(&k)
+        );
     }
 
     #[test]
@@ -234,15 +237,24 @@ mod tests {
         let h = KeyHasher::new([7; 32]);
         let idx = KeyIndex::new(h.clone());
         idx.replace_all(vec![entry(&h, "good-key-123456789")]);
-        assert!(matches!(idx.lookup("good-key-123456789", 0), Lookup::Valid(_)));
+        assert!(matches!(
+            idx.lookup("good-key-123456789", 0),
+            Lookup::Valid(_)
+        ));
         assert_eq!(idx.lookup("other-key-123456789", 0), Lookup::Unknown);
         let mut e = entry(&h, "good-key-123456789");
         e.expires_at_ms = Some(10);
         idx.upsert(e.clone());
-        assert!(matches!(idx.lookup("good-key-123456789", 10), Lookup::Expired(_)));
+        assert!(matches!(
+            idx.lookup("good-key-123456789", 10),
+            Lookup::Expired(_)
+        ));
         e.revoked = true;
         idx.upsert(e);
-        assert!(matches!(idx.lookup("good-key-123456789", 0), Lookup::Revoked(_)));
+        assert!(matches!(
+            idx.lookup("good-key-123456789", 0),
+            Lookup::Revoked(_)
+        ));
     }
 
     #[test]

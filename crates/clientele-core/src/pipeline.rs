@@ -51,7 +51,10 @@ pub struct EventSink {
 
 impl EventSink {
     /// A sink with room for `capacity` events, and the receiver the pipeline drains.
-    pub fn bounded(capacity: usize, stats: Arc<PipelineStats>) -> (EventSink, mpsc::Receiver<Event>) {
+    pub fn bounded(
+        capacity: usize,
+        stats: Arc<PipelineStats>,
+    ) -> (EventSink, mpsc::Receiver<Event>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         (EventSink { tx, stats }, rx)
     }

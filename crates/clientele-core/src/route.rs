@@ -36,7 +36,10 @@ fn is_parameter(seg: &str) -> bool {
         return true;
     }
     // Hex digests and object ids (Mongo ObjectId is 24, SHA-1 40, SHA-256 64).
-    if seg.len() >= 16 && bytes.iter().all(u8::is_ascii_hexdigit) && bytes.iter().any(u8::is_ascii_digit) {
+    if seg.len() >= 16
+        && bytes.iter().all(u8::is_ascii_hexdigit)
+        && bytes.iter().any(u8::is_ascii_digit)
+    {
         return true;
     }
     // Long opaque tokens that mix letters and digits, such as base62 ids (`cus_9s8d7f6g5h4j`):
@@ -44,7 +47,9 @@ fn is_parameter(seg: &str) -> bool {
     let digits = bytes.iter().filter(|b| b.is_ascii_digit()).count();
     seg.len() >= 10
         && digits >= 3
-        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
 }
 
 fn is_uuid(seg: &str) -> bool {
@@ -67,8 +72,14 @@ mod tests {
             infer_template("/users/550e8400-e29b-41d4-a716-446655440000/orders"),
             "/users/{id}/orders"
         );
-        assert_eq!(infer_template("/blobs/9f86d081884c7d659a2feaa0c55ad015"), "/blobs/{id}");
-        assert_eq!(infer_template("/customers/cus_9s8d7f6g5h4j"), "/customers/{id}");
+        assert_eq!(
+            infer_template("/blobs/9f86d081884c7d659a2feaa0c55ad015"),
+            "/blobs/{id}"
+        );
+        assert_eq!(
+            infer_template("/customers/cus_9s8d7f6g5h4j"),
+            "/customers/{id}"
+        );
         assert_eq!(infer_template("/v1/search"), "/v1/search");
         assert_eq!(infer_template("/v2/healthcheck"), "/v2/healthcheck");
         assert_eq!(infer_template("/"), "/");

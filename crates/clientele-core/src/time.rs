@@ -14,7 +14,11 @@ pub fn parse_ts(s: &str) -> Result<i64, String> {
     }
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.timestamp_millis())
-        .map_err(|_| format!("{s:?} is neither an RFC 3339 time (2026-01-31T12:00:00Z) nor epoch milliseconds"))
+        .map_err(|_| {
+            format!(
+                "{s:?} is neither an RFC 3339 time (2026-01-31T12:00:00Z) nor epoch milliseconds"
+            )
+        })
 }
 
 /// Parses a JSON value holding a time: a string (RFC 3339 or digits) or an integer.
@@ -24,7 +28,9 @@ pub fn parse_ts_value(v: &serde_json::Value) -> Result<i64, String> {
         serde_json::Value::Number(n) => n
             .as_i64()
             .ok_or_else(|| format!("{n} is not an integer of epoch milliseconds")),
-        other => Err(format!("{other} is not a time; use RFC 3339 or epoch milliseconds")),
+        other => Err(format!(
+            "{other} is not a time; use RFC 3339 or epoch milliseconds"
+        )),
     }
 }
 

@@ -42,8 +42,18 @@ pub struct RequestBody {
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, counted: Arc<AtomicU64>, limit: u64, too_large: Arc<AtomicBool>) -> Self {
-        RequestBody { inner, counted, limit, too_large }
+    pub fn new(
+        inner: Incoming,
+        counted: Arc<AtomicU64>,
+        limit: u64,
+        too_large: Arc<AtomicBool>,
+    ) -> Self {
+        RequestBody {
+            inner,
+            counted,
+            limit,
+            too_large,
+        }
     }
 }
 
@@ -51,11 +61,15 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    let total = self.counted.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
+                    let total = self.counted.fetch_add(data.len() as u64, Ordering::Relaxed)
+                        + data.len() as u64;
                     if self.limit > 0 && total > self.limit {
                         self.too_large.store(true, Ordering::Relaxed);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(self.limit)))));
@@ -100,17 +114,34 @@ struct Finish {
 
 impl ResponseBody {
     pub fn local(bytes: Bytes) -> ResponseBody {
-        ResponseBody { source: Source::Local(Some(bytes)), finish: None }
+        ResponseBody {
+            source: Source::Local(Some(bytes)),
+            finish: None,
+        }
     }
 
     pub fn upstream(body: Incoming) -> ResponseBody {
-        ResponseBody { source: Source::Upstream(body), finish: None }
+        ResponseBody {
+            source: Source::Upstream(body),
+            finish: None,
+        }
     }
 
     /// Arms the body to emit `event` when it completes. `event.response_bytes` is filled in
     /// as bytes pass; `latency_ms` and `request_bytes` at the end.
-    pub fn emit_on_finish(mut self, event: Event, started: Instant, request_bytes: Arc<AtomicU64>, sink: EventSink) -> Self {
-        self.finish = Some(Finish { event, started, request_bytes, sink });
+    pub fn emit_on_finish(
+        mut self,
+        event: Event,
+        started: Instant,
+        request_bytes: Arc<AtomicU64>,
+        sink: EventSink,
+    ) -> Self {
+        self.finish = Some(Finish {
+            event,
+            started,
+            request_bytes,
+            sink,
+        });
         self
     }
 
@@ -136,7 +167,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = match &mut this.source {
             Source::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
@@ -189,7 +223,11 @@ impl Drop for ResponseBody {
     fn drop(&mut self) {
         // Hyper may finish a response without polling a body that says it is empty; that is a
         // complete exchange. Anything else dropped before its end means the client left.
-        let outcome = if self.source_done() { None } else { Some(Outcome::ClientAborted) };
+        let outcome = if self.source_done() {
+            None
+        } else {
+            Some(Outcome::ClientAborted)
+        };
         self.complete(outcome);
     }
 }

@@ -35,7 +35,9 @@ pub enum PresentedKey<'a> {
 pub fn presented_key(headers: &HeaderMap) -> PresentedKey<'_> {
     if let Some(v) = headers.get(&X_API_KEY) {
         return match v.to_str() {
-            Ok(s) if clientele_core::keys::key_syntax_ok(s.trim()) => PresentedKey::Key(s.trim(), KeySource::XApiKey),
+            Ok(s) if clientele_core::keys::key_syntax_ok(s.trim()) => {
+                PresentedKey::Key(s.trim(), KeySource::XApiKey)
+            }
             _ => PresentedKey::Malformed(KeySource::XApiKey),
         };
     }
@@ -104,7 +106,10 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
             }
         }
     }
-    hops.into_iter().rev().find(|ip| !is_trusted(ip)).unwrap_or(peer)
+    hops.into_iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .unwrap_or(peer)
 }
 
 /// A parsed `traceparent` (W3C Trace Context, version 00).
@@ -122,8 +127,17 @@ pub fn parse_traceparent(headers: &HeaderMap) -> Option<TraceContext> {
     let trace_id = parts.next()?;
     let parent_id = parts.next()?;
     let flags = parts.next()?;
-    let lower_hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if !lower_hex(version, 2) || version == "ff" || !lower_hex(trace_id, 32) || !lower_hex(parent_id, 16) || !lower_hex(flags, 2) {
+    let lower_hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if !lower_hex(version, 2)
+        || version == "ff"
+        || !lower_hex(trace_id, 32)
+        || !lower_hex(parent_id, 16)
+        || !lower_hex(flags, 2)
+    {
         return None;
     }
     if version == "00" && parts.next().is_some() {
@@ -132,7 +146,10 @@ pub fn parse_traceparent(headers: &HeaderMap) -> Option<TraceContext> {
     if trace_id.bytes().all(|b| b == b'0') || parent_id.bytes().all(|b| b == b'0') {
         return None;
     }
-    Some(TraceContext { trace_id: trace_id.to_string(), flags: flags.to_string() })
+    Some(TraceContext {
+        trace_id: trace_id.to_string(),
+        flags: flags.to_string(),
+    })
 }
 
 /// The `traceparent` to send upstream: same trace, the gateway's own span as parent.
@@ -160,7 +177,10 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -173,10 +193,16 @@ mod tests {
             PresentedKey::Key("ck_abc", KeySource::Bearer)
         );
         assert_eq!(
-            presented_key(&headers(&[("x-api-key", "ck_x"), ("authorization", "Bearer ck_y")])),
+            presented_key(&headers(&[
+                ("x-api-key", "ck_x"),
+                ("authorization", "Bearer ck_y")
+            ])),
             PresentedKey::Key("ck_x", KeySource::XApiKey)
         );
-        assert_eq!(presented_key(&headers(&[("authorization", "Basic dXNlcg==")])), PresentedKey::Missing);
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "Basic dXNlcg==")])),
+            PresentedKey::Missing
+        );
         assert_eq!(
             presented_key(&headers(&[("authorization", "Bearer a b")])),
             PresentedKey::Malformed(KeySource::Bearer)
@@ -187,31 +213,61 @@ mod tests {
     fn client_ip_trusts_only_configured_proxies() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let h = headers(&[("x-forwarded-for", "203.0.113.9, 10.0.0.2")]);
-        assert_eq!(client_ip("10.0.0.1".parse().unwrap(), &h, &trusted), "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip("10.0.0.1".parse().unwrap(), &h, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
         // An untrusted peer cannot choose its address.
-        assert_eq!(client_ip("198.51.100.1".parse().unwrap(), &h, &trusted), "198.51.100.1".parse::<IpAddr>().unwrap());
-        assert_eq!(client_ip("10.0.0.1".parse().unwrap(), &h, &[]), "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip("198.51.100.1".parse().unwrap(), &h, &trusted),
+            "198.51.100.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip("10.0.0.1".parse().unwrap(), &h, &[]),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
         let bad = headers(&[("x-forwarded-for", "junk")]);
-        assert_eq!(client_ip("10.0.0.1".parse().unwrap(), &bad, &trusted), "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip("10.0.0.1".parse().unwrap(), &bad, &trusted),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
     fn traceparent_parsing() {
-        let h = headers(&[("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")]);
+        let h = headers(&[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )]);
         let ctx = parse_traceparent(&h).unwrap();
         assert_eq!(ctx.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         let child = child_traceparent(&ctx).unwrap();
         let child = child.to_str().unwrap();
-        assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && child.ends_with("-01"));
+        assert!(
+            child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && child.ends_with("-01")
+        );
         assert!(!child.contains("00f067aa0ba902b7"));
-        for bad in ["00-00000000000000000000000000000000-00f067aa0ba902b7-01", "00-XYZ-1-01", "garbage"] {
-            assert_eq!(parse_traceparent(&headers(&[("traceparent", bad)])), None, "{bad}");
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-XYZ-1-01",
+            "garbage",
+        ] {
+            assert_eq!(
+                parse_traceparent(&headers(&[("traceparent", bad)])),
+                None,
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn hop_by_hop_headers_are_removed() {
-        let mut h = headers(&[("connection", "close, x-secret"), ("x-secret", "1"), ("keep-alive", "5"), ("x-keep", "1")]);
+        let mut h = headers(&[
+            ("connection", "close, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "5"),
+            ("x-keep", "1"),
+        ]);
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));

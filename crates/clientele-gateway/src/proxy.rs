@@ -65,10 +65,16 @@ struct Seen {
 }
 
 impl Gateway {
-    pub fn new(apis: &[ApiConfig], options: GatewayOptions, keys: Arc<KeyIndex>, sink: EventSink) -> Result<Gateway, String> {
+    pub fn new(
+        apis: &[ApiConfig],
+        options: GatewayOptions,
+        keys: Arc<KeyIndex>,
+        sink: EventSink,
+    ) -> Result<Gateway, String> {
         let mut built = Vec::with_capacity(apis.len());
         for api in apis {
-            let upstream = parse_upstream(&api.upstream).map_err(|e| format!("api {}: upstream {e}", api.name))?;
+            let upstream = parse_upstream(&api.upstream)
+                .map_err(|e| format!("api {}: upstream {e}", api.name))?;
             let mut connector = HttpConnector::new();
             connector.set_nodelay(true);
             connector.set_connect_timeout(Some(Duration::from_millis(api.connect_timeout_ms)));
@@ -86,7 +92,7 @@ impl Gateway {
                 client,
             });
         }
-        built.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        built.sort_by_key(|api| std::cmp::Reverse(api.prefix.len()));
         let session_header = HeaderName::from_bytes(options.session_header.as_bytes()).ok();
         Ok(Gateway {
             apis: built,
@@ -109,7 +115,9 @@ impl Gateway {
     }
 
     fn route(&self, path: &str) -> Option<&Api> {
-        self.apis.iter().find(|api| prefix_matches(&api.prefix, path))
+        self.apis
+            .iter()
+            .find(|api| prefix_matches(&api.prefix, path))
     }
 
     /// Handles one request from start to response head. The body streams afterwards; the
@@ -121,7 +129,11 @@ impl Gateway {
         response
     }
 
-    async fn handle_inner(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+    async fn handle_inner(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ResponseBody> {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path().to_string();
@@ -131,7 +143,11 @@ impl Gateway {
         });
         let client_ip = h::client_ip(peer.ip(), &parts.headers, &self.options.trusted_proxies);
         let header_str = |name: &HeaderName| {
-            parts.headers.get(name).and_then(|v| v.to_str().ok()).map(|s| truncate(s, 512))
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| truncate(s, 512))
         };
         let mut seen = Seen {
             started,
@@ -175,19 +191,37 @@ impl Gateway {
         let (key, source) = match h::presented_key(&parts.headers) {
             PresentedKey::Key(key, source) => (key, source),
             PresentedKey::Missing => {
-                return self.refuse(seen, StatusCode::UNAUTHORIZED, Outcome::MissingKey, "missing-api-key", "Missing API key",
-                    "send your API key in the X-API-Key header or as Authorization: Bearer <key>");
+                return self.refuse(
+                    seen,
+                    StatusCode::UNAUTHORIZED,
+                    Outcome::MissingKey,
+                    "missing-api-key",
+                    "Missing API key",
+                    "send your API key in the X-API-Key header or as Authorization: Bearer <key>",
+                );
             }
             PresentedKey::Malformed(_) => {
-                return self.refuse(seen, StatusCode::UNAUTHORIZED, Outcome::UnknownKey, "invalid-api-key", "Invalid API key",
-                    "the API key is not well-formed; send it exactly as it was issued");
+                return self.refuse(
+                    seen,
+                    StatusCode::UNAUTHORIZED,
+                    Outcome::UnknownKey,
+                    "invalid-api-key",
+                    "Invalid API key",
+                    "the API key is not well-formed; send it exactly as it was issued",
+                );
             }
         };
         let entry = match self.keys.lookup(key, seen.event.ts_ms) {
             Lookup::Valid(entry) => entry,
             Lookup::Unknown => {
-                return self.refuse(seen, StatusCode::UNAUTHORIZED, Outcome::UnknownKey, "invalid-api-key", "Invalid API key",
-                    "the API key is not recognised; check that you copied it completely");
+                return self.refuse(
+                    seen,
+                    StatusCode::UNAUTHORIZED,
+                    Outcome::UnknownKey,
+                    "invalid-api-key",
+                    "Invalid API key",
+                    "the API key is not recognised; check that you copied it completely",
+                );
             }
             Lookup::Revoked(entry) => {
                 attribute(&mut seen.event, &entry);
@@ -196,16 +230,31 @@ impl Gateway {
             }
             Lookup::Expired(entry) => {
                 attribute(&mut seen.event, &entry);
-                return self.refuse(seen, StatusCode::UNAUTHORIZED, Outcome::ExpiredKey, "expired-api-key", "Expired API key",
-                    "this API key has expired; create a new key or ask the API's owner for one");
+                return self.refuse(
+                    seen,
+                    StatusCode::UNAUTHORIZED,
+                    Outcome::ExpiredKey,
+                    "expired-api-key",
+                    "Expired API key",
+                    "this API key has expired; create a new key or ask the API's owner for one",
+                );
             }
         };
         attribute(&mut seen.event, &entry);
 
         // Phase 2: where does it go?
         let Some(api) = api else {
-            return self.refuse(seen, StatusCode::NOT_FOUND, Outcome::NoRoute, "no-route", "No API at this path",
-                format!("no API is configured for the path {}; check the URL", truncate(&path, 200)));
+            return self.refuse(
+                seen,
+                StatusCode::NOT_FOUND,
+                Outcome::NoRoute,
+                "no-route",
+                "No API at this path",
+                format!(
+                    "no API is configured for the path {}; check the URL",
+                    truncate(&path, 200)
+                ),
+            );
         };
 
         // Phase 3: is the body acceptable?
@@ -217,8 +266,14 @@ impl Gateway {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
             if declared.is_some_and(|n| n > limit) {
-                return self.refuse(seen, StatusCode::PAYLOAD_TOO_LARGE, Outcome::BodyTooLarge, "body-too-large", "Request body too large",
-                    format!("the request body is larger than the gateway's limit of {limit} bytes"));
+                return self.refuse(
+                    seen,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Outcome::BodyTooLarge,
+                    "body-too-large",
+                    "Request body too large",
+                    format!("the request body is larger than the gateway's limit of {limit} bytes"),
+                );
             }
         }
 
@@ -226,8 +281,14 @@ impl Gateway {
         let upstream_uri = match self.upstream_uri(api, &path, parts.uri.query()) {
             Some(uri) => uri,
             None => {
-                return self.refuse(seen, StatusCode::BAD_REQUEST, Outcome::NoRoute, "bad-path", "Invalid request path",
-                    "the request path cannot be forwarded; percent-encode special characters");
+                return self.refuse(
+                    seen,
+                    StatusCode::BAD_REQUEST,
+                    Outcome::NoRoute,
+                    "bad-path",
+                    "Invalid request path",
+                    "the request path cannot be forwarded; percent-encode special characters",
+                );
             }
         };
         parts.uri = upstream_uri;
@@ -246,18 +307,46 @@ impl Gateway {
             Ok(Err(err)) => {
                 seen.event.upstream_latency_ms = Some(upstream_ms);
                 seen.event.request_bytes = counted.load(Ordering::Relaxed);
-                if too_large.load(Ordering::Relaxed) || source_is(&err, |e| e.is::<BodyTooLarge>()) {
-                    return self.refuse_counted(seen, counted, StatusCode::PAYLOAD_TOO_LARGE, Outcome::BodyTooLarge, "body-too-large",
-                        "Request body too large", format!("the request body is larger than the gateway's limit of {limit} bytes"));
+                if too_large.load(Ordering::Relaxed) || source_is(&err, |e| e.is::<BodyTooLarge>())
+                {
+                    return self.refuse_counted(
+                        seen,
+                        counted,
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        Outcome::BodyTooLarge,
+                        "body-too-large",
+                        "Request body too large",
+                        format!(
+                            "the request body is larger than the gateway's limit of {limit} bytes"
+                        ),
+                    );
                 }
                 tracing::debug!(api = %api.name, error = %err, "upstream request failed");
-                return self.refuse_counted(seen, counted, StatusCode::BAD_GATEWAY, Outcome::UpstreamUnreachable, "upstream-unreachable",
-                    "Upstream unreachable", format!("the {} API could not be reached; try again later", api.name));
+                return self.refuse_counted(
+                    seen,
+                    counted,
+                    StatusCode::BAD_GATEWAY,
+                    Outcome::UpstreamUnreachable,
+                    "upstream-unreachable",
+                    "Upstream unreachable",
+                    format!("the {} API could not be reached; try again later", api.name),
+                );
             }
             Err(_) => {
                 seen.event.upstream_latency_ms = Some(upstream_ms);
-                return self.refuse_counted(seen, counted, StatusCode::GATEWAY_TIMEOUT, Outcome::UpstreamTimeout, "upstream-timeout",
-                    "Upstream timed out", format!("the {} API did not answer within {} ms", api.name, api.timeout.as_millis()));
+                return self.refuse_counted(
+                    seen,
+                    counted,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Outcome::UpstreamTimeout,
+                    "upstream-timeout",
+                    "Upstream timed out",
+                    format!(
+                        "the {} API did not answer within {} ms",
+                        api.name,
+                        api.timeout.as_millis()
+                    ),
+                );
             }
         };
 
@@ -265,13 +354,20 @@ impl Gateway {
         seen.event.status = response.status().as_u16();
         h::strip_hop_by_hop(response.headers_mut());
         let (resp_parts, resp_body) = response.into_parts();
-        let body = ResponseBody::upstream(resp_body).emit_on_finish(seen.event, seen.started, counted, self.sink.clone());
+        let body = ResponseBody::upstream(resp_body).emit_on_finish(
+            seen.event,
+            seen.started,
+            counted,
+            self.sink.clone(),
+        );
         Response::from_parts(resp_parts, body)
     }
 
     fn upstream_uri(&self, api: &Api, path: &str, query: Option<&str>) -> Option<Uri> {
         let rel = api_relative_path(api, path);
-        let mut pq = String::with_capacity(api.upstream.base_path.len() + rel.len() + query.map_or(0, |q| q.len() + 1));
+        let mut pq = String::with_capacity(
+            api.upstream.base_path.len() + rel.len() + query.map_or(0, |q| q.len() + 1),
+        );
         pq.push_str(&api.upstream.base_path);
         if !rel.starts_with('/') {
             pq.push('/');
@@ -313,29 +409,63 @@ impl Gateway {
         if let Ok(v) = HeaderValue::from_str(&entry.consumer) {
             headers.insert(h::X_CONSUMER_ID.clone(), v);
         }
-        if let Some(plan) = entry.plan.as_deref().and_then(|p| HeaderValue::from_str(p).ok()) {
+        if let Some(plan) = entry
+            .plan
+            .as_deref()
+            .and_then(|p| HeaderValue::from_str(p).ok())
+        {
             headers.insert(h::X_CONSUMER_PLAN.clone(), plan);
         }
         // Keep the chain only when it came from a proxy we trust; otherwise it is whatever the
         // client chose to write, and the upstream would be misled by it.
-        let peer_trusted = self.options.trusted_proxies.iter().any(|n| n.contains(&peer));
-        let xff = match headers.get(&h::X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        let peer_trusted = self
+            .options
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&peer));
+        let xff = match headers
+            .get(&h::X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+        {
             Some(prev) if peer_trusted && !prev.is_empty() => format!("{prev}, {peer}"),
             _ => peer.to_string(),
         };
         if let Ok(v) = HeaderValue::from_str(&xff) {
             headers.insert(h::X_FORWARDED_FOR.clone(), v);
         }
-        let proto = if self.tls.load(Ordering::Relaxed) { "https" } else { "http" };
-        headers.insert(h::X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+        let proto = if self.tls.load(Ordering::Relaxed) {
+            "https"
+        } else {
+            "http"
+        };
+        headers.insert(
+            h::X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(proto),
+        );
         if let Some(tp) = h::child_traceparent(trace) {
             headers.insert(h::TRACEPARENT.clone(), tp);
         }
     }
 
     /// Answers with a problem+json made by the gateway, emitting the event when sent.
-    fn refuse(&self, seen: Seen, status: StatusCode, outcome: Outcome, slug: &str, title: &str, detail: impl Into<String>) -> Response<ResponseBody> {
-        self.refuse_counted(seen, Arc::new(AtomicU64::new(0)), status, outcome, slug, title, detail)
+    fn refuse(
+        &self,
+        seen: Seen,
+        status: StatusCode,
+        outcome: Outcome,
+        slug: &str,
+        title: &str,
+        detail: impl Into<String>,
+    ) -> Response<ResponseBody> {
+        self.refuse_counted(
+            seen,
+            Arc::new(AtomicU64::new(0)),
+            status,
+            outcome,
+            slug,
+            title,
+            detail,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -352,13 +482,28 @@ impl Gateway {
         seen.event.status = status.as_u16();
         seen.event.outcome = outcome;
         let mut problem = Problem::new(status.as_u16(), slug, title, detail);
-        problem.instance = seen.event.trace_id.as_ref().map(|t| format!("urn:clientele:trace:{t}"));
-        let body = ResponseBody::local(Bytes::from(problem.to_json())).emit_on_finish(seen.event, seen.started, request_bytes, self.sink.clone());
+        problem.instance = seen
+            .event
+            .trace_id
+            .as_ref()
+            .map(|t| format!("urn:clientele:trace:{t}"));
+        let body = ResponseBody::local(Bytes::from(problem.to_json())).emit_on_finish(
+            seen.event,
+            seen.started,
+            request_bytes,
+            self.sink.clone(),
+        );
         let mut resp = Response::new(body);
         *resp.status_mut() = status;
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(problem::CONTENT_TYPE));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(problem::CONTENT_TYPE),
+        );
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"clientele\""));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"clientele\""),
+            );
         }
         resp
     }
@@ -403,7 +548,10 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 /// Whether any error in `err`'s source chain satisfies `pred`.
-fn source_is(err: &(dyn std::error::Error + 'static), pred: impl Fn(&(dyn std::error::Error + 'static)) -> bool) -> bool {
+fn source_is(
+    err: &(dyn std::error::Error + 'static),
+    pred: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if pred(e) {

@@ -106,22 +106,30 @@ pub async fn serve(
         let tls = tls.clone();
         tokio::spawn(async move {
             let result = match tls {
-                Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                    Ok(Ok(tls_stream)) => {
-                        let conn = builder.serve_connection(TokioIo::new(tls_stream), service).into_owned();
-                        watcher.watch(conn).await
+                Some(acceptor) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls_stream)) => {
+                            let conn = builder
+                                .serve_connection(TokioIo::new(tls_stream), service)
+                                .into_owned();
+                            watcher.watch(conn).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
                     }
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                },
+                }
                 None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                    let conn = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned();
                     watcher.watch(conn).await
                 }
             };
@@ -131,7 +139,10 @@ pub async fn serve(
         });
     }
     drop(listener);
-    tracing::info!(in_flight = gateway.in_flight(), "gateway draining connections");
+    tracing::info!(
+        in_flight = gateway.in_flight(),
+        "gateway draining connections"
+    );
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("gateway drained"),
         () = tokio::time::sleep(settings.grace) => {

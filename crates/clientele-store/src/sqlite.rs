@@ -94,7 +94,9 @@ struct Inner {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.inner.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish()
     }
 }
 
@@ -121,7 +123,9 @@ impl SqliteStore {
             .map_err(open_err)?;
         writer.execute_batch(SCHEMA).map_err(open_err)?;
         let version: Option<String> = writer
-            .query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| r.get(0))
+            .query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| {
+                r.get(0)
+            })
             .optional()?;
         match version.as_deref().map(str::parse::<i64>) {
             None => {
@@ -140,7 +144,9 @@ impl SqliteStore {
         }
         let key_secret = load_or_create_secret(&writer)?;
         let reader = Connection::open(&path).map_err(open_err)?;
-        reader.execute_batch("PRAGMA busy_timeout = 5000;").map_err(open_err)?;
+        reader
+            .execute_batch("PRAGMA busy_timeout = 5000;")
+            .map_err(open_err)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
@@ -188,7 +194,9 @@ impl SqliteStore {
 
 fn load_or_create_secret(conn: &Connection) -> Result<[u8; 32]> {
     let existing: Option<String> = conn
-        .query_row("SELECT v FROM meta WHERE k = 'key_secret'", [], |r| r.get(0))
+        .query_row("SELECT v FROM meta WHERE k = 'key_secret'", [], |r| {
+            r.get(0)
+        })
         .optional()?;
     let hex_secret = match existing {
         Some(s) => s,
@@ -310,8 +318,9 @@ impl ControlStore for SqliteStore {
 
     async fn list_consumers(&self) -> Result<Vec<Consumer>> {
         self.read(|conn| {
-            let mut stmt =
-                conn.prepare(&format!("SELECT {CONSUMER_COLUMNS} FROM consumers ORDER BY id"))?;
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {CONSUMER_COLUMNS} FROM consumers ORDER BY id"
+            ))?;
             let rows = stmt.query_map([], consumer_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -335,7 +344,10 @@ impl ControlStore for SqliteStore {
                 ],
             )?;
             if n == 0 {
-                return Err(StoreError::NotFound(format!("no consumer has id {:?}", consumer.id)));
+                return Err(StoreError::NotFound(format!(
+                    "no consumer has id {:?}",
+                    consumer.id
+                )));
             }
             bump_version(&tx)?;
             tx.commit()?;
@@ -480,7 +492,9 @@ impl ControlStore for SqliteStore {
     async fn control_version(&self) -> Result<u64> {
         self.read(|conn| {
             let v: Option<String> = conn
-                .query_row("SELECT v FROM meta WHERE k = 'control_version'", [], |r| r.get(0))
+                .query_row("SELECT v FROM meta WHERE k = 'control_version'", [], |r| {
+                    r.get(0)
+                })
                 .optional()?;
             Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
         })
@@ -494,7 +508,8 @@ fn parse_hash(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-const EVENT_COLUMNS: &str = "id, ts, consumer, key_id, api, method, path, route, status, latency_ms,
+const EVENT_COLUMNS: &str =
+    "id, ts, consumer, key_id, api, method, path, route, status, latency_ms,
     upstream_latency_ms, request_bytes, response_bytes, client_ip, user_agent, session_id,
     trace_id, outcome, plan, team, use_case, model, tokens_in, tokens_out, cost_usd";
 
@@ -636,13 +651,17 @@ impl EventStore for SqliteStore {
     }
 
     async fn prune_events(&self, before_ms: i64) -> Result<u64> {
-        self.write(move |conn| Ok(conn.execute("DELETE FROM events WHERE ts < ?1", [before_ms])? as u64))
-            .await
+        self.write(move |conn| {
+            Ok(conn.execute("DELETE FROM events WHERE ts < ?1", [before_ms])? as u64)
+        })
+        .await
     }
 
     async fn event_count(&self) -> Result<u64> {
-        self.read(|conn| Ok(conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))? as u64))
-            .await
+        self.read(|conn| {
+            Ok(conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))? as u64)
+        })
+        .await
     }
 }
 
@@ -652,7 +671,10 @@ mod tests {
 
     #[tokio::test]
     async fn passes_the_shared_suite() {
-        let dir = std::env::temp_dir().join(format!("clientele-store-test-{}", clientele_core::event::random_id128()));
+        let dir = std::env::temp_dir().join(format!(
+            "clientele-store-test-{}",
+            clientele_core::event::random_id128()
+        ));
         let store = SqliteStore::open(&dir).unwrap();
         crate::testsuite::control_store_suite(&store).await;
         crate::testsuite::event_store_suite(&store).await;

@@ -1,6 +1,8 @@
 //! The behaviour every store backend must show. Each backend's tests call these functions on
 //! a fresh, empty store, so the embedded store and any scale-out backend give the same answers.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use clientele_core::consumer::{ApiKey, Consumer};
 use clientele_core::event::{Event, Outcome};
 
@@ -65,8 +67,14 @@ pub fn event(id: &str, consumer: &str, ts_ms: i64, status: u16) -> Event {
 
 pub async fn control_store_suite(store: &dyn ControlStore) {
     let v0 = store.control_version().await.unwrap();
-    let acme = store.create_consumer(consumer("acme", Some("pro"))).await.unwrap();
-    assert_eq!(store.get_consumer("acme").await.unwrap(), Some(acme.clone()));
+    let acme = store
+        .create_consumer(consumer("acme", Some("pro")))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_consumer("acme").await.unwrap(),
+        Some(acme.clone())
+    );
     assert!(matches!(
         store.create_consumer(consumer("acme", None)).await,
         Err(StoreError::Conflict(_))
@@ -89,7 +97,9 @@ pub async fn control_store_suite(store: &dyn ControlStore) {
         Err(StoreError::Conflict(_))
     ));
     assert!(matches!(
-        store.create_key(key("key_3", "ghost", &"b".repeat(64))).await,
+        store
+            .create_key(key("key_3", "ghost", &"b".repeat(64)))
+            .await,
         Err(StoreError::NotFound(_))
     ));
     let entries = store.key_entries().await.unwrap();
@@ -101,17 +111,40 @@ pub async fn control_store_suite(store: &dyn ControlStore) {
     let revoked = store.revoke_key("key_1", 5_000).await.unwrap();
     assert_eq!(revoked.revoked_at_ms, Some(5_000));
     // Revoking again keeps the first time.
-    assert_eq!(store.revoke_key("key_1", 6_000).await.unwrap().revoked_at_ms, Some(5_000));
+    assert_eq!(
+        store
+            .revoke_key("key_1", 6_000)
+            .await
+            .unwrap()
+            .revoked_at_ms,
+        Some(5_000)
+    );
     assert!(store.key_entries().await.unwrap()[0].revoked);
-    assert!(matches!(store.revoke_key("nope", 1).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        store.revoke_key("nope", 1).await,
+        Err(StoreError::NotFound(_))
+    ));
 
-    store.create_consumer(consumer("globex", None)).await.unwrap();
-    store.create_key(key("key_4", "globex", &"c".repeat(64))).await.unwrap();
+    store
+        .create_consumer(consumer("globex", None))
+        .await
+        .unwrap();
+    store
+        .create_key(key("key_4", "globex", &"c".repeat(64)))
+        .await
+        .unwrap();
     store.delete_consumer("globex", 7_000).await.unwrap();
     assert_eq!(store.get_consumer("globex").await.unwrap(), None);
     let keys = store.list_keys("globex").await.unwrap();
-    assert_eq!(keys[0].revoked_at_ms, Some(7_000), "deleting a consumer revokes its keys");
-    assert!(matches!(store.delete_consumer("globex", 1).await, Err(StoreError::NotFound(_))));
+    assert_eq!(
+        keys[0].revoked_at_ms,
+        Some(7_000),
+        "deleting a consumer revokes its keys"
+    );
+    assert!(matches!(
+        store.delete_consumer("globex", 1).await,
+        Err(StoreError::NotFound(_))
+    ));
     assert_eq!(store.list_consumers().await.unwrap().len(), 1);
 }
 
@@ -128,17 +161,32 @@ pub async fn event_store_suite(store: &dyn EventStore) {
     assert_eq!(store.event_count().await.unwrap(), 4);
 
     let totals = store
-        .consumer_totals(&StatsFilter { from_ms: 0, to_ms: 10_000, ..Default::default() })
+        .consumer_totals(&StatsFilter {
+            from_ms: 0,
+            to_ms: 10_000,
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(totals.len(), 2);
     assert_eq!(totals[0].consumer, "acme");
-    assert_eq!((totals[0].requests, totals[0].errors_4xx, totals[0].errors_5xx), (3, 1, 1));
+    assert_eq!(
+        (
+            totals[0].requests,
+            totals[0].errors_4xx,
+            totals[0].errors_5xx
+        ),
+        (3, 1, 1)
+    );
     assert_eq!((totals[1].errors_4xx, totals[1].rate_limited), (1, 1));
     assert_eq!(totals[0].response_bytes, 300);
 
     let window = store
-        .consumer_totals(&StatsFilter { from_ms: 1_500, to_ms: 3_000, ..Default::default() })
+        .consumer_totals(&StatsFilter {
+            from_ms: 1_500,
+            to_ms: 3_000,
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(window.len(), 1, "the window is [from, to)");
@@ -156,10 +204,20 @@ pub async fn event_store_suite(store: &dyn EventStore) {
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].id, "e3");
     let all = store
-        .recent_events(&EventQuery { consumer: "acme".into(), from_ms: 0, to_ms: 10_000, status: None, limit: 2 })
+        .recent_events(&EventQuery {
+            consumer: "acme".into(),
+            from_ms: 0,
+            to_ms: 10_000,
+            status: None,
+            limit: 2,
+        })
         .await
         .unwrap();
-    assert_eq!(all.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["e3", "e2"], "newest first");
+    assert_eq!(
+        all.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["e3", "e2"],
+        "newest first"
+    );
 
     assert_eq!(store.prune_events(2_000).await.unwrap(), 1);
     assert_eq!(store.event_count().await.unwrap(), 3);

@@ -104,7 +104,15 @@ fn seg(s: &str) -> String {
 
 pub async fn consumers(cmd: ConsumersCmd) -> Result<()> {
     match cmd {
-        ConsumersCmd::Add { id, name, plan, team, use_case, meta, remote } => {
+        ConsumersCmd::Add {
+            id,
+            name,
+            plan,
+            team,
+            use_case,
+            meta,
+            remote,
+        } => {
             let mut metadata = Map::new();
             for entry in meta {
                 let Some((k, v)) = entry.split_once('=') else {
@@ -113,38 +121,69 @@ pub async fn consumers(cmd: ConsumersCmd) -> Result<()> {
                 metadata.insert(k.to_string(), Value::String(v.to_string()));
             }
             let body = json!({"id": id, "name": name, "plan": plan, "team": team, "use_case": use_case, "metadata": metadata});
-            let created = connect(&remote)?.call(Method::POST, "/v1/consumers", Some(&body)).await?;
+            let created = connect(&remote)?
+                .call(Method::POST, "/v1/consumers", Some(&body))
+                .await?;
             output(&remote, &created, || {
                 println!("created consumer {}", str_of(&created, "id"));
             });
         }
         ConsumersCmd::List { remote } => {
-            let list = connect(&remote)?.call(Method::GET, "/v1/consumers", None).await?;
+            let list = connect(&remote)?
+                .call(Method::GET, "/v1/consumers", None)
+                .await?;
             output(&remote, &list, || {
                 let rows: Vec<Vec<String>> = array(&list, "consumers")
                     .iter()
-                    .map(|c| ["id", "name", "plan", "team", "use_case", "created_at"].iter().map(|f| str_of(c, f)).collect())
+                    .map(|c| {
+                        ["id", "name", "plan", "team", "use_case", "created_at"]
+                            .iter()
+                            .map(|f| str_of(c, f))
+                            .collect()
+                    })
                     .collect();
-                print_table(&["ID", "NAME", "PLAN", "TEAM", "USE CASE", "CREATED"], &rows);
+                print_table(
+                    &["ID", "NAME", "PLAN", "TEAM", "USE CASE", "CREATED"],
+                    &rows,
+                );
             });
         }
         ConsumersCmd::Show { id, remote } => {
             let client = connect(&remote)?;
-            let consumer = client.call(Method::GET, &format!("/v1/consumers/{}", seg(&id)), None).await?;
-            let keys = client.call(Method::GET, &format!("/v1/consumers/{}/keys", seg(&id)), None).await?;
+            let consumer = client
+                .call(Method::GET, &format!("/v1/consumers/{}", seg(&id)), None)
+                .await?;
+            let keys = client
+                .call(
+                    Method::GET,
+                    &format!("/v1/consumers/{}/keys", seg(&id)),
+                    None,
+                )
+                .await?;
             let both = json!({"consumer": consumer, "keys": keys.get("keys").cloned().unwrap_or(Value::Null)});
             output(&remote, &both, || {
                 for f in ["id", "name", "plan", "team", "use_case", "created_at"] {
                     println!("{:<11} {}", format!("{f}:"), str_of(&consumer, f));
                 }
-                println!("{:<11} {}", "metadata:", consumer.get("metadata").map(Value::to_string).unwrap_or_default());
+                println!(
+                    "{:<11} {}",
+                    "metadata:",
+                    consumer
+                        .get("metadata")
+                        .map(Value::to_string)
+                        .unwrap_or_default()
+                );
                 println!();
                 print_keys(&keys);
             });
         }
         ConsumersCmd::Rm { id, remote } => {
-            connect(&remote)?.call(Method::DELETE, &format!("/v1/consumers/{}", seg(&id)), None).await?;
-            output(&remote, &json!({"deleted": id}), || println!("deleted consumer {id}; its keys are revoked"));
+            connect(&remote)?
+                .call(Method::DELETE, &format!("/v1/consumers/{}", seg(&id)), None)
+                .await?;
+            output(&remote, &json!({"deleted": id}), || {
+                println!("deleted consumer {id}; its keys are revoked")
+            });
         }
     }
     Ok(())
@@ -152,26 +191,48 @@ pub async fn consumers(cmd: ConsumersCmd) -> Result<()> {
 
 pub async fn keys(cmd: KeysCmd) -> Result<()> {
     match cmd {
-        KeysCmd::Create { consumer, name, expires_at, import, remote } => {
+        KeysCmd::Create {
+            consumer,
+            name,
+            expires_at,
+            import,
+            remote,
+        } => {
             let body = json!({"name": name, "expires_at": expires_at, "key": import});
             let created = connect(&remote)?
-                .call(Method::POST, &format!("/v1/consumers/{}/keys", seg(&consumer)), Some(&body))
+                .call(
+                    Method::POST,
+                    &format!("/v1/consumers/{}/keys", seg(&consumer)),
+                    Some(&body),
+                )
                 .await?;
             output(&remote, &created, || {
                 println!("key_id:  {}", str_of(&created, "key_id"));
                 println!("key:     {}", str_of(&created, "key"));
                 println!("prefix:  {}", str_of(&created, "prefix"));
                 println!();
-                println!("Store the key now: it is not shown again. The server keeps only its hash.");
+                println!(
+                    "Store the key now: it is not shown again. The server keeps only its hash."
+                );
             });
         }
         KeysCmd::List { consumer, remote } => {
-            let keys = connect(&remote)?.call(Method::GET, &format!("/v1/consumers/{}/keys", seg(&consumer)), None).await?;
+            let keys = connect(&remote)?
+                .call(
+                    Method::GET,
+                    &format!("/v1/consumers/{}/keys", seg(&consumer)),
+                    None,
+                )
+                .await?;
             output(&remote, &keys, || print_keys(&keys));
         }
         KeysCmd::Revoke { key_id, remote } => {
-            let key = connect(&remote)?.call(Method::DELETE, &format!("/v1/keys/{}", seg(&key_id)), None).await?;
-            output(&remote, &key, || println!("revoked {key_id}; the gateway refuses it from now on"));
+            let key = connect(&remote)?
+                .call(Method::DELETE, &format!("/v1/keys/{}", seg(&key_id)), None)
+                .await?;
+            output(&remote, &key, || {
+                println!("revoked {key_id}; the gateway refuses it from now on")
+            });
         }
     }
     Ok(())
@@ -180,21 +241,42 @@ pub async fn keys(cmd: KeysCmd) -> Result<()> {
 fn print_keys(keys: &Value) {
     let rows: Vec<Vec<String>> = array(keys, "keys")
         .iter()
-        .map(|k| ["key_id", "prefix", "name", "status", "created_at", "expires_at"].iter().map(|f| str_of(k, f)).collect())
+        .map(|k| {
+            [
+                "key_id",
+                "prefix",
+                "name",
+                "status",
+                "created_at",
+                "expires_at",
+            ]
+            .iter()
+            .map(|f| str_of(k, f))
+            .collect()
+        })
         .collect();
-    print_table(&["KEY ID", "PREFIX", "NAME", "STATUS", "CREATED", "EXPIRES"], &rows);
+    print_table(
+        &["KEY ID", "PREFIX", "NAME", "STATUS", "CREATED", "EXPIRES"],
+        &rows,
+    );
 }
 
 fn output(remote: &Remote, value: &Value, human: impl FnOnce()) {
     if remote.json {
-        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
     } else {
         human();
     }
 }
 
 fn array<'a>(v: &'a Value, field: &str) -> &'a [Value] {
-    v.get(field).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default()
+    v.get(field)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
 }
 
 fn str_of(v: &Value, field: &str) -> String {
@@ -216,7 +298,11 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<&str>| {
-        let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i])).collect();
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:<w$}", c, w = widths[i]))
+            .collect();
         println!("{}", parts.join("  ").trim_end());
     };
     line(headers.to_vec());

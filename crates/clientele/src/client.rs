@@ -46,18 +46,33 @@ impl AdminClient {
             .map_err(|_| anyhow!("{url} did not answer within 30 s"))?
             .map_err(|e| anyhow!("cannot reach the admin API at {}: {e}; is `clientele serve` running? (set --admin-url or CLIENTELE_ADMIN_URL)", self.base))?;
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.map_err(|e| anyhow!("reading the answer failed: {e}"))?.to_bytes();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| anyhow!("reading the answer failed: {e}"))?
+            .to_bytes();
         if status == StatusCode::NO_CONTENT {
             return Ok(Value::Null);
         }
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        let value: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         if status.is_success() {
             return Ok(value);
         }
-        let detail = value.get("detail").and_then(Value::as_str).unwrap_or("no detail given");
+        let detail = value
+            .get("detail")
+            .and_then(Value::as_str)
+            .unwrap_or("no detail given");
         if status == StatusCode::UNAUTHORIZED {
-            bail!("the admin API refused the token ({detail}); set --token or CLIENTELE_ADMIN_TOKEN");
+            bail!(
+                "the admin API refused the token ({detail}); set --token or CLIENTELE_ADMIN_TOKEN"
+            );
         }
-        bail!("{} {}: {detail}", status.as_u16(), status.canonical_reason().unwrap_or(""))
+        bail!(
+            "{} {}: {detail}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        )
     }
 }

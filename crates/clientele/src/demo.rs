@@ -72,20 +72,71 @@ enum Behaviour {
 }
 
 const PERSONAS: &[Persona] = &[
-    Persona { id: "acme", name: "Acme Corp", plan: "enterprise", team: "retail", use_case: "storefront", behaviour: Behaviour::Steady { per_sec: 8.0 } },
-    Persona { id: "globex", name: "Globex", plan: "pro", team: "logistics", use_case: "inventory-sync", behaviour: Behaviour::Steady { per_sec: 4.0 } },
-    Persona { id: "initech", name: "Initech", plan: "pro", team: "partners", use_case: "order-import", behaviour: Behaviour::BrokenOrders { per_sec: 3.0 } },
-    Persona { id: "umbrella", name: "Umbrella", plan: "free", team: "self-serve", use_case: "price-watch", behaviour: Behaviour::RunawaySearch { per_sec: 25.0 } },
-    Persona { id: "hooli", name: "Hooli", plan: "free", team: "self-serve", use_case: "mobile-app", behaviour: Behaviour::SharedKey { per_sec: 3.0 } },
-    Persona { id: "smith-agent", name: "Smith (AI agent)", plan: "pro", team: "ai", use_case: "shopping-assistant", behaviour: Behaviour::Agent },
-    Persona { id: "stark", name: "Stark Industries", plan: "enterprise", team: "retail", use_case: "b2b-portal", behaviour: Behaviour::Steady { per_sec: 2.0 } },
+    Persona {
+        id: "acme",
+        name: "Acme Corp",
+        plan: "enterprise",
+        team: "retail",
+        use_case: "storefront",
+        behaviour: Behaviour::Steady { per_sec: 8.0 },
+    },
+    Persona {
+        id: "globex",
+        name: "Globex",
+        plan: "pro",
+        team: "logistics",
+        use_case: "inventory-sync",
+        behaviour: Behaviour::Steady { per_sec: 4.0 },
+    },
+    Persona {
+        id: "initech",
+        name: "Initech",
+        plan: "pro",
+        team: "partners",
+        use_case: "order-import",
+        behaviour: Behaviour::BrokenOrders { per_sec: 3.0 },
+    },
+    Persona {
+        id: "umbrella",
+        name: "Umbrella",
+        plan: "free",
+        team: "self-serve",
+        use_case: "price-watch",
+        behaviour: Behaviour::RunawaySearch { per_sec: 25.0 },
+    },
+    Persona {
+        id: "hooli",
+        name: "Hooli",
+        plan: "free",
+        team: "self-serve",
+        use_case: "mobile-app",
+        behaviour: Behaviour::SharedKey { per_sec: 3.0 },
+    },
+    Persona {
+        id: "smith-agent",
+        name: "Smith (AI agent)",
+        plan: "pro",
+        team: "ai",
+        use_case: "shopping-assistant",
+        behaviour: Behaviour::Agent,
+    },
+    Persona {
+        id: "stark",
+        name: "Stark Industries",
+        plan: "enterprise",
+        team: "retail",
+        use_case: "b2b-portal",
+        behaviour: Behaviour::Steady { per_sec: 2.0 },
+    },
 ];
 
 pub async fn run(args: DemoArgs) -> Result<()> {
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("clientele-demo-{}", clientele_core::keys::random_base62(8))));
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!(
+            "clientele-demo-{}",
+            clientele_core::keys::random_base62(8)
+        ))
+    });
     let upstream = start_upstream().await?;
     let gateway_listen = free_or_fallback(args.gateway_listen).await;
     let admin_listen = free_or_fallback(args.admin_listen).await;
@@ -122,7 +173,11 @@ burst = 200
 rate_per_second = 1000
 burst = 2000
 "#,
-        data = data_dir.display().to_string().replace('\\', "\\\\").replace('"', "\\\""),
+        data = data_dir
+            .display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\""),
     );
     let config = clientele_core::config::Config::parse(&config_text, "demo config", &data_dir)?;
     let running = server::start(config).await?;
@@ -141,9 +196,17 @@ burst = 2000
             Err(e) => return Err(e),
         }
         let key = admin
-            .call(Method::POST, &format!("/v1/consumers/{}/keys", p.id), Some(&json!({"name": "demo"})))
+            .call(
+                Method::POST,
+                &format!("/v1/consumers/{}/keys", p.id),
+                Some(&json!({"name": "demo"})),
+            )
             .await?;
-        let key = key.get("key").and_then(Value::as_str).context("key missing from answer")?.to_string();
+        let key = key
+            .get("key")
+            .and_then(Value::as_str)
+            .context("key missing from answer")?
+            .to_string();
         keys.push((p, key));
     }
 
@@ -155,14 +218,31 @@ burst = 2000
     println!("  data        {}", running.data_dir.display());
     println!();
     println!("Try:");
-    println!("  curl -s -H 'Authorization: Bearer {}' '{admin_url}/v1/stats/consumers'", running.admin_token);
-    println!("  curl -s -H 'Authorization: Bearer {}' '{admin_url}/v1/consumers/initech/events?status=4xx&limit=5'", running.admin_token);
-    println!("  CLIENTELE_ADMIN_URL={admin_url} CLIENTELE_ADMIN_TOKEN={} clientele consumers list", running.admin_token);
-    println!("  curl -s -H 'X-API-Key: {}' {gateway_url}/pets/1", keys[0].1);
+    println!(
+        "  curl -s -H 'Authorization: Bearer {}' '{admin_url}/v1/stats/consumers'",
+        running.admin_token
+    );
+    println!(
+        "  curl -s -H 'Authorization: Bearer {}' '{admin_url}/v1/consumers/initech/events?status=4xx&limit=5'",
+        running.admin_token
+    );
+    println!(
+        "  CLIENTELE_ADMIN_URL={admin_url} CLIENTELE_ADMIN_TOKEN={} clientele consumers list",
+        running.admin_token
+    );
+    println!(
+        "  curl -s -H 'X-API-Key: {}' {gateway_url}/pets/1",
+        keys[0].1
+    );
     println!();
-    println!("Synthetic traffic from {} consumers; a per-consumer table follows every {} s. Ctrl-C stops.", keys.len(), args.report_every);
+    println!(
+        "Synthetic traffic from {} consumers; a per-consumer table follows every {} s. Ctrl-C stops.",
+        keys.len(),
+        args.report_every
+    );
 
-    let http: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let http: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let traffic: Vec<_> = keys
         .into_iter()
         .map(|(p, key)| tokio::spawn(drive(p.behaviour, key, gateway_url.clone(), http.clone())))
@@ -226,28 +306,34 @@ impl Rng {
     }
 }
 
-async fn drive(behaviour: Behaviour, key: String, gateway: String, http: Client<HttpConnector, Full<Bytes>>) {
+async fn drive(
+    behaviour: Behaviour,
+    key: String,
+    gateway: String,
+    http: Client<HttpConnector, Full<Bytes>>,
+) {
     let mut rng = Rng::new();
-    let send = |method: Method, path: String, body: Option<Value>, extra: Vec<(&'static str, String)>| {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{gateway}{path}"))
-            .header("x-api-key", key.as_str())
-            .header(header::CONTENT_TYPE, "application/json");
-        for (k, v) in extra {
-            req = req.header(k, v);
-        }
-        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        let req = req.body(Full::new(body));
-        let http = http.clone();
-        async move {
-            if let Ok(req) = req {
-                if let Ok(resp) = http.request(req).await {
-                    let _ = resp.into_body().collect().await;
+    let send =
+        |method: Method, path: String, body: Option<Value>, extra: Vec<(&'static str, String)>| {
+            let mut req = Request::builder()
+                .method(method)
+                .uri(format!("{gateway}{path}"))
+                .header("x-api-key", key.as_str())
+                .header(header::CONTENT_TYPE, "application/json");
+            for (k, v) in extra {
+                req = req.header(k, v);
+            }
+            let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+            let req = req.body(Full::new(body));
+            let http = http.clone();
+            async move {
+                if let Ok(req) = req {
+                    if let Ok(resp) = http.request(req).await {
+                        let _ = resp.into_body().collect().await;
+                    }
                 }
             }
-        }
-    };
+        };
     let pace = |per_sec: f64| Duration::from_secs_f64(1.0 / per_sec);
     loop {
         match behaviour {
@@ -256,8 +342,24 @@ async fn drive(behaviour: Behaviour, key: String, gateway: String, http: Client<
                 match rng.below(10) {
                     0..=5 => send(Method::GET, format!("/pets/{pet}"), None, vec![]).await,
                     6..=7 => send(Method::GET, "/pets?limit=20".into(), None, vec![]).await,
-                    8 => send(Method::GET, format!("/search?q=toy{}", rng.below(9)), None, vec![]).await,
-                    _ => send(Method::POST, "/orders".into(), Some(json!({"pet_id": pet, "qty": 1 + rng.below(3)})), vec![]).await,
+                    8 => {
+                        send(
+                            Method::GET,
+                            format!("/search?q=toy{}", rng.below(9)),
+                            None,
+                            vec![],
+                        )
+                        .await
+                    }
+                    _ => {
+                        send(
+                            Method::POST,
+                            "/orders".into(),
+                            Some(json!({"pet_id": pet, "qty": 1 + rng.below(3)})),
+                            vec![],
+                        )
+                        .await
+                    }
                 }
                 tokio::time::sleep(pace(per_sec)).await;
             }
@@ -265,7 +367,13 @@ async fn drive(behaviour: Behaviour, key: String, gateway: String, http: Client<
                 let pet = rng.below(50) + 1;
                 if rng.chance(0.6) {
                     // Since "their last release" the quantity is sent as a string.
-                    send(Method::POST, "/orders".into(), Some(json!({"pet_id": pet, "qty": "two"})), vec![]).await;
+                    send(
+                        Method::POST,
+                        "/orders".into(),
+                        Some(json!({"pet_id": pet, "qty": "two"})),
+                        vec![],
+                    )
+                    .await;
                 } else {
                     send(Method::GET, format!("/pets/{pet}"), None, vec![]).await;
                 }
@@ -277,16 +385,35 @@ async fn drive(behaviour: Behaviour, key: String, gateway: String, http: Client<
             }
             Behaviour::SharedKey { per_sec } => {
                 let ip = format!("198.51.100.{}", 1 + rng.below(60));
-                let ua = ["HooliApp/3.1 iOS", "HooliApp/3.1 Android", "python-requests/2.31", "curl/8.5"][rng.below(4) as usize];
-                send(Method::GET, format!("/pets/{}", rng.below(50) + 1), None, vec![("x-forwarded-for", ip), ("user-agent", ua.into())]).await;
+                let ua = [
+                    "HooliApp/3.1 iOS",
+                    "HooliApp/3.1 Android",
+                    "python-requests/2.31",
+                    "curl/8.5",
+                ][rng.below(4) as usize];
+                send(
+                    Method::GET,
+                    format!("/pets/{}", rng.below(50) + 1),
+                    None,
+                    vec![("x-forwarded-for", ip), ("user-agent", ua.into())],
+                )
+                .await;
                 tokio::time::sleep(pace(per_sec)).await;
             }
             Behaviour::Agent => {
                 let session = format!("sess-{}", rng.next() % 1_000_000);
                 let calls = 20 + rng.below(30);
                 for i in 0..calls {
-                    let path = if i % 3 == 0 { "/v1/chat/completions".to_string() } else { format!("/pets/{}", rng.below(50) + 1) };
-                    let method = if i % 3 == 0 { Method::POST } else { Method::GET };
+                    let path = if i % 3 == 0 {
+                        "/v1/chat/completions".to_string()
+                    } else {
+                        format!("/pets/{}", rng.below(50) + 1)
+                    };
+                    let method = if i % 3 == 0 {
+                        Method::POST
+                    } else {
+                        Method::GET
+                    };
                     let body = (i % 3 == 0).then(|| json!({"model": "gpt-demo", "messages": [{"role": "user", "content": "find me a calm cat"}]}));
                     send(method, path, body, vec![("x-session-id", session.clone())]).await;
                     tokio::time::sleep(Duration::from_millis(50 + rng.below(100))).await;
@@ -313,17 +440,29 @@ async fn report(admin: AdminClient, every: u64) {
                 let n = |f: &str| c.get(f).and_then(Value::as_u64).unwrap_or(0).to_string();
                 let s = |f: &str| c.get(f).and_then(Value::as_str).unwrap_or("-").to_string();
                 let rate = c.get("error_rate").and_then(Value::as_f64).unwrap_or(0.0);
-                vec![s("consumer"), s("plan"), n("requests"), n("errors_4xx"), n("errors_5xx"), format!("{:.1}%", rate * 100.0)]
+                vec![
+                    s("consumer"),
+                    s("plan"),
+                    n("requests"),
+                    n("errors_4xx"),
+                    n("errors_5xx"),
+                    format!("{:.1}%", rate * 100.0),
+                ]
             })
             .collect();
         println!();
-        crate::cli::print_table(&["CONSUMER", "PLAN", "REQUESTS", "4XX", "5XX", "ERROR RATE"], &rows);
+        crate::cli::print_table(
+            &["CONSUMER", "PLAN", "REQUESTS", "4XX", "5XX", "ERROR RATE"],
+            &rows,
+        );
     }
 }
 
 /// The sample upstream: a small pet-shop API with realistic latency.
 async fn start_upstream() -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await.context("cannot start the sample upstream")?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot start the sample upstream")?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -337,40 +476,71 @@ async fn start_upstream() -> Result<SocketAddr> {
                     let counter = counter.clone();
                     async move { Ok::<_, Infallible>(sample_api(req, &counter).await) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
         }
     });
     Ok(addr)
 }
 
-async fn sample_api(req: Request<Incoming>, counter: &std::sync::atomic::AtomicU64) -> Response<Full<Bytes>> {
+async fn sample_api(
+    req: Request<Incoming>,
+    counter: &std::sync::atomic::AtomicU64,
+) -> Response<Full<Bytes>> {
     let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (status, latency_ms, payload) = match (method.as_str(), segs.as_slice()) {
-        ("GET", ["pets"]) => (200, 15 + n % 20, json!({"pets": (1..=20).map(|i| json!({"id": i, "name": format!("pet-{i}")})).collect::<Vec<_>>()})),
+        ("GET", ["pets"]) => (
+            200,
+            15 + n % 20,
+            json!({"pets": (1..=20).map(|i| json!({"id": i, "name": format!("pet-{i}")})).collect::<Vec<_>>()}),
+        ),
         ("GET", ["pets", id]) => match id.parse::<u64>() {
-            Ok(i) if i <= 45 => (200, 5 + n % 10, json!({"id": i, "name": format!("pet-{i}"), "status": "available"})),
+            Ok(i) if i <= 45 => (
+                200,
+                5 + n % 10,
+                json!({"id": i, "name": format!("pet-{i}"), "status": "available"}),
+            ),
             Ok(_) => (404, 3, json!({"error": "pet not found"})),
             Err(_) => (400, 2, json!({"error": "pet id must be a number"})),
         },
         ("GET", ["search"]) => (200, 40 + n % 60, json!({"results": []})),
         ("POST", ["orders"]) => match serde_json::from_slice::<Value>(&body) {
-            Ok(v) if v.get("qty").and_then(Value::as_u64).is_some() => (201, 20 + n % 30, json!({"order_id": n, "status": "placed"})),
+            Ok(v) if v.get("qty").and_then(Value::as_u64).is_some() => {
+                (201, 20 + n % 30, json!({"order_id": n, "status": "placed"}))
+            }
             Ok(_) => (422, 8, json!({"error": "qty must be an integer"})),
             Err(_) => (400, 2, json!({"error": "body must be JSON"})),
         },
-        ("POST", ["v1", "chat", "completions"]) => (200, 200 + n % 400, json!({"choices": [{"message": {"content": "Try pet 7."}}], "usage": {"prompt_tokens": 120, "completion_tokens": 40}})),
+        ("POST", ["v1", "chat", "completions"]) => (
+            200,
+            200 + n % 400,
+            json!({"choices": [{"message": {"content": "Try pet 7."}}], "usage": {"prompt_tokens": 120, "completion_tokens": 40}}),
+        ),
         _ => (404, 1, json!({"error": "not found"})),
     };
     // One request in 200 is slow, as in any real backend.
-    let latency = if n % 200 == 0 { latency_ms * 10 } else { latency_ms };
+    let latency = if n % 200 == 0 {
+        latency_ms * 10
+    } else {
+        latency_ms
+    };
     tokio::time::sleep(Duration::from_millis(latency)).await;
     let mut resp = Response::new(Full::new(Bytes::from(payload.to_string())));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     resp
 }

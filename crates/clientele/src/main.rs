@@ -47,10 +47,20 @@ enum Command {
 #[derive(Args, Clone, Debug)]
 pub struct Remote {
     /// Admin API base URL.
-    #[arg(long, env = "CLIENTELE_ADMIN_URL", default_value = "http://127.0.0.1:8081", global = true)]
+    #[arg(
+        long,
+        env = "CLIENTELE_ADMIN_URL",
+        default_value = "http://127.0.0.1:8081",
+        global = true
+    )]
     pub admin_url: String,
     /// Admin token. Defaults to the token file in ./clientele-data when the server generated one.
-    #[arg(long, env = "CLIENTELE_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "CLIENTELE_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     pub token: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
@@ -64,11 +74,18 @@ fn main() -> ExitCode {
             // clap prints help and versions to stdout with success, and usage errors as one
             // clear message with a hint; either way no backtrace.
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

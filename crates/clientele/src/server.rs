@@ -44,8 +44,13 @@ impl Running {
             let _ = task.await;
         }
         // The gateway's sinks are gone once its tasks ended, so the writer drains and exits.
-        if tokio::time::timeout(Duration::from_secs(30), self.writer).await.is_err() {
-            tracing::warn!("event writer did not finish within 30 s; some events may not be stored");
+        if tokio::time::timeout(Duration::from_secs(30), self.writer)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "event writer did not finish within 30 s; some events may not be stored"
+            );
         }
     }
 }
@@ -73,7 +78,12 @@ pub async fn start(config: Config) -> Result<Running> {
     let control: Arc<dyn ControlStore> = Arc::new(store.clone());
     let events: Arc<dyn EventStore> = Arc::new(store);
     let keys = Arc::new(KeyIndex::new(KeyHasher::new(control.key_secret())));
-    keys.replace_all(control.key_entries().await.map_err(|e| anyhow::anyhow!("{e}"))?);
+    keys.replace_all(
+        control
+            .key_entries()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
 
     let stats = Arc::new(PipelineStats::default());
     let (sink, rx) = EventSink::bounded(config.gateway.event_queue, stats.clone());
@@ -81,8 +91,11 @@ pub async fn start(config: Config) -> Result<Running> {
 
     let tls = match (&config.gateway.tls_cert, &config.gateway.tls_key) {
         (Some(cert), Some(key)) => Some(
-            clientele_gateway::load_tls(&TlsFiles { cert: cert.clone(), key: key.clone() })
-                .map_err(|e| anyhow::anyhow!("gateway.tls_cert: {e}"))?,
+            clientele_gateway::load_tls(&TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+            .map_err(|e| anyhow::anyhow!("gateway.tls_cert: {e}"))?,
         ),
         _ => None,
     };
@@ -101,10 +114,20 @@ pub async fn start(config: Config) -> Result<Running> {
 
     let gateway_listener = TcpListener::bind(config.gateway.listen)
         .await
-        .with_context(|| format!("gateway.listen: cannot listen on {}; is another process using it?", config.gateway.listen))?;
+        .with_context(|| {
+            format!(
+                "gateway.listen: cannot listen on {}; is another process using it?",
+                config.gateway.listen
+            )
+        })?;
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await
-        .with_context(|| format!("admin.listen: cannot listen on {}; is another process using it?", config.admin.listen))?;
+        .with_context(|| {
+            format!(
+                "admin.listen: cannot listen on {}; is another process using it?",
+                config.admin.listen
+            )
+        })?;
     let gateway_addr = gateway_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
@@ -137,15 +160,25 @@ pub async fn start(config: Config) -> Result<Running> {
     let app = clientele_api::router(state, config.admin.max_body_bytes);
     let admin_shutdown = wait_for(shutdown_rx.clone());
     tasks.push(tokio::spawn(async move {
-        let serve = axum::serve(admin_listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(admin_shutdown);
+        let serve = axum::serve(
+            admin_listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(admin_shutdown);
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "admin server failed");
         }
     }));
 
-    tasks.push(tokio::spawn(sync_keys(control.clone(), keys, wait_for(shutdown_rx.clone()))));
-    tasks.push(tokio::spawn(report_drops(stats, wait_for(shutdown_rx.clone()))));
+    tasks.push(tokio::spawn(sync_keys(
+        control.clone(),
+        keys,
+        wait_for(shutdown_rx.clone()),
+    )));
+    tasks.push(tokio::spawn(report_drops(
+        stats,
+        wait_for(shutdown_rx.clone()),
+    )));
     tasks.push(tokio::spawn(prune_events(
         events,
         config.storage.raw_event_retention_days,
@@ -197,7 +230,11 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 }
 
 /// Drains the pipeline into the store in large batches. Runs until every sink is dropped.
-async fn run_writer(mut rx: mpsc::Receiver<Event>, store: Arc<dyn EventStore>, stats: Arc<PipelineStats>) {
+async fn run_writer(
+    mut rx: mpsc::Receiver<Event>,
+    store: Arc<dyn EventStore>,
+    stats: Arc<PipelineStats>,
+) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -208,7 +245,13 @@ async fn run_writer(mut rx: mpsc::Receiver<Event>, store: Arc<dyn EventStore>, s
             }
         }
         let n = batch.len() as u64;
-        match store.append_events(std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH))).await {
+        match store
+            .append_events(std::mem::replace(
+                &mut batch,
+                Vec::with_capacity(WRITE_BATCH),
+            ))
+            .await
+        {
             Ok(_) => {
                 stats.stored.fetch_add(n, Ordering::Relaxed);
             }
@@ -222,7 +265,11 @@ async fn run_writer(mut rx: mpsc::Receiver<Event>, store: Arc<dyn EventStore>, s
 
 /// Keeps the key index in step with the store, for changes made by other nodes or processes.
 /// Changes made through this node's admin API apply at once; this bounds the rest to 500 ms.
-async fn sync_keys(control: Arc<dyn ControlStore>, keys: Arc<KeyIndex>, shutdown: impl std::future::Future<Output = ()>) {
+async fn sync_keys(
+    control: Arc<dyn ControlStore>,
+    keys: Arc<KeyIndex>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let mut seen = control.control_version().await.unwrap_or(0);
     loop {
@@ -236,7 +283,9 @@ async fn sync_keys(control: Arc<dyn ControlStore>, keys: Arc<KeyIndex>, shutdown
                     keys.replace_all(entries);
                     seen = v;
                 }
-                Err(e) => tracing::warn!(error = %e, "key reload failed; keeping the previous keys"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "key reload failed; keeping the previous keys")
+                }
             },
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot read the control version"),
@@ -255,13 +304,21 @@ async fn report_drops(stats: Arc<PipelineStats>, shutdown: impl std::future::Fut
         }
         let dropped = stats.dropped.load(Ordering::Relaxed);
         if dropped > last {
-            tracing::warn!(dropped_total = dropped, dropped_recently = dropped - last, "event pipeline fell behind; events were dropped, traffic was not slowed");
+            tracing::warn!(
+                dropped_total = dropped,
+                dropped_recently = dropped - last,
+                "event pipeline fell behind; events were dropped, traffic was not slowed"
+            );
             last = dropped;
         }
     }
 }
 
-async fn prune_events(events: Arc<dyn EventStore>, retention_days: u32, shutdown: impl std::future::Future<Output = ()>) {
+async fn prune_events(
+    events: Arc<dyn EventStore>,
+    retention_days: u32,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         let cutoff = clientele_core::time::now_ms() - i64::from(retention_days) * 86_400_000;
