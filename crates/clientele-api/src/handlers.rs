@@ -7,7 +7,12 @@ use clientele_core::consumer::{ApiKey, Consumer};
 use clientele_core::event::Event;
 use clientele_core::keys;
 use clientele_core::time::{format_ts, now_ms, parse_ts, parse_ts_value};
-use clientele_store::{EventQuery, StatsFilter};
+use std::collections::{HashMap, HashSet};
+
+use clientele_analytics::{Query as AQuery, Rollup};
+use clientele_store::{EventQuery, StoreError};
+
+use crate::ingest::{Rejected, TimeBounds, parse_batch};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -224,12 +229,15 @@ pub struct ConsumerStats {
     pub rate_limited: u64,
     /// Responses with status >= 400 over requests.
     pub error_rate: f64,
-    /// Latency percentiles; null until the analytics engine computes them.
+    /// Latency percentiles within 1% relative error; null without requests.
     pub p50_ms: Option<f64>,
     pub p95_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub request_bytes: u64,
     pub response_bytes: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub cost_usd: f64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -600,6 +608,62 @@ pub async fn consumer_events(
     }))
 }
 
+/// Consumers allowed by the plan/team/use_case filters, or `None` when no filter is set.
+async fn filtered_consumers(
+    state: &AppState,
+    q: &WindowQuery,
+) -> Result<(Option<HashSet<String>>, HashMap<String, Consumer>), ApiError> {
+    let all = state.control.list_consumers().await?;
+    let by_id: HashMap<String, Consumer> = all.into_iter().map(|c| (c.id.clone(), c)).collect();
+    if q.plan.is_none() && q.team.is_none() && q.use_case.is_none() {
+        return Ok((None, by_id));
+    }
+    let keep = |want: &Option<String>, have: &Option<String>| {
+        want.as_ref().is_none_or(|w| have.as_ref() == Some(w))
+    };
+    let allowed = by_id
+        .values()
+        .filter(|c| {
+            keep(&q.plan, &c.plan) && keep(&q.team, &c.team) && keep(&q.use_case, &c.use_case)
+        })
+        .map(|c| c.id.clone())
+        .collect();
+    Ok((Some(allowed), by_id))
+}
+
+fn percentiles(r: &Rollup) -> (Option<f64>, Option<f64>, Option<f64>) {
+    let [p50, p95, p99] = r.quantiles([0.5, 0.95, 0.99]);
+    (p50.map(round3), p95.map(round3), p99.map(round3))
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+fn consumer_stats(id: String, c: Option<&Consumer>, r: &Rollup) -> ConsumerStats {
+    let (p50_ms, p95_ms, p99_ms) = percentiles(r);
+    let k = &r.counters;
+    ConsumerStats {
+        plan: c.and_then(|c| c.plan.clone()),
+        team: c.and_then(|c| c.team.clone()),
+        use_case: c.and_then(|c| c.use_case.clone()),
+        consumer: id,
+        requests: k.requests,
+        errors_4xx: k.s4xx,
+        errors_5xx: k.s5xx,
+        rate_limited: k.rate_limited,
+        error_rate: k.error_rate(),
+        p50_ms,
+        p95_ms,
+        p99_ms,
+        request_bytes: k.request_bytes,
+        response_bytes: k.response_bytes,
+        tokens_in: k.tokens_in,
+        tokens_out: k.tokens_out,
+        cost_usd: k.cost_usd,
+    }
+}
+
 #[utoipa::path(get, path = "/v1/stats/consumers", params(WindowQuery),
     responses((status = 200, body = ConsumerStatsList), (status = 400)), security(("admin_token" = [])))]
 pub async fn stats_consumers(
@@ -607,50 +671,416 @@ pub async fn stats_consumers(
     Query(q): Query<WindowQuery>,
 ) -> Result<Json<ConsumerStatsList>, ApiError> {
     let (from_ms, to_ms) = window(&q.from, &q.to)?;
-    let filter = StatsFilter {
+    let (allowed, by_id) = filtered_consumers(&state, &q).await?;
+    let query = AQuery {
         from_ms,
         to_ms,
-        api: q.api,
-        plan: q.plan,
-        team: q.team,
-        use_case: q.use_case,
+        api: q.api.clone(),
+        consumers: allowed,
     };
-    let totals = state.events.consumer_totals(&filter).await?;
-    let consumers = state.control.list_consumers().await?;
-    let by_id: std::collections::HashMap<&str, &Consumer> =
-        consumers.iter().map(|c| (c.id.as_str(), c)).collect();
-    let rows = totals
+    let engine = state.engine.clone();
+    let rows = tokio::task::spawn_blocking(move || engine.consumer_totals(&query))
+        .await
+        .map_err(|e| ApiError::bad_request(format!("query failed: {e}")))?;
+    let consumers = rows
         .into_iter()
-        .map(|t| {
-            let c = by_id.get(t.consumer.as_str());
-            let errors = t.errors_4xx + t.errors_5xx;
-            ConsumerStats {
-                plan: c.and_then(|c| c.plan.clone()),
-                team: c.and_then(|c| c.team.clone()),
-                use_case: c.and_then(|c| c.use_case.clone()),
-                error_rate: if t.requests == 0 {
-                    0.0
-                } else {
-                    errors as f64 / t.requests as f64
-                },
-                consumer: t.consumer,
-                requests: t.requests,
-                errors_4xx: t.errors_4xx,
-                errors_5xx: t.errors_5xx,
-                rate_limited: t.rate_limited,
-                p50_ms: None,
-                p95_ms: None,
-                p99_ms: None,
-                request_bytes: t.request_bytes,
-                response_bytes: t.response_bytes,
-            }
+        .map(|row| {
+            let c = by_id.get(&row.consumer);
+            consumer_stats(row.consumer, c, &row.rollup)
         })
         .collect();
     Ok(Json(ConsumerStatsList {
         from: format_ts(from_ms),
         to: format_ts(to_ms),
-        consumers: rows,
+        consumers,
     }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerStatsQuery {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub api: Option<String>,
+    /// Series step such as `1m`, `5m`, `1h`, `1d`; default: the smallest giving at most 500 points.
+    pub step: Option<String>,
+}
+
+/// One route's figures for one consumer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumerRouteStats {
+    pub api: String,
+    pub method: String,
+    pub route: String,
+    pub requests: u64,
+    pub errors_4xx: u64,
+    pub errors_5xx: u64,
+    pub error_rate: f64,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+/// One step of a consumer's time series.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SeriesPoint {
+    pub ts: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub rate_limited: u64,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+/// One consumer: totals, routes and a time series.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumerDetail {
+    pub from: String,
+    pub to: String,
+    pub step: String,
+    #[serde(flatten)]
+    pub totals: ConsumerStats,
+    pub routes: Vec<ConsumerRouteStats>,
+    pub series: Vec<SeriesPoint>,
+}
+
+const STEPS: [(&str, i64); 7] = [
+    ("1m", 60_000),
+    ("5m", 300_000),
+    ("15m", 900_000),
+    ("1h", 3_600_000),
+    ("6h", 21_600_000),
+    ("1d", 86_400_000),
+    ("7d", 604_800_000),
+];
+
+fn pick_step(step: &Option<String>, from_ms: i64, to_ms: i64) -> Result<(String, i64), ApiError> {
+    let span = to_ms - from_ms;
+    match step {
+        Some(s) => {
+            let ms = clientele_core::time::parse_step(s)
+                .map_err(|e| ApiError::bad_request(format!("step: {e}")))?;
+            if ms % 60_000 != 0 {
+                return Err(ApiError::bad_request(
+                    "step must be a whole number of minutes",
+                ));
+            }
+            if span / ms > 10_000 {
+                return Err(ApiError::bad_request(format!(
+                    "step {s} gives more than 10000 points over this window; use a larger step"
+                )));
+            }
+            Ok((s.clone(), ms))
+        }
+        None => {
+            let (name, ms) = STEPS
+                .iter()
+                .find(|(_, ms)| span / ms <= 500)
+                .copied()
+                .unwrap_or(STEPS[STEPS.len() - 1]);
+            Ok((name.to_string(), ms))
+        }
+    }
+}
+
+/// The body of `GET /v1/stats/consumers/{id}`, shared with the consumer portal.
+pub async fn consumer_detail(
+    state: &AppState,
+    id: &str,
+    q: ConsumerStatsQuery,
+) -> Result<ConsumerDetail, ApiError> {
+    let (from_ms, to_ms) = window(&q.from, &q.to)?;
+    let (step_name, step_ms) = pick_step(&q.step, from_ms, to_ms)?;
+    let consumer = state.control.get_consumer(id).await?;
+    let query = AQuery {
+        from_ms,
+        to_ms,
+        api: q.api.clone(),
+        consumers: Some([id.to_string()].into()),
+    };
+    let engine = state.engine.clone();
+    let id_owned = id.to_string();
+    let (totals, routes, series) = tokio::task::spawn_blocking(move || {
+        let totals = engine
+            .consumer_totals(&query)
+            .pop()
+            .map(|r| r.rollup)
+            .unwrap_or_default();
+        let routes = engine.routes(&query, Some(&id_owned));
+        let series = engine.consumer_series(&query, &id_owned, step_ms);
+        (totals, routes, series)
+    })
+    .await
+    .map_err(|e| ApiError::bad_request(format!("query failed: {e}")))?;
+    if consumer.is_none() && totals.counters.requests == 0 {
+        return Err(ApiError::not_found(format!("no consumer has id {id:?}")));
+    }
+    Ok(ConsumerDetail {
+        from: format_ts(from_ms),
+        to: format_ts(to_ms),
+        step: step_name,
+        totals: consumer_stats(id.to_string(), consumer.as_ref(), &totals),
+        routes: routes
+            .into_iter()
+            .map(|r| {
+                let (p50_ms, p95_ms, p99_ms) = percentiles(&r.rollup);
+                let k = &r.rollup.counters;
+                ConsumerRouteStats {
+                    api: r.api,
+                    method: r.method,
+                    route: r.route,
+                    requests: k.requests,
+                    errors_4xx: k.s4xx,
+                    errors_5xx: k.s5xx,
+                    error_rate: k.error_rate(),
+                    p50_ms,
+                    p95_ms,
+                    p99_ms,
+                }
+            })
+            .collect(),
+        series: series
+            .into_iter()
+            .map(|(ts, r)| {
+                let (p50_ms, p95_ms, p99_ms) = percentiles(&r);
+                SeriesPoint {
+                    ts: format_ts(ts),
+                    requests: r.counters.requests,
+                    errors: r.counters.errors(),
+                    rate_limited: r.counters.rate_limited,
+                    p50_ms,
+                    p95_ms,
+                    p99_ms,
+                }
+            })
+            .collect(),
+    })
+}
+
+#[utoipa::path(get, path = "/v1/stats/consumers/{id}", params(("id" = String, Path), ConsumerStatsQuery),
+    responses((status = 200, body = ConsumerDetail), (status = 400), (status = 404)), security(("admin_token" = [])))]
+pub async fn stats_consumer(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<ConsumerStatsQuery>,
+) -> Result<Json<ConsumerDetail>, ApiError> {
+    Ok(Json(consumer_detail(&state, &id, q).await?))
+}
+
+/// One route across consumers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RouteStats {
+    pub api: String,
+    pub method: String,
+    pub route: String,
+    pub requests: u64,
+    /// Distinct consumers that called it.
+    pub consumers: usize,
+    pub errors_4xx: u64,
+    pub errors_5xx: u64,
+    pub error_rate: f64,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// Share of the route's errors that come from its most erroring consumer (0 without errors).
+    pub error_share_top_consumer: f64,
+    pub top_error_consumer: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RouteStatsList {
+    pub from: String,
+    pub to: String,
+    pub routes: Vec<RouteStats>,
+}
+
+#[utoipa::path(get, path = "/v1/stats/routes", params(WindowQuery),
+    responses((status = 200, body = RouteStatsList), (status = 400)), security(("admin_token" = [])))]
+pub async fn stats_routes(
+    State(state): State<AppState>,
+    Query(q): Query<WindowQuery>,
+) -> Result<Json<RouteStatsList>, ApiError> {
+    let (from_ms, to_ms) = window(&q.from, &q.to)?;
+    let (allowed, _) = filtered_consumers(&state, &q).await?;
+    let query = AQuery {
+        from_ms,
+        to_ms,
+        api: q.api.clone(),
+        consumers: allowed,
+    };
+    let engine = state.engine.clone();
+    let rows = tokio::task::spawn_blocking(move || engine.routes(&query, None))
+        .await
+        .map_err(|e| ApiError::bad_request(format!("query failed: {e}")))?;
+    let routes = rows
+        .into_iter()
+        .map(|r| {
+            let (p50_ms, p95_ms, p99_ms) = percentiles(&r.rollup);
+            let k = &r.rollup.counters;
+            let errors = k.errors();
+            RouteStats {
+                api: r.api,
+                method: r.method,
+                route: r.route,
+                requests: k.requests,
+                consumers: r.consumers,
+                errors_4xx: k.s4xx,
+                errors_5xx: k.s5xx,
+                error_rate: k.error_rate(),
+                p50_ms,
+                p95_ms,
+                p99_ms,
+                error_share_top_consumer: if errors == 0 {
+                    0.0
+                } else {
+                    r.top_consumer_errors as f64 / errors as f64
+                },
+                top_error_consumer: r.top_consumer,
+            }
+        })
+        .collect();
+    Ok(Json(RouteStatsList {
+        from: format_ts(from_ms),
+        to: format_ts(to_ms),
+        routes,
+    }))
+}
+
+/// The answer to an accepted batch.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IngestResult {
+    /// Valid events in the batch, stored durably (duplicates included).
+    pub accepted: usize,
+    /// Accepted events whose id was already stored, and so were not counted again.
+    pub duplicates: usize,
+    pub rejected: Vec<Rejected>,
+}
+
+/// Events from a sidecar or a backfill: NDJSON (`application/x-ndjson`) or a JSON array.
+/// Valid events are stored in one transaction before the answer; each invalid one is listed
+/// with its reason. Unknown fields are ignored; events without `id` get one derived from their
+/// content, so resending a batch never double-counts.
+#[utoipa::path(post, path = "/v1/events", request_body(content = String, content_type = "application/x-ndjson"),
+    responses((status = 202, body = IngestResult), (status = 400, description = "nothing valid in the batch"), (status = 413, description = "body over [admin].max_body_bytes")),
+    security(("admin_token" = [])))]
+pub async fn ingest_events(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<IngestResult>), ApiError> {
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let ndjson = content_type.starts_with("application/x-ndjson")
+        || content_type.starts_with("application/jsonl")
+        || content_type.starts_with("application/ndjson");
+    if !ndjson && !content_type.starts_with("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            "send events as application/x-ndjson (one per line) or application/json (an array)",
+        ));
+    }
+    let now = now_ms();
+    let bounds = TimeBounds {
+        min_ms: now - state.engine.retention().day_ms,
+        max_ms: now + state.max_future_ms,
+    };
+    let (events, rejected) = parse_batch(&body, ndjson, bounds).map_err(ApiError::bad_request)?;
+    if events.is_empty() {
+        let mut err = ApiError::bad_request(if rejected.is_empty() {
+            "the batch holds no events".to_string()
+        } else {
+            format!("none of the {} events is valid; see errors", rejected.len())
+        });
+        err.0.errors = rejected
+            .iter()
+            .take(1000)
+            .map(|r| serde_json::json!({"index": r.index, "error": r.error}))
+            .collect();
+        return Err(err);
+    }
+    ensure_consumers(&state, &events).await?;
+    let accepted = events.len();
+    let fresh = state.events.append_events(events).await?;
+    let duplicates = accepted - fresh.len();
+    let engine = state.engine.clone();
+    tokio::task::spawn_blocking(move || engine.ingest_events(&fresh))
+        .await
+        .map_err(|e| ApiError::bad_request(format!("aggregation failed: {e}")))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(IngestResult {
+            accepted,
+            duplicates,
+            rejected,
+        }),
+    ))
+}
+
+/// Creates the consumers a batch names that do not exist yet, with the plan, team and use
+/// case their first event carries.
+async fn ensure_consumers(state: &AppState, events: &[Event]) -> Result<(), ApiError> {
+    let loaded = state
+        .known_consumers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_some();
+    if !loaded {
+        let all: HashSet<String> = state
+            .control
+            .list_consumers()
+            .await?
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        *state
+            .known_consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(all);
+    }
+    let missing: Vec<&Event> = {
+        let known = state
+            .known_consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut seen = HashSet::new();
+        events
+            .iter()
+            .filter(|e| {
+                let id = e.consumer.as_deref().unwrap_or("");
+                !known.as_ref().is_some_and(|k| k.contains(id)) && seen.insert(id)
+            })
+            .collect()
+    };
+    for e in missing {
+        let id = e.consumer.clone().unwrap_or_default();
+        let consumer = Consumer {
+            id: id.clone(),
+            name: None,
+            plan: e.plan.clone(),
+            team: e.team.clone(),
+            use_case: e.use_case.clone(),
+            metadata: Map::from_iter([("created_by".to_string(), Value::String("ingest".into()))]),
+            created_at_ms: now_ms(),
+        };
+        match state.control.create_consumer(consumer).await {
+            Ok(_) | Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(known) = state
+            .known_consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            known.insert(id);
+        }
+    }
+    Ok(())
 }
 
 pub async fn not_found() -> ApiError {

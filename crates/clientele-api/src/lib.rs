@@ -14,12 +14,14 @@ use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get};
+use clientele_analytics::Engine;
 use clientele_core::keys::KeyIndex;
 use clientele_core::pipeline::PipelineStats;
 use clientele_store::{ControlStore, EventStore};
 
 pub mod error;
 mod handlers;
+pub mod ingest;
 pub mod openapi;
 
 pub use error::ApiError;
@@ -35,6 +37,12 @@ pub struct AppState {
     /// Plan names from the config; consumers may only be put on these.
     pub plans: Arc<BTreeSet<String>>,
     pub started: Instant,
+    pub engine: Arc<Engine>,
+    /// Ingested events are refused when dated further ahead than this.
+    pub max_future_ms: i64,
+    /// Consumers known to exist, so ingest creates missing ones without asking the store for
+    /// every batch. `None` until first loaded. Never held across an await.
+    pub known_consumers: Arc<std::sync::Mutex<Option<std::collections::HashSet<String>>>>,
 }
 
 impl AppState {
@@ -67,6 +75,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/consumers/{id}/events", get(handlers::consumer_events))
         .route("/v1/keys/{key_id}", delete(handlers::revoke_key))
         .route("/v1/stats/consumers", get(handlers::stats_consumers))
+        .route("/v1/stats/consumers/{id}", get(handlers::stats_consumer))
+        .route("/v1/stats/routes", get(handlers::stats_routes))
+        .route("/v1/events", axum::routing::post(handlers::ingest_events))
         .route("/v1/status", get(handlers::status))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()

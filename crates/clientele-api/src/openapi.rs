@@ -22,6 +22,9 @@ use crate::handlers;
         handlers::revoke_key,
         handlers::consumer_events,
         handlers::stats_consumers,
+        handlers::stats_consumer,
+        handlers::stats_routes,
+        handlers::ingest_events,
     ),
     modifiers(&AdminToken)
 )]

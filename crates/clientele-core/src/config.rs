@@ -22,6 +22,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub admin: AdminConfig,
     pub storage: StorageConfig,
+    pub analytics: AnalyticsConfig,
     pub apis: Vec<ApiConfig>,
     pub limits: LimitsConfig,
     pub plans: BTreeMap<String, PlanConfig>,
@@ -102,6 +103,28 @@ impl Default for StorageConfig {
         StorageConfig {
             data_dir: PathBuf::from("./clientele-data"),
             raw_event_retention_days: 7,
+        }
+    }
+}
+
+/// Rollup retention per tier. Queries over older windows are answered by coarser tiers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalyticsConfig {
+    pub minute_retention_days: u32,
+    pub hour_retention_days: u32,
+    pub day_retention_days: u32,
+    /// Ingested events dated further ahead than this are refused (clock skew allowance).
+    pub max_future_secs: u64,
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        AnalyticsConfig {
+            minute_retention_days: 3,
+            hour_retention_days: 35,
+            day_retention_days: 400,
+            max_future_secs: 300,
         }
     }
 }
@@ -256,6 +279,17 @@ impl Config {
                         .into(),
                 );
             }
+        }
+
+        let a = &self.analytics;
+        if a.minute_retention_days == 0
+            || a.hour_retention_days < a.minute_retention_days
+            || a.day_retention_days < a.hour_retention_days
+        {
+            return err(
+                "analytics.minute_retention_days",
+                "retentions must be at least 1 day and grow from minutes to hours to days".into(),
+            );
         }
 
         let mut names = std::collections::HashSet::new();

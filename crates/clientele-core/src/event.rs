@@ -118,3 +118,11 @@ pub fn random_id128() -> String {
     crate::keys::fill_random(&mut buf);
     hex::encode(buf)
 }
+
+/// A stable id derived from an event's content, for events sent without one: sending the same
+/// event twice (a retried batch, a re-run import) stores it once.
+pub fn content_id(content: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(content);
+    format!("ev_{}", hex::encode(&digest[..16]))
+}

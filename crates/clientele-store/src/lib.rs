@@ -90,6 +90,13 @@ pub struct ConsumerTotals {
     pub response_bytes: u64,
 }
 
+/// Where a scan of events stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventCursor {
+    pub ts_ms: i64,
+    pub rowid: i64,
+}
+
 /// Which raw events to return for drill-down.
 #[derive(Debug, Clone, Default)]
 pub struct EventQuery {
@@ -104,9 +111,19 @@ pub struct EventQuery {
 /// Events and what is read from them.
 #[async_trait]
 pub trait EventStore: Send + Sync {
-    /// Appends events in one transaction; ids already stored are ignored. Returns how many were
-    /// new. When it returns, the events are durable.
-    async fn append_events(&self, events: Vec<Event>) -> Result<usize>;
+    /// Appends events in one transaction; ids already stored are ignored. Returns the events
+    /// that were new, so that derived state (rollups) counts each event exactly once. When it
+    /// returns, the events are durable.
+    async fn append_events(&self, events: Vec<Event>) -> Result<Vec<Event>>;
+    /// Reads stored events with `ts >= from_ms` in pages of `page` events, ordered by time, for
+    /// rebuilding derived state at start-up. `after` is the cursor returned by the previous
+    /// call (`None` first); the answer's cursor is `None` when done.
+    async fn scan_events(
+        &self,
+        from_ms: i64,
+        after: Option<EventCursor>,
+        page: usize,
+    ) -> Result<(Vec<Event>, Option<EventCursor>)>;
     /// Per-consumer totals, attributed events only, busiest first.
     async fn consumer_totals(&self, filter: &StatsFilter) -> Result<Vec<ConsumerTotals>>;
     /// A consumer's raw events, newest first.

@@ -17,7 +17,8 @@ use clientele_core::keys::KeyEntry;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
-    ConsumerTotals, ControlStore, EventQuery, EventStore, Result, StatsFilter, StoreError,
+    ConsumerTotals, ControlStore, EventCursor, EventQuery, EventStore, Result, StatsFilter,
+    StoreError,
 };
 
 const SCHEMA_VERSION: i64 = 1;
@@ -551,21 +552,21 @@ fn sql_u64(v: u64) -> i64 {
 
 #[async_trait]
 impl EventStore for SqliteStore {
-    async fn append_events(&self, events: Vec<Event>) -> Result<usize> {
+    async fn append_events(&self, events: Vec<Event>) -> Result<Vec<Event>> {
         if events.is_empty() {
-            return Ok(0);
+            return Ok(events);
         }
         self.write(move |conn| {
             let tx = conn.transaction()?;
-            let mut inserted = 0;
+            let mut fresh = Vec::with_capacity(events.len());
             {
                 let mut stmt = tx.prepare_cached(&format!(
                     "INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) VALUES
                      (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
                       ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)"
                 ))?;
-                for e in &events {
-                    inserted += stmt.execute(params![
+                for e in events {
+                    let n = stmt.execute(params![
                         e.id,
                         e.ts_ms,
                         e.consumer,
@@ -592,10 +593,45 @@ impl EventStore for SqliteStore {
                         e.tokens_out.map(sql_u64),
                         e.cost_usd
                     ])?;
+                    if n == 1 {
+                        fresh.push(e);
+                    }
                 }
             }
             tx.commit()?;
-            Ok(inserted)
+            Ok(fresh)
+        })
+        .await
+    }
+
+    async fn scan_events(
+        &self,
+        from_ms: i64,
+        after: Option<EventCursor>,
+        page: usize,
+    ) -> Result<(Vec<Event>, Option<EventCursor>)> {
+        self.read(move |conn| {
+            let (ts, rowid) = after.map_or((from_ms, -1), |c| (c.ts_ms, c.rowid));
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS}, rowid FROM events
+                 WHERE ts >= ?1 AND (ts > ?2 OR (ts = ?2 AND rowid > ?3))
+                 ORDER BY ts, rowid LIMIT ?4"
+            ))?;
+            let mut cursor = None;
+            let rows = stmt.query_map(params![from_ms, ts, rowid, page as i64], |r| {
+                Ok((event_from_row(r)?, r.get::<_, i64>(25)?))
+            })?;
+            let mut out = Vec::with_capacity(page);
+            for row in rows {
+                let (e, rowid) = row?;
+                cursor = Some(EventCursor {
+                    ts_ms: e.ts_ms,
+                    rowid,
+                });
+                out.push(e);
+            }
+            let done = out.len() < page;
+            Ok((out, if done { None } else { cursor }))
         })
         .await
     }

@@ -155,9 +155,30 @@ pub async fn event_store_suite(store: &dyn EventStore) {
         event("e3", "acme", 3_000, 503),
         event("e4", "globex", 3_000, 429),
     ];
-    assert_eq!(store.append_events(events.clone()).await.unwrap(), 4);
+    assert_eq!(store.append_events(events.clone()).await.unwrap().len(), 4);
     // The same ids again are ignored: exactly once per event.
-    assert_eq!(store.append_events(events).await.unwrap(), 0);
+    let mut again = events.clone();
+    again.push(event("e5", "globex", 500, 200));
+    let fresh = store.append_events(again).await.unwrap();
+    assert_eq!(
+        fresh.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["e5"]
+    );
+    assert_eq!(store.prune_events(501).await.unwrap(), 1);
+
+    // Scanning pages through everything from a time, in time order.
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (page, next) = store.scan_events(1_500, cursor, 1).await.unwrap();
+        seen.extend(page.into_iter().map(|e| e.id));
+        match next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["e2", "e3", "e4"]);
     assert_eq!(store.event_count().await.unwrap(), 4);
 
     let totals = store

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use clientele_analytics::{DAY_MS, Engine, Retention};
 use clientele_api::AppState;
 use clientele_core::config::Config;
 use clientele_core::event::Event;
@@ -85,9 +86,22 @@ pub async fn start(config: Config) -> Result<Running> {
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
 
+    let a = &config.analytics;
+    let engine = Arc::new(Engine::new(Retention {
+        minute_ms: i64::from(a.minute_retention_days) * DAY_MS,
+        hour_ms: i64::from(a.hour_retention_days) * DAY_MS,
+        day_ms: i64::from(a.day_retention_days) * DAY_MS,
+    }));
+    rebuild_rollups(&events, &engine).await?;
+
     let stats = Arc::new(PipelineStats::default());
     let (sink, rx) = EventSink::bounded(config.gateway.event_queue, stats.clone());
-    let writer = tokio::spawn(run_writer(rx, events.clone(), stats.clone()));
+    let writer = tokio::spawn(run_writer(
+        rx,
+        events.clone(),
+        engine.clone(),
+        stats.clone(),
+    ));
 
     let tls = match (&config.gateway.tls_cert, &config.gateway.tls_key) {
         (Some(cert), Some(key)) => Some(
@@ -156,6 +170,10 @@ pub async fn start(config: Config) -> Result<Running> {
         pipeline: stats.clone(),
         plans: Arc::new(plans),
         started: Instant::now(),
+        engine: engine.clone(),
+        max_future_ms: i64::try_from(config.analytics.max_future_secs.saturating_mul(1000))
+            .unwrap_or(i64::MAX),
+        known_consumers: Arc::default(),
     };
     let app = clientele_api::router(state, config.admin.max_body_bytes);
     let admin_shutdown = wait_for(shutdown_rx.clone());
@@ -181,6 +199,7 @@ pub async fn start(config: Config) -> Result<Running> {
     )));
     tasks.push(tokio::spawn(prune_events(
         events,
+        engine,
         config.storage.raw_event_retention_days,
         wait_for(shutdown_rx),
     )));
@@ -229,10 +248,42 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     f.write_all(b"\n")
 }
 
-/// Drains the pipeline into the store in large batches. Runs until every sink is dropped.
+/// Rebuilds the in-memory rollups from the stored events, so that a restart (or a crash)
+/// answers exactly as before: the store is the source of truth, rollups are derived from it.
+async fn rebuild_rollups(events: &Arc<dyn EventStore>, engine: &Arc<Engine>) -> Result<()> {
+    let started = Instant::now();
+    let from = clientele_core::time::now_ms() - engine.retention().day_ms;
+    let mut cursor = None;
+    let mut total = 0usize;
+    loop {
+        let (page, next) = events
+            .scan_events(from, cursor, 50_000)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        total += page.len();
+        let engine = engine.clone();
+        tokio::task::spawn_blocking(move || engine.ingest_events(&page)).await?;
+        match next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    if total > 0 {
+        tracing::info!(
+            events = total,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "rebuilt rollups from stored events"
+        );
+    }
+    Ok(())
+}
+
+/// Drains the pipeline into the store in large batches, then folds the newly stored events into
+/// the rollups. Runs until every sink is dropped.
 async fn run_writer(
     mut rx: mpsc::Receiver<Event>,
     store: Arc<dyn EventStore>,
+    engine: Arc<Engine>,
     stats: Arc<PipelineStats>,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
@@ -252,8 +303,10 @@ async fn run_writer(
             ))
             .await
         {
-            Ok(_) => {
+            Ok(fresh) => {
                 stats.stored.fetch_add(n, Ordering::Relaxed);
+                let engine = engine.clone();
+                let _ = tokio::task::spawn_blocking(move || engine.ingest_events(&fresh)).await;
             }
             Err(e) => {
                 stats.store_errors.fetch_add(n, Ordering::Relaxed);
@@ -316,11 +369,13 @@ async fn report_drops(stats: Arc<PipelineStats>, shutdown: impl std::future::Fut
 
 async fn prune_events(
     events: Arc<dyn EventStore>,
+    engine: Arc<Engine>,
     retention_days: u32,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     loop {
+        engine.prune(clientele_core::time::now_ms());
         let cutoff = clientele_core::time::now_ms() - i64::from(retention_days) * 86_400_000;
         match events.prune_events(cutoff).await {
             Ok(0) => {}

@@ -1,0 +1,113 @@
+//! In-process aggregation throughput: events per second per core folded into minute, hour and
+//! day rollups. Run with `cargo bench -p clientele-analytics --bench aggregate`.
+//!
+//! The workload: 2,000 consumers, 20 routes, mixed statuses and long-tailed latencies, in time
+//! order over 7 days, ingested in batches of 8,192 as the pipeline does. Prints the median of
+//! five runs and the engine's size afterwards.
+
+use std::time::Instant;
+
+use clientele_analytics::{Engine, EventRef, Retention, Sample};
+
+const EVENTS: usize = 2_000_000;
+const CONSUMERS: usize = 2_000;
+const ROUTES: usize = 20;
+const SPAN_MS: i64 = 7 * 86_400_000;
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let consumers: Vec<String> = (0..CONSUMERS).map(|i| format!("consumer-{i:04}")).collect();
+    let routes: Vec<String> = (0..ROUTES)
+        .map(|i| format!("/v1/resource{i}/{{id}}"))
+        .collect();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let start_ts = 1_767_225_600_000i64;
+    let samples: Vec<(i64, usize, usize, u16, f64)> = (0..EVENTS)
+        .map(|i| {
+            let r = next();
+            let status = match r % 100 {
+                0..=1 => 500,
+                2..=6 => 404,
+                7 => 429,
+                _ => 200,
+            };
+            // Long tail: mostly 5-50 ms, some seconds.
+            let latency = 5.0 + (r >> 20) as f64 % 45.0 + if r % 97 == 0 { 2_000.0 } else { 0.0 };
+            (
+                start_ts + i as i64 * SPAN_MS / EVENTS as i64,
+                (r >> 8) as usize % CONSUMERS,
+                (r >> 32) as usize % ROUTES,
+                status,
+                latency,
+            )
+        })
+        .collect();
+
+    let mut rates = Vec::new();
+    let mut last = None;
+    for run in 0..5 {
+        let rss_before = rss_kib();
+        let engine = Engine::new(Retention {
+            minute_ms: 30 * 86_400_000,
+            ..Retention::default()
+        });
+        let t = Instant::now();
+        for chunk in samples.chunks(8192) {
+            engine.ingest(chunk.iter().map(|(ts, c, r, s, l)| EventRef {
+                ts_ms: *ts,
+                consumer: &consumers[*c],
+                api: "bench",
+                method: "GET",
+                route: &routes[*r],
+                sample: Sample {
+                    status: *s,
+                    latency_ms: *l,
+                    request_bytes: 200,
+                    response_bytes: 2_000,
+                    ..Default::default()
+                },
+            }));
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let rate = EVENTS as f64 / secs;
+        println!(
+            "run {run}: {EVENTS} events in {secs:.3} s = {:.2} M events/s",
+            rate / 1e6
+        );
+        rates.push(rate);
+        let stats = engine.stats();
+        let rss_after = rss_kib();
+        last = Some((stats, rss_after.saturating_sub(rss_before)));
+        drop(engine);
+    }
+    rates.sort_by(f64::total_cmp);
+    println!(
+        "median: {:.2} M events/s (one core, one thread)",
+        rates[2] / 1e6
+    );
+    if let Some((stats, rss)) = last {
+        let rollups = stats.series_rollups + stats.consumer_rollups;
+        println!(
+            "engine after {EVENTS} events over 7 days: {} buckets, {} series rollups, {} consumer rollups; RSS +{} MiB = {:.0} bytes per rollup",
+            stats.buckets,
+            stats.series_rollups,
+            stats.consumer_rollups,
+            rss / 1024,
+            rss as f64 * 1024.0 / rollups.max(1) as f64
+        );
+    }
+}

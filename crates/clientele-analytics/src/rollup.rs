@@ -1,0 +1,281 @@
+//! One rollup: the counters and latency sketch of a set of requests.
+
+use sketches_ddsketch::{Config, DDSketch};
+
+/// Relative accuracy of latency percentiles: within 1% of the true value.
+const SKETCH_ALPHA: f64 = 0.01;
+/// Enough bins for 1 µs to ~10 hours at 1% accuracy; the sketch collapses the lowest bins past it.
+const SKETCH_MAX_BINS: u32 = 2048;
+/// Latencies are milliseconds; anything below a microsecond is noise.
+const SKETCH_MIN_VALUE: f64 = 1e-3;
+
+fn sketch_config() -> Config {
+    Config::new(SKETCH_ALPHA, SKETCH_MAX_BINS, SKETCH_MIN_VALUE)
+}
+
+/// Request counters, all additive so that rollups merge by addition.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Counters {
+    pub requests: u64,
+    pub s2xx: u64,
+    pub s3xx: u64,
+    pub s4xx: u64,
+    pub s5xx: u64,
+    /// 429s, also counted in `s4xx`.
+    pub rate_limited: u64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub cost_usd: f64,
+}
+
+impl Counters {
+    pub fn merge(&mut self, o: &Counters) {
+        self.requests += o.requests;
+        self.s2xx += o.s2xx;
+        self.s3xx += o.s3xx;
+        self.s4xx += o.s4xx;
+        self.s5xx += o.s5xx;
+        self.rate_limited += o.rate_limited;
+        self.request_bytes += o.request_bytes;
+        self.response_bytes += o.response_bytes;
+        self.tokens_in += o.tokens_in;
+        self.tokens_out += o.tokens_out;
+        self.cost_usd += o.cost_usd;
+    }
+
+    /// Responses with status >= 400.
+    pub fn errors(&self) -> u64 {
+        self.s4xx + self.s5xx
+    }
+
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors() as f64 / self.requests as f64
+        }
+    }
+}
+
+/// What one request contributes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample {
+    pub status: u16,
+    pub latency_ms: f64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub cost_usd: f64,
+}
+
+/// How many latencies a rollup keeps as plain values before it builds a sketch. Most rollups
+/// of a sparse tier (one consumer, one route, one minute) hold one or two requests, and a sketch
+/// costs allocations that dominate ingest; answers are identical either way because quantiles of
+/// the plain values are computed through a sketch built from them.
+const INLINE_VALUES: usize = 4;
+
+#[derive(Clone)]
+enum Digest {
+    Inline {
+        len: u8,
+        values: [f64; INLINE_VALUES],
+    },
+    Sketch(Box<DDSketch>),
+}
+
+impl Default for Digest {
+    fn default() -> Self {
+        Digest::Inline {
+            len: 0,
+            values: [0.0; INLINE_VALUES],
+        }
+    }
+}
+
+impl Digest {
+    fn add(&mut self, v: f64) {
+        match self {
+            Digest::Inline { len, values } if (*len as usize) < INLINE_VALUES => {
+                values[*len as usize] = v;
+                *len += 1;
+            }
+            Digest::Inline { len, values } => {
+                let mut sketch = DDSketch::new(sketch_config());
+                for x in &values[..*len as usize] {
+                    sketch.add(*x);
+                }
+                sketch.add(v);
+                *self = Digest::Sketch(Box::new(sketch));
+            }
+            Digest::Sketch(sketch) => sketch.add(v),
+        }
+    }
+
+    fn merge(&mut self, other: &Digest) {
+        match other {
+            Digest::Inline { len, values } => {
+                for v in &values[..*len as usize] {
+                    self.add(*v);
+                }
+            }
+            Digest::Sketch(o) => match self {
+                Digest::Sketch(s) => {
+                    // Both sketches share one configuration, the only way a merge can fail.
+                    let _ = s.merge(o);
+                }
+                Digest::Inline { len, values } => {
+                    let mut sketch = o.clone();
+                    for v in &values[..*len as usize] {
+                        sketch.add(*v);
+                    }
+                    *self = Digest::Sketch(sketch);
+                }
+            },
+        }
+    }
+
+    fn to_sketch(&self) -> std::borrow::Cow<'_, DDSketch> {
+        match self {
+            Digest::Sketch(s) => std::borrow::Cow::Borrowed(s),
+            Digest::Inline { len, values } => {
+                let mut sketch = DDSketch::new(sketch_config());
+                for v in &values[..*len as usize] {
+                    sketch.add(*v);
+                }
+                std::borrow::Cow::Owned(sketch)
+            }
+        }
+    }
+}
+
+/// Counters plus a mergeable latency sketch (DDSketch: relative-error guarantee, mergeable
+/// without loss, so an hour is exactly the merge of its minutes).
+#[derive(Clone, Default)]
+pub struct Rollup {
+    pub counters: Counters,
+    latency: Digest,
+}
+
+impl std::fmt::Debug for Rollup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rollup")
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rollup {
+    pub fn add(&mut self, s: &Sample) {
+        let c = &mut self.counters;
+        c.requests += 1;
+        match s.status {
+            200..=299 => c.s2xx += 1,
+            300..=399 => c.s3xx += 1,
+            400..=499 => c.s4xx += 1,
+            500..=599 => c.s5xx += 1,
+            _ => {}
+        }
+        if s.status == 429 {
+            c.rate_limited += 1;
+        }
+        c.request_bytes += s.request_bytes;
+        c.response_bytes += s.response_bytes;
+        c.tokens_in += s.tokens_in;
+        c.tokens_out += s.tokens_out;
+        c.cost_usd += s.cost_usd;
+        self.latency.add(s.latency_ms.max(0.0));
+    }
+
+    pub fn merge(&mut self, o: &Rollup) {
+        self.counters.merge(&o.counters);
+        self.latency.merge(&o.latency);
+    }
+
+    /// The latency at quantile `q` (0..=1), in milliseconds.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        self.latency.to_sketch().quantile(q).ok().flatten()
+    }
+
+    /// Several quantiles at once, building the sketch of inline values only once.
+    pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Option<f64>; N] {
+        let sketch = self.latency.to_sketch();
+        qs.map(|q| sketch.quantile(q).ok().flatten())
+    }
+
+    /// A compact encoding of the sketch, for persistence.
+    pub fn sketch_bytes(&self) -> Vec<u8> {
+        self.latency.to_sketch().to_java_bytes()
+    }
+
+    pub fn from_parts(counters: Counters, sketch: &[u8]) -> Option<Rollup> {
+        let latency = DDSketch::from_java_bytes(sketch).ok()?;
+        Some(Rollup {
+            counters,
+            latency: Digest::Sketch(Box::new(latency)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn exact_quantile(sorted: &[f64], q: f64) -> f64 {
+        // The sketch answers with the value of rank floor(q * (n - 1)), like DDSketch's reference.
+        sorted[((sorted.len() - 1) as f64 * q).floor() as usize]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn percentiles_are_within_one_percent(values in prop::collection::vec(0.05f64..60_000.0, 1..3000), skew in 1u32..4) {
+            // Skewed distributions, like real latencies: a long tail.
+            let values: Vec<f64> = values.into_iter().map(|v| v.powi(skew as i32) / 60_000f64.powi(skew as i32 - 1)).map(|v| v.max(0.01)).collect();
+            let mut r = Rollup::default();
+            for v in &values {
+                r.add(&Sample { status: 200, latency_ms: *v, ..Default::default() });
+            }
+            let mut sorted = values.clone();
+            sorted.sort_by(f64::total_cmp);
+            for q in [0.5, 0.95, 0.99] {
+                let exact = exact_quantile(&sorted, q);
+                let got = r.quantile(q).unwrap();
+                prop_assert!((got - exact).abs() <= exact * 0.01 + 1e-9, "q={} exact={} got={}", q, exact, got);
+            }
+        }
+
+        #[test]
+        fn merge_equals_adding_everything(a in prop::collection::vec(0.1f64..10_000.0, 0..500), b in prop::collection::vec(0.1f64..10_000.0, 0..500)) {
+            let mut ra = Rollup::default();
+            let mut rb = Rollup::default();
+            let mut all = Rollup::default();
+            for v in &a { ra.add(&Sample { status: 200, latency_ms: *v, ..Default::default() }); all.add(&Sample { status: 200, latency_ms: *v, ..Default::default() }); }
+            for v in &b { rb.add(&Sample { status: 503, latency_ms: *v, ..Default::default() }); all.add(&Sample { status: 503, latency_ms: *v, ..Default::default() }); }
+            ra.merge(&rb);
+            prop_assert_eq!(ra.counters, all.counters);
+            for q in [0.5, 0.95, 0.99] {
+                prop_assert_eq!(ra.quantile(q), all.quantile(q));
+            }
+        }
+    }
+
+    #[test]
+    fn sketch_round_trips() {
+        let mut r = Rollup::default();
+        for i in 1..1000 {
+            r.add(&Sample {
+                status: 200,
+                latency_ms: i as f64,
+                ..Default::default()
+            });
+        }
+        let back = Rollup::from_parts(r.counters, &r.sketch_bytes()).unwrap();
+        assert_eq!(back.quantile(0.99), r.quantile(0.99));
+        assert!(r.sketch_bytes().len() < 4096);
+    }
+}

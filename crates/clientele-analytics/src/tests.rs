@@ -1,0 +1,277 @@
+use proptest::prelude::*;
+
+use super::*;
+
+const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z, a day boundary
+
+fn ev<'a>(
+    ts_ms: i64,
+    consumer: &'a str,
+    route: &'a str,
+    status: u16,
+    latency_ms: f64,
+) -> EventRef<'a> {
+    EventRef {
+        ts_ms,
+        consumer,
+        api: "shop",
+        method: "GET",
+        route,
+        sample: Sample {
+            status,
+            latency_ms,
+            request_bytes: 10,
+            response_bytes: 100,
+            ..Default::default()
+        },
+    }
+}
+
+fn engine_far_retention() -> Engine {
+    // Retention long enough that T0 (in the past) is never pruned or widened.
+    Engine::new(Retention {
+        minute_ms: 100_000 * DAY_MS,
+        hour_ms: 100_000 * DAY_MS,
+        day_ms: 100_000 * DAY_MS,
+    })
+}
+
+#[test]
+fn plan_tiles_the_window_with_coarse_buckets() {
+    let e = engine_far_retention();
+    let now = T0 + 400 * DAY_MS;
+    let from = T0 + 5 * MINUTE_MS;
+    let to = T0 + 3 * DAY_MS + 2 * HOUR_MS + 7 * MINUTE_MS;
+    let plan = e.plan(from, to, now, Tier::Day);
+    assert_eq!(
+        plan,
+        vec![
+            (Tier::Minute, from, T0 + HOUR_MS),
+            (Tier::Hour, T0 + HOUR_MS, T0 + DAY_MS),
+            (Tier::Day, T0 + DAY_MS, T0 + 3 * DAY_MS),
+            (Tier::Hour, T0 + 3 * DAY_MS, T0 + 3 * DAY_MS + 2 * HOUR_MS),
+            (Tier::Minute, T0 + 3 * DAY_MS + 2 * HOUR_MS, to),
+        ]
+    );
+    // Contiguous and complete.
+    for w in plan.windows(2) {
+        assert_eq!(w[0].2, w[1].1);
+    }
+    // A short window stays in minutes.
+    assert_eq!(
+        e.plan(T0 + 60_000, T0 + 120_000, now, Tier::Day),
+        vec![(Tier::Minute, T0 + 60_000, T0 + 120_000)]
+    );
+    // Minutes only when asked.
+    assert_eq!(
+        e.plan(from, to, now, Tier::Minute),
+        vec![(Tier::Minute, from, to)]
+    );
+}
+
+#[test]
+fn old_edges_widen_to_the_tiers_that_still_exist() {
+    let e = Engine::new(Retention {
+        minute_ms: DAY_MS,
+        hour_ms: 10 * DAY_MS,
+        day_ms: 400 * DAY_MS,
+    });
+    let now = T0 + 30 * DAY_MS;
+    let plan = e.plan(T0 + 5 * MINUTE_MS, now, now, Tier::Day);
+    assert_eq!(plan[0].0, Tier::Day, "{plan:?}");
+    assert_eq!(plan[0].1, T0);
+}
+
+#[test]
+fn consumer_totals_and_percentiles_over_a_long_window() {
+    let e = engine_far_retention();
+    let mut events = Vec::new();
+    for i in 0..1000i64 {
+        events.push(ev(
+            T0 + i * 7 * MINUTE_MS,
+            "acme",
+            "/pets/{id}",
+            if i % 10 == 0 { 503 } else { 200 },
+            (i % 100 + 1) as f64,
+        ));
+    }
+    events.push(ev(T0 + 5, "globex", "/search", 429, 3.0));
+    e.ingest(events);
+    let rows = e.consumer_totals(&Query {
+        from_ms: T0,
+        to_ms: T0 + 30 * DAY_MS,
+        ..Default::default()
+    });
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].consumer, "acme");
+    let c = rows[0].rollup.counters;
+    assert_eq!((c.requests, c.s5xx, c.s2xx), (1000, 100, 900));
+    let p50 = rows[0].rollup.quantile(0.5).unwrap();
+    assert!((p50 - 50.0).abs() <= 0.5 + 1e-9, "{p50}");
+    assert_eq!(rows[1].rollup.counters.rate_limited, 1);
+
+    // A narrow window sees only its minutes.
+    let rows = e.consumer_totals(&Query {
+        from_ms: T0,
+        to_ms: T0 + 7 * MINUTE_MS,
+        ..Default::default()
+    });
+    assert_eq!(
+        rows.iter().map(|r| r.rollup.counters.requests).sum::<u64>(),
+        2
+    );
+
+    // Filters.
+    let only = e.consumer_totals(&Query {
+        from_ms: T0,
+        to_ms: T0 + 30 * DAY_MS,
+        consumers: Some(["globex".to_string()].into()),
+        ..Default::default()
+    });
+    assert_eq!(only.len(), 1);
+    let none = e.consumer_totals(&Query {
+        from_ms: T0,
+        to_ms: T0 + DAY_MS,
+        api: Some("other".into()),
+        ..Default::default()
+    });
+    assert!(none.is_empty());
+}
+
+#[test]
+fn route_error_concentration() {
+    let e = engine_far_retention();
+    let mut events = Vec::new();
+    for i in 0..100 {
+        events.push(ev(
+            T0 + i,
+            "initech",
+            "/orders",
+            if i < 30 { 422 } else { 200 },
+            5.0,
+        ));
+        events.push(ev(
+            T0 + i,
+            "acme",
+            "/orders",
+            if i < 2 { 500 } else { 200 },
+            5.0,
+        ));
+        events.push(ev(T0 + i, "acme", "/pets", 200, 5.0));
+    }
+    e.ingest(events);
+    let routes = e.routes(
+        &Query {
+            from_ms: T0,
+            to_ms: T0 + HOUR_MS,
+            ..Default::default()
+        },
+        None,
+    );
+    let orders = routes.iter().find(|r| r.route == "/orders").unwrap();
+    assert_eq!(orders.consumers, 2);
+    assert_eq!(orders.rollup.counters.errors(), 32);
+    assert_eq!(orders.top_consumer_errors, 30);
+    assert_eq!(orders.top_consumer.as_deref(), Some("initech"));
+    let mine = e.routes(
+        &Query {
+            from_ms: T0,
+            to_ms: T0 + HOUR_MS,
+            ..Default::default()
+        },
+        Some("acme"),
+    );
+    assert_eq!(mine.len(), 2);
+}
+
+#[test]
+fn series_fill_every_step() {
+    let e = engine_far_retention();
+    e.ingest(vec![
+        ev(T0 + 30_000, "acme", "/a", 200, 1.0),
+        ev(T0 + 2 * HOUR_MS + 1, "acme", "/a", 500, 1.0),
+    ]);
+    let q = Query {
+        from_ms: T0,
+        to_ms: T0 + 3 * HOUR_MS,
+        ..Default::default()
+    };
+    let s = e.consumer_series(&q, "acme", HOUR_MS);
+    assert_eq!(s.len(), 3);
+    assert_eq!(
+        s.iter()
+            .map(|(_, r)| r.counters.requests)
+            .collect::<Vec<_>>(),
+        [1, 0, 1]
+    );
+    assert_eq!(s[2].1.counters.s5xx, 1);
+    let m = e.consumer_series(&q, "acme", MINUTE_MS);
+    assert_eq!(m.len(), 180);
+    assert_eq!(m[0].1.counters.requests, 1);
+}
+
+#[test]
+fn export_and_import_round_trip() {
+    let a = engine_far_retention();
+    a.ingest(vec![
+        ev(T0, "acme", "/a", 200, 12.0),
+        ev(T0 + HOUR_MS, "acme", "/b", 404, 20.0),
+    ]);
+    let rows = a.export(Tier::Hour, T0, T0 + DAY_MS);
+    assert_eq!(rows.len(), 2);
+    let b = engine_far_retention();
+    b.import(rows);
+    b.import(a.export(Tier::Day, T0, T0 + DAY_MS));
+    let q = Query {
+        from_ms: T0,
+        to_ms: T0 + DAY_MS,
+        ..Default::default()
+    };
+    let (ra, rb) = (a.consumer_totals(&q), b.consumer_totals(&q));
+    assert_eq!(ra[0].rollup.counters, rb[0].rollup.counters);
+    assert_eq!(ra[0].rollup.quantile(0.99), rb[0].rollup.quantile(0.99));
+}
+
+#[test]
+fn prune_drops_only_expired_buckets() {
+    let e = Engine::new(Retention {
+        minute_ms: HOUR_MS,
+        hour_ms: DAY_MS,
+        day_ms: 10 * DAY_MS,
+    });
+    e.ingest(vec![ev(T0, "acme", "/a", 200, 1.0)]);
+    e.prune(T0 + 2 * HOUR_MS);
+    let s = e.stats();
+    assert_eq!(s.buckets, 2, "minute gone, hour and day kept: {s:?}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn an_hour_equals_the_merge_of_its_minutes(
+        events in prop::collection::vec((0i64..HOUR_MS, 0usize..3, prop::sample::select(vec![200u16, 201, 404, 429, 500, 503]), 0.1f64..5_000.0), 1..400)
+    ) {
+        let e = engine_far_retention();
+        let consumers = ["acme", "globex", "initech"];
+        e.ingest(events.iter().map(|(t, c, s, l)| ev(T0 + t, consumers[*c], "/x", *s, *l)));
+        let hour = e.export(Tier::Hour, T0, T0 + HOUR_MS);
+        let minutes = e.export(Tier::Minute, T0, T0 + HOUR_MS);
+        for h in &hour {
+            let mut merged = Rollup::default();
+            for m in minutes.iter().filter(|m| (m.consumer.as_str(), m.status_class) == (h.consumer.as_str(), h.status_class)) {
+                merged.merge(&m.rollup);
+            }
+            prop_assert_eq!(merged.counters, h.rollup.counters);
+            for q in [0.5, 0.95, 0.99] {
+                prop_assert_eq!(merged.quantile(q), h.rollup.quantile(q));
+            }
+        }
+        // And a query over the hour answers the same whichever tier serves it.
+        let by_minutes = e.consumer_series(&Query { from_ms: T0, to_ms: T0 + HOUR_MS, ..Default::default() }, "acme", MINUTE_MS);
+        let mut merged = Rollup::default();
+        for (_, r) in &by_minutes { merged.merge(r); }
+        let by_hour = e.consumer_series(&Query { from_ms: T0, to_ms: T0 + HOUR_MS, ..Default::default() }, "acme", HOUR_MS);
+        prop_assert_eq!(merged.counters, by_hour[0].1.counters);
+    }
+}

@@ -1,0 +1,257 @@
+//! Parsing and validating `POST /v1/events` batches.
+//!
+//! Rules, stated once here and in the OpenAPI description:
+//! - Required: `ts` (RFC 3339 or epoch ms), `consumer`, `method`, `path`, `status` (100-599),
+//!   `latency_ms` (finite, 0 to 86,400,000).
+//! - A `ts` more than `max_future_secs` ahead, or older than the day tier's retention, is
+//!   rejected: the first is a clock problem, the second could never be queried.
+//! - Wrong types and out-of-range values reject the event with a reason naming the field.
+//! - Unknown fields are ignored, so that shippers may send extra context (host, pod) without
+//!   losing events.
+//! - Without `id`, the id is derived from the event's content, so a retried batch or a re-run
+//!   import stores each event once.
+//! - Without `route`, the route is inferred from the path.
+
+use clientele_core::config::valid_name;
+use clientele_core::event::{Event, Outcome, content_id};
+use clientele_core::route::infer_template;
+use clientele_core::time::parse_ts_value;
+use serde_json::{Map, Value};
+
+/// Why one event of a batch was refused.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct Rejected {
+    /// 0-based position in the batch (the line, for NDJSON).
+    pub index: usize,
+    pub error: String,
+}
+
+/// Limits an event's time must fall within.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeBounds {
+    pub min_ms: i64,
+    pub max_ms: i64,
+}
+
+/// Splits a batch into valid events and rejections. `ndjson` selects one event per line;
+/// otherwise the body is a JSON array (or a single object).
+pub fn parse_batch(
+    body: &[u8],
+    ndjson: bool,
+    bounds: TimeBounds,
+) -> Result<(Vec<Event>, Vec<Rejected>), String> {
+    let mut events = Vec::new();
+    let mut rejected = Vec::new();
+    let mut handle = |index: usize, raw: &[u8], value: Result<Value, String>| match value
+        .and_then(|v| parse_event(&v, raw, bounds))
+    {
+        Ok(e) => events.push(e),
+        Err(error) => rejected.push(Rejected { index, error }),
+    };
+    if ndjson {
+        let mut index = 0;
+        for line in body.split(|b| *b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let value =
+                serde_json::from_slice::<Value>(line).map_err(|e| format!("not valid JSON: {e}"));
+            handle(index, line, value);
+            index += 1;
+        }
+    } else {
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| format!("the body is not valid JSON: {e}"))?;
+        match value {
+            Value::Array(items) => {
+                for (index, item) in items.into_iter().enumerate() {
+                    let raw = item.to_string();
+                    handle(index, raw.as_bytes(), Ok(item));
+                }
+            }
+            obj @ Value::Object(_) => {
+                let raw = obj.to_string();
+                handle(0, raw.as_bytes(), Ok(obj));
+            }
+            _ => return Err("the body must be a JSON array of events, or NDJSON with Content-Type: application/x-ndjson".into()),
+        }
+    }
+    Ok((events, rejected))
+}
+
+fn parse_event(v: &Value, raw: &[u8], bounds: TimeBounds) -> Result<Event, String> {
+    let obj = v.as_object().ok_or("each event must be a JSON object")?;
+    let ts_ms =
+        parse_ts_value(obj.get("ts").ok_or("ts is required")?).map_err(|e| format!("ts: {e}"))?;
+    if ts_ms > bounds.max_ms {
+        return Err(
+            "ts is in the future beyond the allowed clock skew; check the sender's clock".into(),
+        );
+    }
+    if ts_ms < bounds.min_ms {
+        return Err(
+            "ts is older than the day tier's retention ([analytics].day_retention_days)".into(),
+        );
+    }
+    let consumer = req_str(obj, "consumer")?;
+    if !valid_name(consumer) {
+        return Err("consumer must be 1-64 characters of a-z, A-Z, 0-9, '_', '-' or '.'".into());
+    }
+    let method = req_str(obj, "method")?;
+    if method.is_empty() || method.len() > 16 || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return Err(format!("method {method:?} is not an HTTP method"));
+    }
+    let full_path = req_str(obj, "path")?;
+    if !full_path.starts_with('/') || full_path.len() > 2048 {
+        return Err("path must start with '/' and be at most 2048 characters".into());
+    }
+    let path = full_path.split(['?', '#']).next().unwrap_or(full_path);
+    let status = obj
+        .get("status")
+        .ok_or("status is required")?
+        .as_u64()
+        .ok_or("status must be an integer")?;
+    if !(100..=599).contains(&status) {
+        return Err(format!("status {status} is not between 100 and 599"));
+    }
+    let latency_ms = obj
+        .get("latency_ms")
+        .ok_or("latency_ms is required")?
+        .as_f64()
+        .ok_or("latency_ms must be a number")?;
+    if !latency_ms.is_finite() || !(0.0..=86_400_000.0).contains(&latency_ms) {
+        return Err(format!(
+            "latency_ms {latency_ms} must be between 0 and 86400000"
+        ));
+    }
+    let id = match opt_str(obj, "id")? {
+        Some(id) if id.is_empty() || id.len() > 128 => {
+            return Err("id must be 1-128 characters".into());
+        }
+        Some(id) => id.to_string(),
+        None => content_id(raw),
+    };
+    let route = match opt_str(obj, "route")? {
+        Some(r) if !r.starts_with('/') => return Err("route must start with '/'".into()),
+        Some(r) => r.to_string(),
+        None => infer_template(path),
+    };
+    Ok(Event {
+        id,
+        ts_ms,
+        consumer: Some(consumer.to_string()),
+        key_id: opt_str(obj, "key_id")?.map(str::to_string),
+        api: opt_str(obj, "api")?
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        method: method.to_ascii_uppercase(),
+        path: path.to_string(),
+        route,
+        status: status as u16,
+        latency_ms,
+        upstream_latency_ms: opt_f64(obj, "upstream_latency_ms")?,
+        request_bytes: opt_u64(obj, "request_bytes")?.unwrap_or(0),
+        response_bytes: opt_u64(obj, "response_bytes")?.unwrap_or(0),
+        client_ip: opt_str(obj, "client_ip")?.map(str::to_string),
+        user_agent: opt_str(obj, "user_agent")?.map(|s| s.chars().take(512).collect()),
+        session_id: opt_str(obj, "session_id")?.map(str::to_string),
+        trace_id: opt_str(obj, "trace_id")?.map(str::to_string),
+        outcome: Outcome::Ingested,
+        plan: opt_str(obj, "plan")?.map(str::to_string),
+        team: opt_str(obj, "team")?.map(str::to_string),
+        use_case: opt_str(obj, "use_case")?.map(str::to_string),
+        model: opt_str(obj, "model")?.map(str::to_string),
+        tokens_in: opt_u64(obj, "tokens_in")?,
+        tokens_out: opt_u64(obj, "tokens_out")?,
+        cost_usd: opt_f64(obj, "cost_usd")?,
+    })
+}
+
+fn req_str<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<&'a str, String> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Err(format!("{field} is required")),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(format!("{field} must be a string")),
+    }
+}
+
+fn opt_str<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<Option<&'a str>, String> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.len() <= 2048 => Ok(Some(s)),
+        Some(Value::String(_)) => Err(format!("{field} is longer than 2048 characters")),
+        Some(_) => Err(format!("{field} must be a string")),
+    }
+}
+
+fn opt_u64(obj: &Map<String, Value>, field: &str) -> Result<Option<u64>, String> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| format!("{field} must be a non-negative integer")),
+    }
+}
+
+fn opt_f64(obj: &Map<String, Value>, field: &str) -> Result<Option<f64>, String> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(x) if x.is_finite() && x >= 0.0 => Ok(Some(x)),
+            _ => Err(format!("{field} must be a non-negative number")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const B: TimeBounds = TimeBounds {
+        min_ms: 0,
+        max_ms: 2_000_000_000_000,
+    };
+
+    #[test]
+    fn ndjson_with_per_line_errors() {
+        let body = br#"{"ts":"2026-01-01T00:00:00Z","consumer":"acme","method":"get","path":"/pets/42?x=1","status":200,"latency_ms":12.5,"extra":"ignored"}
+
+not json
+{"ts":1767225600000,"consumer":"acme","method":"GET","path":"/pets","status":200,"latency_ms":-1}
+{"ts":1767225600000,"consumer":"acme","method":"GET","path":"/pets","status":"200","latency_ms":1}
+{"ts":4000000000000,"consumer":"acme","method":"GET","path":"/pets","status":200,"latency_ms":1}
+{"consumer":"acme","method":"GET","path":"/pets","status":200,"latency_ms":1}
+"#;
+        let (events, rejected) = parse_batch(body, true, B).unwrap();
+        assert_eq!(events.len(), 1);
+        let e = &events[0];
+        assert_eq!(
+            (e.method.as_str(), e.path.as_str(), e.route.as_str()),
+            ("GET", "/pets/42", "/pets/{id}")
+        );
+        assert!(e.id.starts_with("ev_"));
+        let reasons: Vec<(usize, &str)> = rejected
+            .iter()
+            .map(|r| (r.index, r.error.as_str()))
+            .collect();
+        assert_eq!(reasons.len(), 5, "{reasons:?}");
+        assert!(reasons[0].1.contains("not valid JSON") && reasons[0].0 == 1);
+        assert!(reasons[1].1.contains("latency_ms"));
+        assert!(reasons[2].1.contains("status must be an integer"));
+        assert!(reasons[3].1.contains("future"));
+        assert!(reasons[4].1.contains("ts is required"));
+    }
+
+    #[test]
+    fn derived_ids_are_stable_and_given_ids_kept() {
+        let line = br#"{"ts":1767225600000,"consumer":"acme","method":"GET","path":"/a","status":200,"latency_ms":1}"#;
+        let a = parse_batch(line, true, B).unwrap().0;
+        let b = parse_batch(line, true, B).unwrap().0;
+        assert_eq!(a[0].id, b[0].id);
+        let with_id = br#"[{"id":"x1","ts":1767225600000,"consumer":"acme","method":"GET","path":"/a","status":200,"latency_ms":1}]"#;
+        assert_eq!(parse_batch(with_id, false, B).unwrap().0[0].id, "x1");
+        assert!(parse_batch(b"42", false, B).is_err());
+    }
+}
