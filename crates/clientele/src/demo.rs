@@ -380,7 +380,13 @@ async fn drive(
                 tokio::time::sleep(pace(per_sec)).await;
             }
             Behaviour::RunawaySearch { per_sec } => {
-                send(Method::GET, "/search?q=cheap+cat".into(), None, vec![]).await;
+                // A loop that does not wait for answers: fire and move on.
+                tokio::spawn(send(
+                    Method::GET,
+                    "/search?q=cheap+cat".into(),
+                    None,
+                    vec![],
+                ));
                 tokio::time::sleep(pace(per_sec)).await;
             }
             Behaviour::SharedKey { per_sec } => {
@@ -452,7 +458,15 @@ async fn report(admin: AdminClient, every: u64) {
             .collect();
         println!();
         crate::cli::print_table(
-            &["CONSUMER", "PLAN", "REQUESTS", "4XX", "5XX", "ERROR RATE"],
+            &[
+                "CONSUMER",
+                "PLAN",
+                "REQUESTS",
+                "4XX",
+                "5XX",
+                "ERROR RATE",
+                "P99 MS",
+            ],
             &rows,
         );
     }

@@ -1,13 +1,9 @@
-//! End-to-end tests of the gateway, admin API and CLI: the real binary, a real upstream on
-//! loopback, real HTTP.
-
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
+//! The gateway, admin API and CLI.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, StreamBody};
@@ -16,7 +12,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_key_form_is_handled_and_refusals_never_reach_the_upstream() {

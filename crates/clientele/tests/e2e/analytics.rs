@@ -1,0 +1,381 @@
+//! The analytics engine through the API: ingest, back-dated events, per-consumer and per-route
+//! statistics, exactly-once across a crash.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Method;
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+const HOUR: i64 = 3_600_000;
+
+/// Posts an NDJSON batch; returns status and body.
+async fn post_ndjson(server: &Server, lines: &[Value]) -> (u16, Value) {
+    let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    post_raw(server, "application/x-ndjson", Bytes::from(body)).await
+}
+
+async fn post_raw(server: &Server, content_type: &str, body: Bytes) -> (u16, Value) {
+    let (status, _, bytes) = send(
+        Method::POST,
+        &format!("http://{}/v1/events", server.admin),
+        &[
+            ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
+            ("content-type", content_type),
+        ],
+        Some(body),
+    )
+    .await
+    .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn exact_quantile(values: &mut [f64], q: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[((values.len() - 1) as f64 * q).floor() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backdated_ingest_feeds_per_consumer_and_per_route_stats() {
+    let up = start_upstream().await;
+    let server = Server::start(up.addr, "").await;
+    let now = clientele_core::time::now_ms();
+    let start = (now - 72 * HOUR) / HOUR * HOUR;
+
+    // Three days of history: acme healthy, initech failing on POST /orders, globex small.
+    let mut lines = Vec::new();
+    let mut acme_latencies = Vec::new();
+    for i in 0..3000i64 {
+        let ts = start + i * 80_000;
+        let latency = 5.0 + (i % 97) as f64 * 1.5 + if i % 50 == 0 { 900.0 } else { 0.0 };
+        acme_latencies.push(latency);
+        lines.push(json!({"ts": ts, "consumer": "acme", "method": "GET", "path": format!("/pets/{}", i % 40), "status": 200,
+            "latency_ms": latency, "plan": "pro", "team": "retail", "response_bytes": 100}));
+        if i % 3 == 0 {
+            lines.push(json!({"ts": clientele_core::time::format_ts(ts), "consumer": "initech", "method": "POST", "path": "/orders",
+                "status": if i % 2 == 0 { 422 } else { 201 }, "latency_ms": 20.0, "plan": "free"}));
+        }
+        if i % 100 == 0 {
+            lines.push(json!({"ts": ts, "consumer": "acme", "method": "POST", "path": "/orders", "status": 503, "latency_ms": 30.0}));
+        }
+    }
+    // The history in batches that fit the test's 64 KiB body limit.
+    let mut accepted = 0;
+    for chunk in lines.chunks(300) {
+        let (status, body) = post_ndjson(&server, chunk).await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["duplicates"], 0);
+        accepted += body["accepted"].as_u64().unwrap();
+    }
+    assert_eq!(accepted, lines.len() as u64);
+
+    // Bad lines are reported by index; the good ones in the same batch still land.
+    let mixed = vec![
+        json!({"ts": now, "consumer": "acme", "method": "GET", "path": "/pets/1", "status": 200, "latency_ms": -3}),
+        lines[0].clone(),
+        json!({"ts": now + 3_600_000, "consumer": "acme", "method": "GET", "path": "/pets/1", "status": 200, "latency_ms": 3}),
+    ];
+    let (status, body) = post_ndjson(&server, &mixed).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        (body["accepted"].as_u64(), body["duplicates"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let rejected = body["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 2);
+    assert_eq!(
+        (rejected[0]["index"].as_u64(), rejected[1]["index"].as_u64()),
+        (Some(0), Some(2))
+    );
+    assert!(
+        rejected[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("latency_ms")
+    );
+    assert!(rejected[1]["error"].as_str().unwrap().contains("future"));
+
+    // Sending the same history again changes nothing.
+    for chunk in lines.chunks(300) {
+        let (status, again) = post_ndjson(&server, chunk).await;
+        assert_eq!(status, 202);
+        assert_eq!(again["duplicates"], chunk.len());
+    }
+
+    // Consumers seen for the first time were created with what their events carry.
+    let (status, initech) = server
+        .admin(Method::GET, "/v1/consumers/initech", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(initech["plan"], "free");
+
+    let window = format!("from={}&to={}", start, now + 60_000);
+    let (status, stats) = server
+        .admin(Method::GET, &format!("/v1/stats/consumers?{window}"), None)
+        .await;
+    assert_eq!(status, 200, "{stats}");
+    let rows = stats["consumers"].as_array().unwrap();
+    let acme = rows.iter().find(|r| r["consumer"] == "acme").unwrap();
+    assert_eq!(acme["requests"], 3030);
+    assert_eq!(acme["errors_5xx"], 30);
+    assert_eq!(acme["response_bytes"], 300_000);
+    assert_eq!(acme["plan"], "pro");
+    let initech_row = rows.iter().find(|r| r["consumer"] == "initech").unwrap();
+    assert_eq!(
+        (
+            initech_row["requests"].as_u64(),
+            initech_row["errors_4xx"].as_u64()
+        ),
+        (Some(1000), Some(500))
+    );
+    assert_eq!(initech_row["error_rate"], 0.5);
+
+    // Percentiles within 1% of the exact ones.
+    let mut all = acme_latencies.clone();
+    all.extend(std::iter::repeat_n(30.0, 30));
+    for (field, q) in [("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99)] {
+        let exact = exact_quantile(&mut all, q);
+        let got = acme[field].as_f64().unwrap();
+        assert!(
+            (got - exact).abs() <= exact * 0.01 + 0.001,
+            "{field}: exact {exact}, got {got}"
+        );
+    }
+
+    // Filters.
+    let (_, free) = server
+        .admin(
+            Method::GET,
+            &format!("/v1/stats/consumers?{window}&plan=free"),
+            None,
+        )
+        .await;
+    assert_eq!(free["consumers"].as_array().unwrap().len(), 1);
+
+    // Routes: POST /orders errors come from initech, mostly.
+    let (status, routes) = server
+        .admin(Method::GET, &format!("/v1/stats/routes?{window}"), None)
+        .await;
+    assert_eq!(status, 200, "{routes}");
+    let orders = routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "/orders" && r["method"] == "POST")
+        .unwrap();
+    assert_eq!(orders["consumers"], 2);
+    let share = orders["error_share_top_consumer"].as_f64().unwrap();
+    assert!((share - 500.0 / 530.0).abs() < 1e-9, "{orders}");
+    assert_eq!(orders["top_error_consumer"], "initech");
+    let pets = routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "/pets/{id}")
+        .unwrap();
+    assert_eq!(pets["requests"], 3000);
+
+    // One consumer: routes and an hourly series summing to the total.
+    let (status, detail) = server
+        .admin(
+            Method::GET,
+            &format!("/v1/stats/consumers/acme?{window}&step=1h"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{detail}");
+    assert_eq!(detail["requests"], 3030);
+    assert_eq!(detail["routes"].as_array().unwrap().len(), 2);
+    let series = detail["series"].as_array().unwrap();
+    assert!(series.len() >= 72);
+    assert_eq!(
+        series
+            .iter()
+            .map(|p| p["requests"].as_u64().unwrap())
+            .sum::<u64>(),
+        3030
+    );
+    assert_eq!(
+        server
+            .admin(
+                Method::GET,
+                &format!("/v1/stats/consumers/acme?{window}&step=7s"),
+                None
+            )
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        server
+            .admin(Method::GET, "/v1/stats/consumers/nobody", None)
+            .await
+            .0,
+        404
+    );
+
+    // The raw events are there for drill-down.
+    let events = server
+        .wait_events("initech", &format!("&status=4xx&from={start}"), |e| {
+            e.len() >= 500
+        })
+        .await;
+    assert_eq!(events.len(), 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_refuses_bad_batches_clearly() {
+    let up = start_upstream().await;
+    let server = Server::start(up.addr, "").await;
+    let (status, body) = post_raw(
+        &server,
+        "application/x-ndjson",
+        Bytes::from_static(b"nope\n{\"ts\":1}\n"),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errors"].as_array().unwrap().len(), 2);
+    let (status, _) = post_raw(&server, "text/plain", Bytes::from_static(b"[]")).await;
+    assert_eq!(status, 415);
+    let (status, _) = post_raw(
+        &server,
+        "application/json",
+        Bytes::from_static(b"{\"broken\":"),
+    )
+    .await;
+    assert_eq!(status, 400);
+    // Over [admin].max_body_bytes (64 KiB in the test config).
+    let line = json!({"ts": clientele_core::time::now_ms(), "consumer": "acme", "method": "GET", "path": "/", "status": 200, "latency_ms": 1}).to_string();
+    let big: String = std::iter::repeat_n(format!("{line}\n"), 2000).collect();
+    let (status, _) = post_raw(&server, "application/x-ndjson", Bytes::from(big)).await;
+    assert_eq!(status, 413);
+    // A JSON array works too.
+    let arr = format!("[{line}]");
+    let (status, body) = post_raw(&server, "application/json", Bytes::from(arr)).await;
+    assert_eq!((status, body["accepted"].as_u64()), (202, Some(1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_traffic_has_percentiles_and_survives_a_restart() {
+    let up = start_upstream().await;
+    let mut server = Server::start(up.addr, "").await;
+    let (_, key) = server.consumer_with_key("acme", Some("pro")).await;
+    for i in 0..20 {
+        let path = if i % 4 == 0 {
+            "/status?code=500".to_string()
+        } else {
+            format!("/pets/{i}")
+        };
+        get_with_key(&server, &path, &key).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let acme = loop {
+        let (_, stats) = server.admin(Method::GET, "/v1/stats/consumers", None).await;
+        if let Some(row) = stats["consumers"]
+            .as_array()
+            .and_then(|r| r.first())
+            .cloned()
+        {
+            if row["requests"] == 20 {
+                break row;
+            }
+        }
+        assert!(Instant::now() < deadline, "stats never reached 20 requests");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(acme["errors_5xx"], 5);
+    assert!(acme["p50_ms"].as_f64().unwrap() > 0.0);
+
+    // Stop and start again on the same data: the same answer, rebuilt from the store.
+    let status = tokio::task::block_in_place(|| server.terminate());
+    assert!(status.success());
+    let dir = std::mem::replace(&mut server.dir, tempfile::tempdir().unwrap());
+    let config = dir.path().join("clientele.toml");
+    let restarted = Server::spawn(dir, &config, server.gateway, server.admin).await;
+    let (_, stats) = restarted
+        .admin(Method::GET, "/v1/stats/consumers", None)
+        .await;
+    assert_eq!(stats["consumers"][0]["requests"], 20);
+    assert_eq!(stats["consumers"][0]["p50_ms"], acme["p50_ms"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_nine_during_ingest_then_resend_counts_every_event_once() {
+    let up = start_upstream().await;
+    let mut server = Server::start(up.addr, "").await;
+    let now = clientele_core::time::now_ms();
+    // 40 batches of 250 events, each event with content that makes its derived id unique.
+    let batches: Vec<Vec<Value>> = (0..40)
+        .map(|b| {
+            (0..250)
+                .map(|i| json!({"ts": now - 3_600_000 + b * 1000 + i, "consumer": format!("c{}", i % 7), "method": "GET",
+                    "path": format!("/items/{i}"), "status": if i % 10 == 0 { 500 } else { 200 }, "latency_ms": 1.0 + i as f64}))
+                .collect()
+        })
+        .collect();
+
+    // Send half, then kill -9 while more batches are in flight.
+    for batch in &batches[..20] {
+        assert_eq!(post_ndjson(&server, batch).await.0, 202);
+    }
+    let pid = server.pid();
+    let sender = {
+        let admin = server.admin;
+        let batches = batches.clone();
+        tokio::spawn(async move {
+            for batch in &batches[20..] {
+                let body: String = batch.iter().map(|l| format!("{l}\n")).collect();
+                let _ = send(
+                    Method::POST,
+                    &format!("http://{admin}/v1/events"),
+                    &[
+                        ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
+                        ("content-type", "application/x-ndjson"),
+                    ],
+                    Some(Bytes::from(body)),
+                )
+                .await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    let _ = sender.await;
+    let mut child = server.child.take().unwrap();
+    let _ = child.wait();
+
+    // Restart on the same data and send everything again.
+    let dir = std::mem::replace(&mut server.dir, tempfile::tempdir().unwrap());
+    let config = dir.path().join("clientele.toml");
+    let restarted = Server::spawn(dir, &config, server.gateway, server.admin).await;
+    for batch in &batches {
+        assert_eq!(post_ndjson(&restarted, batch).await.0, 202);
+    }
+    let (_, stats) = restarted
+        .admin(Method::GET, "/v1/stats/consumers", None)
+        .await;
+    let rows = stats["consumers"].as_array().unwrap();
+    assert_eq!(
+        rows.iter()
+            .map(|r| r["requests"].as_u64().unwrap())
+            .sum::<u64>(),
+        10_000,
+        "{stats}"
+    );
+    assert_eq!(
+        rows.iter()
+            .map(|r| r["errors_5xx"].as_u64().unwrap())
+            .sum::<u64>(),
+        1_000
+    );
+    let (_, status) = restarted.admin(Method::GET, "/v1/status", None).await;
+    assert!(status.is_object());
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `clientele` binary, a real upstream on loopback, real HTTP.
+//! One test binary for all of them, to keep link time down.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod analytics;
+mod gateway;
+mod support;
