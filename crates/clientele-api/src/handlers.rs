@@ -264,6 +264,10 @@ pub struct Status {
     pub events_dropped: u64,
     pub events_stored: u64,
     pub events_store_errors: u64,
+    /// Rollups held in memory by the analytics engine, all tiers.
+    pub rollups_series: usize,
+    pub rollups_consumer: usize,
+    pub rollup_buckets: usize,
 }
 
 // ----- helpers -----
@@ -346,6 +350,7 @@ pub async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/v1/status", responses((status = 200, body = Status)), security(("admin_token" = [])))]
 pub async fn status(State(state): State<AppState>) -> Json<Status> {
     let p = state.pipeline.snapshot();
+    let e = state.engine.stats();
     Json(Status {
         uptime_s: state.started.elapsed().as_secs(),
         keys_loaded: state.keys.len(),
@@ -353,6 +358,9 @@ pub async fn status(State(state): State<AppState>) -> Json<Status> {
         events_dropped: p.dropped,
         events_stored: p.stored,
         events_store_errors: p.store_errors,
+        rollups_series: e.series_rollups,
+        rollups_consumer: e.consumer_rollups,
+        rollup_buckets: e.buckets,
     })
 }
 
