@@ -205,18 +205,24 @@ minute_retention_days = 3
             result = con.execute(query).fetchall()
             theirs.append((time.perf_counter() - t) * 1000)
 
-        # Same table? Counts exactly; percentiles within 1% of DuckDB's exact nearest-rank ones
-        # (quantile_disc, the same rank definition a sketch answers with).
-        worst = 0.0
+        # Same table? Counts must match DuckDB's exactly. Percentiles are checked against the
+        # exact value at rank floor(q * (n - 1)), the rank a DDSketch answers for, computed here
+        # from the rows: DuckDB's quantile_disc may pick the next rank, and in a long tail the
+        # next value can be far away, which says nothing about the sketch's accuracy.
         mismatched = 0
         for row in result:
             o = ours_table.get(row[0])
             if o is None or o["requests"] != row[1] or o["errors_5xx"] != row[3] or o["errors_4xx"] != row[2]:
                 mismatched += 1
-                continue
-            if row[1] >= 100:
-                for mine, exact in ((o["p50_ms"], row[6]), (o["p95_ms"], row[7]), (o["p99_ms"], row[8])):
-                    worst = max(worst, abs(mine - exact) / exact)
+        by_consumer = {}
+        for r in rows:
+            by_consumer.setdefault(r[1], []).append(r[6])
+        worst = 0.0
+        for c, lats in by_consumer.items():
+            lats.sort()
+            for field, q in (("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99)):
+                exact = lats[int((len(lats) - 1) * q)]
+                worst = max(worst, abs(ours_table[c][field] - exact) / exact)
         disk = dir_bytes(os.path.join(tmp, "data"))
         series = status["rollups_series"] + status["rollups_consumer"]
         out = {
@@ -226,7 +232,7 @@ minute_retention_days = 3
             "duckdb_median_ms": round(statistics.median(theirs), 2),
             "consumers_in_table": len(ours_table),
             "rows_mismatched": mismatched,
-            "worst_percentile_rel_err_consumers_ge_100_req": round(worst, 4),
+            "worst_percentile_rel_err": round(worst, 4),
             "disk_bytes_per_event": round(disk / n, 1),
             "server_rss_mib": round(rss / 1024, 1),
             "rollups_in_memory": series,

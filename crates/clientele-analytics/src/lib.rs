@@ -251,13 +251,20 @@ impl Engine {
                 (e.ts_ms, key, e.sample)
             })
             .collect();
+        let now = clientele_core::time::now_ms();
         for tier in Tier::ALL {
             let map = &mut tiers[tier as usize];
+            // Back-dated events older than a tier's retention skip that tier: the bucket would
+            // be pruned at once, and queries over that time read coarser tiers anyway.
+            let oldest = floor_to(now - self.retention.of(tier), tier.size_ms());
             // Events mostly arrive in time order, so consecutive events share a bucket: look
             // the bucket up once per run rather than once per event.
             let mut current: Option<(i64, &mut Bucket)> = None;
             for (ts, key, sample) in &keyed {
                 let start = floor_to(*ts, tier.size_ms());
+                if start < oldest {
+                    continue;
+                }
                 let bucket = match current {
                     Some((s, bucket)) if s == start => bucket,
                     _ => map.entry(start).or_default(),

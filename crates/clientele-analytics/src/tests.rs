@@ -239,10 +239,34 @@ fn prune_drops_only_expired_buckets() {
         hour_ms: DAY_MS,
         day_ms: 10 * DAY_MS,
     });
-    e.ingest(vec![ev(T0, "acme", "/a", 200, 1.0)]);
-    e.prune(T0 + 2 * HOUR_MS);
+    let now = clientele_core::time::now_ms();
+    e.ingest(vec![ev(now - 30 * MINUTE_MS, "acme", "/a", 200, 1.0)]);
+    assert_eq!(e.stats().buckets, 3);
+    e.prune(now + 2 * HOUR_MS);
     let s = e.stats();
     assert_eq!(s.buckets, 2, "minute gone, hour and day kept: {s:?}");
+}
+
+#[test]
+fn backdated_events_skip_tiers_past_their_retention() {
+    let e = Engine::new(Retention {
+        minute_ms: HOUR_MS,
+        hour_ms: DAY_MS,
+        day_ms: 10 * DAY_MS,
+    });
+    let now = clientele_core::time::now_ms();
+    e.ingest(vec![ev(now - 3 * DAY_MS, "acme", "/a", 200, 1.0)]);
+    assert_eq!(
+        e.stats().buckets,
+        1,
+        "only the day tier keeps a 3-day-old event"
+    );
+    let rows = e.consumer_totals(&Query {
+        from_ms: now - 4 * DAY_MS,
+        to_ms: now,
+        ..Default::default()
+    });
+    assert_eq!(rows[0].rollup.counters.requests, 1);
 }
 
 proptest! {
