@@ -76,17 +76,22 @@ pub enum KeysCmd {
     },
 }
 
-fn connect(remote: &Remote) -> Result<AdminClient> {
-    let token = match &remote.token {
-        Some(t) => t.clone(),
+/// The admin token: from the flag or environment, else the file a server without a configured
+/// token writes into ./clientele-data.
+pub fn token(remote: &Remote) -> Result<String> {
+    match &remote.token {
+        Some(t) => Ok(t.clone()),
         None => match std::fs::read_to_string("clientele-data/admin-token") {
-            Ok(t) => t.trim().to_string(),
+            Ok(t) => Ok(t.trim().to_string()),
             Err(_) => bail!(
                 "no admin token: pass --token or set CLIENTELE_ADMIN_TOKEN (a server without a configured token writes one to <data_dir>/admin-token)"
             ),
         },
-    };
-    AdminClient::new(&remote.admin_url, &token)
+    }
+}
+
+fn connect(remote: &Remote) -> Result<AdminClient> {
+    AdminClient::new(&remote.admin_url, &token(remote)?)
 }
 
 /// Path segments are percent-encoded so an id can never change which endpoint is called.

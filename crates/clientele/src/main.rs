@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 mod cli;
 mod client;
 mod demo;
+mod logimport;
 mod server;
 
 #[derive(Parser)]
@@ -41,6 +42,8 @@ enum Command {
     /// Manage API keys through the admin API.
     #[command(subcommand)]
     Keys(cli::KeysCmd),
+    /// Send access logs (Clientele NDJSON, nginx, Kong or Envoy JSON) to a running server.
+    Import(logimport::ImportArgs),
 }
 
 /// How CLI commands reach a running server.
@@ -107,6 +110,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Demo(args) => demo::run(args).await,
         Command::Consumers(cmd) => cli::consumers(cmd).await,
         Command::Keys(cmd) => cli::keys(cmd).await,
+        Command::Import(args) => logimport::run(args).await,
     }
 }
 

@@ -379,3 +379,110 @@ async fn kill_nine_during_ingest_then_resend_counts_every_event_once() {
     let (_, status) = restarted.admin(Method::GET, "/v1/status", None).await;
     assert!(status.is_object());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_reads_every_log_shape_and_is_exactly_once_when_rerun() {
+    let up = start_upstream().await;
+    let server = Server::start(up.addr, "").await;
+    let now = clientele_core::time::now_ms();
+    let iso = |ms: i64| clientele_core::time::format_ts(ms);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nginx = String::new();
+    let mut kong = String::new();
+    let mut envoy = String::new();
+    let mut native = String::new();
+    for i in 0..300i64 {
+        let ts = now - 2 * HOUR + i * 1000;
+        nginx.push_str(&format!(
+            "{}\n",
+            json!({"time_iso8601": iso(ts), "remote_addr": "203.0.113.7", "request": format!("GET /pets/{i} HTTP/1.1"), "status": "200",
+                "body_bytes_sent": "87", "request_time": "0.012", "upstream_response_time": "0.010", "http_x_consumer_id": "acme"})
+        ));
+        kong.push_str(&format!(
+            "{}\n",
+            json!({"request": {"method": "POST", "uri": "/orders", "size": 120}, "response": {"status": if i % 2 == 0 { 500 } else { 201 }, "size": 64},
+                "latencies": {"request": 40, "kong": 2, "proxy": 38}, "consumer": {"username": "initech"}, "started_at": ts, "client_ip": "198.51.100.4"})
+        ));
+        envoy.push_str(&format!(
+            "{}\n",
+            json!({"start_time": iso(ts), "method": "GET", "path": "/search?q=x", "response_code": 200, "duration": 30, "bytes_sent": 512, "consumer": "umbrella", "request_id": format!("r{i}")})
+        ));
+        native.push_str(&format!("{}\n", json!({"ts": ts, "consumer": "globex", "method": "GET", "path": "/pets", "status": 404, "latency_ms": 3.0})));
+    }
+    nginx.push_str("this line is not json\n");
+    for (name, body) in [
+        ("nginx.log", &nginx),
+        ("kong.log", &kong),
+        ("envoy.log", &envoy),
+        ("events.ndjson", &native),
+    ] {
+        std::fs::write(dir.path().join(name), body).unwrap();
+    }
+    let run = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_clientele"))
+            .arg("import")
+            .args([
+                "nginx.log",
+                "kong.log",
+                "envoy.log",
+                "events.ndjson",
+                "--batch",
+                "200",
+            ])
+            .current_dir(dir.path())
+            .env("CLIENTELE_ADMIN_URL", format!("http://{}", server.admin))
+            .env("CLIENTELE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = tokio::task::block_in_place(run);
+    assert_eq!(
+        code,
+        Some(1),
+        "one line was rejected, so the exit code says so: {out}{err}"
+    );
+    assert!(
+        out.contains("accepted    1200 (0 were already imported)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("rejected    1") && out.contains("nginx.log:301: not JSON"),
+        "{out}"
+    );
+    assert!(err.contains("1 lines were rejected"), "{err}");
+
+    let (_, stats) = server.admin(Method::GET, "/v1/stats/consumers", None).await;
+    let by: std::collections::HashMap<String, Value> = stats["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["consumer"].as_str().unwrap().to_string(), r.clone()))
+        .collect();
+    assert_eq!(by.len(), 4, "{stats}");
+    assert_eq!(by["initech"]["errors_5xx"], 150);
+    assert_eq!(by["acme"]["requests"], 300);
+    assert!((by["acme"]["p50_ms"].as_f64().unwrap() - 12.0).abs() <= 0.12);
+    assert_eq!(by["globex"]["errors_4xx"], 300);
+
+    // Running the same import again stores nothing twice.
+    let (_, out, _) = tokio::task::block_in_place(run);
+    assert!(
+        out.contains("accepted    1200 (1200 were already imported)"),
+        "{out}"
+    );
+    let (_, again) = server.admin(Method::GET, "/v1/stats/consumers", None).await;
+    assert_eq!(
+        again["consumers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["requests"].as_u64().unwrap())
+            .sum::<u64>(),
+        1200
+    );
+}
