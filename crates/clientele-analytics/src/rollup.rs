@@ -123,8 +123,10 @@ impl Digest {
             }
             Digest::Sketch(o) => match self {
                 Digest::Sketch(s) => {
-                    // Both sketches share one configuration, the only way a merge can fail.
-                    let _ = s.merge(o);
+                    // Every sketch is made with `sketch_config()` (persisted ones are decoded
+                    // bit-exact), and a differing configuration is the only way a merge fails.
+                    let merged = s.merge(o);
+                    debug_assert!(merged.is_ok(), "sketches with different configurations");
                 }
                 Digest::Inline { len, values } => {
                     let mut sketch = o.clone();
@@ -205,13 +207,19 @@ impl Rollup {
         qs.map(|q| sketch.quantile(q).ok().flatten())
     }
 
-    /// A compact encoding of the sketch, for persistence.
+    /// The sketch encoded for persistence, configuration included. The crate's Java-compatible
+    /// encoding decodes into a default configuration, and a sketch only merges with one of
+    /// exactly the same configuration, so it would silently drop data; serde with
+    /// `float_roundtrip` keeps the configuration bit-exact.
     pub fn sketch_bytes(&self) -> Vec<u8> {
-        self.latency.to_sketch().to_java_bytes()
+        serde_json::to_vec(&*self.latency.to_sketch()).unwrap_or_default()
     }
 
     pub fn from_parts(counters: Counters, sketch: &[u8]) -> Option<Rollup> {
-        let latency = DDSketch::from_java_bytes(sketch).ok()?;
+        let latency: DDSketch = serde_json::from_slice(sketch).ok()?;
+        if latency.count() as u64 > counters.requests {
+            return None;
+        }
         Some(Rollup {
             counters,
             latency: Digest::Sketch(Box::new(latency)),
@@ -275,7 +283,12 @@ mod tests {
             });
         }
         let back = Rollup::from_parts(r.counters, &r.sketch_bytes()).unwrap();
-        assert_eq!(back.quantile(0.99), r.quantile(0.99));
-        assert!(r.sketch_bytes().len() < 4096);
+        for q in [0.01, 0.5, 0.99] {
+            assert_eq!(back.quantile(q), r.quantile(q));
+        }
+        // And it still merges with sketches made here.
+        let mut merged = back.clone();
+        merged.merge(&r);
+        assert_eq!(merged.quantile(0.5), r.quantile(0.5));
     }
 }

@@ -994,7 +994,7 @@ pub async fn ingest_events(
     }
     let now = now_ms();
     let bounds = TimeBounds {
-        min_ms: now - state.engine.retention().day_ms,
+        min_ms: now - state.max_age_ms.min(state.engine.retention().day_ms),
         max_ms: now + state.max_future_ms,
     };
     let (events, rejected) = parse_batch(&body, ndjson, bounds).map_err(ApiError::bad_request)?;

@@ -3,8 +3,9 @@
 //! Rules, stated once here and in the OpenAPI description:
 //! - Required: `ts` (RFC 3339 or epoch ms), `consumer`, `method`, `path`, `status` (100-599),
 //!   `latency_ms` (finite, 0 to 86,400,000).
-//! - A `ts` more than `max_future_secs` ahead, or older than the day tier's retention, is
-//!   rejected: the first is a clock problem, the second could never be queried.
+//! - A `ts` more than `max_future_secs` ahead, or older than the raw event retention, is
+//!   rejected: the first is a clock problem; for the second, its bucket may already be archived,
+//!   and the event could not be counted exactly once.
 //! - Wrong types and out-of-range values reject the event with a reason naming the field.
 //! - Unknown fields are ignored, so that shippers may send extra context (host, pod) without
 //!   losing events.
@@ -91,7 +92,7 @@ fn parse_event(v: &Value, raw: &[u8], bounds: TimeBounds) -> Result<Event, Strin
     }
     if ts_ms < bounds.min_ms {
         return Err(
-            "ts is older than the day tier's retention ([analytics].day_retention_days)".into(),
+            "ts is older than the raw event retention ([storage].raw_event_retention_days); such events can no longer be counted exactly once".into(),
         );
     }
     let consumer = req_str(obj, "consumer")?;

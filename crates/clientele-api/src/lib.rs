@@ -40,6 +40,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Ingested events are refused when dated further ahead than this.
     pub max_future_ms: i64,
+    /// Ingested events are refused when older than this (the raw event retention).
+    pub max_age_ms: i64,
     /// Consumers known to exist, so ingest creates missing ones without asking the store for
     /// every batch. `None` until first loaded. Never held across an await.
     pub known_consumers: Arc<std::sync::Mutex<Option<std::collections::HashSet<String>>>>,

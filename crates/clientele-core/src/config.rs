@@ -94,7 +94,9 @@ impl Default for AdminConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     pub data_dir: PathBuf,
-    /// Raw events older than this are deleted; rollups are kept separately.
+    /// Raw events older than this are deleted, after their hour and day rollups are archived.
+    /// It also bounds back-dating: older events are refused at ingest, since they could no longer
+    /// be counted exactly once.
     pub raw_event_retention_days: u32,
 }
 
@@ -102,7 +104,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             data_dir: PathBuf::from("./clientele-data"),
-            raw_event_retention_days: 7,
+            raw_event_retention_days: 30,
         }
     }
 }
@@ -289,6 +291,16 @@ impl Config {
             return err(
                 "analytics.minute_retention_days",
                 "retentions must be at least 1 day and grow from minutes to hours to days".into(),
+            );
+        }
+
+        if self.storage.raw_event_retention_days < a.minute_retention_days {
+            return err(
+                "storage.raw_event_retention_days",
+                format!(
+                    "{} is shorter than analytics.minute_retention_days ({}); minute rollups are rebuilt from raw events at start-up",
+                    self.storage.raw_event_retention_days, a.minute_retention_days
+                ),
             );
         }
 

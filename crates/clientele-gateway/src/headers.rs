@@ -154,8 +154,9 @@ pub fn parse_traceparent(headers: &HeaderMap) -> Option<TraceContext> {
 
 /// The `traceparent` to send upstream: same trace, the gateway's own span as parent.
 pub fn child_traceparent(ctx: &TraceContext) -> Option<HeaderValue> {
-    let mut span = [0u8; 8];
-    clientele_core::keys::fill_random(&mut span);
+    let span = clientele_core::event::fast_random_u64()
+        .max(1)
+        .to_le_bytes();
     let value = format!("00-{}-{}-{}", ctx.trace_id, hex_lower(&span), ctx.flags);
     HeaderValue::from_str(&value).ok()
 }

@@ -90,6 +90,24 @@ pub struct ConsumerTotals {
     pub response_bytes: u64,
 }
 
+/// A persisted rollup: one series (consumer, api, method, route, status class) in one bucket of
+/// the hour or day tier, with its counters and its latency sketch in DDSketch's binary form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRollup {
+    /// 1 = hour, 2 = day.
+    pub tier: u8,
+    pub bucket_ms: i64,
+    pub consumer: String,
+    pub api: String,
+    pub method: String,
+    pub route: String,
+    pub status_class: u8,
+    /// requests, 2xx, 3xx, 4xx, 5xx, 429, request bytes, response bytes, tokens in, tokens out.
+    pub counts: [u64; 10],
+    pub cost_usd: f64,
+    pub sketch: Vec<u8>,
+}
+
 /// Where a scan of events stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventCursor {
@@ -132,4 +150,14 @@ pub trait EventStore: Send + Sync {
     async fn prune_events(&self, before_ms: i64) -> Result<u64>;
     /// How many raw events are stored.
     async fn event_count(&self) -> Result<u64>;
+
+    /// Saves rollups of buckets before `until_ms` (replacing rows with the same key) and moves
+    /// the archive watermark to `until_ms`, in one transaction. Raw events before the watermark
+    /// are no longer read at start-up, so a crash between archiving and pruning never counts an
+    /// event twice.
+    async fn archive_rollups(&self, rows: Vec<StoredRollup>, until_ms: i64) -> Result<()>;
+    /// Every archived rollup, and the watermark (0 when nothing was archived).
+    async fn archived_rollups(&self) -> Result<(Vec<StoredRollup>, i64)>;
+    /// Deletes archived rollups of `tier` with buckets before `before_ms`.
+    async fn prune_rollups(&self, tier: u8, before_ms: i64) -> Result<u64>;
 }

@@ -18,7 +18,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
     ConsumerTotals, ControlStore, EventCursor, EventQuery, EventStore, Result, StatsFilter,
-    StoreError,
+    StoreError, StoredRollup,
 };
 
 const SCHEMA_VERSION: i64 = 1;
@@ -77,6 +77,19 @@ CREATE TABLE IF NOT EXISTS events (
     cost_usd REAL
 );
 CREATE INDEX IF NOT EXISTS events_consumer_ts ON events(consumer, ts);
+CREATE TABLE IF NOT EXISTS rollups (
+    tier INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    consumer TEXT NOT NULL,
+    api TEXT NOT NULL,
+    method TEXT NOT NULL,
+    route TEXT NOT NULL,
+    class INTEGER NOT NULL,
+    counts TEXT NOT NULL,
+    cost_usd REAL NOT NULL,
+    sketch BLOB NOT NULL,
+    PRIMARY KEY (tier, bucket, consumer, api, method, route, class)
+);
 CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
 "#;
 
@@ -692,6 +705,90 @@ impl EventStore for SqliteStore {
     async fn prune_events(&self, before_ms: i64) -> Result<u64> {
         self.write(move |conn| {
             Ok(conn.execute("DELETE FROM events WHERE ts < ?1", [before_ms])? as u64)
+        })
+        .await
+    }
+
+    async fn archive_rollups(&self, rows: Vec<StoredRollup>, until_ms: i64) -> Result<()> {
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO rollups
+                     (tier, bucket, consumer, api, method, route, class, counts, cost_usd, sketch)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )?;
+                for r in &rows {
+                    let counts = r
+                        .counts
+                        .iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    stmt.execute(params![
+                        r.tier,
+                        r.bucket_ms,
+                        r.consumer,
+                        r.api,
+                        r.method,
+                        r.route,
+                        r.status_class,
+                        counts,
+                        r.cost_usd,
+                        r.sketch
+                    ])?;
+                }
+            }
+            tx.execute(
+                "INSERT INTO meta (k, v) VALUES ('archived_until', ?1)
+                 ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                [until_ms.to_string()],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn archived_rollups(&self) -> Result<(Vec<StoredRollup>, i64)> {
+        self.read(|conn| {
+            let until: Option<String> = conn
+                .query_row("SELECT v FROM meta WHERE k = 'archived_until'", [], |r| r.get(0))
+                .optional()?;
+            let until = until.and_then(|v| v.parse().ok()).unwrap_or(0);
+            let mut stmt = conn.prepare(
+                "SELECT tier, bucket, consumer, api, method, route, class, counts, cost_usd, sketch FROM rollups",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let counts_text: String = r.get(7)?;
+                let mut counts = [0u64; 10];
+                for (slot, part) in counts.iter_mut().zip(counts_text.split(',')) {
+                    *slot = part.parse().unwrap_or(0);
+                }
+                Ok(StoredRollup {
+                    tier: r.get(0)?,
+                    bucket_ms: r.get(1)?,
+                    consumer: r.get(2)?,
+                    api: r.get(3)?,
+                    method: r.get(4)?,
+                    route: r.get(5)?,
+                    status_class: r.get(6)?,
+                    counts,
+                    cost_usd: r.get(8)?,
+                    sketch: r.get(9)?,
+                })
+            })?;
+            Ok((rows.collect::<rusqlite::Result<Vec<_>>>()?, until))
+        })
+        .await
+    }
+
+    async fn prune_rollups(&self, tier: u8, before_ms: i64) -> Result<u64> {
+        self.write(move |conn| {
+            Ok(conn.execute(
+                "DELETE FROM rollups WHERE tier = ?1 AND bucket < ?2",
+                params![tier, before_ms],
+            )? as u64)
         })
         .await
     }

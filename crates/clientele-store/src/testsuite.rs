@@ -6,7 +6,7 @@
 use clientele_core::consumer::{ApiKey, Consumer};
 use clientele_core::event::{Event, Outcome};
 
-use crate::{ControlStore, EventQuery, EventStore, StatsFilter, StoreError};
+use crate::{ControlStore, EventQuery, EventStore, StatsFilter, StoreError, StoredRollup};
 
 fn consumer(id: &str, plan: Option<&str>) -> Consumer {
     Consumer {
@@ -242,4 +242,34 @@ pub async fn event_store_suite(store: &dyn EventStore) {
 
     assert_eq!(store.prune_events(2_000).await.unwrap(), 1);
     assert_eq!(store.event_count().await.unwrap(), 3);
+
+    // The rollup archive.
+    assert_eq!(store.archived_rollups().await.unwrap(), (vec![], 0));
+    let row = |tier: u8, bucket_ms: i64, requests: u64| StoredRollup {
+        tier,
+        bucket_ms,
+        consumer: "acme".into(),
+        api: "shop".into(),
+        method: "GET".into(),
+        route: "/pets/{id}".into(),
+        status_class: 2,
+        counts: [requests, requests, 0, 0, 0, 0, 10, 20, 0, 0],
+        cost_usd: 0.5,
+        sketch: vec![1, 2, 3],
+    };
+    store
+        .archive_rollups(vec![row(1, 3_600_000, 5), row(2, 0, 5)], 86_400_000)
+        .await
+        .unwrap();
+    // Archiving the same key again replaces it.
+    store
+        .archive_rollups(vec![row(1, 3_600_000, 7)], 2 * 86_400_000)
+        .await
+        .unwrap();
+    let (mut rows, until) = store.archived_rollups().await.unwrap();
+    rows.sort_by_key(|r| r.tier);
+    assert_eq!(until, 2 * 86_400_000);
+    assert_eq!(rows, vec![row(1, 3_600_000, 7), row(2, 0, 5)]);
+    assert_eq!(store.prune_rollups(1, 7_200_000).await.unwrap(), 1);
+    assert_eq!(store.archived_rollups().await.unwrap().0.len(), 1);
 }

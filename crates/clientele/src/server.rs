@@ -9,20 +9,23 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clientele_analytics::{DAY_MS, Engine, Retention};
+use clientele_analytics::{Counters, DAY_MS, Engine, ExportedRollup, Retention, Rollup, Tier};
 use clientele_api::AppState;
 use clientele_core::config::Config;
 use clientele_core::event::Event;
 use clientele_core::keys::{KeyHasher, KeyIndex};
 use clientele_core::pipeline::{EventSink, PipelineStats};
 use clientele_gateway::{Gateway, GatewayOptions, ServeHandle, TlsFiles};
-use clientele_store::{ControlStore, EventStore, SqliteStore};
+use clientele_store::{ControlStore, EventStore, SqliteStore, StoredRollup};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// Largest number of events written in one transaction.
 const WRITE_BATCH: usize = 8192;
+/// How long the writer waits for a batch to fill after its first event. Bounds how stale the
+/// statistics are (well inside the 2 s promise) and how many events the queue must hold.
+const WRITE_LINGER: Duration = Duration::from_millis(50);
 
 /// A started server: its addresses, and the handle to stop it.
 pub struct Running {
@@ -92,7 +95,7 @@ pub async fn start(config: Config) -> Result<Running> {
         hour_ms: i64::from(a.hour_retention_days) * DAY_MS,
         day_ms: i64::from(a.day_retention_days) * DAY_MS,
     }));
-    rebuild_rollups(&events, &engine).await?;
+    let archived_until = restore_rollups(&events, &engine).await?;
 
     let stats = Arc::new(PipelineStats::default());
     let (sink, rx) = EventSink::bounded(config.gateway.event_queue, stats.clone());
@@ -173,6 +176,7 @@ pub async fn start(config: Config) -> Result<Running> {
         engine: engine.clone(),
         max_future_ms: i64::try_from(config.analytics.max_future_secs.saturating_mul(1000))
             .unwrap_or(i64::MAX),
+        max_age_ms: i64::from(config.storage.raw_event_retention_days) * DAY_MS,
         known_consumers: Arc::default(),
     };
     let app = clientele_api::router(state, config.admin.max_body_bytes);
@@ -200,6 +204,7 @@ pub async fn start(config: Config) -> Result<Running> {
     tasks.push(tokio::spawn(prune_events(
         events,
         engine,
+        archived_until,
         config.storage.raw_event_retention_days,
         wait_for(shutdown_rx),
     )));
@@ -248,11 +253,28 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     f.write_all(b"\n")
 }
 
-/// Rebuilds the in-memory rollups from the stored events, so that a restart (or a crash)
-/// answers exactly as before: the store is the source of truth, rollups are derived from it.
-async fn rebuild_rollups(events: &Arc<dyn EventStore>, engine: &Arc<Engine>) -> Result<()> {
+/// Restores the in-memory rollups: archived hour and day rollups first, then every stored raw
+/// event after the archive's watermark. The store is the source of truth and rollups are derived
+/// from it, so a restart (or a crash) answers exactly as before. Returns the watermark.
+async fn restore_rollups(events: &Arc<dyn EventStore>, engine: &Arc<Engine>) -> Result<i64> {
     let started = Instant::now();
-    let from = clientele_core::time::now_ms() - engine.retention().day_ms;
+    let (archived, until) = events
+        .archived_rollups()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let restored = archived.len();
+    let rows: Vec<ExportedRollup> = archived.into_iter().filter_map(from_stored).collect();
+    if rows.len() < restored {
+        tracing::warn!(
+            skipped = restored - rows.len(),
+            "some archived rollups could not be read and were skipped"
+        );
+    }
+    {
+        let engine = engine.clone();
+        tokio::task::spawn_blocking(move || engine.import(rows)).await?;
+    }
+    let from = (clientele_core::time::now_ms() - engine.retention().day_ms).max(until);
     let mut cursor = None;
     let mut total = 0usize;
     loop {
@@ -268,14 +290,80 @@ async fn rebuild_rollups(events: &Arc<dyn EventStore>, engine: &Arc<Engine>) -> 
             None => break,
         }
     }
-    if total > 0 {
+    if total > 0 || restored > 0 {
         tracing::info!(
             events = total,
+            archived_rollups = restored,
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "rebuilt rollups from stored events"
+            "restored rollups from the store"
         );
     }
-    Ok(())
+    Ok(until)
+}
+
+fn to_stored(r: ExportedRollup) -> StoredRollup {
+    let c = r.rollup.counters;
+    StoredRollup {
+        tier: r.tier as u8,
+        bucket_ms: r.bucket_ms,
+        sketch: r.rollup.sketch_bytes(),
+        consumer: r.consumer,
+        api: r.api,
+        method: r.method,
+        route: r.route,
+        status_class: r.status_class,
+        counts: [
+            c.requests,
+            c.s2xx,
+            c.s3xx,
+            c.s4xx,
+            c.s5xx,
+            c.rate_limited,
+            c.request_bytes,
+            c.response_bytes,
+            c.tokens_in,
+            c.tokens_out,
+        ],
+        cost_usd: c.cost_usd,
+    }
+}
+
+fn from_stored(r: StoredRollup) -> Option<ExportedRollup> {
+    let [
+        requests,
+        s2xx,
+        s3xx,
+        s4xx,
+        s5xx,
+        rate_limited,
+        request_bytes,
+        response_bytes,
+        tokens_in,
+        tokens_out,
+    ] = r.counts;
+    let counters = Counters {
+        requests,
+        s2xx,
+        s3xx,
+        s4xx,
+        s5xx,
+        rate_limited,
+        request_bytes,
+        response_bytes,
+        tokens_in,
+        tokens_out,
+        cost_usd: r.cost_usd,
+    };
+    Some(ExportedRollup {
+        tier: Tier::from_index(r.tier)?,
+        bucket_ms: r.bucket_ms,
+        consumer: r.consumer,
+        api: r.api,
+        method: r.method,
+        route: r.route,
+        status_class: r.status_class,
+        rollup: Rollup::from_parts(counters, &r.sketch)?,
+    })
 }
 
 /// Drains the pipeline into the store in large batches, then folds the newly stored events into
@@ -289,6 +377,10 @@ async fn run_writer(
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
+        // Let a batch gather before committing: one transaction (and one thread hand-off) per
+        // few milliseconds of traffic instead of per event. Measured on the gateway benchmark,
+        // committing each trickle of events cost more CPU than proxying them.
+        tokio::time::sleep(WRITE_LINGER).await;
         while batch.len() < WRITE_BATCH {
             match rx.try_recv() {
                 Ok(e) => batch.push(e),
@@ -367,20 +459,58 @@ async fn report_drops(stats: Arc<PipelineStats>, shutdown: impl std::future::Fut
     }
 }
 
+/// Hourly housekeeping: drops expired rollups from memory, archives the hour and day rollups
+/// of days about to leave the raw event retention, then deletes those raw events and expired
+/// archived rollups. Archiving comes first and moves the watermark in the same transaction, so
+/// nothing is lost or counted twice whatever the moment of a crash.
 async fn prune_events(
     events: Arc<dyn EventStore>,
     engine: Arc<Engine>,
+    mut archived_until: i64,
     retention_days: u32,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     loop {
-        engine.prune(clientele_core::time::now_ms());
-        let cutoff = clientele_core::time::now_ms() - i64::from(retention_days) * 86_400_000;
-        match events.prune_events(cutoff).await {
+        let now = clientele_core::time::now_ms();
+        engine.prune(now);
+        let cutoff = (now - i64::from(retention_days) * DAY_MS).div_euclid(DAY_MS) * DAY_MS;
+        if cutoff > archived_until {
+            let from = archived_until;
+            let exporter = engine.clone();
+            let rows = tokio::task::spawn_blocking(move || {
+                let mut rows = exporter.export(Tier::Hour, from, cutoff);
+                rows.extend(exporter.export(Tier::Day, from, cutoff));
+                rows.into_iter().map(to_stored).collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            let n = rows.len();
+            match events.archive_rollups(rows, cutoff).await {
+                Ok(()) => {
+                    archived_until = cutoff;
+                    if n > 0 {
+                        tracing::info!(
+                            rollups = n,
+                            "archived rollups of days leaving the raw event retention"
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "archiving rollups failed; raw events are kept until it succeeds")
+                }
+            }
+        }
+        match events.prune_events(archived_until).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, retention_days, "pruned old raw events"),
             Err(e) => tracing::warn!(error = %e, "pruning raw events failed"),
+        }
+        let r = engine.retention();
+        for (tier, keep_ms) in [(Tier::Hour, r.hour_ms), (Tier::Day, r.day_ms)] {
+            if let Err(e) = events.prune_rollups(tier as u8, now - keep_ms).await {
+                tracing::warn!(error = %e, "pruning archived rollups failed");
+            }
         }
         tokio::select! {
             () = &mut shutdown => return,

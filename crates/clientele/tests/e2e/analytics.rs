@@ -486,3 +486,72 @@ async fn import_reads_every_log_shape_and_is_exactly_once_when_rerun() {
         1200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollups_outlive_their_raw_events_through_the_archive() {
+    let up = start_upstream().await;
+    let mut server = Server::start(up.addr, "").await;
+    let now = clientele_core::time::now_ms();
+    // Ten days of history, one event an hour.
+    let lines: Vec<Value> = (0..240i64)
+        .map(|h| json!({"ts": now - 240 * HOUR + h * HOUR, "consumer": "acme", "method": "GET", "path": "/pets/1",
+            "status": if h % 4 == 0 { 500 } else { 200 }, "latency_ms": 10.0 + h as f64}))
+        .collect();
+    for chunk in lines.chunks(100) {
+        assert_eq!(post_ndjson(&server, chunk).await.0, 202);
+    }
+    let window = format!("from={}&to={}", now - 241 * HOUR, now + 60_000);
+    let (_, before) = server
+        .admin(Method::GET, &format!("/v1/stats/consumers?{window}"), None)
+        .await;
+    assert_eq!(before["consumers"][0]["requests"], 240);
+
+    // Restart with a 3-day raw retention: the older days are archived as rollups and their raw
+    // events deleted.
+    assert!(tokio::task::block_in_place(|| server.terminate()).success());
+    let dir = std::mem::replace(&mut server.dir, tempfile::tempdir().unwrap());
+    let config_path = dir.path().join("clientele.toml");
+    let config = std::fs::read_to_string(&config_path).unwrap().replace(
+        "data_dir = \"data\"",
+        "data_dir = \"data\"\nraw_event_retention_days = 3",
+    );
+    std::fs::write(&config_path, config).unwrap();
+    let mut second = Server::spawn(dir, &config_path, server.gateway, server.admin).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !second.stderr().contains("pruned old raw events") {
+        assert!(
+            Instant::now() < deadline,
+            "raw events were never pruned: {}",
+            second.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, after) = second
+        .admin(Method::GET, &format!("/v1/stats/consumers?{window}"), None)
+        .await;
+    assert_eq!(after["consumers"][0]["requests"], 240, "{after}");
+    assert_eq!(after["consumers"][0]["errors_5xx"], 60);
+
+    // And again from the archive alone, after another restart.
+    assert!(tokio::task::block_in_place(|| second.terminate()).success());
+    let dir = std::mem::replace(&mut second.dir, tempfile::tempdir().unwrap());
+    let third = Server::spawn(dir, &config_path, second.gateway, second.admin).await;
+    let (_, again) = third
+        .admin(Method::GET, &format!("/v1/stats/consumers?{window}"), None)
+        .await;
+    assert_eq!(again["consumers"][0]["requests"], 240, "{again}");
+    assert_eq!(
+        again["consumers"][0]["p50_ms"],
+        before["consumers"][0]["p50_ms"]
+    );
+    // Back-dating past the raw retention is refused with the reason.
+    let (status, body) = post_ndjson(&third, &[json!({"ts": now - 5 * 24 * HOUR, "consumer": "acme", "method": "GET", "path": "/", "status": 200, "latency_ms": 1})]).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["errors"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("raw event retention"),
+        "{body}"
+    );
+}
