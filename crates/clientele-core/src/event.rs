@@ -126,6 +126,17 @@ pub fn random_id128() -> String {
     hex::encode(buf)
 }
 
+/// A new event id: 48 bits of milliseconds, then 80 random bits, in hex (UUIDv7's layout).
+/// Ids that grow with time append at the end of the store's id index instead of landing on a
+/// random page each: measured on the gateway benchmark, random ids made SQLite write about
+/// one page per event.
+pub fn event_id(ts_ms: i64) -> String {
+    let ms = (ts_ms.max(0) as u64) & 0xFFFF_FFFF_FFFF;
+    let r = fast_random_u64();
+    let r2 = fast_random_u64() & 0xFFFF;
+    format!("{ms:012x}{r:016x}{r2:04x}")
+}
+
 /// wyrand, per thread, seeded from the OS on first use. Fast and well distributed; not
 /// cryptographic.
 pub fn fast_random_u64() -> u64 {

@@ -149,11 +149,12 @@ impl Gateway {
                 .and_then(|v| v.to_str().ok())
                 .map(|s| truncate(s, 512))
         };
+        let ts_ms = clientele_core::time::now_ms();
         let mut seen = Seen {
             started,
             event: Event {
-                id: random_id128(),
-                ts_ms: clientele_core::time::now_ms(),
+                id: clientele_core::event::event_id(ts_ms),
+                ts_ms,
                 consumer: None,
                 key_id: None,
                 api: None,
