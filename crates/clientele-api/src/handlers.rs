@@ -534,7 +534,7 @@ pub async fn create_key(
         consumer: id,
         name: body.name,
         prefix: keys::visible_prefix(&key),
-        hash: hex_lower(&hash),
+        hash: hex::encode(hash),
         created_at_ms: now,
         expires_at_ms,
         revoked_at_ms: None,
@@ -555,10 +555,6 @@ pub async fn create_key(
             imported,
         }),
     ))
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[utoipa::path(get, path = "/v1/consumers/{id}/keys", params(("id" = String, Path)),

@@ -75,3 +75,57 @@ impl EventSink {
         &self.stats
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let stats = Arc::new(PipelineStats::default());
+        let (sink, mut rx) = EventSink::bounded(2, stats.clone());
+        let event = crate::event::Event {
+            id: "e".into(),
+            ts_ms: 0,
+            consumer: None,
+            key_id: None,
+            api: None,
+            method: "GET".into(),
+            path: "/".into(),
+            route: "/".into(),
+            status: 200,
+            latency_ms: 1.0,
+            upstream_latency_ms: None,
+            request_bytes: 0,
+            response_bytes: 0,
+            client_ip: None,
+            user_agent: None,
+            session_id: None,
+            trace_id: None,
+            outcome: crate::event::Outcome::Proxied,
+            plan: None,
+            team: None,
+            use_case: None,
+            model: None,
+            tokens_in: None,
+            tokens_out: None,
+            cost_usd: None,
+        };
+        assert!(sink.offer(event.clone()));
+        assert!(sink.offer(event.clone()));
+        assert!(
+            !sink.offer(event.clone()),
+            "the third does not fit and must not block"
+        );
+        let s = stats.snapshot();
+        assert_eq!((s.offered, s.dropped), (3, 1));
+        assert!(rx.try_recv().is_ok());
+        assert!(
+            sink.offer(event.clone()),
+            "room again once the pipeline drains"
+        );
+        drop(rx);
+        assert!(!sink.offer(event), "a stopped pipeline drops too");
+        assert_eq!(stats.snapshot().dropped, 2);
+    }
+}

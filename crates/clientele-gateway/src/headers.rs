@@ -157,18 +157,8 @@ pub fn child_traceparent(ctx: &TraceContext) -> Option<HeaderValue> {
     let span = clientele_core::event::fast_random_u64()
         .max(1)
         .to_le_bytes();
-    let value = format!("00-{}-{}-{}", ctx.trace_id, hex_lower(&span), ctx.flags);
+    let value = format!("00-{}-{}-{}", ctx.trace_id, hex::encode(span), ctx.flags);
     HeaderValue::from_str(&value).ok()
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
 }
 
 #[cfg(test)]

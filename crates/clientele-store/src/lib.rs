@@ -67,29 +67,6 @@ pub trait ControlStore: Send + Sync {
     async fn control_version(&self) -> Result<u64>;
 }
 
-/// Filters shared by the statistics endpoints.
-#[derive(Debug, Clone, Default)]
-pub struct StatsFilter {
-    pub from_ms: i64,
-    pub to_ms: i64,
-    pub api: Option<String>,
-    pub plan: Option<String>,
-    pub team: Option<String>,
-    pub use_case: Option<String>,
-}
-
-/// Per-consumer totals over a window.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ConsumerTotals {
-    pub consumer: String,
-    pub requests: u64,
-    pub errors_4xx: u64,
-    pub errors_5xx: u64,
-    pub rate_limited: u64,
-    pub request_bytes: u64,
-    pub response_bytes: u64,
-}
-
 /// A persisted rollup: one series (consumer, api, method, route, status class) in one bucket of
 /// the hour or day tier, with its counters and its latency sketch in DDSketch's binary form.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,8 +119,6 @@ pub trait EventStore: Send + Sync {
         after: Option<EventCursor>,
         page: usize,
     ) -> Result<(Vec<Event>, Option<EventCursor>)>;
-    /// Per-consumer totals, attributed events only, busiest first.
-    async fn consumer_totals(&self, filter: &StatsFilter) -> Result<Vec<ConsumerTotals>>;
     /// A consumer's raw events, newest first.
     async fn recent_events(&self, query: &EventQuery) -> Result<Vec<Event>>;
     /// Deletes raw events older than `before_ms`; returns how many.

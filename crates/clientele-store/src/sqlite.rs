@@ -16,10 +16,7 @@ use clientele_core::event::{Event, Outcome};
 use clientele_core::keys::KeyEntry;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{
-    ConsumerTotals, ControlStore, EventCursor, EventQuery, EventStore, Result, StatsFilter,
-    StoreError, StoredRollup,
-};
+use crate::{ControlStore, EventCursor, EventQuery, EventStore, Result, StoreError, StoredRollup};
 
 const SCHEMA_VERSION: i64 = 1;
 
@@ -648,38 +645,6 @@ impl EventStore for SqliteStore {
             }
             let done = out.len() < page;
             Ok((out, if done { None } else { cursor }))
-        })
-        .await
-    }
-
-    async fn consumer_totals(&self, filter: &StatsFilter) -> Result<Vec<ConsumerTotals>> {
-        let f = filter.clone();
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT consumer, COUNT(*),
-                        SUM(status BETWEEN 400 AND 499), SUM(status >= 500), SUM(status = 429),
-                        SUM(request_bytes), SUM(response_bytes)
-                 FROM events
-                 WHERE consumer IS NOT NULL AND ts >= ?1 AND ts < ?2
-                   AND (?3 IS NULL OR api = ?3) AND (?4 IS NULL OR plan = ?4)
-                   AND (?5 IS NULL OR team = ?5) AND (?6 IS NULL OR use_case = ?6)
-                 GROUP BY consumer ORDER BY COUNT(*) DESC, consumer",
-            )?;
-            let rows = stmt.query_map(
-                params![f.from_ms, f.to_ms, f.api, f.plan, f.team, f.use_case],
-                |r| {
-                    Ok(ConsumerTotals {
-                        consumer: r.get(0)?,
-                        requests: r.get::<_, i64>(1)? as u64,
-                        errors_4xx: r.get::<_, i64>(2)? as u64,
-                        errors_5xx: r.get::<_, i64>(3)? as u64,
-                        rate_limited: r.get::<_, i64>(4)? as u64,
-                        request_bytes: r.get::<_, i64>(5)? as u64,
-                        response_bytes: r.get::<_, i64>(6)? as u64,
-                    })
-                },
-            )?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }

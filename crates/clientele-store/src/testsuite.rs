@@ -6,7 +6,7 @@
 use clientele_core::consumer::{ApiKey, Consumer};
 use clientele_core::event::{Event, Outcome};
 
-use crate::{ControlStore, EventQuery, EventStore, StatsFilter, StoreError, StoredRollup};
+use crate::{ControlStore, EventQuery, EventStore, StoreError, StoredRollup};
 
 fn consumer(id: &str, plan: Option<&str>) -> Consumer {
     Consumer {
@@ -180,37 +180,6 @@ pub async fn event_store_suite(store: &dyn EventStore) {
     seen.sort();
     assert_eq!(seen, ["e2", "e3", "e4"]);
     assert_eq!(store.event_count().await.unwrap(), 4);
-
-    let totals = store
-        .consumer_totals(&StatsFilter {
-            from_ms: 0,
-            to_ms: 10_000,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(totals.len(), 2);
-    assert_eq!(totals[0].consumer, "acme");
-    assert_eq!(
-        (
-            totals[0].requests,
-            totals[0].errors_4xx,
-            totals[0].errors_5xx
-        ),
-        (3, 1, 1)
-    );
-    assert_eq!((totals[1].errors_4xx, totals[1].rate_limited), (1, 1));
-    assert_eq!(totals[0].response_bytes, 300);
-
-    let window = store
-        .consumer_totals(&StatsFilter {
-            from_ms: 1_500,
-            to_ms: 3_000,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(window.len(), 1, "the window is [from, to)");
 
     let errors = store
         .recent_events(&EventQuery {
