@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use clientele_analytics::{Engine, EventRef, Retention, Sample};
 
-const EVENTS: usize = 2_000_000;
+const FULL_EVENTS: usize = 2_000_000;
 const CONSUMERS: usize = 2_000;
 const ROUTES: usize = 20;
 const SPAN_MS: i64 = 7 * 86_400_000;
@@ -24,6 +24,10 @@ fn rss_kib() -> u64 {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs this too, unoptimised and without `--bench`: then it only
+    // checks that it works, on a small sample.
+    let full = std::env::args().any(|a| a == "--bench");
+    let events: usize = if full { FULL_EVENTS } else { 20_000 };
     let consumers: Vec<String> = (0..CONSUMERS).map(|i| format!("consumer-{i:04}")).collect();
     let routes: Vec<String> = (0..ROUTES)
         .map(|i| format!("/v1/resource{i}/{{id}}"))
@@ -38,7 +42,7 @@ fn main() {
     // The last 7 days, so every tier is within its retention and every event is folded into
     // minutes, hours and days.
     let start_ts = clientele_core::time::now_ms() - SPAN_MS;
-    let samples: Vec<(i64, usize, usize, u16, f64)> = (0..EVENTS)
+    let samples: Vec<(i64, usize, usize, u16, f64)> = (0..events)
         .map(|i| {
             let r = next();
             let status = match r % 100 {
@@ -50,7 +54,7 @@ fn main() {
             // Long tail: mostly 5-50 ms, some seconds.
             let latency = 5.0 + (r >> 20) as f64 % 45.0 + if r % 97 == 0 { 2_000.0 } else { 0.0 };
             (
-                start_ts + i as i64 * SPAN_MS / EVENTS as i64,
+                start_ts + i as i64 * SPAN_MS / events as i64,
                 (r >> 8) as usize % CONSUMERS,
                 (r >> 32) as usize % ROUTES,
                 status,
@@ -85,9 +89,9 @@ fn main() {
             }));
         }
         let secs = t.elapsed().as_secs_f64();
-        let rate = EVENTS as f64 / secs;
+        let rate = events as f64 / secs;
         println!(
-            "run {run}: {EVENTS} events in {secs:.3} s = {:.2} M events/s",
+            "run {run}: {events} events in {secs:.3} s = {:.2} M events/s",
             rate / 1e6
         );
         rates.push(rate);
@@ -103,11 +107,11 @@ fn main() {
         rates[2] / 1e6
     );
     // Dense: 200 consumers, 5 routes, the last hour.
-    let dense: Vec<(i64, usize, usize)> = (0..EVENTS)
+    let dense: Vec<(i64, usize, usize)> = (0..events)
         .map(|i| {
             let r = next();
             (
-                clientele_core::time::now_ms() - 3_600_000 + (i as i64 * 3_600_000 / EVENTS as i64),
+                clientele_core::time::now_ms() - 3_600_000 + (i as i64 * 3_600_000 / events as i64),
                 (r >> 8) as usize % 200,
                 (r >> 32) as usize % 5,
             )
@@ -133,7 +137,7 @@ fn main() {
                 },
             }));
         }
-        dense_rates.push(EVENTS as f64 / t.elapsed().as_secs_f64());
+        dense_rates.push(events as f64 / t.elapsed().as_secs_f64());
     }
     dense_rates.sort_by(f64::total_cmp);
     println!(
@@ -143,7 +147,7 @@ fn main() {
     if let Some((stats, rss)) = last {
         let rollups = stats.series_rollups + stats.consumer_rollups;
         println!(
-            "engine after {EVENTS} events over 7 days: {} buckets, {} series rollups, {} consumer rollups; RSS +{} MiB = {:.0} bytes per rollup",
+            "engine after {events} events over 7 days: {} buckets, {} series rollups, {} consumer rollups; RSS +{} MiB = {:.0} bytes per rollup",
             stats.buckets,
             stats.series_rollups,
             stats.consumer_rollups,
