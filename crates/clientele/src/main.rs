@@ -7,6 +7,11 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
+/// The proxy allocates and frees small buffers on every request from several threads; glibc's
+/// allocator showed up at about 6% of the gateway's CPU in profiles.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cli;
 mod client;
 mod demo;
