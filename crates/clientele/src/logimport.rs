@@ -101,76 +101,89 @@ pub async fn run(args: ImportArgs) -> Result<()> {
 
     let started = Instant::now();
     let mut totals = Totals::default();
-    let mut in_flight: JoinSet<(Vec<Origin>, Result<Value, String>)> = JoinSet::new();
-    let mut batch = Batch {
-        body: Vec::new(),
-        origins: Vec::new(),
-    };
-    for (file_idx, path) in args.files.iter().enumerate() {
-        let file =
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let mut reader = BufReader::with_capacity(
-            1 << 20,
-            CountingReader {
-                inner: file,
-                bar: bar.clone(),
-            },
-        );
-        let mut line = Vec::new();
-        let mut line_no = 0;
-        loop {
-            line.clear();
-            let n = reader
-                .read_until(b'\n', &mut line)
-                .with_context(|| format!("reading {}", path.display()))?;
-            if n == 0 {
-                break;
-            }
-            line_no += 1;
-            let text = trim_line(&line);
-            if text.is_empty() {
-                continue;
-            }
-            totals.lines += 1;
-            match convert_line(text, args.format) {
-                Ok(event) => {
-                    // Serializing a JSON value cannot fail.
-                    let _ = serde_json::to_writer(&mut batch.body, &event);
-                    batch.body.push(b'\n');
-                    batch.origins.push(Origin {
-                        file: file_idx,
-                        line: line_no,
-                    });
+    // A fatal error (token refused, server gone) still prints how far the import got; a
+    // re-run is safe, since every line keeps its id.
+    let outcome: Result<()> = async {
+        let mut in_flight: JoinSet<(Vec<Origin>, Result<Value, String>)> = JoinSet::new();
+        let mut batch = Batch {
+            body: Vec::new(),
+            origins: Vec::new(),
+        };
+        for (file_idx, path) in args.files.iter().enumerate() {
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            let mut reader = BufReader::with_capacity(
+                1 << 20,
+                CountingReader {
+                    inner: file,
+                    bar: bar.clone(),
+                },
+            );
+            let mut line = Vec::new();
+            let mut line_no = 0;
+            loop {
+                line.clear();
+                let n = reader
+                    .read_until(b'\n', &mut line)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                if n == 0 {
+                    break;
                 }
-                Err(reason) => totals.reject(format!("{}:{line_no}: {reason}", names[file_idx])),
-            }
-            if batch.origins.len() >= args.batch {
-                let full = std::mem::replace(
-                    &mut batch,
-                    Batch {
-                        body: Vec::new(),
-                        origins: Vec::new(),
-                    },
-                );
-                while in_flight.len() >= 4 {
-                    if let Some(done) = in_flight.join_next().await {
-                        settle(done, &mut totals, &names)?;
+                line_no += 1;
+                let text = trim_line(&line);
+                if text.is_empty() {
+                    continue;
+                }
+                totals.lines += 1;
+                match convert_line(text, args.format) {
+                    Ok(event) => {
+                        // Serializing a JSON value cannot fail.
+                        let _ = serde_json::to_writer(&mut batch.body, &event);
+                        batch.body.push(b'\n');
+                        batch.origins.push(Origin {
+                            file: file_idx,
+                            line: line_no,
+                        });
+                    }
+                    Err(reason) => {
+                        totals.reject(format!("{}:{line_no}: {reason}", names[file_idx]))
                     }
                 }
-                in_flight.spawn(send_batch(http.clone(), base.clone(), token.clone(), full));
-                bar.set_message(format!(
-                    "accepted {} rejected {}",
-                    totals.accepted, totals.rejected
-                ));
+                if batch.origins.len() >= args.batch {
+                    let full = std::mem::replace(
+                        &mut batch,
+                        Batch {
+                            body: Vec::new(),
+                            origins: Vec::new(),
+                        },
+                    );
+                    while in_flight.len() >= 4 {
+                        if let Some(done) = in_flight.join_next().await {
+                            settle(done, &mut totals, &names)?;
+                        }
+                    }
+                    in_flight.spawn(send_batch(http.clone(), base.clone(), token.clone(), full));
+                    bar.set_message(format!(
+                        "accepted {} rejected {}",
+                        totals.accepted, totals.rejected
+                    ));
+                }
             }
         }
+        if !batch.origins.is_empty() {
+            while in_flight.len() >= 4 {
+                if let Some(done) = in_flight.join_next().await {
+                    settle(done, &mut totals, &names)?;
+                }
+            }
+            in_flight.spawn(send_batch(http.clone(), base.clone(), token.clone(), batch));
+        }
+        while let Some(done) = in_flight.join_next().await {
+            settle(done, &mut totals, &names)?;
+        }
+        Ok(())
     }
-    if !batch.origins.is_empty() {
-        in_flight.spawn(send_batch(http.clone(), base.clone(), token.clone(), batch));
-    }
-    while let Some(done) = in_flight.join_next().await {
-        settle(done, &mut totals, &names)?;
-    }
+    .await;
     bar.finish_and_clear();
 
     let secs = started.elapsed().as_secs_f64();
@@ -194,6 +207,7 @@ pub async fn run(args: ImportArgs) -> Result<()> {
             println!("  {reason}");
         }
     }
+    outcome?;
     if totals.rejected > 0 {
         bail!(
             "{} lines were rejected; the rest were imported",
@@ -448,11 +462,17 @@ fn from_nginx(o: &Map<String, Value>) -> std::result::Result<Map<String, Value>,
     // nginx lists one time per upstream attempt ("0.010, 0.020"); their sum is the time spent
     // upstream, which is what the gateway-overhead comparison needs.
     if let Some(up) = text(o, &["upstream_response_time"]) {
-        let sum: f64 = up
+        let times: Vec<f64> = up
             .split([',', ':'])
             .filter_map(|p| p.trim().parse::<f64>().ok())
-            .sum();
-        e.insert("upstream_latency_ms".into(), json!(sum * 1000.0));
+            .collect();
+        // "-, -" means no upstream answered: leave the field out rather than claim 0 ms.
+        if !times.is_empty() {
+            e.insert(
+                "upstream_latency_ms".into(),
+                json!(times.iter().sum::<f64>() * 1000.0),
+            );
+        }
     }
     if let Some(b) = number(o.get("body_bytes_sent").or_else(|| o.get("bytes_sent"))) {
         e.insert("response_bytes".into(), json!(b as u64));
