@@ -915,6 +915,12 @@ fn bad_config_is_reported_with_file_key_and_reason() {
             "apis[0].upstream",
         ),
         ("[gateway\n", "clientele.toml"),
+        // An admin API reachable from other machines must have a token.
+        ("[admin]\nlisten = \"0.0.0.0:0\"\n", "admin.token"),
+        (
+            "[storage]\nraw_event_retention_days = 1\n",
+            "storage.raw_event_retention_days",
+        ),
     ];
     for (text, expected) in cases {
         let path = dir.path().join("clientele.toml");
@@ -922,6 +928,7 @@ fn bad_config_is_reported_with_file_key_and_reason() {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_clientele"))
             .args(["serve", "--config"])
             .arg(&path)
+            .env_remove("CLIENTELE_ADMIN_TOKEN")
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -936,4 +943,49 @@ fn bad_config_is_reported_with_file_key_and_reason() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/c.toml"));
+}
+
+#[test]
+fn the_demo_runs_and_shows_the_failing_integration() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clientele"))
+        .args([
+            "demo",
+            "--duration",
+            "7",
+            "--report-every",
+            "3",
+            "--gateway-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("demo"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("admin token") && stdout.contains("CONSUMER"),
+        "{stdout}"
+    );
+    // initech's orders fail: its row shows a high error rate.
+    let initech = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("initech"))
+        .expect("initech row");
+    let rate: f64 = initech
+        .split_whitespace()
+        .nth(5)
+        .unwrap()
+        .trim_end_matches('%')
+        .parse()
+        .unwrap();
+    assert!(rate > 30.0, "{initech}");
 }
