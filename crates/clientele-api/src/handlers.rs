@@ -990,7 +990,11 @@ pub async fn ingest_events(
     }
     let now = now_ms();
     let bounds = TimeBounds {
-        min_ms: now - state.max_age_ms.min(state.engine.retention().day_ms),
+        min_ms: (now - state.max_age_ms.min(state.engine.retention().day_ms)).max(
+            state
+                .archived_until
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ),
         max_ms: now + state.max_future_ms,
     };
     let (events, rejected) = parse_batch(&body, ndjson, bounds).map_err(ApiError::bad_request)?;

@@ -42,6 +42,9 @@ pub struct AppState {
     pub max_future_ms: i64,
     /// Ingested events are refused when older than this (the raw event retention).
     pub max_age_ms: i64,
+    /// The rollup archive's watermark: buckets before it are archived and final, so ingest
+    /// refuses events dated before it whatever the retention says (it may have been raised).
+    pub archived_until: Arc<std::sync::atomic::AtomicI64>,
     /// Consumers known to exist, so ingest creates missing ones without asking the store for
     /// every batch. `None` until first loaded. Never held across an await.
     pub known_consumers: Arc<std::sync::Mutex<Option<std::collections::HashSet<String>>>>,

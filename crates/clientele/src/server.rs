@@ -95,7 +95,9 @@ pub async fn start(config: Config) -> Result<Running> {
         hour_ms: i64::from(a.hour_retention_days) * DAY_MS,
         day_ms: i64::from(a.day_retention_days) * DAY_MS,
     }));
-    let archived_until = restore_rollups(&events, &engine).await?;
+    let archived_until = Arc::new(std::sync::atomic::AtomicI64::new(
+        restore_rollups(&events, &engine).await?,
+    ));
 
     let stats = Arc::new(PipelineStats::default());
     let (sink, rx) = EventSink::bounded(config.gateway.event_queue, stats.clone());
@@ -177,6 +179,7 @@ pub async fn start(config: Config) -> Result<Running> {
         max_future_ms: i64::try_from(config.analytics.max_future_secs.saturating_mul(1000))
             .unwrap_or(i64::MAX),
         max_age_ms: i64::from(config.storage.raw_event_retention_days) * DAY_MS,
+        archived_until: archived_until.clone(),
         known_consumers: Arc::default(),
     };
     let app = clientele_api::router(state, config.admin.max_body_bytes);
@@ -466,11 +469,12 @@ async fn report_drops(stats: Arc<PipelineStats>, shutdown: impl std::future::Fut
 async fn prune_events(
     events: Arc<dyn EventStore>,
     engine: Arc<Engine>,
-    mut archived_until: i64,
+    watermark: Arc<std::sync::atomic::AtomicI64>,
     retention_days: u32,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let mut archived_until = watermark.load(Ordering::Relaxed);
     loop {
         let now = clientele_core::time::now_ms();
         engine.prune(now);
@@ -489,6 +493,7 @@ async fn prune_events(
             match events.archive_rollups(rows, cutoff).await {
                 Ok(()) => {
                     archived_until = cutoff;
+                    watermark.store(cutoff, Ordering::Relaxed);
                     if n > 0 {
                         tracing::info!(
                             rollups = n,
