@@ -45,6 +45,51 @@ impl Counters {
         self.cost_usd += o.cost_usd;
     }
 
+    /// The integer counters in a fixed order, for persistence; `cost_usd` travels beside them.
+    pub fn to_array(&self) -> [u64; 10] {
+        [
+            self.requests,
+            self.s2xx,
+            self.s3xx,
+            self.s4xx,
+            self.s5xx,
+            self.rate_limited,
+            self.request_bytes,
+            self.response_bytes,
+            self.tokens_in,
+            self.tokens_out,
+        ]
+    }
+
+    /// The inverse of [`Counters::to_array`].
+    pub fn from_array(a: [u64; 10], cost_usd: f64) -> Counters {
+        let [
+            requests,
+            s2xx,
+            s3xx,
+            s4xx,
+            s5xx,
+            rate_limited,
+            request_bytes,
+            response_bytes,
+            tokens_in,
+            tokens_out,
+        ] = a;
+        Counters {
+            requests,
+            s2xx,
+            s3xx,
+            s4xx,
+            s5xx,
+            rate_limited,
+            request_bytes,
+            response_bytes,
+            tokens_in,
+            tokens_out,
+            cost_usd,
+        }
+    }
+
     /// Responses with status >= 400.
     pub fn errors(&self) -> u64 {
         self.s4xx + self.s5xx

@@ -179,15 +179,6 @@ impl KeyIndex {
         *self.map.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
     }
 
-    /// Adds or replaces one entry, for changes made through this process's admin API, so that
-    /// they apply at once rather than at the next reload.
-    pub fn upsert(&self, entry: KeyEntry) {
-        let mut guard = self.map.write().unwrap_or_else(|e| e.into_inner());
-        let mut map = HashMap::clone(&guard);
-        map.insert(entry.hash, Arc::new(entry));
-        *guard = Arc::new(map);
-    }
-
     pub fn len(&self) -> usize {
         self.map.read().unwrap_or_else(|e| e.into_inner()).len()
     }
@@ -244,13 +235,13 @@ mod tests {
         assert_eq!(idx.lookup("other-key-123456789", 0), Lookup::Unknown);
         let mut e = entry(&h, "good-key-123456789");
         e.expires_at_ms = Some(10);
-        idx.upsert(e.clone());
+        idx.replace_all(vec![e.clone()]);
         assert!(matches!(
             idx.lookup("good-key-123456789", 10),
             Lookup::Expired(_)
         ));
         e.revoked = true;
-        idx.upsert(e);
+        idx.replace_all(vec![e]);
         assert!(matches!(
             idx.lookup("good-key-123456789", 0),
             Lookup::Revoked(_)

@@ -70,10 +70,6 @@ impl EventSink {
             }
         }
     }
-
-    pub fn stats(&self) -> &Arc<PipelineStats> {
-        &self.stats
-    }
 }
 
 #[cfg(test)]

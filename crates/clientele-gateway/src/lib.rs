@@ -17,4 +17,4 @@ pub mod proxy;
 pub mod server;
 
 pub use proxy::{Gateway, GatewayOptions};
-pub use server::{ServeHandle, TlsFiles, load_tls, serve};
+pub use server::{ServeSettings, TlsFiles, load_tls, serve};

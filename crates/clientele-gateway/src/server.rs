@@ -49,7 +49,7 @@ pub fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor, String> {
 
 /// Connection settings.
 #[derive(Debug, Clone)]
-pub struct ServeHandle {
+pub struct ServeSettings {
     pub max_header_bytes: usize,
     /// Time allowed for in-flight requests after shutdown begins.
     pub grace: Duration,
@@ -63,7 +63,7 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    settings: ServeHandle,
+    settings: ServeSettings,
     shutdown: impl Future<Output = ()>,
 ) {
     gateway.set_tls(tls.is_some());

@@ -15,7 +15,7 @@ use clientele_core::config::Config;
 use clientele_core::event::Event;
 use clientele_core::keys::{KeyHasher, KeyIndex};
 use clientele_core::pipeline::{EventSink, PipelineStats};
-use clientele_gateway::{Gateway, GatewayOptions, ServeHandle, TlsFiles};
+use clientele_gateway::{Gateway, GatewayOptions, ServeSettings, TlsFiles};
 use clientele_store::{ControlStore, EventStore, SqliteStore, StoredRollup};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -153,7 +153,7 @@ pub async fn start(config: Config) -> Result<Running> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
-    let settings = ServeHandle {
+    let settings = ServeSettings {
         max_header_bytes: config.gateway.max_header_bytes,
         grace: Duration::from_secs(config.gateway.shutdown_grace_secs),
         header_read_timeout: Duration::from_secs(30),
@@ -315,48 +315,13 @@ fn to_stored(r: ExportedRollup) -> StoredRollup {
         method: r.method,
         route: r.route,
         status_class: r.status_class,
-        counts: [
-            c.requests,
-            c.s2xx,
-            c.s3xx,
-            c.s4xx,
-            c.s5xx,
-            c.rate_limited,
-            c.request_bytes,
-            c.response_bytes,
-            c.tokens_in,
-            c.tokens_out,
-        ],
+        counts: c.to_array(),
         cost_usd: c.cost_usd,
     }
 }
 
 fn from_stored(r: StoredRollup) -> Option<ExportedRollup> {
-    let [
-        requests,
-        s2xx,
-        s3xx,
-        s4xx,
-        s5xx,
-        rate_limited,
-        request_bytes,
-        response_bytes,
-        tokens_in,
-        tokens_out,
-    ] = r.counts;
-    let counters = Counters {
-        requests,
-        s2xx,
-        s3xx,
-        s4xx,
-        s5xx,
-        rate_limited,
-        request_bytes,
-        response_bytes,
-        tokens_in,
-        tokens_out,
-        cost_usd: r.cost_usd,
-    };
+    let counters = Counters::from_array(r.counts, r.cost_usd);
     Some(ExportedRollup {
         tier: Tier::from_index(r.tier)?,
         bucket_ms: r.bucket_ms,
