@@ -164,10 +164,37 @@ fn default_connect_timeout_ms() -> u64 {
     5_000
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
+    /// When set, every node sharing this Redis enforces one cluster-wide limit per consumer.
     pub redis_url: Option<String>,
+    /// How long a request may wait for Redis before the failure policy applies. Kept tight:
+    /// the limiter must never be why a request hangs.
+    pub redis_timeout_ms: u64,
+    /// What happens to requests while Redis cannot be reached: `open` (allow, log and count) or
+    /// `closed` (refuse with 503).
+    pub on_redis_error: FailurePolicy,
+    /// Prefix of every Redis key Clientele writes, so several deployments can share a Redis.
+    pub redis_key_prefix: String,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            redis_url: None,
+            redis_timeout_ms: 50,
+            on_redis_error: FailurePolicy::Open,
+            redis_key_prefix: "clientele".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    Open,
+    Closed,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,6 +206,9 @@ pub struct PlanConfig {
     pub quota_per_day: Option<u64>,
     #[serde(default)]
     pub quota_per_month: Option<u64>,
+    /// Per-route limits for every consumer on the plan, keyed `"GET /search"` or `"/search"`.
+    #[serde(default)]
+    pub routes: BTreeMap<String, crate::limits::RouteLimit>,
 }
 
 impl Config {
@@ -368,11 +398,25 @@ impl Config {
             if plan.burst == 0 {
                 return err(&format!("{key}.burst"), "must be at least 1".into());
             }
-            if plan.quota_per_day == Some(0) || plan.quota_per_month == Some(0) {
-                return err(
-                    &format!("{key}.quota_per_day"),
-                    "a quota must be at least 1; leave it out for no quota".into(),
-                );
+            for (field, q) in [
+                ("quota_per_day", plan.quota_per_day),
+                ("quota_per_month", plan.quota_per_month),
+            ] {
+                if q == Some(0) {
+                    return err(
+                        &format!("{key}.{field}"),
+                        "a quota must be at least 1; leave it out for no quota".into(),
+                    );
+                }
+            }
+            for (route, limit) in &plan.routes {
+                let rkey = format!("{key}.routes.{route:?}");
+                if let Err(e) = crate::limits::RouteMatch::parse(route) {
+                    return err(&rkey, e);
+                }
+                if let Err(e) = crate::limits::check_route_limit(limit) {
+                    return err(&rkey, e);
+                }
             }
         }
 
@@ -383,6 +427,21 @@ impl Config {
                     format!("{url:?} must start with redis:// or rediss://"),
                 );
             }
+        }
+        if !(1..=10_000).contains(&self.limits.redis_timeout_ms) {
+            return err(
+                "limits.redis_timeout_ms",
+                format!(
+                    "{} must be between 1 and 10000; a limiter that waits longer would stall traffic",
+                    self.limits.redis_timeout_ms
+                ),
+            );
+        }
+        if !valid_name(&self.limits.redis_key_prefix) {
+            return err(
+                "limits.redis_key_prefix",
+                "must be 1-64 characters of a-z, A-Z, 0-9, '_', '-' or '.'".into(),
+            );
         }
         Ok(())
     }

@@ -14,6 +14,9 @@ pub struct Consumer {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// Epoch milliseconds.
     pub created_at_ms: i64,
+    /// Limits set on this consumer, on top of its plan's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<crate::limits::LimitOverride>,
 }
 
 /// An API key as stored: everything but the key itself, which is kept only as a hash.

@@ -5,12 +5,15 @@
 //! not let anyone test guesses without the secret. The plaintext exists only in the answer that
 //! creates the key.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+use crate::config::PlanConfig;
+use crate::limits::{LimitOverride, LimitPolicy, LimitSlot, Periods};
 
 /// Generated keys look like `ck_` + 40 base62 characters (about 238 bits).
 pub const KEY_PREFIX: &str = "ck_";
@@ -107,7 +110,7 @@ pub fn secret_eq(given: &str, expected: &str) -> bool {
 }
 
 /// What the gateway needs to know about the consumer behind a key.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct KeyEntry {
     pub key_id: Arc<str>,
     pub hash: [u8; 32],
@@ -117,6 +120,27 @@ pub struct KeyEntry {
     pub use_case: Option<Arc<str>>,
     pub expires_at_ms: Option<i64>,
     pub revoked: bool,
+    /// Limits set on the consumer itself, on top of its plan's.
+    pub limits: Option<Arc<LimitOverride>>,
+    /// The consumer's limit state, shared by all its keys; attached by [`KeyIndex`] when the
+    /// entry is loaded. `None` = unlimited.
+    pub slot: Option<Arc<LimitSlot>>,
+}
+
+/// Entries are equal when what was loaded is equal; the attached limit state is the index's
+/// business and takes no part.
+impl PartialEq for KeyEntry {
+    fn eq(&self, o: &Self) -> bool {
+        self.key_id == o.key_id
+            && self.hash == o.hash
+            && self.consumer == o.consumer
+            && self.plan == o.plan
+            && self.team == o.team
+            && self.use_case == o.use_case
+            && self.expires_at_ms == o.expires_at_ms
+            && self.revoked == o.revoked
+            && self.limits == o.limits
+    }
 }
 
 /// The result of looking a presented key up.
@@ -132,18 +156,94 @@ pub enum Lookup {
 ///
 /// Readers take the lock only to clone an `Arc` out; writers swap whole maps. No lock is held
 /// across an await, and a lookup costs one HMAC plus one hash-map probe.
+///
+/// The index also owns each consumer's [`LimitSlot`]: a reload keeps a consumer's slot (and so
+/// its rate and quota state) when its policy is unchanged, and carries its quota usage over
+/// when the policy changed.
 #[derive(Debug)]
 pub struct KeyIndex {
     hasher: KeyHasher,
     map: RwLock<Arc<HashMap<[u8; 32], Arc<KeyEntry>>>>,
+    plans: BTreeMap<String, PlanConfig>,
+    /// Quota usage restored from storage for consumers that have no slot yet, by consumer:
+    /// (day period, used, month period, used). Taken when the consumer's slot is made.
+    seeds: Mutex<HashMap<String, QuotaSeed>>,
+}
+
+/// Persisted quota usage of one consumer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuotaSeed {
+    pub day: u32,
+    pub day_used: u64,
+    pub month: u32,
+    pub month_used: u64,
+}
+
+/// One consumer's quota usage, as persisted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaUsage {
+    pub consumer: String,
+    pub seed: QuotaSeed,
 }
 
 impl KeyIndex {
     pub fn new(hasher: KeyHasher) -> KeyIndex {
+        KeyIndex::with_plans(hasher, BTreeMap::new())
+    }
+
+    /// An index whose consumers are held to `plans`.
+    pub fn with_plans(hasher: KeyHasher, plans: BTreeMap<String, PlanConfig>) -> KeyIndex {
         KeyIndex {
             hasher,
             map: RwLock::new(Arc::new(HashMap::new())),
+            plans,
+            seeds: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Restores persisted quota usage (at start-up, before traffic).
+    pub fn restore_usage(&self, usage: Vec<QuotaUsage>) {
+        let slots = self.slots();
+        let mut seeds = self.seeds.lock().unwrap_or_else(|e| e.into_inner());
+        for u in usage {
+            match slots.get(u.consumer.as_str()) {
+                Some(slot) => apply_seed(slot, &u.seed),
+                None => {
+                    seeds.insert(u.consumer, u.seed);
+                }
+            }
+        }
+    }
+
+    /// Every consumer's current quota usage, for persisting it.
+    pub fn usage(&self, now_ms: i64) -> Vec<QuotaUsage> {
+        let p = Periods::at(now_ms);
+        self.slots()
+            .into_iter()
+            .filter(|(_, s)| s.policy.quota_per_day.is_some() || s.policy.quota_per_month.is_some())
+            .map(|(consumer, s)| QuotaUsage {
+                consumer: consumer.to_string(),
+                seed: QuotaSeed {
+                    day: p.day,
+                    day_used: s.day.used(p.day),
+                    month: p.month,
+                    month_used: s.month.used(p.month),
+                },
+            })
+            .collect()
+    }
+
+    /// Each consumer's slot, once.
+    pub fn slots(&self) -> HashMap<Arc<str>, Arc<LimitSlot>> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner()).clone();
+        map.values()
+            .filter_map(|e| e.slot.clone().map(|s| (e.consumer.clone(), s)))
+            .collect()
+    }
+
+    /// The plan a name refers to, if the config defines it.
+    pub fn plan(&self, name: &str) -> Option<&PlanConfig> {
+        self.plans.get(name)
     }
 
     pub fn hasher(&self) -> &KeyHasher {
@@ -175,7 +275,34 @@ impl KeyIndex {
 
     /// Replaces every entry at once, as after a reload from the store.
     pub fn replace_all(&self, entries: Vec<KeyEntry>) {
-        let map: HashMap<_, _> = entries.into_iter().map(|e| (e.hash, Arc::new(e))).collect();
+        let old = self.slots();
+        let mut fresh: HashMap<Arc<str>, Option<Arc<LimitSlot>>> = HashMap::new();
+        let mut seeds = self.seeds.lock().unwrap_or_else(|e| e.into_inner());
+        let map: HashMap<_, _> = entries
+            .into_iter()
+            .map(|mut e| {
+                let slot = fresh.entry(e.consumer.clone()).or_insert_with(|| {
+                    let policy = LimitPolicy::resolve(
+                        e.plan.as_deref().and_then(|p| self.plans.get(p)),
+                        e.limits.as_deref(),
+                    )?;
+                    Some(match old.get(&e.consumer) {
+                        Some(prev) if prev.policy == policy => prev.clone(),
+                        Some(prev) => Arc::new(prev.successor(policy)),
+                        None => {
+                            let slot = LimitSlot::new(policy);
+                            if let Some(seed) = seeds.remove(e.consumer.as_ref()) {
+                                apply_seed(&slot, &seed);
+                            }
+                            Arc::new(slot)
+                        }
+                    })
+                });
+                e.slot = slot.clone();
+                (e.hash, Arc::new(e))
+            })
+            .collect();
+        drop(seeds);
         *self.map.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
     }
 
@@ -186,6 +313,11 @@ impl KeyIndex {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+fn apply_seed(slot: &LimitSlot, seed: &QuotaSeed) {
+    slot.day.restore(seed.day, seed.day_used);
+    slot.month.restore(seed.month, seed.month_used);
 }
 
 #[cfg(test)]
@@ -202,6 +334,8 @@ mod tests {
             use_case: None,
             expires_at_ms: None,
             revoked: false,
+            limits: None,
+            slot: None,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod consumer;
 pub mod event;
 pub mod finding;
 pub mod keys;
+pub mod limits;
 pub mod pipeline;
 pub mod problem;
 pub mod route;

@@ -8,7 +8,7 @@
 use async_trait::async_trait;
 use clientele_core::consumer::{ApiKey, Consumer};
 use clientele_core::event::Event;
-use clientele_core::keys::KeyEntry;
+use clientele_core::keys::{KeyEntry, QuotaUsage};
 
 pub mod sqlite;
 #[cfg(any(test, feature = "testsuite"))]
@@ -62,6 +62,10 @@ pub trait ControlStore: Send + Sync {
     /// Every key with what the gateway needs about its consumer, revoked ones included so the
     /// gateway can say why it refuses them.
     async fn key_entries(&self) -> Result<Vec<KeyEntry>>;
+    /// Saves each consumer's quota usage in its current day and month, replacing what was
+    /// stored, so quotas survive a restart.
+    async fn save_quota_usage(&self, usage: Vec<QuotaUsage>) -> Result<()>;
+    async fn load_quota_usage(&self) -> Result<Vec<QuotaUsage>>;
     /// A number that changes whenever consumers or keys change, so that nodes can poll it
     /// cheaply and reload only when needed.
     async fn control_version(&self) -> Result<u64>;

@@ -13,12 +13,14 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use clientele_core::consumer::{ApiKey, Consumer};
 use clientele_core::event::{Event, Outcome};
-use clientele_core::keys::KeyEntry;
+use clientele_core::keys::{KeyEntry, QuotaSeed, QuotaUsage};
+use clientele_core::limits::LimitOverride;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{ControlStore, EventCursor, EventQuery, EventStore, Result, StoreError, StoredRollup};
 
-const SCHEMA_VERSION: i64 = 1;
+/// 2 added `consumers.limits` and `quota_usage`.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
@@ -32,7 +34,15 @@ CREATE TABLE IF NOT EXISTS consumers (
     team TEXT,
     use_case TEXT,
     metadata TEXT NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    limits TEXT
+);
+CREATE TABLE IF NOT EXISTS quota_usage (
+    consumer TEXT PRIMARY KEY,
+    day INTEGER NOT NULL,
+    day_used INTEGER NOT NULL,
+    month INTEGER NOT NULL,
+    month_used INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS api_keys (
     key_id TEXT PRIMARY KEY,
@@ -149,6 +159,13 @@ impl SqliteStore {
                 )?;
             }
             Some(Ok(v)) if v == SCHEMA_VERSION => {}
+            Some(Ok(1)) => {
+                // Version 1 had no per-consumer limits; the new table was created above.
+                writer.execute_batch(
+                    "ALTER TABLE consumers ADD COLUMN limits TEXT;
+                     UPDATE meta SET v = '2' WHERE k = 'schema_version';",
+                )?;
+            }
             Some(other) => {
                 return Err(StoreError::Backend(format!(
                     "{} has schema version {other:?}, this build expects {SCHEMA_VERSION}; use a matching clientele release or a fresh data_dir",
@@ -247,10 +264,25 @@ fn consumer_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Consumer> {
         // than failing every listing.
         metadata: serde_json::from_str(&metadata).unwrap_or_default(),
         created_at_ms: r.get(6)?,
+        limits: parse_limits(r.get(7)?),
     })
 }
 
-const CONSUMER_COLUMNS: &str = "id, name, plan, team, use_case, metadata, created_at";
+const CONSUMER_COLUMNS: &str = "id, name, plan, team, use_case, metadata, created_at, limits";
+
+/// Only validated overrides are written; one that no longer parses (a future field, say) is
+/// treated as no override rather than failing every read.
+fn parse_limits(text: Option<String>) -> Option<LimitOverride> {
+    text.and_then(|t| serde_json::from_str::<LimitOverride>(&t).ok())
+        .filter(|o| !o.is_empty())
+}
+
+fn limits_text(limits: &Option<LimitOverride>) -> Option<String> {
+    limits
+        .as_ref()
+        .filter(|o| !o.is_empty())
+        .and_then(|o| serde_json::to_string(o).ok())
+}
 const KEY_COLUMNS: &str =
     "key_id, consumer, name, prefix, hash, created_at, expires_at, revoked_at, imported";
 
@@ -288,8 +320,8 @@ impl ControlStore for SqliteStore {
             let tx = conn.transaction()?;
             let metadata = serde_json::Value::Object(consumer.metadata.clone()).to_string();
             let res = tx.execute(
-                "INSERT INTO consumers (id, name, plan, team, use_case, metadata, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO consumers (id, name, plan, team, use_case, metadata, created_at, limits)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     consumer.id,
                     consumer.name,
@@ -297,7 +329,8 @@ impl ControlStore for SqliteStore {
                     consumer.team,
                     consumer.use_case,
                     metadata,
-                    consumer.created_at_ms
+                    consumer.created_at_ms,
+                    limits_text(&consumer.limits)
                 ],
             );
             match res {
@@ -346,7 +379,8 @@ impl ControlStore for SqliteStore {
             let tx = conn.transaction()?;
             let metadata = serde_json::Value::Object(consumer.metadata.clone()).to_string();
             let n = tx.execute(
-                "UPDATE consumers SET name = ?2, plan = ?3, team = ?4, use_case = ?5, metadata = ?6
+                "UPDATE consumers SET name = ?2, plan = ?3, team = ?4, use_case = ?5, metadata = ?6,
+                        limits = ?7
                  WHERE id = ?1",
                 params![
                     consumer.id,
@@ -354,7 +388,8 @@ impl ControlStore for SqliteStore {
                     consumer.plan,
                     consumer.team,
                     consumer.use_case,
-                    metadata
+                    metadata,
+                    limits_text(&consumer.limits)
                 ],
             )?;
             if n == 0 {
@@ -467,7 +502,7 @@ impl ControlStore for SqliteStore {
         self.read(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT k.key_id, k.hash, k.consumer, c.plan, c.team, c.use_case, k.expires_at,
-                        k.revoked_at IS NOT NULL OR c.id IS NULL
+                        k.revoked_at IS NOT NULL OR c.id IS NULL, c.limits
                  FROM api_keys k LEFT JOIN consumers c ON c.id = k.consumer",
             )?;
             let rows = stmt.query_map([], |r| {
@@ -483,6 +518,8 @@ impl ControlStore for SqliteStore {
                         use_case: r.get::<_, Option<String>>(5)?.map(Into::into),
                         expires_at_ms: r.get(6)?,
                         revoked: r.get(7)?,
+                        limits: parse_limits(r.get(8)?).map(Arc::new),
+                        slot: None,
                     },
                 ))
             })?;
@@ -499,6 +536,55 @@ impl ControlStore for SqliteStore {
                 out.push(entry);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn save_quota_usage(&self, usage: Vec<QuotaUsage>) -> Result<()> {
+        if usage.is_empty() {
+            return Ok(());
+        }
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO quota_usage (consumer, day, day_used, month, month_used)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(consumer) DO UPDATE SET day = ?2, day_used = ?3, month = ?4,
+                                                         month_used = ?5",
+                )?;
+                for u in &usage {
+                    stmt.execute(params![
+                        u.consumer,
+                        u.seed.day,
+                        u.seed.day_used as i64,
+                        u.seed.month,
+                        u.seed.month_used as i64
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn load_quota_usage(&self) -> Result<Vec<QuotaUsage>> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare("SELECT consumer, day, day_used, month, month_used FROM quota_usage")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(QuotaUsage {
+                    consumer: r.get(0)?,
+                    seed: QuotaSeed {
+                        day: r.get(1)?,
+                        day_used: r.get::<_, i64>(2)?.max(0) as u64,
+                        month: r.get(3)?,
+                        month_used: r.get::<_, i64>(4)?.max(0) as u64,
+                    },
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }

@@ -5,6 +5,8 @@
 
 use clientele_core::consumer::{ApiKey, Consumer};
 use clientele_core::event::{Event, Outcome};
+use clientele_core::keys::{QuotaSeed, QuotaUsage};
+use clientele_core::limits::{LimitOverride, RouteLimit};
 
 use crate::{ControlStore, EventQuery, EventStore, StoreError, StoredRollup};
 
@@ -17,6 +19,7 @@ fn consumer(id: &str, plan: Option<&str>) -> Consumer {
         use_case: None,
         metadata: serde_json::Map::from_iter([("crm".to_string(), serde_json::json!("42"))]),
         created_at_ms: 1_000,
+        limits: None,
     }
 }
 
@@ -146,6 +149,53 @@ pub async fn control_store_suite(store: &dyn ControlStore) {
         Err(StoreError::NotFound(_))
     ));
     assert_eq!(store.list_consumers().await.unwrap().len(), 1);
+
+    // Per-consumer limits are stored with the consumer and reach the gateway's key entries.
+    let mut limited = consumer("initech", Some("free"));
+    limited.limits = Some(LimitOverride {
+        quota_per_day: Some(20),
+        routes: [(
+            "GET /search".to_string(),
+            RouteLimit {
+                rate_per_second: 1.0,
+                burst: 2,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    });
+    store.create_consumer(limited.clone()).await.unwrap();
+    assert_eq!(
+        store.get_consumer("initech").await.unwrap(),
+        Some(limited.clone())
+    );
+    store
+        .create_key(key("key_5", "initech", &"d".repeat(64)))
+        .await
+        .unwrap();
+    let entries = store.key_entries().await.unwrap();
+    let e = entries.iter().find(|e| &*e.key_id == "key_5").unwrap();
+    assert_eq!(e.limits.as_deref(), limited.limits.as_ref());
+    limited.limits = None;
+    store.update_consumer(limited.clone()).await.unwrap();
+    assert_eq!(
+        store.get_consumer("initech").await.unwrap().unwrap().limits,
+        None
+    );
+
+    // Quota usage replaces what was stored for the consumer.
+    let usage = |day_used| QuotaUsage {
+        consumer: "initech".into(),
+        seed: QuotaSeed {
+            day: 20_000,
+            day_used,
+            month: 600,
+            month_used: day_used + 100,
+        },
+    };
+    store.save_quota_usage(vec![usage(5)]).await.unwrap();
+    store.save_quota_usage(vec![usage(7)]).await.unwrap();
+    assert_eq!(store.load_quota_usage().await.unwrap(), vec![usage(7)]);
 }
 
 pub async fn event_store_suite(store: &dyn EventStore) {

@@ -1,0 +1,751 @@
+//! Rate limits and quotas: the policy a consumer is held to, and its state on this node.
+//!
+//! A consumer's policy is its plan's (from the config) with its own overrides (from the admin
+//! API) on top. The state is one [`LimitSlot`] per consumer, shared by all its keys and hung off
+//! the gateway's key index, so checking a request costs no map lookup beyond the key lookup the
+//! gateway does anyway, and no lock: the rate is a GCRA cell (one atomic word, via `governor`)
+//! and each quota is one atomic word holding the period and the count together.
+//!
+//! In cluster mode (`[limits] redis_url`) the same policy is enforced by a script in Redis
+//! instead; the local state then only serves the usage figures.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{Datelike, TimeZone, Utc};
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
+
+use crate::config::PlanConfig;
+
+/// A rate limit on one route, for every consumer of a plan or for one consumer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteLimit {
+    pub rate_per_second: f64,
+    pub burst: u32,
+}
+
+/// What an operator sets on one consumer through the admin API. Every field that is set
+/// replaces the plan's; `routes` entries are added to (or replace) the plan's route limits.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_second: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_per_month: Option<u64>,
+    /// Keyed like the plan's: `"GET /search"` or `"/search"` (every method).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub routes: BTreeMap<String, RouteLimit>,
+}
+
+impl LimitOverride {
+    pub fn is_empty(&self) -> bool {
+        self == &LimitOverride::default()
+    }
+
+    /// Checks the values, naming the field at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(r) = self.rate_per_second {
+            check_rate("rate_per_second", r)?;
+        }
+        if self.burst == Some(0) {
+            return Err("burst must be at least 1".into());
+        }
+        if self.quota_per_day == Some(0) || self.quota_per_month == Some(0) {
+            return Err("a quota must be at least 1; leave it out to keep the plan's".into());
+        }
+        for (key, limit) in &self.routes {
+            RouteMatch::parse(key).map_err(|e| format!("routes.{key:?}: {e}"))?;
+            check_route_limit(limit).map_err(|e| format!("routes.{key:?}.{e}"))?;
+        }
+        Ok(())
+    }
+}
+
+fn check_rate(field: &str, r: f64) -> Result<(), String> {
+    // Below one request in ten days the GCRA period no longer fits governor's nanosecond
+    // arithmetic comfortably, and nobody means it.
+    if !(r.is_finite() && r > 0.0) {
+        return Err(format!("{field} must be greater than 0 (got {r})"));
+    }
+    if r < 1.0 / 864_000.0 || r > 1e9 {
+        return Err(format!(
+            "{field} must be between 0.0000012 (one a fortnight) and 1e9 (got {r})"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a route limit; the error starts with the field name.
+pub fn check_route_limit(limit: &RouteLimit) -> Result<(), String> {
+    check_rate("rate_per_second", limit.rate_per_second)?;
+    if limit.burst == 0 {
+        return Err("burst must be at least 1".into());
+    }
+    Ok(())
+}
+
+/// Which requests a route limit applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteMatch {
+    /// `None` = every method.
+    pub method: Option<String>,
+    /// A route template as the gateway reports it (`/pet/{id}`).
+    pub route: String,
+}
+
+impl RouteMatch {
+    /// Parses `"GET /search"` or `"/search"`.
+    pub fn parse(key: &str) -> Result<RouteMatch, String> {
+        let key = key.trim();
+        let (method, route) = match key.split_once(' ') {
+            Some((m, r)) => (Some(m.trim().to_ascii_uppercase()), r.trim()),
+            None => (None, key),
+        };
+        if let Some(m) = &method {
+            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+                return Err(format!(
+                    "{m:?} is not an HTTP method; write \"GET /path\" or \"/path\""
+                ));
+            }
+        }
+        if !route.starts_with('/') {
+            return Err(format!(
+                "{route:?} must be a route template starting with '/', like \"GET /search\""
+            ));
+        }
+        Ok(RouteMatch {
+            method,
+            route: route.to_string(),
+        })
+    }
+
+    pub fn matches(&self, method: &str, route: &str) -> bool {
+        self.route == route && self.method.as_deref().is_none_or(|m| m == method)
+    }
+}
+
+impl std::fmt::Display for RouteMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.method {
+            Some(m) => write!(f, "{m} {}", self.route),
+            None => f.write_str(&self.route),
+        }
+    }
+}
+
+/// The limits one consumer is held to, resolved from its plan and overrides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitPolicy {
+    pub rate_per_second: f64,
+    pub burst: u32,
+    pub quota_per_day: Option<u64>,
+    pub quota_per_month: Option<u64>,
+    pub routes: Vec<(RouteMatch, RouteLimit)>,
+}
+
+impl LimitPolicy {
+    /// The policy for a consumer on `plan` with `overrides`; `None` means unlimited (no plan
+    /// that the config defines, and nothing set on the consumer).
+    pub fn resolve(
+        plan: Option<&PlanConfig>,
+        overrides: Option<&LimitOverride>,
+    ) -> Option<LimitPolicy> {
+        let o = overrides.filter(|o| !o.is_empty());
+        let (rate, burst) = match (plan, o) {
+            (Some(p), _) => (
+                o.and_then(|o| o.rate_per_second)
+                    .unwrap_or(p.rate_per_second),
+                o.and_then(|o| o.burst).unwrap_or(p.burst),
+            ),
+            (None, Some(o)) => match o.rate_per_second {
+                // An override with a rate but no burst allows a one-second burst.
+                Some(r) => (r, o.burst.unwrap_or_else(|| r.ceil().max(1.0) as u32)),
+                // Quotas or route limits only: no consumer-wide rate.
+                None => (f64::INFINITY, u32::MAX),
+            },
+            (None, None) => return None,
+        };
+        let mut routes: BTreeMap<RouteMatch, RouteLimit> = BTreeMap::new();
+        let plan_routes = plan.map(|p| &p.routes).into_iter().flatten();
+        let own_routes = o.map(|o| &o.routes).into_iter().flatten();
+        for (key, limit) in plan_routes.chain(own_routes) {
+            // Validated at load time; a key that somehow fails to parse is skipped, not fatal.
+            if let Ok(m) = RouteMatch::parse(key) {
+                routes.insert(m, limit.clone());
+            }
+        }
+        Some(LimitPolicy {
+            rate_per_second: rate,
+            burst,
+            quota_per_day: o
+                .and_then(|o| o.quota_per_day)
+                .or(plan.and_then(|p| p.quota_per_day)),
+            quota_per_month: o
+                .and_then(|o| o.quota_per_month)
+                .or(plan.and_then(|p| p.quota_per_month)),
+            routes: routes.into_iter().collect(),
+        })
+    }
+
+    pub fn has_rate(&self) -> bool {
+        self.rate_per_second.is_finite()
+    }
+
+    /// The GCRA emission interval, in microseconds (what the Redis script takes).
+    pub fn interval_us(rate: f64) -> u64 {
+        ((1_000_000.0 / rate).round() as u64).max(1)
+    }
+}
+
+type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+fn gcra(rate: f64, burst: u32) -> Option<Gcra> {
+    let period = Duration::from_nanos(((1e9 / rate).round() as u64).max(1));
+    let quota = Quota::with_period(period)?.allow_burst(NonZeroU32::new(burst.max(1))?);
+    Some(RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>())
+}
+
+/// Which limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    Rate,
+    Route,
+    DailyQuota,
+    MonthlyQuota,
+}
+
+impl LimitKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::Rate => "rate",
+            LimitKind::Route => "route",
+            LimitKind::DailyQuota => "day",
+            LimitKind::MonthlyQuota => "month",
+        }
+    }
+}
+
+/// What the gateway tells the client about one limit (the IETF RateLimit fields).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LimitStatus {
+    pub kind: LimitKind,
+    /// The quota units of the policy: the burst for a rate, the count for a quota.
+    pub limit: u64,
+    /// The window the policy is expressed over, in seconds.
+    pub window_secs: u64,
+    pub remaining: u64,
+    /// Seconds until `remaining` is back to `limit` (rate) or the period ends (quota).
+    pub reset_secs: u64,
+}
+
+/// A decision on one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// No limits apply.
+    Unlimited,
+    /// Allowed; `status` is the most constraining limit, for the response headers.
+    Allowed { status: LimitStatus },
+    /// Refused by `status.kind`; try again after `retry_after_ms`.
+    Refused {
+        status: LimitStatus,
+        retry_after_ms: u64,
+    },
+}
+
+/// A quota's usage in one period, packed in one word so it can be checked and counted without
+/// a lock: the period number in the high 24 bits, the count in the low 40.
+#[derive(Debug, Default)]
+pub struct QuotaCounter(AtomicU64);
+
+const COUNT_BITS: u32 = 40;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+
+impl QuotaCounter {
+    fn unpack(v: u64) -> (u32, u64) {
+        ((v >> COUNT_BITS) as u32, v & COUNT_MASK)
+    }
+
+    fn pack(period: u32, count: u64) -> u64 {
+        (u64::from(period) << COUNT_BITS) | count.min(COUNT_MASK)
+    }
+
+    /// Counts one request in `period` if fewer than `limit` were counted; returns the count
+    /// after, or `None` when the quota is used up. Exact under any concurrency.
+    pub fn try_take(&self, period: u32, limit: u64) -> Option<u64> {
+        let mut cur = self.0.load(Ordering::Acquire);
+        loop {
+            let (p, n) = Self::unpack(cur);
+            let used = if p == period { n } else { 0 };
+            if used >= limit {
+                return None;
+            }
+            let next = Self::pack(period, used + 1);
+            match self
+                .0
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(used + 1),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Gives back one request taken in `period` (another limit refused the request).
+    pub fn give_back(&self, period: u32) {
+        let mut cur = self.0.load(Ordering::Acquire);
+        loop {
+            let (p, n) = Self::unpack(cur);
+            if p != period || n == 0 {
+                return;
+            }
+            match self.0.compare_exchange_weak(
+                cur,
+                Self::pack(p, n - 1),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// The count in `period`.
+    pub fn used(&self, period: u32) -> u64 {
+        let (p, n) = Self::unpack(self.0.load(Ordering::Acquire));
+        if p == period { n } else { 0 }
+    }
+
+    /// Raises the count in `period` to at least `count` (restoring persisted usage).
+    pub fn restore(&self, period: u32, count: u64) {
+        let mut cur = self.0.load(Ordering::Acquire);
+        loop {
+            let (p, n) = Self::unpack(cur);
+            let base = if p == period { n } else { 0 };
+            if p == period && base >= count {
+                return;
+            }
+            match self.0.compare_exchange_weak(
+                cur,
+                Self::pack(period, count.max(base)),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// The raw word, to carry usage over to a new slot.
+    fn load_raw(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Quota periods are UTC calendar days and months, numbered from the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Periods {
+    pub day: u32,
+    pub month: u32,
+    /// Milliseconds until the day and the month end.
+    pub day_left_ms: i64,
+    pub month_left_ms: i64,
+}
+
+impl Periods {
+    pub fn at(now_ms: i64) -> Periods {
+        let day = now_ms.div_euclid(86_400_000);
+        let day_left_ms = (day + 1) * 86_400_000 - now_ms;
+        let dt = Utc
+            .timestamp_millis_opt(now_ms)
+            .single()
+            .unwrap_or_else(Utc::now);
+        let month = (dt.year() - 1970) * 12 + dt.month0() as i32;
+        let (ny, nm) = if dt.month() == 12 {
+            (dt.year() + 1, 1)
+        } else {
+            (dt.year(), dt.month() + 1)
+        };
+        let next_month_ms = Utc
+            .with_ymd_and_hms(ny, nm, 1, 0, 0, 0)
+            .single()
+            .map_or(now_ms + day_left_ms, |t| t.timestamp_millis());
+        Periods {
+            day: day.max(0) as u32,
+            month: month.max(0) as u32,
+            day_left_ms,
+            month_left_ms: next_month_ms - now_ms,
+        }
+    }
+
+    /// `20261124` / `202611`: how periods are named in storage and in Redis keys.
+    pub fn day_label(now_ms: i64) -> String {
+        Utc.timestamp_millis_opt(now_ms)
+            .single()
+            .map_or_else(String::new, |t| t.format("%Y%m%d").to_string())
+    }
+
+    pub fn month_label(now_ms: i64) -> String {
+        Utc.timestamp_millis_opt(now_ms)
+            .single()
+            .map_or_else(String::new, |t| t.format("%Y%m").to_string())
+    }
+}
+
+/// One consumer's limits and their state on this node.
+pub struct LimitSlot {
+    pub policy: LimitPolicy,
+    rate: Option<Gcra>,
+    routes: Vec<Option<Gcra>>,
+    pub day: QuotaCounter,
+    pub month: QuotaCounter,
+}
+
+impl std::fmt::Debug for LimitSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LimitSlot")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LimitSlot {
+    pub fn new(policy: LimitPolicy) -> LimitSlot {
+        let rate = if policy.has_rate() {
+            gcra(policy.rate_per_second, policy.burst)
+        } else {
+            None
+        };
+        let routes = policy
+            .routes
+            .iter()
+            .map(|(_, l)| gcra(l.rate_per_second, l.burst))
+            .collect();
+        LimitSlot {
+            policy,
+            rate,
+            routes,
+            day: QuotaCounter::default(),
+            month: QuotaCounter::default(),
+        }
+    }
+
+    /// A slot for a changed policy that keeps this one's quota usage (rate state starts over:
+    /// a new rate means a new bucket).
+    pub fn successor(&self, policy: LimitPolicy) -> LimitSlot {
+        let next = LimitSlot::new(policy);
+        next.day.0.store(self.day.load_raw(), Ordering::Release);
+        next.month.0.store(self.month.load_raw(), Ordering::Release);
+        next
+    }
+
+    /// Decides on one request and, when it is allowed, counts it against every limit.
+    pub fn check(&self, method: &str, route: &str, now_ms: i64) -> Decision {
+        let periods = Periods::at(now_ms);
+        let mut tightest: Option<LimitStatus> = None;
+        let mut keep = |s: LimitStatus| {
+            let ratio = |s: &LimitStatus| s.remaining as f64 / s.limit.max(1) as f64;
+            if tightest.as_ref().is_none_or(|t| ratio(&s) < ratio(t)) {
+                tightest = Some(s);
+            }
+        };
+
+        // Quotas first: they can be given back exactly if a rate then refuses.
+        let mut took_day = false;
+        if let Some(limit) = self.policy.quota_per_day {
+            match self.day.try_take(periods.day, limit) {
+                Some(used) => {
+                    took_day = true;
+                    keep(quota_status(
+                        LimitKind::DailyQuota,
+                        limit,
+                        used,
+                        periods.day_left_ms,
+                    ));
+                }
+                None => {
+                    let status =
+                        quota_status(LimitKind::DailyQuota, limit, limit, periods.day_left_ms);
+                    return refused(status, periods.day_left_ms as u64);
+                }
+            }
+        }
+        let mut took_month = false;
+        if let Some(limit) = self.policy.quota_per_month {
+            match self.month.try_take(periods.month, limit) {
+                Some(used) => {
+                    took_month = true;
+                    keep(quota_status(
+                        LimitKind::MonthlyQuota,
+                        limit,
+                        used,
+                        periods.month_left_ms,
+                    ));
+                }
+                None => {
+                    if took_day {
+                        self.day.give_back(periods.day);
+                    }
+                    let status =
+                        quota_status(LimitKind::MonthlyQuota, limit, limit, periods.month_left_ms);
+                    return refused(status, periods.month_left_ms as u64);
+                }
+            }
+        }
+        let give_back = || {
+            if took_day {
+                self.day.give_back(periods.day);
+            }
+            if took_month {
+                self.month.give_back(periods.month);
+            }
+        };
+
+        for (i, limiter) in self.routes.iter().enumerate() {
+            let (m, l) = &self.policy.routes[i];
+            let Some(limiter) = limiter else { continue };
+            if !m.matches(method, route) {
+                continue;
+            }
+            match limiter.check() {
+                Ok(snap) => keep(rate_status(
+                    LimitKind::Route,
+                    l.rate_per_second,
+                    l.burst,
+                    u64::from(snap.remaining_burst_capacity()),
+                )),
+                Err(not_until) => {
+                    give_back();
+                    let wait = not_until.wait_time_from(DefaultClock::default().now());
+                    let status = rate_status(LimitKind::Route, l.rate_per_second, l.burst, 0);
+                    return refused(status, wait.as_millis() as u64);
+                }
+            }
+        }
+        if let Some(limiter) = &self.rate {
+            let p = &self.policy;
+            match limiter.check() {
+                Ok(snap) => keep(rate_status(
+                    LimitKind::Rate,
+                    p.rate_per_second,
+                    p.burst,
+                    u64::from(snap.remaining_burst_capacity()),
+                )),
+                Err(not_until) => {
+                    give_back();
+                    let wait = not_until.wait_time_from(DefaultClock::default().now());
+                    let status = rate_status(LimitKind::Rate, p.rate_per_second, p.burst, 0);
+                    return refused(status, wait.as_millis() as u64);
+                }
+            }
+        }
+        match tightest {
+            Some(status) => Decision::Allowed { status },
+            None => Decision::Unlimited,
+        }
+    }
+}
+
+fn refused(status: LimitStatus, retry_after_ms: u64) -> Decision {
+    Decision::Refused {
+        status,
+        retry_after_ms,
+    }
+}
+
+/// The RateLimit fields for a GCRA bucket: the policy is `burst` requests per the time it
+/// takes to refill them.
+pub fn rate_status(kind: LimitKind, rate: f64, burst: u32, remaining: u64) -> LimitStatus {
+    let refill = |n: u64| ((n as f64) / rate).ceil().max(1.0) as u64;
+    LimitStatus {
+        kind,
+        limit: u64::from(burst),
+        window_secs: refill(u64::from(burst)),
+        remaining,
+        reset_secs: if remaining >= u64::from(burst) {
+            0
+        } else {
+            refill(u64::from(burst) - remaining)
+        },
+    }
+}
+
+pub fn quota_status(kind: LimitKind, limit: u64, used: u64, left_ms: i64) -> LimitStatus {
+    let window_secs = match kind {
+        LimitKind::MonthlyQuota => 30 * 86_400,
+        _ => 86_400,
+    };
+    LimitStatus {
+        kind,
+        limit,
+        window_secs,
+        remaining: limit.saturating_sub(used),
+        reset_secs: (left_ms.max(0) as u64).div_ceil(1000),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(rate: f64, burst: u32, day: Option<u64>) -> PlanConfig {
+        PlanConfig {
+            rate_per_second: rate,
+            burst,
+            quota_per_day: day,
+            quota_per_month: None,
+            routes: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn burst_then_refuse_with_retry_after() {
+        let slot = LimitSlot::new(LimitPolicy::resolve(Some(&plan(1.0, 3, None)), None).unwrap());
+        for i in 0..3 {
+            match slot.check("GET", "/a", 0) {
+                Decision::Allowed { status } => assert_eq!(status.remaining, 2 - i),
+                d => panic!("{d:?}"),
+            }
+        }
+        match slot.check("GET", "/a", 0) {
+            Decision::Refused {
+                status,
+                retry_after_ms,
+            } => {
+                assert_eq!(status.kind, LimitKind::Rate);
+                assert!(
+                    retry_after_ms > 0 && retry_after_ms <= 1000,
+                    "{retry_after_ms}"
+                );
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn quota_is_exact_under_contention() {
+        let slot = std::sync::Arc::new(LimitSlot::new(
+            LimitPolicy::resolve(Some(&plan(1e9, 1_000_000, Some(1000))), None).unwrap(),
+        ));
+        let allowed = std::sync::Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (slot, allowed) = (slot.clone(), allowed.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        if matches!(slot.check("GET", "/", 5), Decision::Allowed { .. }) {
+                            allowed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(allowed.load(Ordering::Relaxed), 1000);
+        assert_eq!(slot.day.used(0), 1000);
+    }
+
+    #[test]
+    fn a_new_day_starts_a_new_count_and_a_rate_refusal_gives_the_quota_back() {
+        let slot =
+            LimitSlot::new(LimitPolicy::resolve(Some(&plan(1.0, 1, Some(5))), None).unwrap());
+        assert!(matches!(
+            slot.check("GET", "/", 0),
+            Decision::Allowed { .. }
+        ));
+        // The rate refuses this one; it must not count against the quota.
+        assert!(matches!(
+            slot.check("GET", "/", 0),
+            Decision::Refused { status, .. } if status.kind == LimitKind::Rate
+        ));
+        assert_eq!(slot.day.used(0), 1);
+        slot.day.restore(0, 5);
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(matches!(
+            slot.check("GET", "/", 1000),
+            Decision::Refused { status, .. } if status.kind == LimitKind::DailyQuota
+        ));
+        // The next UTC day.
+        assert!(matches!(
+            slot.check("GET", "/", 86_400_000 + 5),
+            Decision::Allowed { .. }
+        ));
+        assert_eq!(slot.day.used(1), 1);
+    }
+
+    #[test]
+    fn overrides_replace_plan_values_and_route_limits_apply_to_their_route_only() {
+        let mut p = plan(100.0, 100, Some(10));
+        p.routes.insert(
+            "GET /search".into(),
+            RouteLimit {
+                rate_per_second: 1.0,
+                burst: 1,
+            },
+        );
+        let o = LimitOverride {
+            quota_per_day: Some(50),
+            ..Default::default()
+        };
+        let policy = LimitPolicy::resolve(Some(&p), Some(&o)).unwrap();
+        assert_eq!(policy.quota_per_day, Some(50));
+        assert_eq!(policy.rate_per_second, 100.0);
+        let slot = LimitSlot::new(policy);
+        assert!(matches!(
+            slot.check("GET", "/search", 0),
+            Decision::Allowed { .. }
+        ));
+        assert!(matches!(
+            slot.check("GET", "/search", 0),
+            Decision::Refused { status, .. } if status.kind == LimitKind::Route
+        ));
+        assert!(matches!(
+            slot.check("POST", "/search", 0),
+            Decision::Allowed { .. }
+        ));
+        assert!(matches!(
+            slot.check("GET", "/other", 0),
+            Decision::Allowed { .. }
+        ));
+        assert!(LimitPolicy::resolve(None, None).is_none());
+    }
+
+    #[test]
+    fn periods_are_utc_days_and_months() {
+        // 2026-11-24T18:00:00Z
+        let t = 1_795_543_200_000;
+        let p = Periods::at(t);
+        assert_eq!(Periods::day_label(t), "20261124");
+        assert_eq!(Periods::month_label(t), "202611");
+        assert_eq!(p.day_left_ms, 6 * 3_600_000);
+        assert_eq!(p.month_left_ms, (6 * 24 + 6) * 3_600_000);
+        assert_eq!(p.month, 56 * 12 + 10);
+    }
+
+    #[test]
+    fn route_match_syntax() {
+        assert!(RouteMatch::parse("GET /search").is_ok());
+        assert!(
+            RouteMatch::parse("/search")
+                .unwrap()
+                .matches("PUT", "/search")
+        );
+        assert!(RouteMatch::parse("search").is_err());
+        assert!(RouteMatch::parse("G3T /x").is_err());
+    }
+}
