@@ -6,8 +6,10 @@ use clientele_core::config::valid_name;
 use clientele_core::consumer::{ApiKey, Consumer};
 use clientele_core::event::Event;
 use clientele_core::keys;
+use clientele_core::limits::LimitOverride;
 use clientele_core::time::{format_ts, now_ms, parse_ts, parse_ts_value};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 
 use clientele_analytics::{Query as AQuery, Rollup};
 use clientele_store::{EventQuery, StoreError};
@@ -36,6 +38,11 @@ pub struct ConsumerOut {
     pub metadata: Map<String, Value>,
     /// RFC 3339.
     pub created_at: String,
+    /// Limits set on this consumer on top of its plan's (`GET /v1/consumers/{id}/limits`
+    /// shows the effective ones and the usage).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub limits: Option<LimitOverride>,
 }
 
 impl From<Consumer> for ConsumerOut {
@@ -48,6 +55,7 @@ impl From<Consumer> for ConsumerOut {
             use_case: c.use_case,
             metadata: c.metadata,
             created_at: format_ts(c.created_at_ms),
+            limits: c.limits,
         }
     }
 }
@@ -64,6 +72,10 @@ pub struct CreateConsumer {
     pub use_case: Option<String>,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
+    /// Limits on top of the plan's: `rate_per_second`, `burst`, `quota_per_day`,
+    /// `quota_per_month`, `routes` (`{"GET /search": {"rate_per_second": 1, "burst": 5}}`).
+    #[schema(value_type = Option<Object>)]
+    pub limits: Option<LimitOverride>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -268,6 +280,16 @@ pub struct Status {
     pub rollups_series: usize,
     pub rollups_consumer: usize,
     pub rollup_buckets: usize,
+    /// `local` (per node) or `redis` (one limit across every node sharing the Redis).
+    pub limiter_mode: String,
+    pub limiter_allowed: u64,
+    pub limiter_refused: u64,
+    /// Calls to Redis that failed or timed out.
+    pub limiter_redis_errors: u64,
+    /// Requests allowed (open) or refused with 503 (closed) because Redis could not be asked.
+    pub limiter_failed_open: u64,
+    pub limiter_failed_closed: u64,
+    pub limiter_redis_up: bool,
 }
 
 // ----- helpers -----
@@ -281,6 +303,13 @@ fn validate_optional_text(field: &str, v: &Option<String>) -> Result<(), ApiErro
         }
     }
     Ok(())
+}
+
+pub(crate) fn check_limits(limits: &Option<LimitOverride>) -> Result<(), ApiError> {
+    match limits.as_ref().map(LimitOverride::validate) {
+        Some(Err(e)) => Err(ApiError::unprocessable(format!("limits: {e}"))),
+        _ => Ok(()),
+    }
 }
 
 fn check_plan(state: &AppState, plan: &Option<String>) -> Result<(), ApiError> {
@@ -300,7 +329,7 @@ fn check_plan(state: &AppState, plan: &Option<String>) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn window(from: &Option<String>, to: &Option<String>) -> Result<(i64, i64), ApiError> {
+pub(crate) fn window(from: &Option<String>, to: &Option<String>) -> Result<(i64, i64), ApiError> {
     let to_ms = match to {
         Some(t) => parse_ts(t).map_err(|e| ApiError::bad_request(format!("to: {e}")))?,
         None => now_ms(),
@@ -330,7 +359,7 @@ fn parse_status_filter(s: &str) -> Result<(u16, u16), ApiError> {
     }
 }
 
-async fn existing_consumer(state: &AppState, id: &str) -> Result<Consumer, ApiError> {
+pub(crate) async fn existing_consumer(state: &AppState, id: &str) -> Result<Consumer, ApiError> {
     state
         .control
         .get_consumer(id)
@@ -351,6 +380,7 @@ pub async fn healthz() -> Json<Health> {
 pub async fn status(State(state): State<AppState>) -> Json<Status> {
     let p = state.pipeline.snapshot();
     let e = state.engine.stats();
+    let l = &state.limiter;
     Json(Status {
         uptime_s: state.started.elapsed().as_secs(),
         keys_loaded: state.keys.len(),
@@ -361,6 +391,13 @@ pub async fn status(State(state): State<AppState>) -> Json<Status> {
         rollups_series: e.series_rollups,
         rollups_consumer: e.consumer_rollups,
         rollup_buckets: e.buckets,
+        limiter_mode: state.limiter_mode.to_string(),
+        limiter_allowed: l.allowed.load(Ordering::Relaxed),
+        limiter_refused: l.refused.load(Ordering::Relaxed),
+        limiter_redis_errors: l.redis_errors.load(Ordering::Relaxed),
+        limiter_failed_open: l.failed_open.load(Ordering::Relaxed),
+        limiter_failed_closed: l.failed_closed.load(Ordering::Relaxed),
+        limiter_redis_up: l.redis_up.load(Ordering::Relaxed),
     })
 }
 
@@ -381,6 +418,7 @@ pub async fn create_consumer(
     validate_optional_text("team", &body.team)?;
     validate_optional_text("use_case", &body.use_case)?;
     check_plan(&state, &body.plan)?;
+    check_limits(&body.limits)?;
     let consumer = Consumer {
         id: body.id,
         name: body.name,
@@ -389,6 +427,7 @@ pub async fn create_consumer(
         use_case: body.use_case,
         metadata: body.metadata.unwrap_or_default(),
         created_at_ms: now_ms(),
+        limits: body.limits.filter(|l| !l.is_empty()),
     };
     let created = state.control.create_consumer(consumer).await?;
     Ok((StatusCode::CREATED, Json(created.into())))
@@ -436,6 +475,17 @@ pub async fn patch_consumer(
             "plan" => consumer.plan = text(&value)?,
             "team" => consumer.team = text(&value)?,
             "use_case" => consumer.use_case = text(&value)?,
+            "limits" => {
+                // Replaced whole rather than merged: limits are read as one policy.
+                consumer.limits = if value.is_null() {
+                    None
+                } else {
+                    let l: LimitOverride = serde_json::from_value(value)
+                        .map_err(|e| ApiError::unprocessable(format!("limits: {e}")))?;
+                    check_limits(&Some(l.clone()))?;
+                    Some(l).filter(|l| !l.is_empty())
+                };
+            }
             "metadata" => match value {
                 Value::Null => consumer.metadata.clear(),
                 Value::Object(m) => {
@@ -460,7 +510,7 @@ pub async fn patch_consumer(
             }
             other => {
                 return Err(ApiError::unprocessable(format!(
-                    "unknown field {other:?}; fields are name, plan, team, use_case and metadata"
+                    "unknown field {other:?}; fields are name, plan, team, use_case, metadata and limits"
                 )));
             }
         }
@@ -760,7 +810,11 @@ const STEPS: [(&str, i64); 7] = [
     ("7d", 604_800_000),
 ];
 
-fn pick_step(step: &Option<String>, from_ms: i64, to_ms: i64) -> Result<(String, i64), ApiError> {
+pub(crate) fn pick_step(
+    step: &Option<String>,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<(String, i64), ApiError> {
     let span = to_ms - from_ms;
     match step {
         Some(s) => {
@@ -1075,6 +1129,7 @@ async fn ensure_consumers(state: &AppState, events: &[Event]) -> Result<(), ApiE
             use_case: e.use_case.clone(),
             metadata: Map::from_iter([("created_by".to_string(), Value::String("ingest".into()))]),
             created_at_ms: now_ms(),
+            limits: None,
         };
         match state.control.create_consumer(consumer).await {
             Ok(_) | Err(StoreError::Conflict(_)) => {}

@@ -22,6 +22,7 @@ use clientele_store::{ControlStore, EventStore};
 pub mod error;
 mod handlers;
 pub mod ingest;
+pub mod limits;
 pub mod openapi;
 
 pub use error::ApiError;
@@ -48,6 +49,10 @@ pub struct AppState {
     /// Consumers known to exist, so ingest creates missing ones without asking the store for
     /// every batch. `None` until first loaded. Never held across an await.
     pub known_consumers: Arc<std::sync::Mutex<Option<std::collections::HashSet<String>>>>,
+    /// The gateway limiter's counters, for `/v1/status`.
+    pub limiter: Arc<clientele_core::limits::LimiterStats>,
+    /// `"local"` or `"redis"`.
+    pub limiter_mode: &'static str,
 }
 
 impl AppState {
@@ -78,6 +83,13 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             get(handlers::list_keys).post(handlers::create_key),
         )
         .route("/v1/consumers/{id}/events", get(handlers::consumer_events))
+        .route(
+            "/v1/consumers/{id}/limits",
+            get(limits::get_limits)
+                .put(limits::put_limits)
+                .delete(limits::delete_limits),
+        )
+        .route("/v1/limits", get(limits::overview))
         .route("/v1/keys/{key_id}", delete(handlers::revoke_key))
         .route("/v1/stats/consumers", get(handlers::stats_consumers))
         .route("/v1/stats/consumers/{id}", get(handlers::stats_consumer))

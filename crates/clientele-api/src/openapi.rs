@@ -4,7 +4,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::handlers;
+use crate::{handlers, limits};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,6 +25,10 @@ use crate::handlers;
         handlers::stats_consumer,
         handlers::stats_routes,
         handlers::ingest_events,
+        limits::get_limits,
+        limits::put_limits,
+        limits::delete_limits,
+        limits::overview,
     ),
     modifiers(&AdminToken)
 )]

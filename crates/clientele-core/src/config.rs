@@ -389,11 +389,8 @@ impl Config {
                     "plan names must be 1-64 characters of a-z, A-Z, 0-9, '_', '-' or '.'".into(),
                 );
             }
-            if !(plan.rate_per_second.is_finite() && plan.rate_per_second > 0.0) {
-                return err(
-                    &format!("{key}.rate_per_second"),
-                    format!("{} must be greater than 0", plan.rate_per_second),
-                );
+            if let Err(e) = crate::limits::check_rate("rate_per_second", plan.rate_per_second) {
+                return err(&format!("{key}.rate_per_second"), e);
             }
             if plan.burst == 0 {
                 return err(&format!("{key}.burst"), "must be at least 1".into());

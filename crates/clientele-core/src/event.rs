@@ -17,8 +17,13 @@ pub enum Outcome {
     ExpiredKey,
     /// No API is routed at the request's path.
     NoRoute,
-    /// Refused by a rate limit or quota.
+    /// Refused by a rate limit (the consumer's or a route's).
     RateLimited,
+    /// Refused because a daily or monthly quota is used up.
+    QuotaExceeded,
+    /// Refused because the shared limiter (Redis) could not be asked and the policy is
+    /// fail-closed (503).
+    LimiterUnavailable,
     /// The request body was larger than allowed.
     BodyTooLarge,
     /// The upstream could not be reached (502).
@@ -43,6 +48,8 @@ impl Outcome {
             Outcome::ExpiredKey => "expired_key",
             Outcome::NoRoute => "no_route",
             Outcome::RateLimited => "rate_limited",
+            Outcome::QuotaExceeded => "quota_exceeded",
+            Outcome::LimiterUnavailable => "limiter_unavailable",
             Outcome::BodyTooLarge => "body_too_large",
             Outcome::UpstreamUnreachable => "upstream_unreachable",
             Outcome::UpstreamTimeout => "upstream_timeout",
@@ -61,6 +68,8 @@ impl Outcome {
             "expired_key" => Outcome::ExpiredKey,
             "no_route" => Outcome::NoRoute,
             "rate_limited" => Outcome::RateLimited,
+            "quota_exceeded" => Outcome::QuotaExceeded,
+            "limiter_unavailable" => Outcome::LimiterUnavailable,
             "body_too_large" => Outcome::BodyTooLarge,
             "upstream_unreachable" => Outcome::UpstreamUnreachable,
             "upstream_timeout" => Outcome::UpstreamTimeout,

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{Datelike, TimeZone, Utc};
@@ -73,13 +73,14 @@ impl LimitOverride {
     }
 }
 
-fn check_rate(field: &str, r: f64) -> Result<(), String> {
+/// Checks a rate; the error starts with `field`.
+pub fn check_rate(field: &str, r: f64) -> Result<(), String> {
     // Below one request in ten days the GCRA period no longer fits governor's nanosecond
     // arithmetic comfortably, and nobody means it.
     if !(r.is_finite() && r > 0.0) {
         return Err(format!("{field} must be greater than 0 (got {r})"));
     }
-    if r < 1.0 / 864_000.0 || r > 1e9 {
+    if !(1.0 / 864_000.0..=1e9).contains(&r) {
         return Err(format!(
             "{field} must be between 0.0000012 (one a fortnight) and 1e9 (got {r})"
         ));
@@ -215,6 +216,20 @@ fn gcra(rate: f64, burst: u32) -> Option<Gcra> {
     let period = Duration::from_nanos(((1e9 / rate).round() as u64).max(1));
     let quota = Quota::with_period(period)?.allow_burst(NonZeroU32::new(burst.max(1))?);
     Some(RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>())
+}
+
+/// Counters an operator reads in `GET /v1/status` (and `/metrics`).
+#[derive(Debug, Default)]
+pub struct LimiterStats {
+    pub allowed: AtomicU64,
+    pub refused: AtomicU64,
+    /// Calls to Redis that failed or timed out.
+    pub redis_errors: AtomicU64,
+    /// Requests decided by the failure policy because Redis could not be asked.
+    pub failed_open: AtomicU64,
+    pub failed_closed: AtomicU64,
+    /// Whether the last call to Redis succeeded (true when there is no Redis).
+    pub redis_up: AtomicBool,
 }
 
 /// Which limit refused a request.

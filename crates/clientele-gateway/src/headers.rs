@@ -13,6 +13,11 @@ pub static X_CONSUMER_PLAN: HeaderName = HeaderName::from_static("x-consumer-pla
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+pub static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+pub static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 /// Where the presented key was found, so the proxy can remove exactly that credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

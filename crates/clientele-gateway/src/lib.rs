@@ -13,6 +13,7 @@
 
 mod body;
 mod headers;
+pub mod limiter;
 pub mod proxy;
 pub mod server;
 

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use clientele_core::config::{ApiConfig, Upstream, parse_upstream};
 use clientele_core::event::{Event, Outcome, random_id128};
 use clientele_core::keys::{KeyEntry, KeyIndex, Lookup};
+use clientele_core::limits::{Decision, LimitKind, LimitStatus};
 use clientele_core::pipeline::EventSink;
 use clientele_core::problem::{self, Problem};
 use clientele_core::route::infer_template;
@@ -22,6 +23,7 @@ use ipnet::IpNet;
 
 use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
 use crate::headers::{self as h, KeySource, PresentedKey, TraceContext};
+use crate::limiter::{Limiter, Verdict};
 
 /// Gateway settings that are not per API.
 #[derive(Debug, Clone)]
@@ -50,6 +52,7 @@ pub struct Gateway {
     /// Sorted by prefix length, longest first, so the first match wins.
     apis: Vec<Api>,
     keys: Arc<KeyIndex>,
+    limiter: Arc<Limiter>,
     sink: EventSink,
     options: GatewayOptions,
     session_header: Option<HeaderName>,
@@ -69,6 +72,7 @@ impl Gateway {
         apis: &[ApiConfig],
         options: GatewayOptions,
         keys: Arc<KeyIndex>,
+        limiter: Arc<Limiter>,
         sink: EventSink,
     ) -> Result<Gateway, String> {
         let mut built = Vec::with_capacity(apis.len());
@@ -97,6 +101,7 @@ impl Gateway {
         Ok(Gateway {
             apis: built,
             keys,
+            limiter,
             sink,
             options,
             session_header,
@@ -258,7 +263,44 @@ impl Gateway {
             );
         };
 
-        // Phase 3: is the body acceptable?
+        // Phase 3: is the consumer within its limits? Refused requests never reach the
+        // upstream, and are recorded like any other.
+        let mut limit_status = None;
+        if let Some(slot) = &entry.slot {
+            let verdict = self
+                .limiter
+                .check(
+                    &entry.consumer,
+                    slot,
+                    &seen.event.method,
+                    &seen.event.route,
+                    seen.event.ts_ms,
+                )
+                .await;
+            match verdict {
+                Verdict::Decided(Decision::Unlimited) => {}
+                Verdict::Decided(Decision::Allowed { status }) => limit_status = Some(status),
+                Verdict::Decided(Decision::Refused {
+                    status,
+                    retry_after_ms,
+                }) => return self.refuse_limited(seen, status, retry_after_ms),
+                Verdict::Unavailable => {
+                    let mut resp = self.refuse(
+                        seen,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Outcome::LimiterUnavailable,
+                        "limiter-unavailable",
+                        "Rate limiter unavailable",
+                        "the gateway cannot check your rate limit right now; retry in a second",
+                    );
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return resp;
+                }
+            }
+        }
+
+        // Phase 4: is the body acceptable?
         let limit = self.options.max_request_body_bytes;
         if limit > 0 {
             let declared = parts
@@ -278,7 +320,7 @@ impl Gateway {
             }
         }
 
-        // Phase 4: forward.
+        // Phase 5: forward.
         let upstream_uri = match self.upstream_uri(api, &path, parts.uri.query()) {
             Some(uri) => uri,
             None => {
@@ -354,6 +396,9 @@ impl Gateway {
         seen.event.upstream_latency_ms = Some(upstream_ms);
         seen.event.status = response.status().as_u16();
         h::strip_hop_by_hop(response.headers_mut());
+        if let Some(status) = &limit_status {
+            insert_limit_headers(response.headers_mut(), status);
+        }
         let (resp_parts, resp_body) = response.into_parts();
         let body = ResponseBody::upstream(resp_body).emit_on_finish(
             seen.event,
@@ -448,6 +493,67 @@ impl Gateway {
         }
     }
 
+    /// Answers 429 for a refused request, with `Retry-After` and the RateLimit fields.
+    fn refuse_limited(
+        &self,
+        seen: Seen,
+        status: LimitStatus,
+        retry_after_ms: u64,
+    ) -> Response<ResponseBody> {
+        let retry_secs = retry_after_ms.div_ceil(1000).max(1);
+        let (outcome, slug, title, detail) = match status.kind {
+            LimitKind::Rate => (
+                Outcome::RateLimited,
+                "rate-limited",
+                "Rate limit exceeded",
+                format!(
+                    "you may send bursts of up to {} requests, refilled over {} s; retry after {retry_secs} s and back off exponentially on repeated 429s",
+                    status.limit, status.window_secs
+                ),
+            ),
+            LimitKind::Route => (
+                Outcome::RateLimited,
+                "rate-limited",
+                "Rate limit exceeded for this route",
+                format!(
+                    "this route allows bursts of up to {} requests, refilled over {} s; retry after {retry_secs} s",
+                    status.limit, status.window_secs
+                ),
+            ),
+            LimitKind::DailyQuota | LimitKind::MonthlyQuota => (
+                Outcome::QuotaExceeded,
+                "quota-exceeded",
+                "Quota exceeded",
+                format!(
+                    "your {} quota of {} requests is used up; it resets in {retry_secs} s (UTC {}); ask the API's owner for a higher plan",
+                    if status.kind == LimitKind::DailyQuota {
+                        "daily"
+                    } else {
+                        "monthly"
+                    },
+                    status.limit,
+                    if status.kind == LimitKind::DailyQuota {
+                        "midnight"
+                    } else {
+                        "start of next month"
+                    },
+                ),
+            ),
+        };
+        let mut resp = self.refuse(
+            seen,
+            StatusCode::TOO_MANY_REQUESTS,
+            outcome,
+            slug,
+            title,
+            detail,
+        );
+        let headers = resp.headers_mut();
+        insert_limit_headers(headers, &status);
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_secs));
+        resp
+    }
+
     /// Answers with a problem+json made by the gateway, emitting the event when sent.
     fn refuse(
         &self,
@@ -508,6 +614,27 @@ impl Gateway {
         }
         resp
     }
+}
+
+/// The IETF RateLimit fields (draft-ietf-httpapi-ratelimit-headers) for the most constraining
+/// limit, in the structured form (`RateLimit-Policy`, `RateLimit`) and the older separate
+/// fields that many client libraries still read.
+fn insert_limit_headers(headers: &mut http::HeaderMap, s: &LimitStatus) {
+    let name = s.kind.as_str();
+    let policy = format!("\"{name}\";q={};w={}", s.limit, s.window_secs);
+    let current = format!("\"{name}\";r={};t={}", s.remaining, s.reset_secs);
+    if let Ok(v) = HeaderValue::from_str(&policy) {
+        headers.insert(h::RATELIMIT_POLICY.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&current) {
+        headers.insert(h::RATELIMIT.clone(), v);
+    }
+    headers.insert(h::RATELIMIT_LIMIT.clone(), HeaderValue::from(s.limit));
+    headers.insert(
+        h::RATELIMIT_REMAINING.clone(),
+        HeaderValue::from(s.remaining),
+    );
+    headers.insert(h::RATELIMIT_RESET.clone(), HeaderValue::from(s.reset_secs));
 }
 
 fn attribute(event: &mut Event, entry: &KeyEntry) {

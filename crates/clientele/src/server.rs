@@ -15,6 +15,7 @@ use clientele_core::config::Config;
 use clientele_core::event::Event;
 use clientele_core::keys::{KeyHasher, KeyIndex};
 use clientele_core::pipeline::{EventSink, PipelineStats};
+use clientele_gateway::limiter::Limiter;
 use clientele_gateway::{Gateway, GatewayOptions, ServeSettings, TlsFiles};
 use clientele_store::{ControlStore, EventStore, SqliteStore, StoredRollup};
 use tokio::net::TcpListener;
@@ -81,13 +82,32 @@ pub async fn start(config: Config) -> Result<Running> {
 
     let control: Arc<dyn ControlStore> = Arc::new(store.clone());
     let events: Arc<dyn EventStore> = Arc::new(store);
-    let keys = Arc::new(KeyIndex::new(KeyHasher::new(control.key_secret())));
+    let keys = Arc::new(KeyIndex::with_plans(
+        KeyHasher::new(control.key_secret()),
+        config.plans.clone(),
+    ));
     keys.replace_all(
         control
             .key_entries()
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
+    // Redis first: an unreachable Redis must stop start-up before anything listens.
+    let limiter = Arc::new(
+        Limiter::from_config(&config.limits)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?,
+    );
+    // With Redis the cluster's counts live there; locally they are persisted here.
+    let persist_quotas = limiter.mode() == "local";
+    if persist_quotas {
+        keys.restore_usage(
+            control
+                .load_quota_usage()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
+    }
 
     let a = &config.analytics;
     let engine = Arc::new(Engine::new(Retention {
@@ -127,6 +147,7 @@ pub async fn start(config: Config) -> Result<Running> {
             hide_credentials: true,
         },
         keys.clone(),
+        limiter.clone(),
         sink,
     )
     .map_err(|e| anyhow::anyhow!(e))?;
@@ -181,6 +202,8 @@ pub async fn start(config: Config) -> Result<Running> {
         max_age_ms: i64::from(config.storage.raw_event_retention_days) * DAY_MS,
         archived_until: archived_until.clone(),
         known_consumers: Arc::default(),
+        limiter: limiter.stats(),
+        limiter_mode: limiter.mode(),
     };
     let app = clientele_api::router(state, config.admin.max_body_bytes);
     let admin_shutdown = wait_for(shutdown_rx.clone());
@@ -197,9 +220,16 @@ pub async fn start(config: Config) -> Result<Running> {
 
     tasks.push(tokio::spawn(sync_keys(
         control.clone(),
-        keys,
+        keys.clone(),
         wait_for(shutdown_rx.clone()),
     )));
+    if persist_quotas {
+        tasks.push(tokio::spawn(persist_quota_usage(
+            control.clone(),
+            keys,
+            wait_for(shutdown_rx.clone()),
+        )));
+    }
     tasks.push(tokio::spawn(report_drops(
         stats,
         wait_for(shutdown_rx.clone()),
@@ -402,6 +432,39 @@ async fn sync_keys(
             },
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot read the control version"),
+        }
+    }
+}
+
+/// Saves quota usage every second and once more at shutdown, so quotas survive a restart. A
+/// crash loses at most the last second's counts (documented in the README).
+async fn persist_quota_usage(
+    control: Arc<dyn ControlStore>,
+    keys: Arc<KeyIndex>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut saved: std::collections::HashMap<String, clientele_core::keys::QuotaSeed> =
+        std::collections::HashMap::new();
+    loop {
+        let stopping = tokio::select! {
+            () = &mut shutdown => true,
+            () = tokio::time::sleep(Duration::from_secs(1)) => false,
+        };
+        // Only what changed since the last save is written.
+        let changed: Vec<_> = keys
+            .usage(clientele_core::time::now_ms())
+            .into_iter()
+            .filter(|u| saved.get(&u.consumer) != Some(&u.seed))
+            .collect();
+        if !changed.is_empty() {
+            match control.save_quota_usage(changed.clone()).await {
+                Ok(()) => saved.extend(changed.into_iter().map(|u| (u.consumer, u.seed))),
+                Err(e) => tracing::warn!(error = %e, "could not save quota usage; will retry"),
+            }
+        }
+        if stopping {
+            return;
         }
     }
 }

@@ -1,0 +1,438 @@
+//! Deciding whether a consumer's request is within its limits.
+//!
+//! On one node the decision is local: the consumer's [`LimitSlot`] (lock-free GCRA cells and
+//! quota counters) answers in well under a microsecond. In cluster mode the same policy is
+//! enforced by one Lua script in Redis, atomically for every node: the script reads the GCRA
+//! states and quota counts, refuses if any limit would be broken, and otherwise commits them all,
+//! so a quota of 20 allows exactly 20 across the cluster.
+//!
+//! Redis is never allowed to stall traffic. Each call has a tight timeout; after a failure the
+//! limiter stops asking Redis for a second (a circuit breaker) and applies the failure policy
+//! directly: `open` allows the request (counted and logged), `closed` refuses it with 503. The
+//! connection manager reconnects in the background, and the first call after the pause probes
+//! it, so recovery needs no one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+#[cfg(feature = "redis")]
+use std::time::Duration;
+
+use clientele_core::config::{FailurePolicy, LimitsConfig};
+use clientele_core::limits::{Decision, LimitSlot, LimiterStats};
+
+/// What the gateway does with a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Decided(Decision),
+    /// The shared limiter could not be asked and the policy is fail-closed.
+    Unavailable,
+}
+
+/// The limiter the gateway asks on every identified request.
+pub struct Limiter {
+    #[cfg(feature = "redis")]
+    redis: Option<redis_mode::RedisLimiter>,
+    stats: Arc<LimiterStats>,
+}
+
+impl Limiter {
+    /// A node-local limiter.
+    pub fn local() -> Limiter {
+        let stats = Arc::new(LimiterStats::default());
+        stats.redis_up.store(true, Ordering::Relaxed);
+        Limiter {
+            #[cfg(feature = "redis")]
+            redis: None,
+            stats,
+        }
+    }
+
+    /// The limiter `[limits]` asks for. With a `redis_url` it connects first and fails with a
+    /// message naming the key when Redis cannot be reached.
+    pub async fn from_config(config: &LimitsConfig) -> Result<Limiter, String> {
+        let Some(url) = &config.redis_url else {
+            return Ok(Limiter::local());
+        };
+        #[cfg(feature = "redis")]
+        {
+            let redis = redis_mode::RedisLimiter::connect(url, config).await?;
+            let stats = Arc::new(LimiterStats::default());
+            stats.redis_up.store(true, Ordering::Relaxed);
+            Ok(Limiter {
+                redis: Some(redis),
+                stats,
+            })
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            let _ = url;
+            Err("limits.redis_url: this clientele was built without the `redis` feature; rebuild with default features or remove limits.redis_url".into())
+        }
+    }
+
+    pub fn stats(&self) -> Arc<LimiterStats> {
+        self.stats.clone()
+    }
+
+    /// `"local"` or `"redis"`.
+    pub fn mode(&self) -> &'static str {
+        #[cfg(feature = "redis")]
+        if self.redis.is_some() {
+            return "redis";
+        }
+        "local"
+    }
+
+    pub async fn check(
+        &self,
+        consumer: &str,
+        slot: &LimitSlot,
+        method: &str,
+        route: &str,
+        now_ms: i64,
+    ) -> Verdict {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.redis {
+            return self.count(
+                redis
+                    .check(consumer, slot, method, route, now_ms, &self.stats)
+                    .await,
+            );
+        }
+        let _ = consumer;
+        self.count(Verdict::Decided(slot.check(method, route, now_ms)))
+    }
+
+    fn count(&self, v: Verdict) -> Verdict {
+        let counter = match &v {
+            Verdict::Decided(Decision::Refused { .. }) | Verdict::Unavailable => {
+                &self.stats.refused
+            }
+            Verdict::Decided(_) => &self.stats.allowed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        v
+    }
+}
+
+/// When the circuit breaker lets Redis be asked again, in epoch ms (0 = closed circuit).
+#[derive(Debug, Default)]
+struct Breaker(AtomicI64);
+
+impl Breaker {
+    fn open_for(&self, now_ms: i64, ms: i64) {
+        self.0.store(now_ms + ms, Ordering::Relaxed);
+    }
+    fn is_open(&self, now_ms: i64) -> bool {
+        self.0.load(Ordering::Relaxed) > now_ms
+    }
+}
+
+fn on_failure(policy: FailurePolicy, stats: &LimiterStats) -> Verdict {
+    match policy {
+        FailurePolicy::Open => {
+            stats.failed_open.fetch_add(1, Ordering::Relaxed);
+            Verdict::Decided(Decision::Unlimited)
+        }
+        FailurePolicy::Closed => {
+            stats.failed_closed.fetch_add(1, Ordering::Relaxed);
+            Verdict::Unavailable
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+mod redis_mode {
+    use super::*;
+    use clientele_core::limits::{
+        LimitKind, LimitPolicy, LimitStatus, Periods, quota_status, rate_status,
+    };
+    use redis::aio::ConnectionManager;
+
+    /// GCRA cells and quota counters, checked and committed atomically.
+    ///
+    /// KEYS: the `n` rate cells, then the day and month quota counters.
+    /// ARGV: n, then (interval_us, capacity_us) per cell, then day limit, day ttl ms, month
+    /// limit, month ttl ms (a limit of 0 = no such quota).
+    /// Returns `{1, used_day, used_month, remaining_1..n}` when allowed, or
+    /// `{0, which, retry_after_us}` when refused, `which` = 1..n for a cell, n+1 the day quota,
+    /// n+2 the month quota. Time is Redis's own, so nodes' clocks need not agree.
+    const SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = tonumber(ARGV[1])
+local b = 2 + 2 * n
+local day_limit = tonumber(ARGV[b])
+local day_ttl = tonumber(ARGV[b + 1])
+local month_limit = tonumber(ARGV[b + 2])
+local month_ttl = tonumber(ARGV[b + 3])
+local day_used = 0
+local month_used = 0
+if day_limit > 0 then
+  day_used = tonumber(redis.call('GET', KEYS[n + 1]) or '0')
+  if day_used >= day_limit then return {0, n + 1, day_ttl * 1000} end
+end
+if month_limit > 0 then
+  month_used = tonumber(redis.call('GET', KEYS[n + 2]) or '0')
+  if month_used >= month_limit then return {0, n + 2, month_ttl * 1000} end
+end
+local tats = {}
+local out = {1, 0, 0}
+for i = 1, n do
+  local interval = tonumber(ARGV[2 * i])
+  local cap = tonumber(ARGV[2 * i + 1])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat < now then tat = now end
+  local next_tat = tat + interval
+  if next_tat - now > cap then return {0, i, next_tat - now - cap} end
+  tats[i] = next_tat
+  out[3 + i] = math.floor((cap - (next_tat - now)) / interval)
+end
+for i = 1, n do
+  -- '%.0f' keeps every digit: Lua's default number format would round the microseconds.
+  redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', math.floor((tats[i] - now) / 1000) + 1000)
+end
+if day_limit > 0 then
+  day_used = redis.call('INCR', KEYS[n + 1])
+  if day_used == 1 then redis.call('PEXPIRE', KEYS[n + 1], day_ttl + 3600000) end
+end
+if month_limit > 0 then
+  month_used = redis.call('INCR', KEYS[n + 2])
+  if month_used == 1 then redis.call('PEXPIRE', KEYS[n + 2], month_ttl + 3600000) end
+end
+out[2] = day_used
+out[3] = month_used
+return out
+"#;
+
+    pub(super) struct RedisLimiter {
+        conn: ConnectionManager,
+        script: redis::Script,
+        timeout: Duration,
+        policy: FailurePolicy,
+        prefix: String,
+        breaker: Breaker,
+        /// Rate-limits the "Redis unreachable" warning to one line per pause.
+        warned_at: AtomicI64,
+    }
+
+    impl RedisLimiter {
+        pub(super) async fn connect(
+            url: &str,
+            config: &LimitsConfig,
+        ) -> Result<RedisLimiter, String> {
+            let client = redis::Client::open(url)
+                .map_err(|e| format!("limits.redis_url: {url:?} is not a valid Redis URL: {e}"))?;
+            let timeout = Duration::from_millis(config.redis_timeout_ms);
+            let manager_config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_millis(1000)))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_millis(500));
+            let start = ConnectionManager::new_with_config(client, manager_config);
+            let mut conn = tokio::time::timeout(Duration::from_secs(3), start)
+                .await
+                .map_err(|_| {
+                    format!("limits.redis_url: no answer from {url} within 3 s; start Redis there or remove limits.redis_url")
+                })?
+                .map_err(|e| {
+                    format!("limits.redis_url: cannot reach {url}: {e}; start Redis there or remove limits.redis_url")
+                })?;
+            let script = redis::Script::new(SCRIPT);
+            // Loading now turns a Redis without scripting (or with EVAL denied by ACL) into
+            // a start-up error instead of a stream of failures on traffic.
+            tokio::time::timeout(
+                Duration::from_secs(3),
+                script.prepare_invoke().load_async(&mut conn),
+            )
+            .await
+            .map_err(|_| {
+                format!("limits.redis_url: {url} did not load the limiter script within 3 s")
+            })?
+            .map_err(|e| format!("limits.redis_url: {url} refused the limiter script: {e}"))?;
+            Ok(RedisLimiter {
+                conn,
+                script,
+                timeout,
+                policy: config.on_redis_error,
+                prefix: config.redis_key_prefix.clone(),
+                breaker: Breaker::default(),
+                warned_at: AtomicI64::new(0),
+            })
+        }
+
+        pub(super) async fn check(
+            &self,
+            consumer: &str,
+            slot: &LimitSlot,
+            method: &str,
+            route: &str,
+            now_ms: i64,
+            stats: &LimiterStats,
+        ) -> Verdict {
+            if self.breaker.is_open(now_ms) {
+                return on_failure(self.policy, stats);
+            }
+            let policy = &slot.policy;
+            // The hash tag keeps one consumer's keys in one slot, so the script also works on
+            // a Redis Cluster.
+            let base = format!("{}:{{{consumer}}}", self.prefix);
+            let mut cells: Vec<(String, f64, u32, LimitKind)> = Vec::with_capacity(2);
+            if policy.has_rate() {
+                cells.push((
+                    format!("{base}:rate"),
+                    policy.rate_per_second,
+                    policy.burst,
+                    LimitKind::Rate,
+                ));
+            }
+            for (m, l) in &policy.routes {
+                if m.matches(method, route) {
+                    cells.push((
+                        format!("{base}:route:{m}"),
+                        l.rate_per_second,
+                        l.burst,
+                        LimitKind::Route,
+                    ));
+                }
+            }
+            let periods = Periods::at(now_ms);
+            let mut inv = self.script.prepare_invoke();
+            for (key, ..) in &cells {
+                inv.key(key);
+            }
+            inv.key(format!("{base}:day:{}", Periods::day_label(now_ms)));
+            inv.key(format!("{base}:month:{}", Periods::month_label(now_ms)));
+            inv.arg(cells.len());
+            for (_, rate, burst, _) in &cells {
+                let interval = LimitPolicy::interval_us(*rate);
+                inv.arg(interval).arg(interval * u64::from(*burst));
+            }
+            inv.arg(policy.quota_per_day.unwrap_or(0))
+                .arg(periods.day_left_ms)
+                .arg(policy.quota_per_month.unwrap_or(0))
+                .arg(periods.month_left_ms);
+
+            let mut conn = self.conn.clone();
+            let answer: Result<Vec<i64>, String> =
+                match tokio::time::timeout(self.timeout, inv.invoke_async::<Vec<i64>>(&mut conn))
+                    .await
+                {
+                    Ok(Ok(v)) if v.len() >= 3 => Ok(v),
+                    Ok(Ok(v)) => Err(format!("unexpected limiter script answer {v:?}")),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
+                };
+            let answer = match answer {
+                Ok(a) => a,
+                Err(e) => {
+                    self.failed(now_ms, stats, &e);
+                    return on_failure(self.policy, stats);
+                }
+            };
+            stats.redis_up.store(true, Ordering::Relaxed);
+
+            let n = cells.len() as i64;
+            if answer[0] == 0 {
+                let which = answer[1];
+                let retry_after_ms = (answer[2].max(0) as u64).div_ceil(1000);
+                let status = if which <= n {
+                    let (_, rate, burst, kind) = &cells[(which - 1) as usize];
+                    rate_status(*kind, *rate, *burst, 0)
+                } else if which == n + 1 {
+                    let limit = policy.quota_per_day.unwrap_or(0);
+                    quota_status(LimitKind::DailyQuota, limit, limit, periods.day_left_ms)
+                } else {
+                    let limit = policy.quota_per_month.unwrap_or(0);
+                    quota_status(LimitKind::MonthlyQuota, limit, limit, periods.month_left_ms)
+                };
+                return Verdict::Decided(Decision::Refused {
+                    status,
+                    retry_after_ms,
+                });
+            }
+            // Mirror the cluster's counts into the local slot, so usage figures on this node
+            // show the cluster's usage.
+            let (day_used, month_used) = (answer[1].max(0) as u64, answer[2].max(0) as u64);
+            slot.day.restore(periods.day, day_used);
+            slot.month.restore(periods.month, month_used);
+            let mut tightest: Option<LimitStatus> = None;
+            let mut keep = |s: LimitStatus| {
+                let ratio = |s: &LimitStatus| s.remaining as f64 / s.limit.max(1) as f64;
+                if tightest.as_ref().is_none_or(|t| ratio(&s) < ratio(t)) {
+                    tightest = Some(s);
+                }
+            };
+            if let Some(limit) = policy.quota_per_day {
+                keep(quota_status(
+                    LimitKind::DailyQuota,
+                    limit,
+                    day_used,
+                    periods.day_left_ms,
+                ));
+            }
+            if let Some(limit) = policy.quota_per_month {
+                keep(quota_status(
+                    LimitKind::MonthlyQuota,
+                    limit,
+                    month_used,
+                    periods.month_left_ms,
+                ));
+            }
+            for (i, (_, rate, burst, kind)) in cells.iter().enumerate() {
+                let remaining = answer.get(3 + i).copied().unwrap_or(0).max(0) as u64;
+                keep(rate_status(*kind, *rate, *burst, remaining));
+            }
+            Verdict::Decided(match tightest {
+                Some(status) => Decision::Allowed { status },
+                None => Decision::Unlimited,
+            })
+        }
+
+        fn failed(&self, now_ms: i64, stats: &LimiterStats, error: &str) {
+            stats.redis_errors.fetch_add(1, Ordering::Relaxed);
+            stats.redis_up.store(false, Ordering::Relaxed);
+            // Pause asking Redis for a second: requests meanwhile are decided at once by the
+            // failure policy instead of each waiting for its own timeout.
+            self.breaker.open_for(now_ms, 1000);
+            let last = self.warned_at.load(Ordering::Relaxed);
+            if now_ms - last >= 10_000 {
+                self.warned_at.store(now_ms, Ordering::Relaxed);
+                let policy = match self.policy {
+                    FailurePolicy::Open => "allowing requests (on_redis_error = \"open\")",
+                    FailurePolicy::Closed => "refusing requests (on_redis_error = \"closed\")",
+                };
+                tracing::warn!(error = %error, "the shared rate limiter (Redis) failed; {policy} until it answers again");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_opens_and_closes_with_time() {
+        let b = Breaker::default();
+        assert!(!b.is_open(0));
+        b.open_for(100, 1000);
+        assert!(b.is_open(500));
+        assert!(!b.is_open(1100));
+    }
+
+    #[test]
+    fn failure_policies() {
+        let stats = LimiterStats::default();
+        assert_eq!(
+            on_failure(FailurePolicy::Open, &stats),
+            Verdict::Decided(Decision::Unlimited)
+        );
+        assert_eq!(
+            on_failure(FailurePolicy::Closed, &stats),
+            Verdict::Unavailable
+        );
+        assert_eq!(stats.failed_open.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.failed_closed.load(Ordering::Relaxed), 1);
+    }
+}
