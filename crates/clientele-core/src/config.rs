@@ -234,8 +234,12 @@ impl Config {
             let place = e
                 .span()
                 .map(|span| {
-                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-                    format!(" (line {line})")
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    match key_at(text, before.len()) {
+                        Some(key) => format!(" (line {line}, {key})"),
+                        None => format!(" (line {line})"),
+                    }
                 })
                 .unwrap_or_default();
             ConfigError(format!("{origin}{place}: {msg}"))
@@ -452,6 +456,29 @@ impl Config {
     }
 }
 
+/// The dotted key written on the line holding byte `at` (`limits.on_redis_error`), found
+/// from the line's `key =` and the table header above it, so that type errors name the key
+/// even where toml's own message does not.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    let (key, _) = text[start..end].split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let table = text[..start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_string(),
+    })
+}
+
 /// Names used as identifiers in URLs and metrics: consumers, plans, APIs.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -537,14 +564,14 @@ mod tests {
     #[test]
     fn unknown_key_names_the_key_and_line() {
         let e = parse("[gateway]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
-        assert!(e.0.contains("test.toml (line 3)"), "{e}");
+        assert!(e.0.contains("test.toml (line 3, gateway.listen_port)"), "{e}");
         assert!(e.0.contains("listen_port"), "{e}");
     }
 
     #[test]
     fn wrong_type_is_reported() {
         let e = parse("[plans.free]\nrate_per_second = \"fast\"\nburst = 1\n").unwrap_err();
-        assert!(e.0.contains("line 2"), "{e}");
+        assert!(e.0.contains("line 2, plans.free.rate_per_second"), "{e}");
     }
 
     #[test]

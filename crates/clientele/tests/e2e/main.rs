@@ -5,4 +5,5 @@
 
 mod analytics;
 mod gateway;
+mod limits;
 mod support;
