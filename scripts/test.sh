@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v openssl >/dev/null || need+=(openssl)   # TLS test: makes a self-signed certificate
 command -v curl >/dev/null || need+=(curl)         # TLS test: an independent HTTP/2 client
+command -v redis-server >/dev/null || need+=(redis-server)  # limits: each test starts its own
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi

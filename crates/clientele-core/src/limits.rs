@@ -406,6 +406,17 @@ impl Periods {
         }
     }
 
+    /// The day alone (month fields zero): integer arithmetic, no calendar.
+    pub fn day_only(now_ms: i64) -> Periods {
+        let day = now_ms.div_euclid(86_400_000);
+        Periods {
+            day: day.max(0) as u32,
+            month: 0,
+            day_left_ms: (day + 1) * 86_400_000 - now_ms,
+            month_left_ms: 0,
+        }
+    }
+
     /// `20261124` / `202611`: how periods are named in storage and in Redis keys.
     pub fn day_label(now_ms: i64) -> String {
         Utc.timestamp_millis_opt(now_ms)
@@ -469,7 +480,12 @@ impl LimitSlot {
 
     /// Decides on one request and, when it is allowed, counts it against every limit.
     pub fn check(&self, method: &str, route: &str, now_ms: i64) -> Decision {
-        let periods = Periods::at(now_ms);
+        // The month needs a calendar; only pay for it when a monthly quota exists.
+        let periods = if self.policy.quota_per_month.is_some() {
+            Periods::at(now_ms)
+        } else {
+            Periods::day_only(now_ms)
+        };
         let mut tightest: Option<LimitStatus> = None;
         let mut keep = |s: LimitStatus| {
             let ratio = |s: &LimitStatus| s.remaining as f64 / s.limit.max(1) as f64;

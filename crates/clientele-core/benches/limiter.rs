@@ -1,0 +1,152 @@
+//! The local limiter's cost per request and its memory per consumer, at 1, 10k and 1M
+//! consumers. Run with `cargo bench -p clientele-core --bench limiter`.
+//!
+//! For each size it builds a key index of that many consumers (one key each, on a plan with a
+//! rate limit and a daily quota, as the gateway holds them) and measures:
+//! - `check`: one `LimitSlot::check` (GCRA cell + quota counter) on a random consumer's slot;
+//! - `lookup+check`: the key lookup the gateway does anyway (HMAC + map probe) plus the check,
+//!   which is the whole "identify and limit" step of a request;
+//! - memory: resident-set growth per consumer for the slots alone (index built without limits,
+//!   then with them), and for the whole index entry including the key.
+//!
+//! Medians of five runs; the 2-core machine is noisy, so read ratios, not digits.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clientele_core::config::PlanConfig;
+use clientele_core::keys::{KeyEntry, KeyHasher, KeyIndex, Lookup};
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn plans() -> BTreeMap<String, PlanConfig> {
+    BTreeMap::from([(
+        "pro".to_string(),
+        PlanConfig {
+            // High enough that no check in the loop is refused: the allowed path is the
+            // common one and the one to measure.
+            rate_per_second: 1e9,
+            burst: 1_000_000_000,
+            quota_per_day: Some(u64::MAX >> 30),
+            quota_per_month: None,
+            routes: BTreeMap::new(),
+        },
+    )])
+}
+
+fn entries(hasher: &KeyHasher, n: usize, plan: Option<&str>) -> (Vec<KeyEntry>, Vec<String>) {
+    let mut keys = Vec::with_capacity(n);
+    let entries = (0..n)
+        .map(|i| {
+            let key = format!("ck_bench_key_{i:010}_padding_to_forty3");
+            let e = KeyEntry {
+                key_id: format!("key_{i}").into(),
+                hash: hasher.hash(&key),
+                consumer: format!("consumer-{i:07}").into(),
+                plan: plan.map(Into::into),
+                team: None,
+                use_case: None,
+                expires_at_ms: None,
+                revoked: false,
+                limits: None,
+                slot: None,
+            };
+            keys.push(key);
+            e
+        })
+        .collect();
+    (entries, keys)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let sizes: &[usize] = if full {
+        &[1, 10_000, 1_000_000]
+    } else {
+        &[1, 1_000]
+    };
+    let iters: usize = if full { 2_000_000 } else { 10_000 };
+    let hasher = KeyHasher::new([7; 32]);
+    // The slot's own size is exact; the resident-set growth below also counts the maps and
+    // temporaries of building the index, so it is an upper bound.
+    println!(
+        "LimitSlot: {} bytes + 16 for its Arc, one per consumer (shared by its keys)",
+        std::mem::size_of::<clientele_core::limits::LimitSlot>()
+    );
+    println!(
+        "| consumers | check ns (median) | lookup+check ns | RSS growth from limits, bytes/consumer | RSS of the key index, bytes/consumer |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    for &n in sizes {
+        // Memory: the index without limits, then the same index with them.
+        let base = rss_kib();
+        let plain = KeyIndex::with_plans(hasher.clone(), plans());
+        plain.replace_all(entries(&hasher, n, None).0);
+        let without = rss_kib();
+        let index = KeyIndex::with_plans(hasher.clone(), plans());
+        let (with_limits, keys) = entries(&hasher, n, Some("pro"));
+        index.replace_all(with_limits);
+        let with = rss_kib();
+        drop(plain);
+        let slot_bytes = (with.saturating_sub(without) as f64 * 1024.0) / n as f64;
+        let index_bytes = (without.saturating_sub(base) as f64 * 1024.0) / n as f64;
+
+        let slots: Vec<_> = index.slots().into_values().collect();
+        assert_eq!(slots.len(), n);
+        let now = clientele_core::time::now_ms();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut check_ns = Vec::new();
+        let mut full_ns = Vec::new();
+        for _ in 0..5 {
+            let picks: Vec<usize> = (0..iters).map(|_| (next() % n as u64) as usize).collect();
+            let t = Instant::now();
+            for &i in &picks {
+                black_box(slots[i].check("GET", "/v1/things", now));
+            }
+            check_ns.push(t.elapsed().as_nanos() as f64 / iters as f64);
+            let t = Instant::now();
+            for &i in &picks {
+                if let Lookup::Valid(e) = index.lookup(&keys[i], now) {
+                    let slot: &Arc<_> = e.slot.as_ref().expect("every consumer has a plan");
+                    black_box(slot.check("GET", "/v1/things", now));
+                }
+            }
+            full_ns.push(t.elapsed().as_nanos() as f64 / iters as f64);
+        }
+        println!(
+            "| {n} | {:.0} | {:.0} | {} | {} |",
+            median(check_ns),
+            median(full_ns),
+            if n >= 10_000 {
+                format!("{slot_bytes:.0}")
+            } else {
+                "(too few to measure)".into()
+            },
+            if n >= 10_000 {
+                format!("{index_bytes:.0}")
+            } else {
+                "(too few to measure)".into()
+            },
+        );
+    }
+}
