@@ -161,7 +161,7 @@ def wrk(port, key, conns, secs, cpu=1):
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     lat = {}
     for pct in ("50", "99"):
-        m = re.search(rf"\s{pct}\.000%\s+([\d.]+)(us|ms|s)", out)
+        m = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)\b", out)
         v = float(m.group(1))
         lat[pct] = v * {"us": 1, "ms": 1000, "s": 1e6}[m.group(2)]
     return {"reqs": reqs, "secs": secs_taken, "rps": reqs / secs_taken,
