@@ -26,6 +26,7 @@ pub struct Config {
     pub apis: Vec<ApiConfig>,
     pub limits: LimitsConfig,
     pub plans: BTreeMap<String, PlanConfig>,
+    pub exports: crate::exports_config::ExportsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,6 +234,7 @@ impl Config {
                 resolve(p);
             }
         }
+        self.exports.resolve_paths(base);
     }
 
     /// Checks what types alone cannot: ranges, references between sections, and URLs.
@@ -384,6 +386,7 @@ impl Config {
                 );
             }
         }
+        self.exports.validate(origin).map_err(ConfigError)?;
         Ok(())
     }
 
