@@ -146,7 +146,9 @@ pub fn event_id(ts_ms: i64) -> String {
 /// Never all zeros, which W3C Trace Context forbids.
 pub fn span_id_of(event_id: &str) -> String {
     let b = event_id.as_bytes();
-    let gateway_id = b.len() == 32 && b.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+    let gateway_id = b.len() == 32
+        && b.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
     if gateway_id && event_id[12..28].bytes().any(|c| c != b'0') {
         return event_id[12..28].to_string();
     }

@@ -423,7 +423,10 @@ fn check_delivery(d: &DeliveryConfig) -> Result<(), (&'static str, String)> {
     if d.queue_items < d.batch_max {
         return Err((
             "queue_items",
-            format!("{} must be at least batch_max ({})", d.queue_items, d.batch_max),
+            format!(
+                "{} must be at least batch_max ({})",
+                d.queue_items, d.batch_max
+            ),
         ));
     }
     if d.flush_interval_ms == 0 || d.timeout_ms == 0 {
@@ -539,14 +542,26 @@ token = "abc"
     #[test]
     fn bad_values_name_their_key() {
         for (text, key) in [
-            ("[exports.prometheus]\ntop_k = 100000\n", "exports.prometheus.top_k"),
-            ("[exports.otlp]\nendpoint = \"https://x\"\n", "exports.otlp.endpoint"),
-            ("[exports.otlp]\nendpoint = \"x:4318\"\n", "exports.otlp.endpoint"),
+            (
+                "[exports.prometheus]\ntop_k = 100000\n",
+                "exports.prometheus.top_k",
+            ),
+            (
+                "[exports.otlp]\nendpoint = \"https://x\"\n",
+                "exports.otlp.endpoint",
+            ),
+            (
+                "[exports.otlp]\nendpoint = \"x:4318\"\n",
+                "exports.otlp.endpoint",
+            ),
             (
                 "[exports.otlp]\nendpoint = \"http://x\"\nprotocol = \"grpc\"\n",
                 "expected `http/protobuf` or `http/json`",
             ),
-            ("[[exports.logs]]\nkind = \"file\"\n", "exports.logs[0].path"),
+            (
+                "[[exports.logs]]\nkind = \"file\"\n",
+                "exports.logs[0].path",
+            ),
             (
                 "[[exports.logs]]\nkind = \"file\"\npath = \"a\"\nfields = [\"nope\"]\n",
                 "exports.logs[0].fields",
