@@ -35,6 +35,9 @@ pub struct Running {
     /// Where the token was written when it was generated rather than configured.
     pub token_file: Option<std::path::PathBuf>,
     pub data_dir: std::path::PathBuf,
+    /// The exporters: `findings()` is the hook for findings as OTLP log records, and
+    /// `metrics().register_gauge` the one for limiter and Redis gauges.
+    pub exporters: Arc<clientele_export::Exporters>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     writer: JoinHandle<()>,
@@ -55,6 +58,10 @@ impl Running {
             tracing::warn!(
                 "event writer did not finish within 30 s; some events may not be stored"
             );
+        }
+        // The writer held the other reference; once it is gone, queued exports get a last try.
+        if let Ok(exporters) = Arc::try_unwrap(self.exporters) {
+            exporters.shutdown(Duration::from_secs(5)).await;
         }
     }
 }
@@ -101,11 +108,16 @@ pub async fn start(config: Config) -> Result<Running> {
 
     let stats = Arc::new(PipelineStats::default());
     let (sink, rx) = EventSink::bounded(config.gateway.event_queue, stats.clone());
+    let exporters = Arc::new(
+        clientele_export::Exporters::start(&config.exports, Some(stats.clone()))
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
     let writer = tokio::spawn(run_writer(
         rx,
         events.clone(),
         engine.clone(),
         stats.clone(),
+        exporters.clone(),
     ));
 
     let tls = match (&config.gateway.tls_cert, &config.gateway.tls_key) {
@@ -182,7 +194,13 @@ pub async fn start(config: Config) -> Result<Running> {
         archived_until: archived_until.clone(),
         known_consumers: Arc::default(),
     };
-    let app = clientele_api::router(state, config.admin.max_body_bytes);
+    let app = clientele_api::router(state, config.admin.max_body_bytes).merge(
+        crate::exports::metrics_router(
+            exporters.metrics(),
+            &admin_token,
+            &config.exports.prometheus,
+        ),
+    );
     let admin_shutdown = wait_for(shutdown_rx.clone());
     tasks.push(tokio::spawn(async move {
         let serve = axum::serve(
@@ -218,6 +236,7 @@ pub async fn start(config: Config) -> Result<Running> {
         admin_token,
         token_file,
         data_dir,
+        exporters,
         shutdown: shutdown_tx,
         tasks,
         writer,
@@ -341,6 +360,7 @@ async fn run_writer(
     store: Arc<dyn EventStore>,
     engine: Arc<Engine>,
     stats: Arc<PipelineStats>,
+    exporters: Arc<clientele_export::Exporters>,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while let Some(first) = rx.recv().await {
@@ -356,6 +376,8 @@ async fn run_writer(
             }
         }
         let n = batch.len() as u64;
+        // Never waits: metrics are updated in memory and exporters' queues drop when full.
+        exporters.offer(&batch);
         match store
             .append_events(std::mem::replace(
                 &mut batch,
