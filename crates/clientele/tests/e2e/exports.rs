@@ -213,6 +213,25 @@ flush_interval_ms = 50
     };
     assert_eq!(metrics_text(&server, Some(ADMIN_TOKEN)).await.0, 200);
 
+    // Every metric the Grafana dashboard queries is one that /metrics exposes.
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/grafana/clientele.json"
+    ))
+    .unwrap();
+    let _: Value = serde_json::from_str(&dashboard).unwrap();
+    for (i, _) in dashboard.match_indices("clientele_") {
+        let name: String = dashboard[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let family = name.trim_end_matches("_bucket");
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "the dashboard queries {name}, which /metrics does not expose"
+        );
+    }
+
     // promtool, the Prometheus project's own parser and linter.
     let metrics_file = server.dir.path().join("metrics.txt");
     std::fs::write(&metrics_file, &text).unwrap();
