@@ -26,6 +26,7 @@ pub struct Config {
     pub apis: Vec<ApiConfig>,
     pub limits: LimitsConfig,
     pub plans: BTreeMap<String, PlanConfig>,
+    pub exports: crate::exports_config::ExportsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -267,6 +268,7 @@ impl Config {
                 resolve(p);
             }
         }
+        self.exports.resolve_paths(base);
     }
 
     /// Checks what types alone cannot: ranges, references between sections, and URLs.
@@ -444,6 +446,7 @@ impl Config {
                 "must be 1-64 characters of a-z, A-Z, 0-9, '_', '-' or '.'".into(),
             );
         }
+        self.exports.validate(origin).map_err(ConfigError)?;
         Ok(())
     }
 
@@ -564,7 +567,10 @@ mod tests {
     #[test]
     fn unknown_key_names_the_key_and_line() {
         let e = parse("[gateway]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
-        assert!(e.0.contains("test.toml (line 3, gateway.listen_port)"), "{e}");
+        assert!(
+            e.0.contains("test.toml (line 3, gateway.listen_port)"),
+            "{e}"
+        );
         assert!(e.0.contains("listen_port"), "{e}");
     }
 

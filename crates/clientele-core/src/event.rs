@@ -146,6 +146,31 @@ pub fn event_id(ts_ms: i64) -> String {
     format!("{ms:012x}{r:016x}{r2:04x}")
 }
 
+/// The gateway's span id for the request an event records: 16 lowercase hex digits.
+///
+/// It is derived from the event id rather than stored beside it, so the span exported over OTLP
+/// and the parent span the gateway sent upstream in `traceparent` are the same span without a
+/// field more in every event. Gateway event ids ([`event_id`]) carry 80 random bits after the
+/// timestamp; their first 64 are used as they are. Other ids (ingested events) are hashed.
+/// Never all zeros, which W3C Trace Context forbids.
+pub fn span_id_of(event_id: &str) -> String {
+    let b = event_id.as_bytes();
+    let gateway_id = b.len() == 32
+        && b.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+    if gateway_id && event_id[12..28].bytes().any(|c| c != b'0') {
+        return event_id[12..28].to_string();
+    }
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(b);
+    let mut span = [0u8; 8];
+    span.copy_from_slice(&digest[..8]);
+    if span == [0; 8] {
+        span[7] = 1;
+    }
+    hex::encode(span)
+}
+
 /// wyrand, per thread, seeded from the OS on first use. Fast and well distributed; not
 /// cryptographic.
 pub fn fast_random_u64() -> u64 {
@@ -171,4 +196,22 @@ pub fn content_id(content: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(content);
     format!("ev_{}", hex::encode(&digest[..16]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn span_ids_are_16_hex_nonzero_and_stable() {
+        let id = event_id(1_700_000_000_000);
+        let span = span_id_of(&id);
+        assert_eq!(span, &id[12..28]);
+        assert_eq!(span_id_of(&id), span);
+        let other = span_id_of("ev_0123");
+        assert_eq!(other.len(), 16);
+        assert_ne!(other, "0000000000000000");
+        assert_eq!(span_id_of("ev_0123"), other);
+        assert_ne!(span_id_of("ev_0124"), other);
+    }
 }

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod consumer;
 pub mod event;
+pub mod exports_config;
 pub mod finding;
 pub mod keys;
 pub mod limits;

@@ -158,11 +158,10 @@ pub fn parse_traceparent(headers: &HeaderMap) -> Option<TraceContext> {
 }
 
 /// The `traceparent` to send upstream: same trace, the gateway's own span as parent.
-pub fn child_traceparent(ctx: &TraceContext) -> Option<HeaderValue> {
-    let span = clientele_core::event::fast_random_u64()
-        .max(1)
-        .to_le_bytes();
-    let value = format!("00-{}-{}-{}", ctx.trace_id, hex::encode(span), ctx.flags);
+/// `span_id` is [`clientele_core::event::span_id_of`] the request's event id, so the span that
+/// exporters emit for the event is the parent the upstream sees.
+pub fn child_traceparent(ctx: &TraceContext, span_id: &str) -> Option<HeaderValue> {
+    let value = format!("00-{}-{}-{}", ctx.trace_id, span_id, ctx.flags);
     HeaderValue::from_str(&value).ok()
 }
 
@@ -237,10 +236,11 @@ mod tests {
         )]);
         let ctx = parse_traceparent(&h).unwrap();
         assert_eq!(ctx.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        let child = child_traceparent(&ctx).unwrap();
+        let child = child_traceparent(&ctx, "1122334455667788").unwrap();
         let child = child.to_str().unwrap();
-        assert!(
-            child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && child.ends_with("-01")
+        assert_eq!(
+            child,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-1122334455667788-01"
         );
         assert!(!child.contains("00f067aa0ba902b7"));
         for bad in [

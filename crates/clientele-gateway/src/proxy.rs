@@ -336,7 +336,14 @@ impl Gateway {
         };
         parts.uri = upstream_uri;
         parts.version = http::Version::HTTP_11;
-        self.rewrite_request_headers(&mut parts.headers, &entry, source, peer.ip(), &trace);
+        let span_id = clientele_core::event::span_id_of(&seen.event.id);
+        self.rewrite_request_headers(
+            &mut parts.headers,
+            &entry,
+            source,
+            peer.ip(),
+            (&trace, &span_id),
+        );
 
         let counted = Arc::new(AtomicU64::new(0));
         let too_large = Arc::new(AtomicBool::new(false));
@@ -437,7 +444,7 @@ impl Gateway {
         entry: &KeyEntry,
         source: KeySource,
         peer: std::net::IpAddr,
-        trace: &TraceContext,
+        (trace, span_id): (&TraceContext, &str),
     ) {
         h::strip_hop_by_hop(headers);
         // The upstream trusts these to say who is calling: a client's own copies must never
@@ -488,7 +495,7 @@ impl Gateway {
             h::X_FORWARDED_PROTO.clone(),
             HeaderValue::from_static(proto),
         );
-        if let Some(tp) = h::child_traceparent(trace) {
+        if let Some(tp) = h::child_traceparent(trace, span_id) {
             headers.insert(h::TRACEPARENT.clone(), tp);
         }
     }

@@ -15,6 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod cli;
 mod client;
 mod demo;
+mod exports;
 mod logimport;
 mod server;
 

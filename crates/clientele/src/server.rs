@@ -36,6 +36,9 @@ pub struct Running {
     /// Where the token was written when it was generated rather than configured.
     pub token_file: Option<std::path::PathBuf>,
     pub data_dir: std::path::PathBuf,
+    /// The exporters: `findings()` is the hook for findings as OTLP log records, and
+    /// `metrics().register_gauge` the one for limiter and Redis gauges.
+    pub exporters: Arc<clientele_export::Exporters>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     writer: JoinHandle<()>,
@@ -56,6 +59,10 @@ impl Running {
             tracing::warn!(
                 "event writer did not finish within 30 s; some events may not be stored"
             );
+        }
+        // The writer held the other reference; once it is gone, queued exports get a last try.
+        if let Ok(exporters) = Arc::try_unwrap(self.exporters) {
+            exporters.shutdown(Duration::from_secs(5)).await;
         }
     }
 }
@@ -121,11 +128,17 @@ pub async fn start(config: Config) -> Result<Running> {
 
     let stats = Arc::new(PipelineStats::default());
     let (sink, rx) = EventSink::bounded(config.gateway.event_queue, stats.clone());
+    let exporters = Arc::new(
+        clientele_export::Exporters::start(&config.exports, Some(stats.clone()))
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    register_limiter_gauges(&exporters, &limiter)?;
     let writer = tokio::spawn(run_writer(
         rx,
         events.clone(),
         engine.clone(),
         stats.clone(),
+        exporters.clone(),
     ));
 
     let tls = match (&config.gateway.tls_cert, &config.gateway.tls_key) {
@@ -205,7 +218,13 @@ pub async fn start(config: Config) -> Result<Running> {
         limiter: limiter.stats(),
         limiter_mode: limiter.mode(),
     };
-    let app = clientele_api::router(state, config.admin.max_body_bytes);
+    let app = clientele_api::router(state, config.admin.max_body_bytes).merge(
+        crate::exports::metrics_router(
+            exporters.metrics(),
+            &admin_token,
+            &config.exports.prometheus,
+        ),
+    );
     let admin_shutdown = wait_for(shutdown_rx.clone());
     tasks.push(tokio::spawn(async move {
         let serve = axum::serve(
@@ -248,6 +267,7 @@ pub async fn start(config: Config) -> Result<Running> {
         admin_token,
         token_file,
         data_dir,
+        exporters,
         shutdown: shutdown_tx,
         tasks,
         writer,
@@ -371,6 +391,7 @@ async fn run_writer(
     store: Arc<dyn EventStore>,
     engine: Arc<Engine>,
     stats: Arc<PipelineStats>,
+    exporters: Arc<clientele_export::Exporters>,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while let Some(first) = rx.recv().await {
@@ -386,6 +407,8 @@ async fn run_writer(
             }
         }
         let n = batch.len() as u64;
+        // Never waits: metrics are updated in memory and exporters' queues drop when full.
+        exporters.offer(&batch);
         match store
             .append_events(std::mem::replace(
                 &mut batch,
@@ -434,6 +457,57 @@ async fn sync_keys(
             Err(e) => tracing::warn!(error = %e, "cannot read the control version"),
         }
     }
+}
+
+/// The limiter's state in `/metrics`: decisions by result (cumulative since start) and whether
+/// the shared Redis answers.
+fn register_limiter_gauges(
+    exporters: &clientele_export::Exporters,
+    limiter: &Limiter,
+) -> Result<()> {
+    let stats = limiter.stats();
+    let mode = limiter.mode().to_string();
+    let metrics = exporters.metrics();
+    let s = stats.clone();
+    metrics
+        .register_gauge(
+            "clientele_limiter_decisions",
+            "Limit decisions since start, by result (cumulative; use rate()).",
+            Box::new(move || {
+                let l = |r: &str| vec![("result".to_string(), r.to_string())];
+                vec![
+                    (l("allowed"), s.allowed.load(Ordering::Relaxed) as f64),
+                    (l("refused"), s.refused.load(Ordering::Relaxed) as f64),
+                    (
+                        l("failed_open"),
+                        s.failed_open.load(Ordering::Relaxed) as f64,
+                    ),
+                    (
+                        l("failed_closed"),
+                        s.failed_closed.load(Ordering::Relaxed) as f64,
+                    ),
+                    (
+                        l("redis_error"),
+                        s.redis_errors.load(Ordering::Relaxed) as f64,
+                    ),
+                ]
+            }),
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+    metrics
+        .register_gauge(
+            "clientele_limiter_redis_up",
+            "1 when the limiter's last call to Redis succeeded (always 1 in local mode).",
+            Box::new(move || {
+                let up = stats.redis_up.load(Ordering::Relaxed);
+                vec![(
+                    vec![("mode".to_string(), mode.clone())],
+                    if up { 1.0 } else { 0.0 },
+                )]
+            }),
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(())
 }
 
 /// Saves quota usage every second and once more at shutdown, so quotas survive a restart. A
