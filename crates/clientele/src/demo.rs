@@ -227,6 +227,10 @@ burst = 2000
         running.admin_token
     );
     println!(
+        "  curl -s -H 'Authorization: Bearer {}' '{admin_url}/v1/consumers/umbrella/limits'   # the runaway loop vs its free plan",
+        running.admin_token
+    );
+    println!(
         "  CLIENTELE_ADMIN_URL={admin_url} CLIENTELE_ADMIN_TOKEN={} clientele consumers list",
         running.admin_token
     );
@@ -446,6 +450,10 @@ async fn report(admin: AdminClient, every: u64) {
                 let n = |f: &str| c.get(f).and_then(Value::as_u64).unwrap_or(0).to_string();
                 let s = |f: &str| c.get(f).and_then(Value::as_str).unwrap_or("-").to_string();
                 let rate = c.get("error_rate").and_then(Value::as_f64).unwrap_or(0.0);
+                let p99 = c
+                    .get("p99_ms")
+                    .and_then(Value::as_f64)
+                    .map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
                 vec![
                     s("consumer"),
                     s("plan"),
@@ -453,6 +461,8 @@ async fn report(admin: AdminClient, every: u64) {
                     n("errors_4xx"),
                     n("errors_5xx"),
                     format!("{:.1}%", rate * 100.0),
+                    n("rate_limited"),
+                    p99,
                 ]
             })
             .collect();
@@ -465,6 +475,7 @@ async fn report(admin: AdminClient, every: u64) {
                 "4XX",
                 "5XX",
                 "ERROR RATE",
+                "429",
                 "P99 MS",
             ],
             &rows,

@@ -988,4 +988,12 @@ fn the_demo_runs_and_shows_the_failing_integration() {
         .parse()
         .unwrap();
     assert!(rate > 30.0, "{initech}");
+    // The runaway loop on the free plan runs into its rate limit: its 429 column is not zero.
+    let umbrella = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("umbrella"))
+        .expect("umbrella row");
+    let limited: u64 = umbrella.split_whitespace().nth(6).unwrap().parse().unwrap();
+    assert!(limited > 0, "{umbrella}");
 }
