@@ -438,6 +438,9 @@ pub struct LimitSlot {
     routes: Vec<Option<Gcra>>,
     pub day: QuotaCounter,
     pub month: QuotaCounter,
+    /// Set when a quota count changed since the persister last looked; the flag shares the
+    /// cache line the count just dirtied, so setting it is nearly free.
+    dirty: AtomicBool,
 }
 
 impl std::fmt::Debug for LimitSlot {
@@ -466,6 +469,7 @@ impl LimitSlot {
             routes,
             day: QuotaCounter::default(),
             month: QuotaCounter::default(),
+            dirty: AtomicBool::new(false),
         }
     }
 
@@ -476,6 +480,11 @@ impl LimitSlot {
         next.day.0.store(self.day.load_raw(), Ordering::Release);
         next.month.0.store(self.month.load_raw(), Ordering::Release);
         next
+    }
+
+    /// Whether a quota count changed since the last call (and clears the flag).
+    pub fn take_dirty(&self) -> bool {
+        self.dirty.swap(false, Ordering::Relaxed)
     }
 
     /// Decides on one request and, when it is allowed, counts it against every limit.
@@ -500,6 +509,7 @@ impl LimitSlot {
             match self.day.try_take(periods.day, limit) {
                 Some(used) => {
                     took_day = true;
+                    self.dirty.store(true, Ordering::Relaxed);
                     keep(quota_status(
                         LimitKind::DailyQuota,
                         limit,
@@ -519,6 +529,7 @@ impl LimitSlot {
             match self.month.try_take(periods.month, limit) {
                 Some(used) => {
                     took_month = true;
+                    self.dirty.store(true, Ordering::Relaxed);
                     keep(quota_status(
                         LimitKind::MonthlyQuota,
                         limit,

@@ -518,22 +518,22 @@ async fn persist_quota_usage(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let mut saved: std::collections::HashMap<String, clientele_core::keys::QuotaSeed> =
+    let mut pending: std::collections::HashMap<String, clientele_core::keys::QuotaUsage> =
         std::collections::HashMap::new();
     loop {
         let stopping = tokio::select! {
             () = &mut shutdown => true,
             () = tokio::time::sleep(Duration::from_secs(1)) => false,
         };
-        // Only what changed since the last save is written.
-        let changed: Vec<_> = keys
-            .usage(clientele_core::time::now_ms())
-            .into_iter()
-            .filter(|u| saved.get(&u.consumer) != Some(&u.seed))
-            .collect();
-        if !changed.is_empty() {
-            match control.save_quota_usage(changed.clone()).await {
-                Ok(()) => saved.extend(changed.into_iter().map(|u| (u.consumer, u.seed))),
+        // Only consumers whose counts changed are written; a failed save is retried with the
+        // newer counts merged in.
+        for u in keys.changed_usage(clientele_core::time::now_ms()) {
+            pending.insert(u.consumer.clone(), u);
+        }
+        if !pending.is_empty() {
+            let batch: Vec<_> = pending.values().cloned().collect();
+            match control.save_quota_usage(batch).await {
+                Ok(()) => pending.clear(),
                 Err(e) => tracing::warn!(error = %e, "could not save quota usage; will retry"),
             }
         }
