@@ -477,6 +477,16 @@ impl Engine {
     /// One consumer's rollups per `step` over the window, empty steps included. The step must
     /// be a whole number of minutes; buckets come from the coarsest tier that divides it.
     pub fn consumer_series(&self, q: &Query, consumer: &str, step_ms: i64) -> Vec<(i64, Rollup)> {
+        self.series(q, Some(consumer), step_ms)
+    }
+
+    /// Every consumer's traffic together (within `q.consumers` when set) per `step`, empty
+    /// steps included: the whole API's series, for the dashboard's overview.
+    pub fn total_series(&self, q: &Query, step_ms: i64) -> Vec<(i64, Rollup)> {
+        self.series(q, None, step_ms)
+    }
+
+    fn series(&self, q: &Query, consumer: Option<&str>, step_ms: i64) -> Vec<(i64, Rollup)> {
         let step_ms = ceil_to(step_ms.max(MINUTE_MS), MINUTE_MS);
         let max_tier = if step_ms % DAY_MS == 0 {
             Tier::Day
@@ -493,8 +503,17 @@ impl Engine {
             .map(|i| (first + i as i64 * step_ms, Rollup::default()))
             .collect();
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        let Some(c) = state.names.lookup(consumer) else {
-            return out;
+        // `None` = every consumer the query allows.
+        let only = match consumer {
+            Some(name) => match state.names.lookup(name) {
+                Some(c) => Some(c),
+                None => return out,
+            },
+            None => None,
+        };
+        let allowed = Self::allowed(&state, q);
+        let wanted = |c: &u32| {
+            only.is_none_or(|o| o == *c) && allowed.as_ref().is_none_or(|s| s.contains(c))
         };
         let api = q.api.as_deref().map(|a| state.names.lookup(a));
         if api == Some(None) {
@@ -506,15 +525,24 @@ impl Engine {
             let Some((_, slot)) = out.get_mut(idx) else {
                 return;
             };
-            match api {
-                None => {
+            match (api, only) {
+                (None, Some(c)) => {
                     if let Some(r) = bucket.consumers.get(&c) {
-                        slot.merge(r);
+                        if wanted(&c) {
+                            slot.merge(r);
+                        }
                     }
                 }
-                Some(api) => {
+                (None, None) => {
+                    for (c, r) in &bucket.consumers {
+                        if wanted(c) {
+                            slot.merge(r);
+                        }
+                    }
+                }
+                (Some(api), _) => {
                     for (k, r) in &bucket.series {
-                        if k.consumer == c && k.api == api {
+                        if k.api == api && wanted(&k.consumer) {
                             slot.merge(r);
                         }
                     }

@@ -211,6 +211,37 @@ fn series_fill_every_step() {
 }
 
 #[test]
+fn total_series_is_the_sum_of_the_allowed_consumers() {
+    let e = engine_far_retention();
+    e.ingest(vec![
+        ev(T0 + 30_000, "acme", "/a", 200, 1.0),
+        ev(T0 + 40_000, "globex", "/a", 500, 9.0),
+        ev(T0 + HOUR_MS + 1, "globex", "/b", 404, 2.0),
+        ev(T0 + HOUR_MS + 2, "initech", "/b", 200, 3.0),
+    ]);
+    let mut q = Query {
+        from_ms: T0,
+        to_ms: T0 + 2 * HOUR_MS,
+        ..Default::default()
+    };
+    let all = e.total_series(&q, HOUR_MS);
+    let counts = |s: &[(i64, Rollup)]| -> Vec<(u64, u64)> {
+        s.iter()
+            .map(|(_, r)| (r.counters.requests, r.counters.errors()))
+            .collect()
+    };
+    assert_eq!(counts(&all), [(2, 1), (2, 1)]);
+    assert_eq!(all[0].1.quantile(1.0).map(|v| v.round()), Some(9.0));
+    q.consumers = Some(["acme".to_string(), "initech".to_string()].into());
+    assert_eq!(counts(&e.total_series(&q, HOUR_MS)), [(1, 0), (1, 0)]);
+    q.consumers = None;
+    q.api = Some("other".into());
+    assert_eq!(counts(&e.total_series(&q, HOUR_MS)), [(0, 0), (0, 0)]);
+    q.api = Some("shop".into());
+    assert_eq!(counts(&e.total_series(&q, MINUTE_MS))[0], (2, 1));
+}
+
+#[test]
 fn export_and_import_round_trip() {
     let a = engine_far_retention();
     a.ingest(vec![

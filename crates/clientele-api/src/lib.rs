@@ -20,7 +20,7 @@ use clientele_core::pipeline::PipelineStats;
 use clientele_store::{ControlStore, EventStore};
 
 pub mod error;
-mod handlers;
+pub mod handlers;
 pub mod ingest;
 pub mod limits;
 pub mod openapi;
