@@ -329,7 +329,7 @@ fn check_plan(state: &AppState, plan: &Option<String>) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub(crate) fn window(from: &Option<String>, to: &Option<String>) -> Result<(i64, i64), ApiError> {
+pub fn window(from: &Option<String>, to: &Option<String>) -> Result<(i64, i64), ApiError> {
     let to_ms = match to {
         Some(t) => parse_ts(t).map_err(|e| ApiError::bad_request(format!("to: {e}")))?,
         None => now_ms(),
@@ -810,7 +810,7 @@ const STEPS: [(&str, i64); 7] = [
     ("7d", 604_800_000),
 ];
 
-pub(crate) fn pick_step(
+pub fn pick_step(
     step: &Option<String>,
     from_ms: i64,
     to_ms: i64,

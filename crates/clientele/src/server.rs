@@ -218,13 +218,15 @@ pub async fn start(config: Config) -> Result<Running> {
         limiter: limiter.stats(),
         limiter_mode: limiter.mode(),
     };
-    let app = clientele_api::router(state, config.admin.max_body_bytes).merge(
-        crate::exports::metrics_router(
+    // The dashboard and portal share the admin listener; the API router keeps the fallback.
+    let ui = clientele_ui::router(state.clone());
+    let app = clientele_api::router(state, config.admin.max_body_bytes)
+        .merge(ui)
+        .merge(crate::exports::metrics_router(
             exporters.metrics(),
             &admin_token,
             &config.exports.prometheus,
-        ),
-    );
+        ));
     let admin_shutdown = wait_for(shutdown_rx.clone());
     tasks.push(tokio::spawn(async move {
         let serve = axum::serve(

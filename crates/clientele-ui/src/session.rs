@@ -1,0 +1,182 @@
+//! Server-side sessions for the dashboard and the portal.
+//!
+//! A cookie carries only a random session id (256 bits of entropy); what it stands for stays
+//! here, in memory. The dashboard and the portal keep separate tables under separate cookie
+//! names, so an admin session id means nothing to the portal and the reverse. A portal session
+//! remembers the consumer and the id of the key that signed in, never the key itself.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use axum::http::HeaderMap;
+use axum::http::header;
+use clientele_core::keys::random_base62;
+
+/// How long a session lasts after sign-in, whatever happens meanwhile.
+pub const SESSION_TTL_MS: i64 = 12 * 3_600_000;
+/// Base62 characters in a session id or CSRF token: 43 × log2(62) ≈ 256 bits.
+const ID_LEN: usize = 43;
+/// Sessions kept per table. Only a valid credential creates one, so this bounds memory against
+/// a script that signs in in a loop; the oldest session is dropped first.
+const MAX_SESSIONS: usize = 10_000;
+
+pub const ADMIN_COOKIE: &str = "clientele_admin";
+pub const PORTAL_COOKIE: &str = "clientele_portal";
+/// The pre-session token of a sign-in form (double-submit: cookie and hidden field must match).
+pub const ADMIN_LOGIN_COOKIE: &str = "clientele_admin_login";
+pub const PORTAL_LOGIN_COOKIE: &str = "clientele_portal_login";
+
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Sent in every form of the session's pages and checked on every POST.
+    pub csrf: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    /// Portal sessions: the consumer and the key it signed in with. `None` for admin sessions.
+    pub consumer: Option<String>,
+    pub key_id: Option<String>,
+}
+
+/// One table of sessions (the dashboard's, or the portal's).
+#[derive(Debug, Default)]
+pub struct SessionTable {
+    map: Mutex<HashMap<String, Session>>,
+}
+
+impl SessionTable {
+    /// Starts a session and returns its id.
+    pub fn create(
+        &self,
+        now_ms: i64,
+        consumer: Option<String>,
+        key_id: Option<String>,
+    ) -> (String, Session) {
+        let id = random_base62(ID_LEN);
+        let session = Session {
+            csrf: random_base62(ID_LEN),
+            created_ms: now_ms,
+            expires_ms: now_ms + SESSION_TTL_MS,
+            consumer,
+            key_id,
+        };
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, s| s.expires_ms > now_ms);
+        if map.len() >= MAX_SESSIONS {
+            if let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, s)| s.created_ms)
+                .map(|(k, _)| k.clone())
+            {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(id.clone(), session.clone());
+        (id, session)
+    }
+
+    /// The live session with this id, if any; an expired one is removed.
+    pub fn get(&self, id: &str, now_ms: i64) -> Option<Session> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(id) {
+            Some(s) if s.expires_ms > now_ms => Some(s.clone()),
+            Some(_) => {
+                map.remove(id);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The value of cookie `name` in the request, if sent.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim())
+}
+
+/// A `Set-Cookie` value. `max_age_s` of 0 deletes the cookie.
+pub fn set_cookie(name: &str, value: &str, path: &str, max_age_s: i64, secure: bool) -> String {
+    let mut c =
+        format!("{name}={value}; Path={path}; Max-Age={max_age_s}; HttpOnly; SameSite=Strict");
+    if secure {
+        c.push_str("; Secure");
+    }
+    c
+}
+
+/// A fresh random token for a sign-in form.
+pub fn new_token() -> String {
+    random_base62(ID_LEN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn sessions_expire_and_are_removed() {
+        let t = SessionTable::default();
+        let (id, s) = t.create(1_000, Some("acme".into()), Some("key_1".into()));
+        assert_eq!(id.len(), ID_LEN);
+        assert_ne!(s.csrf, id);
+        assert_eq!(
+            t.get(&id, 2_000).and_then(|s| s.consumer),
+            Some("acme".into())
+        );
+        assert!(t.get(&id, 1_000 + SESSION_TTL_MS).is_none());
+        assert!(t.is_empty(), "an expired session is dropped when seen");
+        let (id2, _) = t.create(5_000, None, None);
+        t.remove(&id2);
+        assert!(t.get(&id2, 5_001).is_none());
+        assert!(t.get("made-up", 5_001).is_none());
+    }
+
+    #[test]
+    fn ids_are_unique_and_random() {
+        let t = SessionTable::default();
+        let ids: std::collections::HashSet<String> =
+            (0..200).map(|_| t.create(0, None, None).0).collect();
+        assert_eq!(ids.len(), 200);
+    }
+
+    #[test]
+    fn reads_cookies_among_others() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; clientele_admin=xyz"),
+        );
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        assert_eq!(cookie(&h, ADMIN_COOKIE), Some("xyz"));
+        assert_eq!(cookie(&h, "b"), Some("2"));
+        assert_eq!(cookie(&h, PORTAL_COOKIE), None);
+        assert_eq!(
+            set_cookie(ADMIN_COOKIE, "v", "/", 60, true),
+            "clientele_admin=v; Path=/; Max-Age=60; HttpOnly; SameSite=Strict; Secure"
+        );
+    }
+}
