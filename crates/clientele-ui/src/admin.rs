@@ -488,7 +488,7 @@ fn filter_select(
     current: Option<&str>,
 ) -> String {
     let mut out = format!(
-        r#"<label>{label} <select name="{name}" data-autosubmit><option value="">All</option>"#
+        r#"<span class="field"><label for="f-{name}">{label}</label><select id="f-{name}" name="{name}" data-autosubmit><option value="">All</option>"#
     );
     for v in values {
         let sel = if current == Some(v.as_str()) {
@@ -498,7 +498,7 @@ fn filter_select(
         };
         let _ = write!(out, r#"<option value="{0}"{sel}>{0}</option>"#, esc(v));
     }
-    out.push_str("</select></label>");
+    out.push_str("</select></span>");
     out
 }
 

@@ -329,7 +329,7 @@ fn range_picker(out: &mut String, ctx: &Ctx) {
             );
         }
     }
-    out.push_str(r#"<label>Time range <select name="range" data-autosubmit>"#);
+    out.push_str(r#"<span class="field"><label for="f-range">Time range</label><select id="f-range" name="range" data-autosubmit>"#);
     for (name, _, label) in PRESETS {
         let sel = if r.preset == Some(name) {
             " selected"
@@ -341,7 +341,7 @@ fn range_picker(out: &mut String, ctx: &Ctx) {
     let sel = if r.preset.is_none() { " selected" } else { "" };
     let _ = write!(
         out,
-        r#"<option value="custom"{sel}>Custom…</option></select></label><span class="custom"><label>From (UTC) <input type="datetime-local" name="from" value="{}"></label><label>To (UTC) <input type="datetime-local" name="to" value="{}"></label></span><label>Auto-refresh <select name="refresh" data-autosubmit>"#,
+        r#"<option value="custom"{sel}>Custom…</option></select></span><span class="custom"><span class="field"><label for="f-from">From (UTC)</label><input id="f-from" type="datetime-local" name="from" value="{}"></span><span class="field"><label for="f-to">To (UTC)</label><input id="f-to" type="datetime-local" name="to" value="{}"></span></span><span class="field"><label for="f-refresh">Auto-refresh</label><select id="f-refresh" name="refresh" data-autosubmit>"#,
         datetime_local(r.from_ms),
         datetime_local(r.to_ms),
     );
@@ -349,7 +349,7 @@ fn range_picker(out: &mut String, ctx: &Ctx) {
         let sel = if r.refresh_s == s { " selected" } else { "" };
         let _ = write!(out, r#"<option value="{s}"{sel}>{label}</option>"#);
     }
-    out.push_str(r#"</select></label><button type="submit">Apply</button><span class="refresh-status" role="status" aria-live="polite"></span></form>"#);
+    out.push_str(r#"</select></span><button type="submit">Apply</button><span class="refresh-status" role="status" aria-live="polite"></span></form>"#);
 }
 
 /// A page for errors and for pages shown before sign-in: no navigation.

@@ -213,6 +213,11 @@ burst = 2000
     println!();
     println!("Clientele demo is running.");
     println!("  gateway     {gateway_url}   (sample pet-shop API behind it)");
+    println!("  dashboard   {admin_url}/   (sign in with the admin token below)");
+    println!(
+        "  portal      {admin_url}/portal   (a consumer's own view; sign in with {}'s key {})",
+        keys[0].0.id, keys[0].1
+    );
     println!("  admin API   {admin_url}");
     println!("  admin token {}", running.admin_token);
     println!("  data        {}", running.data_dir.display());

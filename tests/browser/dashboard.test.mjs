@@ -1,0 +1,409 @@
+// Real-browser tests of the operator dashboard and the consumer portal.
+//
+// Starts the real `clientele` binary (CLIENTELE_BIN, else target/debug or target/release) with a
+// loopback upstream, makes traffic through the gateway (successes, 404s, 500s, 429s) and backfills
+// events over the last hours, then drives Debian's Chromium with playwright-core: sign-in, every
+// page, numbers against the admin API, sorting and filters, keyboard use, sign-out, and portal
+// isolation. Screenshots go to target/browser-artifacts/.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, mkdirSync, writeFileSync, existsSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import http from "node:http";
+import net from "node:net";
+import { chromium } from "playwright-core";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, "../..");
+const artifacts = join(root, "target", "browser-artifacts");
+const ADMIN_TOKEN = "browser-test-admin-token-0123456789";
+
+let server, upstream, browser, dataDir, admin, gateway;
+const keys = {};
+
+function binary() {
+  const candidates = [
+    process.env.CLIENTELE_BIN,
+    join(root, "target", "debug", "clientele"),
+    join(root, "target", "release", "clientele"),
+  ].filter(Boolean);
+  const found = candidates.find((p) => existsSync(p));
+  if (!found) throw new Error(`no clientele binary; run cargo build first (looked in ${candidates.join(", ")})`);
+  return found;
+}
+
+function freePort() {
+  return new Promise((ok, fail) => {
+    const s = net.createServer();
+    s.once("error", fail);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => ok(port));
+    });
+  });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function api(path, { method = "GET", body, token = ADMIN_TOKEN, base = admin } = {}) {
+  const headers = { authorization: `Bearer ${token}` };
+  let payload;
+  if (body !== undefined) {
+    headers["content-type"] = typeof body === "string" ? "application/x-ndjson" : "application/json";
+    payload = typeof body === "string" ? body : JSON.stringify(body);
+  }
+  const res = await fetch(base + path, { method, headers, body: payload, redirect: "manual" });
+  const text = await res.text();
+  let json = null;
+  try { json = JSON.parse(text); } catch { /* not JSON */ }
+  return { status: res.status, json, text, headers: res.headers };
+}
+
+async function viaGateway(key, path) {
+  const res = await fetch(gateway + path, { headers: { "x-api-key": key } });
+  await res.arrayBuffer();
+  return res.status;
+}
+
+// Formatting as the pages do (crates/clientele-ui/src/html.rs), to compare what people see.
+const int = (n) => n.toLocaleString("en-US");
+function pct(share) {
+  const p = share * 100;
+  if (p === 0) return "0%";
+  return p < 10 ? `${p.toFixed(2)}%` : `${p.toFixed(1)}%`;
+}
+function ms(v) {
+  if (v === null || v === undefined) return "—";
+  if (v >= 1000) return `${(v / 1000).toFixed(2)} s`;
+  if (v >= 100) return `${v.toFixed(0)} ms`;
+  return `${v.toFixed(1)} ms`;
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: join(artifacts, `${name}.png`), fullPage: true });
+}
+
+before(async () => {
+  mkdirSync(artifacts, { recursive: true });
+  // The upstream: /fail answers 500, /missing 404, anything else 200 after a short, varying delay.
+  let n = 0;
+  upstream = http.createServer((req, res) => {
+    n += 1;
+    const status = req.url.startsWith("/fail") ? 500 : req.url.startsWith("/missing") ? 404 : 200;
+    setTimeout(() => {
+      res.writeHead(status, { "content-type": "application/json" });
+      res.end(JSON.stringify({ path: req.url }));
+    }, (n % 7) * 3);
+  });
+  await new Promise((ok) => upstream.listen(0, "127.0.0.1", ok));
+  const upPort = upstream.address().port;
+  const [gwPort, adPort] = [await freePort(), await freePort()];
+  dataDir = mkdtempSync(join(tmpdir(), "clientele-browser-"));
+  const config = join(dataDir, "clientele.toml");
+  writeFileSync(
+    config,
+    `[gateway]
+listen = "127.0.0.1:${gwPort}"
+
+[admin]
+listen = "127.0.0.1:${adPort}"
+token = "${ADMIN_TOKEN}"
+
+[storage]
+data_dir = "${join(dataDir, "data")}"
+
+[[apis]]
+name = "shop"
+upstream = "http://127.0.0.1:${upPort}"
+prefix = "/"
+
+[plans.free]
+rate_per_second = 2
+burst = 4
+quota_per_day = 500
+
+[plans.pro]
+rate_per_second = 200
+burst = 400
+quota_per_day = 100000
+`,
+  );
+  server = spawn(binary(), ["serve", "--config", config], {
+    stdio: ["ignore", "inherit", "inherit"],
+    env: { ...process.env, RUST_LOG: "warn" },
+  });
+  admin = `http://127.0.0.1:${adPort}`;
+  gateway = `http://127.0.0.1:${gwPort}`;
+  for (let i = 0; ; i++) {
+    try {
+      if ((await fetch(`${admin}/healthz`)).ok) break;
+    } catch { /* not up yet */ }
+    if (i > 100) throw new Error("clientele did not start");
+    await sleep(100);
+  }
+
+  const people = [
+    { id: "alpha", plan: "pro", team: "retail", use_case: "storefront", name: "Alpha Shops" },
+    { id: "beta", plan: "free", team: "partners", use_case: "mobile", name: "Beta Mobile" },
+    { id: "gamma", plan: "pro", team: "retail", use_case: "analytics", name: "Gamma Insights" },
+  ];
+  for (const p of people) {
+    assert.equal((await api("/v1/consumers", { method: "POST", body: p })).status, 201);
+    const k = await api(`/v1/consumers/${p.id}/keys`, { method: "POST", body: { name: "browser-test" } });
+    assert.equal(k.status, 201);
+    keys[p.id] = k.json;
+  }
+
+  // History over the last 20 hours, so charts have a shape: back-dated events by POST /v1/events.
+  const now = Date.now();
+  const lines = [];
+  const routes = [["GET", "/pets/{id}"], ["POST", "/orders"], ["GET", "/search"]];
+  for (let i = 0; i < 600; i++) {
+    const consumer = ["alpha", "alpha", "gamma", "beta"][i % 4];
+    const [method, route] = routes[i % 3];
+    const ts = now - 20 * 3600_000 + Math.floor((i / 600) * 19.5 * 3600_000);
+    // gamma's orders fail: its integration is broken, an error concentrated in one consumer.
+    const status = consumer === "gamma" && route === "/orders" ? 500 : i % 29 === 0 ? 404 : 200;
+    const latency = 8 + (i % 13) * 4 + (i % 50 === 0 ? 400 : 0);
+    lines.push(JSON.stringify({ id: `bt-${i}`, ts, consumer, api: "shop", method, path: route.replace("{id}", String(i)), route, status, latency_ms: latency }));
+  }
+  const ingest = await api("/v1/events", { method: "POST", body: lines.join("\n") });
+  assert.equal(ingest.status, 202, ingest.text);
+
+  // Live traffic through the gateway: successes, 404s and 500s, and beta over its free plan.
+  for (let i = 0; i < 30; i++) await viaGateway(keys.alpha.key, `/pets/${i}`);
+  for (let i = 0; i < 4; i++) await viaGateway(keys.alpha.key, "/fail/charge");
+  await viaGateway(keys.alpha.key, "/missing/thing");
+  const burst = await Promise.all(Array.from({ length: 12 }, (_, i) => viaGateway(keys.beta.key, `/pets/${i}`)));
+  assert.ok(burst.includes(429), `beta's burst should be rate-limited: ${burst}`);
+
+  // Accepted events are visible to the stats within 2 s; wait until the totals stop moving.
+  let last = "";
+  for (let i = 0; i < 40; i++) {
+    const s = await api("/v1/stats/consumers");
+    const sig = JSON.stringify(s.json.consumers.map((c) => [c.consumer, c.requests]));
+    if (sig === last && s.json.consumers.length === 3) break;
+    last = sig;
+    await sleep(500);
+  }
+
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: [
+      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.kill("SIGTERM");
+  upstream?.close();
+  if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+});
+
+async function signedIn() {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(8000);
+  await page.goto(`${admin}/`);
+  await page.getByLabel("Admin token").fill(ADMIN_TOKEN);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.waitForURL(`${admin}/`);
+  return { context, page };
+}
+
+test("sign-in: pages redirect to it, a wrong token is refused, the cookie is HttpOnly and SameSite=Strict", async () => {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(8000);
+  await page.goto(`${admin}/routes?range=7d`);
+  assert.match(page.url(), /\/login\?next=/);
+  await shot(page, "01-sign-in");
+  await page.getByLabel("Admin token").fill("not-the-token");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await assert.doesNotReject(page.getByRole("alert").filter({ hasText: "wrong" }).waitFor());
+  await page.getByLabel("Admin token").fill(ADMIN_TOKEN);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.waitForURL(`${admin}/routes?range=7d`);
+  const cookie = (await context.cookies()).find((c) => c.name === "clientele_admin");
+  assert.ok(cookie, "session cookie set");
+  assert.equal(cookie.httpOnly, true);
+  assert.equal(cookie.sameSite, "Strict");
+  assert.ok(!cookie.value.includes(ADMIN_TOKEN));
+  await context.close();
+});
+
+test("overview: the headline numbers are the API's", async () => {
+  const { context, page } = await signedIn();
+  const stats = (await api("/v1/stats/consumers")).json.consumers;
+  const requests = stats.reduce((a, c) => a + c.requests, 0);
+  const errors = stats.reduce((a, c) => a + c.errors_4xx + c.errors_5xx, 0);
+  const limited = stats.reduce((a, c) => a + c.rate_limited, 0);
+  assert.equal(await page.locator('[data-metric="requests"]').textContent(), int(requests));
+  assert.equal(await page.locator('[data-metric="error_rate"]').textContent(), pct(errors / requests));
+  assert.equal(await page.locator('[data-metric="rate_limited"]').textContent(), int(limited));
+  assert.equal(await page.locator('[data-metric="consumers"]').textContent(), "3");
+  // Two charts with axes, and the most erroring consumer listed.
+  assert.equal(await page.locator("figure.chart svg").count(), 2);
+  assert.ok((await page.locator("#h-err + * tbody tr").first().getAttribute("data-consumer")) === "gamma");
+  await shot(page, "02-overview");
+  await context.close();
+});
+
+test("consumers: every row matches the API, sorting and filters work without script", async () => {
+  const { context, page } = await signedIn();
+  await page.getByRole("link", { name: "Consumers", exact: true }).click();
+  await page.waitForURL(/\/consumers/);
+  const stats = (await api("/v1/stats/consumers")).json.consumers;
+  for (const c of stats) {
+    const row = page.locator(`tr[data-consumer="${c.consumer}"]`);
+    assert.equal(await row.locator('[data-col="requests"]').textContent(), int(c.requests), c.consumer);
+    assert.equal(await row.locator('[data-col="error_rate"]').textContent(), pct(c.error_rate), c.consumer);
+    assert.equal(await row.locator('[data-col="rate_limited"]').textContent(), int(c.rate_limited), c.consumer);
+    assert.equal(await row.locator('[data-col="p99"]').textContent(), ms(c.p99_ms), c.consumer);
+  }
+  // Sort by error rate, highest first: the header is a link.
+  await page.getByRole("link", { name: /^Error rate/ }).click();
+  await page.waitForURL(/sort=error_rate/);
+  const order = await page.locator("tbody tr").evaluateAll((rows) => rows.map((r) => r.dataset.consumer));
+  const expected = [...stats].sort((a, b) => b.error_rate - a.error_rate || a.consumer.localeCompare(b.consumer)).map((c) => c.consumer);
+  assert.deepEqual(order, expected);
+  assert.equal(await page.locator('th[aria-sort="descending"]').count(), 1);
+  await shot(page, "03-consumers-by-error-rate");
+  // Filter by plan (the select submits its form).
+  await page.getByLabel("Plan", { exact: true }).selectOption("free");
+  await page.waitForURL(/plan=free/);
+  const filtered = await page.locator("tbody tr").evaluateAll((rows) => rows.map((r) => r.dataset.consumer));
+  assert.deepEqual(filtered, ["beta"]);
+  await context.close();
+});
+
+test("one consumer: totals, routes, recent errors, limits and keys (no plaintext)", async () => {
+  const { context, page } = await signedIn();
+  await page.goto(`${admin}/consumers/alpha`);
+  const d = (await api("/v1/stats/consumers/alpha")).json;
+  assert.equal(await page.locator('[data-metric="requests"]').textContent(), int(d.requests));
+  assert.equal(await page.locator('[data-metric="errors_5xx"]').textContent(), int(d.errors_5xx));
+  assert.equal(await page.locator('[data-metric="p99"]').textContent(), ms(d.p99_ms));
+  assert.equal(await page.locator("#h-routes + * tbody tr").count(), d.routes.length);
+  const events = (await api("/v1/consumers/alpha/events?status=5xx")).json.events;
+  assert.ok(events.length > 0);
+  assert.ok((await page.locator("#h-errors + * tbody").textContent()).includes(events[0].path));
+  const lim = (await api("/v1/consumers/alpha/limits")).json;
+  assert.equal(await page.locator('[data-metric="quota_day_remaining"]').textContent(), int(lim.day.remaining));
+  const html = await page.content();
+  assert.ok(html.includes(keys.alpha.prefix), "the key's prefix is shown");
+  assert.ok(!html.includes(keys.alpha.key), "the key itself never is");
+  assert.equal(await page.locator("figure.chart svg").count(), 3, "traffic, latency, share of rate");
+  await shot(page, "04-consumer-alpha");
+  await page.goto(`${admin}/consumers/beta`);
+  await shot(page, "05-consumer-beta-rate-limited");
+  await context.close();
+});
+
+test("routes: error concentration as the API computes it", async () => {
+  const { context, page } = await signedIn();
+  await page.getByRole("link", { name: "Routes", exact: true }).click();
+  await page.waitForURL(/\/routes/);
+  const routes = (await api("/v1/stats/routes")).json.routes;
+  assert.equal(await page.locator("table.routes tbody tr").count(), routes.length);
+  for (const r of routes) {
+    const row = page.locator(`tr[data-route="${r.method} ${r.route}"]`).filter({ hasText: r.api });
+    assert.equal(await row.locator('[data-col="requests"]').textContent(), int(r.requests));
+    assert.equal(Number(await row.locator('[data-col="error_share"]').getAttribute("data-value")), r.error_share_top_consumer);
+  }
+  const orders = page.locator('tr[data-route="POST /orders"]');
+  assert.match(await orders.textContent(), /from gamma/);
+  await shot(page, "06-routes");
+  await context.close();
+});
+
+test("keyboard: skip link, navigation by Tab and Enter, visible time-range picker", async () => {
+  const { context, page } = await signedIn();
+  await page.keyboard.press("Tab");
+  assert.equal(await page.evaluate(() => document.activeElement.textContent), "Skip to content");
+  await page.keyboard.press("Enter");
+  assert.equal(await page.evaluate(() => document.activeElement.id), "main");
+  await page.goto(`${admin}/`);
+  let reached = false;
+  for (let i = 0; i < 6 && !reached; i++) {
+    await page.keyboard.press("Tab");
+    reached = (await page.evaluate(() => document.activeElement.textContent)) === "Consumers";
+  }
+  assert.ok(reached, "the Consumers link is reachable with Tab");
+  await page.keyboard.press("Enter");
+  await page.waitForURL(/\/consumers/);
+  // The time-range picker: choosing a preset reloads the page with it.
+  await page.getByLabel("Time range", { exact: true }).selectOption("7d");
+  await page.waitForURL(/range=7d/);
+  assert.equal(await page.getByLabel("Time range", { exact: true }).inputValue(), "7d");
+  await context.close();
+});
+
+test("sign-out needs the CSRF token and ends the session", async () => {
+  const { context, page } = await signedIn();
+  const cookie = (await context.cookies()).find((c) => c.name === "clientele_admin");
+  // A post without the token is refused and the session survives it.
+  const forged = await fetch(`${admin}/logout`, {
+    method: "POST",
+    headers: { cookie: `clientele_admin=${cookie.value}`, "content-type": "application/x-www-form-urlencoded" },
+    body: "csrf=wrong",
+    redirect: "manual",
+  });
+  assert.equal(forged.status, 403);
+  await page.reload();
+  assert.equal(new URL(page.url()).pathname, "/");
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.waitForURL(/\/login/);
+  const after = await fetch(`${admin}/`, { headers: { cookie: `clientele_admin=${cookie.value}` }, redirect: "manual" });
+  assert.equal(after.status, 303, "the old session id no longer works");
+  await context.close();
+});
+
+test("portal: a consumer sees its own numbers only, and a revoked key's session ends", async () => {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(8000);
+  await page.goto(`${admin}/portal`);
+  assert.match(page.url(), /\/portal\/login/);
+  await page.getByLabel("API key").fill("ck_this-is-not-a-real-key-000000");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("alert").filter({ hasText: "not known" }).waitFor();
+  await shot(page, "07-portal-sign-in");
+  await page.getByLabel("API key").fill(keys.beta.key);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.waitForURL(`${admin}/portal`);
+  const own = (await api("/portal/api/usage", { token: keys.beta.key })).json;
+  const adminView = (await api("/v1/stats/consumers/beta")).json;
+  assert.equal(own.consumer, "beta");
+  assert.equal(own.requests, adminView.requests);
+  assert.equal(await page.locator('[data-metric="requests"]').textContent(), int(own.requests));
+  assert.equal(await page.locator('[data-metric="rate_limited"]').textContent(), int(own.rate_limited));
+  assert.equal(await page.locator('[data-metric="p99"]').textContent(), ms(own.p99_ms));
+  const lim = (await api("/v1/consumers/beta/limits")).json;
+  assert.equal(await page.locator('[data-metric="quota_day_remaining"]').textContent(), int(lim.day.remaining));
+  const text = await page.locator("body").textContent();
+  assert.ok(!text.includes("alpha") && !text.includes("gamma"), "no other consumer is named");
+  assert.ok(!(await page.content()).includes(keys.beta.key), "the key is not in the page");
+  const cookies = await context.cookies();
+  assert.ok(cookies.every((c) => !c.value.includes(keys.beta.key)), "the key is not in a cookie");
+  await shot(page, "08-portal-beta");
+  // No parameter or path shows anyone else.
+  const res = await page.goto(`${admin}/portal?consumer=alpha`);
+  assert.equal(res.status(), 400);
+  const other = await page.goto(`${admin}/portal/consumers/alpha`);
+  assert.notEqual(other.status(), 200);
+  const dashboard = await page.goto(`${admin}/consumers/alpha`);
+  assert.match(page.url(), /\/login/, `the portal session opens nothing on the dashboard (${dashboard.status()})`);
+  // Revoking the key ends the session on the next request.
+  assert.equal((await api(`/v1/keys/${keys.beta.key_id}`, { method: "DELETE" })).status, 200);
+  await page.goto(`${admin}/portal`);
+  assert.match(page.url(), /\/portal\/login/);
+  await context.close();
+});
