@@ -439,18 +439,30 @@ const CONSUMER_COLUMNS: [(&str, &str, bool); 10] = [
     ("p99", "p99", true),
 ];
 
-/// A consumers table; `sort` makes its headers sort links.
+/// Columns of the overview's narrower consumer tables.
+const COMPACT: [&str; 6] = [
+    "consumer",
+    "plan",
+    "requests",
+    "error_rate",
+    "rate_limited",
+    "p99",
+];
+
+/// A consumers table; `sort` makes its headers sort links. Without `sort` it is the compact
+/// form the overview shows side by side.
 fn consumer_table(
     ctx: &Ctx,
     caption: &str,
     rows: &[&ConsumerStats],
     sort: Option<(&str, bool)>,
 ) -> String {
+    let shown = |key: &str| sort.is_some() || COMPACT.contains(&key);
     let mut out = format!(
         r#"<div class="scroll"><table class="data consumers"><caption>{}</caption><thead><tr>"#,
         esc(caption)
     );
-    for (key, label, numeric) in CONSUMER_COLUMNS {
+    for (key, label, numeric) in CONSUMER_COLUMNS.into_iter().filter(|c| shown(c.0)) {
         match sort {
             Some((s, desc)) => out.push_str(&sort_th(ctx, label, key, s, desc, numeric)),
             None => {
@@ -461,21 +473,28 @@ fn consumer_table(
     }
     out.push_str("</tr></thead><tbody>");
     for c in rows {
+        let cells = [
+            ("plan", false, esc(c.plan.as_deref().unwrap_or("—"))),
+            ("team", false, esc(c.team.as_deref().unwrap_or("—"))),
+            ("use_case", false, esc(c.use_case.as_deref().unwrap_or("—"))),
+            ("requests", true, int(c.requests)),
+            ("error_rate", true, pct(c.error_rate)),
+            ("errors_5xx", true, int(c.errors_5xx)),
+            ("rate_limited", true, int(c.rate_limited)),
+            ("p50", true, ms(c.p50_ms)),
+            ("p99", true, ms(c.p99_ms)),
+        ];
         let _ = write!(
             out,
-            r#"<tr data-consumer="{id}"><th scope="row"><a href="{href}">{id}</a></th><td>{plan}</td><td>{team}</td><td>{uc}</td><td class="num" data-col="requests">{req}</td><td class="num" data-col="error_rate">{er}</td><td class="num" data-col="errors_5xx">{e5}</td><td class="num" data-col="rate_limited">{rl}</td><td class="num" data-col="p50">{p50}</td><td class="num" data-col="p99">{p99}</td></tr>"#,
+            r#"<tr data-consumer="{id}"><th scope="row"><a href="{href}">{id}</a></th>"#,
             id = esc(&c.consumer),
             href = esc(&ctx.href(&format!("/consumers/{}", url_enc(&c.consumer)), &[])),
-            plan = esc(c.plan.as_deref().unwrap_or("—")),
-            team = esc(c.team.as_deref().unwrap_or("—")),
-            uc = esc(c.use_case.as_deref().unwrap_or("—")),
-            req = int(c.requests),
-            er = pct(c.error_rate),
-            e5 = int(c.errors_5xx),
-            rl = int(c.rate_limited),
-            p50 = ms(c.p50_ms),
-            p99 = ms(c.p99_ms),
         );
+        for (key, numeric, text) in cells.into_iter().filter(|c| shown(c.0)) {
+            let class = if numeric { r#" class="num""# } else { "" };
+            let _ = write!(out, r#"<td{class} data-col="{key}">{text}</td>"#);
+        }
+        out.push_str("</tr>");
     }
     out.push_str("</tbody></table></div>");
     out
@@ -731,7 +750,7 @@ pub(crate) fn limits_section(l: &ConsumerLimits, id: &str) -> String {
             }],
             reference: Some((1.0, "limit")),
         };
-        out.push_str(&chart.render());
+        let _ = write!(out, r#"<div class="charts">{}</div>"#, chart.render());
     }
     out
 }
@@ -1016,7 +1035,7 @@ const ROUTE_COLUMNS: [(&str, &str, bool); 8] = [
     ("errors", "Errors", true),
     ("p50", "p50", true),
     ("p99", "p99", true),
-    ("error_share", "Error concentration", true),
+    ("error_share", "Error concentration", false),
 ];
 
 fn route_table(

@@ -259,7 +259,7 @@ pub fn layout(ctx: &Ctx, title: &str, active: &str, body: &str) -> String {
     };
     let _ = write!(
         out,
-        r##"<body data-refresh="{refresh}"><a class="skip" href="#main">Skip to content</a><header class="top"><a class="brand" href="{home_href}">Clientele <span>{area_label}</span></a><nav aria-label="Main"><ul>""##,
+        r##"<body data-refresh="{refresh}"><a class="skip" href="#main">Skip to content</a><header class="top"><a class="brand" href="{home_href}">Clientele <span>{area_label}</span></a><nav aria-label="Main"><ul>"##,
         refresh = ctx.range.refresh_s,
         home_href = esc(&ctx.href(home, &[])),
     );
