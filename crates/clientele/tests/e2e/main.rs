@@ -8,3 +8,4 @@ mod exports;
 mod gateway;
 mod limits;
 mod support;
+mod ui;
