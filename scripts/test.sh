@@ -37,3 +37,27 @@ else
 fi
 
 cargo test --workspace --all-targets "$@"
+
+# Browser tests of the dashboard and portal: Debian's Chromium driven by playwright-core (no
+# browser download), against the debug binary the e2e tests just built.
+# CLIENTELE_SKIP_BROWSER=1 skips them.
+if [ "${CLIENTELE_SKIP_BROWSER:-0}" != 1 ]; then
+  need=()
+  [ -x /usr/bin/chromium ] || need+=(chromium)
+  command -v npm >/dev/null || need+=(nodejs npm)
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "installing: ${need[*]}"
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+  (
+    cd tests/browser
+    # Install on first use, and again whenever the lockfile is newer than the last install.
+    if ! [ node_modules/.installed -nt package-lock.json ]; then
+      npm ci --no-audit --no-fund --loglevel=error
+      touch node_modules/.installed
+    fi
+    CLIENTELE_BIN="$PWD/../../target/debug/clientele" npm test --silent
+  )
+fi
