@@ -25,14 +25,15 @@ use crate::{Ui, UiError, html_response, is_https, redirect, same_origin};
 type Page = Result<Response, UiError>;
 
 /// The signed-in admin session, or a redirect to the sign-in form that comes back here.
-fn require(ui: &Ui, headers: &HeaderMap, uri: &Uri) -> Result<(String, Session), Response> {
+/// `Err` holds where to send the browser instead: the sign-in form, coming back here after.
+fn require(ui: &Ui, headers: &HeaderMap, uri: &Uri) -> Result<Session, String> {
     if let Some(id) = cookie(headers, ADMIN_COOKIE) {
         if let Some(s) = ui.admin_sessions.get(id, now_ms()) {
-            return Ok((id.to_string(), s));
+            return Ok(s);
         }
     }
     let next = uri.path_and_query().map_or("/", |p| p.as_str());
-    Err(redirect(&format!("/login?next={}", url_enc(next)), &[]))
+    Err(format!("/login?next={}", url_enc(next)))
 }
 
 fn ctx(session: &Session, path: &str, raw: Option<&str>) -> Result<Ctx, UiError> {
@@ -218,17 +219,21 @@ pub async fn logout(State(ui): State<Ui>, headers: HeaderMap, Form(form): Form<C
     ))
 }
 
+/// One step of a traffic series.
+pub(crate) struct Point {
+    pub requests: u64,
+    pub errors: u64,
+    pub rate_limited: u64,
+    /// p50, p95, p99.
+    pub latency: [Option<f64>; 3],
+}
+
 /// The number of requests, errors and 429s in a series, and its latency percentiles.
-pub(crate) fn series_charts(
-    id: &str,
-    ts: &[i64],
-    step_ms: i64,
-    points: &[(u64, u64, u64, [Option<f64>; 3])],
-) -> String {
-    let count = |f: fn(&(u64, u64, u64, [Option<f64>; 3])) -> u64| -> Vec<Option<f64>> {
+pub(crate) fn series_charts(id: &str, ts: &[i64], step_ms: i64, points: &[Point]) -> String {
+    let count = |f: fn(&Point) -> u64| -> Vec<Option<f64>> {
         points.iter().map(|p| Some(f(p) as f64)).collect()
     };
-    let lat = |i: usize| -> Vec<Option<f64>> { points.iter().map(|p| p.3[i]).collect() };
+    let lat = |i: usize| -> Vec<Option<f64>> { points.iter().map(|p| p.latency[i]).collect() };
     let traffic = Chart {
         id: &format!("{id}-traffic"),
         title: "Requests, errors and rate-limited requests per step",
@@ -238,17 +243,17 @@ pub(crate) fn series_charts(
         lines: vec![
             Line {
                 label: "Requests",
-                values: count(|p| p.0),
+                values: count(|p| p.requests),
                 class: "c-blue",
             },
             Line {
                 label: "Errors (4xx and 5xx)",
-                values: count(|p| p.1),
+                values: count(|p| p.errors),
                 class: "c-red",
             },
             Line {
                 label: "Rate-limited (429)",
-                values: count(|p| p.2),
+                values: count(|p| p.rate_limited),
                 class: "c-amber",
             },
         ],
@@ -300,9 +305,9 @@ pub async fn overview(
     uri: Uri,
     RawQuery(raw): RawQuery,
 ) -> Page {
-    let (_, s) = match require(&ui, &headers, &uri) {
+    let s = match require(&ui, &headers, &uri) {
         Ok(s) => s,
-        Err(r) => return Ok(r),
+        Err(to) => return Ok(redirect(&to, &[])),
     };
     let ctx = ctx(&s, "/", raw.as_deref())?;
     let app = ui.app.clone();
@@ -344,13 +349,11 @@ pub async fn overview(
     let ts: Vec<i64> = series.iter().map(|(t, _)| *t).collect();
     let points: Vec<_> = series
         .iter()
-        .map(|(_, r)| {
-            (
-                r.counters.requests,
-                r.counters.errors(),
-                r.counters.rate_limited,
-                r.quantiles([0.5, 0.95, 0.99]),
-            )
+        .map(|(_, r)| Point {
+            requests: r.counters.requests,
+            errors: r.counters.errors(),
+            rate_limited: r.counters.rate_limited,
+            latency: r.quantiles([0.5, 0.95, 0.99]),
         })
         .collect();
     let _ = write!(
@@ -395,7 +398,7 @@ pub async fn overview(
         .iter()
         .filter(|r| r.errors_4xx + r.errors_5xx > 0)
         .collect();
-    hot.sort_by(|a, b| (b.errors_4xx + b.errors_5xx).cmp(&(a.errors_4xx + a.errors_5xx)));
+    hot.sort_by_key(|r| std::cmp::Reverse(r.errors_4xx + r.errors_5xx));
     hot.truncate(5);
     let _ = write!(
         body,
@@ -416,8 +419,8 @@ pub async fn overview(
 fn window_query(r: &Range, p: Option<&Params>) -> WindowQuery {
     let get = |k: &str| p.and_then(|p| p.owned(k));
     WindowQuery {
-        from: Some(r.from_s()),
-        to: Some(r.to_s()),
+        from: Some(r.start_rfc3339()),
+        to: Some(r.end_rfc3339()),
         api: get("api"),
         plan: get("plan"),
         team: get("team"),
@@ -554,9 +557,9 @@ pub async fn consumers(
     uri: Uri,
     RawQuery(raw): RawQuery,
 ) -> Page {
-    let (_, s) = match require(&ui, &headers, &uri) {
+    let s = match require(&ui, &headers, &uri) {
         Ok(s) => s,
-        Err(r) => return Ok(r),
+        Err(to) => return Ok(redirect(&to, &[])),
     };
     let ctx = ctx(&s, "/consumers", raw.as_deref())?;
     let keys: Vec<&str> = CONSUMER_COLUMNS.iter().map(|c| c.0).collect();
@@ -852,20 +855,16 @@ pub(crate) async fn recent_errors(
     Ok(events.into_iter().map(Into::into).collect())
 }
 
-pub(crate) fn detail_points(
-    d: &handlers::ConsumerDetail,
-) -> (Vec<i64>, Vec<(u64, u64, u64, [Option<f64>; 3])>) {
+pub(crate) fn detail_points(d: &handlers::ConsumerDetail) -> (Vec<i64>, Vec<Point>) {
     let ts = d.series.iter().map(|p| ts_ms(&p.ts)).collect();
     let points = d
         .series
         .iter()
-        .map(|p| {
-            (
-                p.requests,
-                p.errors,
-                p.rate_limited,
-                [p.p50_ms, p.p95_ms, p.p99_ms],
-            )
+        .map(|p| Point {
+            requests: p.requests,
+            errors: p.errors,
+            rate_limited: p.rate_limited,
+            latency: [p.p50_ms, p.p95_ms, p.p99_ms],
         })
         .collect();
     (ts, points)
@@ -891,9 +890,9 @@ pub async fn consumer(
     uri: Uri,
     RawQuery(raw): RawQuery,
 ) -> Page {
-    let (_, s) = match require(&ui, &headers, &uri) {
+    let s = match require(&ui, &headers, &uri) {
         Ok(s) => s,
-        Err(r) => return Ok(r),
+        Err(to) => return Ok(redirect(&to, &[])),
     };
     let ctx = ctx(&s, &format!("/consumers/{}", url_enc(&id)), raw.as_deref())?;
     let app = ui.app.clone();
@@ -902,8 +901,8 @@ pub async fn consumer(
         &app,
         &id,
         ConsumerStatsQuery {
-            from: Some(r.from_s()),
-            to: Some(r.to_s()),
+            from: Some(r.start_rfc3339()),
+            to: Some(r.end_rfc3339()),
             api: None,
             step: None,
         },
@@ -966,8 +965,8 @@ pub async fn consumer(
             State(app.clone()),
             Path(id.clone()),
             Query(LimitsQuery {
-                from: Some(r.from_s()),
-                to: Some(r.to_s()),
+                from: Some(r.start_rfc3339()),
+                to: Some(r.end_rfc3339()),
                 step: None,
                 plan: None,
             }),
@@ -1109,9 +1108,9 @@ pub async fn routes(
     uri: Uri,
     RawQuery(raw): RawQuery,
 ) -> Page {
-    let (_, s) = match require(&ui, &headers, &uri) {
+    let s = match require(&ui, &headers, &uri) {
         Ok(s) => s,
-        Err(r) => return Ok(r),
+        Err(to) => return Ok(redirect(&to, &[])),
     };
     let ctx = ctx(&s, "/routes", raw.as_deref())?;
     let keys: Vec<&str> = ROUTE_COLUMNS.iter().map(|c| c.0).collect();

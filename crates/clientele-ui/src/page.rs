@@ -157,11 +157,11 @@ impl Range {
         })
     }
 
-    pub fn from_s(&self) -> String {
+    pub fn start_rfc3339(&self) -> String {
         format_ts(self.from_ms)
     }
 
-    pub fn to_s(&self) -> String {
+    pub fn end_rfc3339(&self) -> String {
         format_ts(self.to_ms)
     }
 

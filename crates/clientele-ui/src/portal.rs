@@ -104,8 +104,8 @@ pub async fn home(
         &app,
         &consumer,
         ConsumerStatsQuery {
-            from: Some(r.from_s()),
-            to: Some(r.to_s()),
+            from: Some(r.start_rfc3339()),
+            to: Some(r.end_rfc3339()),
             api: None,
             step: None,
         },
@@ -127,8 +127,8 @@ pub async fn home(
         State(app.clone()),
         axum::extract::Path(consumer.clone()),
         Query(LimitsQuery {
-            from: Some(r.from_s()),
-            to: Some(r.to_s()),
+            from: Some(r.start_rfc3339()),
+            to: Some(r.end_rfc3339()),
             step: None,
             plan: None,
         }),
@@ -154,8 +154,8 @@ pub async fn home(
         body,
         r#"<section aria-labelledby="h-api"><h2 id="h-api">The same numbers as JSON</h2><p>For your own scripts and monitoring:</p><pre><code>curl -H "Authorization: Bearer $YOUR_API_KEY" "{origin}/portal/api/usage?from={from}&amp;to={to}"</code></pre></section>"#,
         origin = esc(&origin(&headers)),
-        from = esc(&r.from_s()),
-        to = esc(&r.to_s()),
+        from = esc(&r.start_rfc3339()),
+        to = esc(&r.end_rfc3339()),
     );
     Ok(html_response(
         StatusCode::OK,
