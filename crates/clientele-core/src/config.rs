@@ -26,6 +26,9 @@ pub struct Config {
     pub apis: Vec<ApiConfig>,
     pub limits: LimitsConfig,
     pub plans: BTreeMap<String, PlanConfig>,
+    /// Where findings are sent (see [`crate::alert`]).
+    pub alerts: Vec<crate::alert::AlertRule>,
+    pub detection: crate::alert::DetectionConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -375,6 +378,9 @@ impl Config {
                 );
             }
         }
+
+        crate::alert::targets(&self.alerts, &self.plans, origin)?;
+        self.detection.validate(origin)?;
 
         if let Some(url) = &self.limits.redis_url {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
