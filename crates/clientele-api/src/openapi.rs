@@ -4,11 +4,11 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::handlers;
+use crate::{findings, handlers};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Clientele admin and query API", description = "Consumers, keys, events and per-consumer statistics."),
+    info(title = "Clientele admin and query API", description = "Consumers, keys, events, per-consumer statistics, findings and alerts."),
     paths(
         handlers::healthz,
         handlers::status,
@@ -25,6 +25,9 @@ use crate::handlers;
         handlers::stats_consumer,
         handlers::stats_routes,
         handlers::ingest_events,
+        findings::list,
+        findings::evaluate,
+        findings::deliveries,
     ),
     modifiers(&AdminToken)
 )]

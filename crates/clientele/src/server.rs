@@ -16,7 +16,7 @@ use clientele_core::event::Event;
 use clientele_core::keys::{KeyHasher, KeyIndex};
 use clientele_core::pipeline::{EventSink, PipelineStats};
 use clientele_gateway::{Gateway, GatewayOptions, ServeSettings, TlsFiles};
-use clientele_store::{ControlStore, EventStore, SqliteStore, StoredRollup};
+use clientele_store::{ControlStore, EventStore, FindingStore, SqliteStore, StoredRollup};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -80,6 +80,7 @@ pub async fn start(config: Config) -> Result<Running> {
     };
 
     let control: Arc<dyn ControlStore> = Arc::new(store.clone());
+    let finding_store: Arc<dyn FindingStore> = Arc::new(store.clone());
     let events: Arc<dyn EventStore> = Arc::new(store);
     let keys = Arc::new(KeyIndex::new(KeyHasher::new(control.key_secret())));
     keys.replace_all(
@@ -166,6 +167,31 @@ pub async fn start(config: Config) -> Result<Running> {
         wait_for(shutdown_rx.clone()),
     )));
 
+    let alert_targets = clientele_core::alert::targets(&config.alerts, &config.plans, "config")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (alert_tx, alert_task) = crate::alerts::start(
+        alert_targets,
+        finding_store.clone(),
+        control.clone(),
+        wait_for(shutdown_rx.clone()),
+    )
+    .await;
+    tasks.extend(alert_task);
+    let findings = Arc::new(clientele_api::findings::FindingsService::new(
+        clientele_detect::Registry::standard(),
+        finding_store,
+        control.clone(),
+        engine.clone(),
+        config.plans.clone(),
+        alert_tx,
+    ));
+    tasks.push(tokio::spawn(crate::detection::run_periodic(
+        findings.clone(),
+        Duration::from_secs(config.detection.interval_secs),
+        config.detection.lookback_hours,
+        wait_for(shutdown_rx.clone()),
+    )));
+
     let plans: BTreeSet<String> = config.plans.keys().cloned().collect();
     let state = AppState {
         control: control.clone(),
@@ -181,6 +207,7 @@ pub async fn start(config: Config) -> Result<Running> {
         max_age_ms: i64::from(config.storage.raw_event_retention_days) * DAY_MS,
         archived_until: archived_until.clone(),
         known_consumers: Arc::default(),
+        findings,
     };
     let app = clientele_api::router(state, config.admin.max_body_bytes);
     let admin_shutdown = wait_for(shutdown_rx.clone());
