@@ -1,5 +1,6 @@
 //! `latency_regression`: a consumer's p95 latency against its own baseline (the median of its
-//! daily p95s over the previous week). When most consumers slow down in the same hour, it is
+//! daily p95s over the previous week), over the routes it already called then, so a new slow
+//! endpoint in its mix is not mistaken for its requests getting slower. When most consumers slow down in the same hour, it is
 //! the API that regressed: one finding with consumer null, instead of one per consumer.
 
 use clientele_analytics::{DAY_MS, HOUR_MS, Rollup, Tier};
@@ -60,17 +61,27 @@ impl Detector for LatencyDetector {
         let slots = ctx.slots();
         let window_day = (slots.start * HOUR_MS).div_euclid(DAY_MS) * DAY_MS;
         let base_from = window_day - self.baseline_days * DAY_MS;
-        let mut daily: HashMap<u32, Vec<f64>> = HashMap::default();
+        // Daily rollups per consumer over the routes it called in the baseline week. Only those
+        // routes are compared later: a consumer that starts calling a slow endpoint has a new
+        // mix of requests (a `new_endpoint`), not slower ones.
+        let mut per_day: HashMap<(u32, i64), Rollup> = HashMap::default();
+        let mut known: rustc_hash::FxHashSet<(u32, u32, u32, u32)> = Default::default();
         let mut global_base = Rollup::default();
         ctx.engine
-            .scan_consumers(Tier::Day, base_from, window_day, |_, c, r| {
-                if r.counters.requests >= self.min_day_requests {
-                    if let Some(p) = r.quantile(0.95) {
-                        daily.entry(c).or_default().push(p);
-                    }
-                }
+            .scan_series(Tier::Day, base_from, window_day, |day, k, r| {
+                known.insert((k.consumer, k.api, k.method, k.route));
+                per_day.entry((k.consumer, day)).or_default().merge(r);
                 global_base.merge(r);
             });
+        let mut daily: HashMap<u32, Vec<f64>> = HashMap::default();
+        for ((c, _), r) in &per_day {
+            if r.counters.requests >= self.min_day_requests {
+                if let Some(p) = r.quantile(0.95) {
+                    daily.entry(*c).or_default().push(p);
+                }
+            }
+        }
+        drop(per_day);
         let baselines: HashMap<u32, Baseline> = daily
             .into_iter()
             .filter(|(_, v)| v.len() >= self.min_baseline_days)
@@ -89,30 +100,40 @@ impl Detector for LatencyDetector {
         }
         let mut obs: Vec<Obs> = Vec::new();
         let mut global_hour: HashMap<i64, Rollup> = HashMap::default();
-        ctx.engine.scan_consumers(
+        let mut per_hour: HashMap<(u32, i64), Rollup> = HashMap::default();
+        ctx.engine.scan_series(
             Tier::Hour,
             slots.start * HOUR_MS,
             slots.end * HOUR_MS,
-            |start, c, r| {
+            |start, k, r| {
                 let hour = start / HOUR_MS;
                 global_hour.entry(hour).or_default().merge(r);
-                if r.counters.requests < self.min_requests {
-                    return;
+                if baselines.contains_key(&k.consumer)
+                    && known.contains(&(k.consumer, k.api, k.method, k.route))
+                {
+                    per_hour.entry((k.consumer, hour)).or_default().merge(r);
                 }
-                let Some(b) = baselines.get(&c) else { return };
-                let Some(p95) = r.quantile(0.95) else { return };
-                let threshold = (self.factor * b.p95)
-                    .max(b.p95 + self.margin_ms)
-                    .max(self.worst_day_factor * b.worst);
-                obs.push(Obs {
-                    consumer: c,
-                    hour,
-                    n: r.counters.requests,
-                    p95,
-                    regressed: p95 >= threshold,
-                });
             },
         );
+        for ((c, hour), r) in &per_hour {
+            if r.counters.requests < self.min_requests {
+                continue;
+            }
+            let Some(b) = baselines.get(c) else { continue };
+            let Some(p95) = r.quantile(0.95) else {
+                continue;
+            };
+            let threshold = (self.factor * b.p95)
+                .max(b.p95 + self.margin_ms)
+                .max(self.worst_day_factor * b.worst);
+            obs.push(Obs {
+                consumer: *c,
+                hour: *hour,
+                n: r.counters.requests,
+                p95,
+                regressed: p95 >= threshold,
+            });
+        }
         let mut judged: HashMap<i64, (usize, usize)> = HashMap::default();
         for o in &obs {
             let e = judged.entry(o.hour).or_default();

@@ -7,7 +7,8 @@
 //! level (when at least two weeks cover it), and the profile the median share of each hour in a
 //! day (weekdays and weekends apart when there are enough of each). Medians keep a past incident
 //! from becoming the norm. A consumer with less than three full days of history falls back to a
-//! flat hourly median; one with less than six active hours is not judged.
+//! flat hourly median, is only flagged for spikes well beyond its own record, and is not judged
+//! for drops; one with less than six active hours is not judged at all.
 //!
 //! Noise is judged by the consumer's own pattern: the 99th percentile of its past
 //! observed/expected ratios. A steady integration has ratios near 1, so a 3× hour stands out; an
@@ -233,125 +234,145 @@ impl Detector for VolumeDetector {
         let mut spikes: Vec<(u32, Flag)> = Vec::new();
         let mut drops: Vec<(u32, Flag)> = Vec::new();
         let mut models = rustc_hash::FxHashMap::default();
+        // Each judged day is judged on the history before it, as a live evaluation that day
+        // would have: a week-long backfill gives the findings live traffic would have given.
+        let mut groups: Vec<(usize, std::ops::Range<i64>)> = Vec::new();
+        let mut hour = slots.start;
+        while hour < slots.end {
+            let day_end = (hour.div_euclid(24) + 1) * 24;
+            let hist_end = (hour.div_euclid(24) * 24).max(slots.start);
+            groups.push((
+                (hist_end - hist_start_hour) as usize,
+                hour..day_end.min(slots.end),
+            ));
+            hour = day_end;
+        }
         for (row, &consumer) in grid.consumers.iter().enumerate() {
             let counts = grid.row(row);
             if counts.len() < hist_len {
                 continue;
             }
-            let Some(first_active) = counts[..hist_len].iter().position(|&x| x > 0) else {
-                // No history at all before the window: a brand-new consumer, nothing to judge.
-                continue;
-            };
-            let history = &counts[first_active..hist_len];
-            let first_hour = hist_start_hour + first_active as i64;
-            let Some(model) = Model::fit(history, first_hour) else {
-                continue;
-            };
-            // The consumer's own noise: observed/expected over the last two weeks of history,
-            // hourly for spikes and over drop windows for drops.
-            let recent = history.len().saturating_sub(14 * 24);
-            let mut ratios = Vec::with_capacity(history.len() - recent);
-            let mut window_ratios = Vec::with_capacity(history.len() - recent);
-            let mut exp_acc = std::collections::VecDeque::with_capacity(window);
-            let mut obs_acc = std::collections::VecDeque::with_capacity(window);
-            for (i, &x) in history.iter().enumerate().skip(recent) {
-                let hour = first_hour + i as i64;
-                let e = model.expected(hour).max(MIN_EXPECTED);
-                ratios.push(f64::from(x) / e);
-                exp_acc.push_back(e);
-                obs_acc.push_back(f64::from(x));
-                if exp_acc.len() > window {
-                    exp_acc.pop_front();
-                    obs_acc.pop_front();
-                }
-                if exp_acc.len() == window {
-                    window_ratios.push(obs_acc.iter().sum::<f64>() / exp_acc.iter().sum::<f64>());
-                }
-            }
-            let usual_burst = if ratios.len() >= 48 {
-                quantile(&mut ratios, 0.99).unwrap_or(2.0)
-            } else {
-                2.0
-            };
-            let usual_low = if window_ratios.len() >= 48 {
-                quantile(&mut window_ratios, 0.01).unwrap_or(0.0)
-            } else {
-                0.0
-            };
-            let spike_threshold = self.spike_ratio.max(self.burst_margin * usual_burst);
-            // Bursty consumers (their own ratios swing past the spike ratio) and young ones
-            // (a flat baseline knows nothing of their daily shape) are also held to their own
-            // record: a spike must be well beyond the hours they have already had.
-            let bursty = usual_burst * self.burst_margin > self.spike_ratio;
-            let young = model.seasonality == Seasonality::Flat;
-            let count_threshold = if bursty || young {
-                let mut past: Vec<f64> = history.iter().map(|&x| f64::from(x)).collect();
-                let record = if young || past.len() < 200 {
-                    past.iter().copied().fold(0.0, f64::max) * 2.0
-                } else {
-                    quantile(&mut past, 0.995).unwrap_or(0.0) * self.burst_margin
+            for (hist_end, judged) in &groups {
+                let hist_end = *hist_end;
+                let Some(first_active) = counts[..hist_end].iter().position(|&x| x > 0) else {
+                    // No history at all before the window: a brand-new consumer, nothing to judge.
+                    continue;
                 };
-                record.max(self.min_spike_requests)
-            } else {
-                self.min_spike_requests
-            };
-            let spike_threshold = if bursty {
-                self.spike_ratio
-            } else {
-                spike_threshold
-            };
-            let drop_threshold = self.drop_ratio.min(0.5 * usual_low);
-            for hour in slots.clone() {
-                let idx = (hour - hist_start_hour) as usize;
-                let Some(&x) = counts.get(idx) else { continue };
-                let x = f64::from(x);
-                let f = ctx.elapsed_fraction(hour);
-                // Under ten minutes of an hour says too little.
-                if f < 1.0 / 6.0 {
+                let start =
+                    first_active.max(hist_end.saturating_sub(self.history_days as usize * 24));
+                let history = &counts[start..hist_end];
+                let first_hour = hist_start_hour + start as i64;
+                let Some(model) = Model::fit(history, first_hour) else {
                     continue;
+                };
+                // The consumer's own noise: observed/expected over the last two weeks of history,
+                // hourly for spikes and over drop windows for drops.
+                let recent = history.len().saturating_sub(14 * 24);
+                let mut ratios = Vec::with_capacity(history.len() - recent);
+                let mut window_ratios = Vec::with_capacity(history.len() - recent);
+                let mut exp_acc = std::collections::VecDeque::with_capacity(window);
+                let mut obs_acc = std::collections::VecDeque::with_capacity(window);
+                for (i, &x) in history.iter().enumerate().skip(recent) {
+                    let hour = first_hour + i as i64;
+                    let e = model.expected(hour).max(MIN_EXPECTED);
+                    ratios.push(f64::from(x) / e);
+                    exp_acc.push_back(e);
+                    obs_acc.push_back(f64::from(x));
+                    if exp_acc.len() > window {
+                        exp_acc.pop_front();
+                        obs_acc.pop_front();
+                    }
+                    if exp_acc.len() == window {
+                        window_ratios
+                            .push(obs_acc.iter().sum::<f64>() / exp_acc.iter().sum::<f64>());
+                    }
                 }
-                let e = model.expected(hour) * f;
-                let ratio = x / e.max(MIN_EXPECTED * f);
-                let z = (x - e) / e.max(1.0).sqrt();
-                if x >= count_threshold && ratio >= spike_threshold && z >= self.min_z {
-                    spikes.push((
-                        consumer,
-                        Flag {
-                            hour,
-                            observed: x,
-                            expected: e,
-                            threshold: spike_threshold,
-                        },
-                    ));
+                let usual_burst = if ratios.len() >= 48 {
+                    quantile(&mut ratios, 0.99).unwrap_or(2.0)
+                } else {
+                    2.0
+                };
+                let usual_low = if window_ratios.len() >= 48 {
+                    quantile(&mut window_ratios, 0.01).unwrap_or(0.0)
+                } else {
+                    0.0
+                };
+                let spike_threshold = self.spike_ratio.max(self.burst_margin * usual_burst);
+                // Bursty consumers (their own ratios swing past the spike ratio) and young ones
+                // (a flat baseline knows nothing of their daily shape) are also held to their own
+                // record: a spike must be well beyond the hours they have already had.
+                let bursty = usual_burst * self.burst_margin > self.spike_ratio;
+                let young = model.seasonality == Seasonality::Flat;
+                let count_threshold = if bursty || young {
+                    let past: Vec<f64> = history.iter().map(|&x| f64::from(x)).collect();
+                    // Twice the busiest hour on record: a bursty agent's largest bursts are rare
+                    // by nature, so anything below its record is within its pattern.
+                    let record = past.iter().copied().fold(0.0, f64::max) * 2.0;
+                    record.max(self.min_spike_requests)
+                } else {
+                    self.min_spike_requests
+                };
+                let spike_threshold = if bursty {
+                    self.spike_ratio
+                } else {
+                    spike_threshold
+                };
+                let drop_threshold = self.drop_ratio.min(0.5 * usual_low);
+                for hour in judged.clone() {
+                    let idx = (hour - hist_start_hour) as usize;
+                    let Some(&x) = counts.get(idx) else { continue };
+                    let x = f64::from(x);
+                    let f = ctx.elapsed_fraction(hour);
+                    // Under ten minutes of an hour says too little.
+                    if f < 1.0 / 6.0 {
+                        continue;
+                    }
+                    let e = model.expected(hour) * f;
+                    let ratio = x / e.max(MIN_EXPECTED * f);
+                    let z = (x - e) / e.max(1.0).sqrt();
+                    if x >= count_threshold && ratio >= spike_threshold && z >= self.min_z {
+                        spikes.push((
+                            consumer,
+                            Flag {
+                                hour,
+                                observed: x,
+                                expected: e,
+                                threshold: spike_threshold,
+                            },
+                        ));
+                    }
+                    // Drops: complete hours only, over a trailing window, and only with a seasonal
+                    // baseline: without one, every night would look like a drop.
+                    if f < 1.0 || idx + 1 < window || young {
+                        continue;
+                    }
+                    let (mut xo, mut eo) = (0.0, 0.0);
+                    for k in 0..window {
+                        let h = hour - k as i64;
+                        xo += f64::from(counts[idx - k]);
+                        eo += model.expected(h);
+                    }
+                    let z_drop = (eo - xo) / eo.max(1.0).sqrt();
+                    if eo >= self.min_drop_expected
+                        && xo < eo * drop_threshold
+                        && z_drop >= self.min_z
+                    {
+                        drops.push((
+                            consumer,
+                            Flag {
+                                hour,
+                                observed: xo,
+                                expected: eo,
+                                threshold: drop_threshold,
+                            },
+                        ));
+                    }
                 }
-                // Drops: complete hours only, over a trailing window.
-                if f < 1.0 || idx + 1 < window {
-                    continue;
-                }
-                let (mut xo, mut eo) = (0.0, 0.0);
-                for k in 0..window {
-                    let h = hour - k as i64;
-                    xo += f64::from(counts[idx - k]);
-                    eo += model.expected(h);
-                }
-                let z_drop = (eo - xo) / eo.max(1.0).sqrt();
-                if eo >= self.min_drop_expected && xo < eo * drop_threshold && z_drop >= self.min_z
+                if spikes.last().is_some_and(|(c, _)| *c == consumer)
+                    || drops.last().is_some_and(|(c, _)| *c == consumer)
                 {
-                    drops.push((
-                        consumer,
-                        Flag {
-                            hour,
-                            observed: xo,
-                            expected: eo,
-                            threshold: drop_threshold,
-                        },
-                    ));
+                    models.insert(consumer, (model.seasonality, model.history_days));
                 }
-            }
-            if spikes.last().is_some_and(|(c, _)| *c == consumer)
-                || drops.last().is_some_and(|(c, _)| *c == consumer)
-            {
-                models.insert(consumer, (model.seasonality, model.history_days));
             }
         }
         let mut out = Vec::new();

@@ -267,12 +267,48 @@ fn intensity(shape: Shape, hour: i64) -> f64 {
 
 /// Builds the world. `now_ms` is the evaluation time; history covers `history_days + judged_days`
 /// before it, and behaviours are injected into the last `judged_days`.
+/// Knobs for the size of the world.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Latency samples kept per series rollup.
+    pub latency_samples: u64,
+    /// Share of consumers that are occasional: traffic in about one hour in seven.
+    pub occasional: f64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            latency_samples: 12,
+            occasional: 0.0,
+        }
+    }
+}
+
 pub fn build(
     consumers: usize,
     seed: u64,
     now_ms: i64,
     history_days: i64,
     judged_days: i64,
+) -> World {
+    build_with(
+        consumers,
+        seed,
+        now_ms,
+        history_days,
+        judged_days,
+        Options::default(),
+    )
+}
+
+pub fn build_with(
+    consumers: usize,
+    seed: u64,
+    now_ms: i64,
+    history_days: i64,
+    judged_days: i64,
+    options: Options,
 ) -> World {
     let mut rng = Rng::new(seed);
     let now_hour = now_ms.div_euclid(HOUR_MS);
@@ -349,14 +385,16 @@ pub fn build(
     let scale = (consumers as f64 / 300.0).max(1.0);
     let n_of = |base: usize| ((base as f64 * scale).round() as usize).max(1);
     let weekday_at = |rng: &mut Rng, h: i64| -> i64 {
-        // A weekday inside the judged window, at hour of day `h`.
-        loop {
-            let day = 1 + rng.below((judged_days - 1).max(1) as usize) as i64;
+        // A weekday inside the judged window, at hour of day `h`; a short window may have
+        // none, then any hour of it.
+        for _ in 0..200 {
+            let day = rng.below(judged_days.max(1) as usize) as i64;
             let hour = window_hour - hod(window_hour) + day * 24 + h;
-            if !weekend(hour) && hour + 3 < now_hour {
+            if hour >= window_hour && !weekend(hour) && hour + 3 < now_hour {
                 return hour;
             }
         }
+        window_hour
     };
     let op = |r: usize| format!("{} {}", ROUTES[r].method, ROUTES[r].template);
     let hour_ms = |h: i64| h * HOUR_MS;
@@ -405,7 +443,14 @@ pub fn build(
         let Some(i) = pick(&mut rng, &busy, &specs) else {
             break;
         };
-        let from = weekday_at(&mut rng, 10);
+        // A drop is confirmed over three complete hours; leave it a few more to be seen.
+        let mut from = weekday_at(&mut rng, 10);
+        for _ in 0..50 {
+            if from + 6 < now_hour {
+                break;
+            }
+            from = weekday_at(&mut rng, 10);
+        }
         let factor = if rng.f64() < 0.5 { 0.0 } else { 0.08 };
         specs[i].injections.push(Injection::Volume {
             from,
@@ -464,8 +509,16 @@ pub fn build(
         });
     }
     for k in 0..n_of(5) {
-        let busy =
-            |s: &Spec| matches!(s.shape, Shape::Business | Shape::Global) && s.level >= 200.0;
+        // Enough calls on the shared route for the minimum-volume guards (20 requests and 10
+        // errors in an hour): injecting below them would test the guard, not the detector.
+        let busy = |s: &Spec| {
+            let share = s
+                .routes
+                .iter()
+                .find(|r| r.0 == SHARED_ROUTE)
+                .map_or(0.0, |r| r.1);
+            matches!(s.shape, Shape::Business | Shape::Global) && s.level * share >= 120.0
+        };
         let Some(i) = pick(&mut rng, &busy, &specs) else {
             break;
         };
@@ -529,7 +582,11 @@ pub fn build(
             agents.push(s.id.clone());
         }
         let ci = s.id.clone();
+        let occasional = s.injections.len() <= 1 && rng.f64() < options.occasional;
         for hour in s.start_hour.max(first_hour)..=now_hour {
+            if occasional && rng.f64() > 0.15 {
+                continue;
+            }
             let elapsed = if hour == now_hour {
                 (now_ms - hour * HOUR_MS) as f64 / HOUR_MS as f64
             } else {
@@ -601,7 +658,7 @@ pub fn build(
                         continue;
                     }
                     let mut rollup = Rollup::default();
-                    for _ in 0..count.min(12) {
+                    for _ in 0..count.min(options.latency_samples) {
                         let latency =
                             ROUTES[r].latency_ms * latency_factor * (0.4 * rng.normal()).exp();
                         rollup.add(&Sample {
