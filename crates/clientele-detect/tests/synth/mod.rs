@@ -524,7 +524,10 @@ pub fn build_with(
         };
         let at = 10 + (k % 6) as i64;
         let mut from = weekday_at(&mut rng, at);
-        while from.div_euclid(24) == incident.div_euclid(24) {
+        for _ in 0..50 {
+            if from.div_euclid(24) != incident.div_euclid(24) {
+                break;
+            }
             from = weekday_at(&mut rng, at);
         }
         let rate = rng.range(0.15, 0.3);
