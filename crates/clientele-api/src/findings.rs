@@ -246,7 +246,8 @@ pub async fn list(
 pub struct EvaluateQuery {
     /// How far back to look for conditions, e.g. `24h` (default), `7d`; at most 35d.
     pub lookback: Option<String>,
-    /// Evaluate as of this time instead of now (RFC 3339 or epoch ms), e.g. to replay history.
+    /// Evaluate as of this time instead of now (RFC 3339 or epoch ms), e.g. to replay history;
+    /// a time more than an hour ago is rounded down to the hour.
     pub at: Option<String>,
 }
 
@@ -297,7 +298,14 @@ pub async fn evaluate(
             ms
         }
     };
-    let at_ms = param_ts("at", &q.at)?.unwrap_or_else(now_ms);
+    let now = now_ms();
+    let at_ms = match param_ts("at", &q.at)? {
+        // A replay in the past is judged on whole hours: the hour holding `at` also holds the
+        // events after it, which a live evaluation at `at` could not have seen.
+        Some(at) if at < now - HOUR_MS => at - at.rem_euclid(HOUR_MS),
+        Some(at) => at.min(now),
+        None => now,
+    };
     let report = state.findings.evaluate(at_ms, lookback_ms).await?;
     let new = report
         .findings

@@ -95,4 +95,7 @@ pub trait FindingStore: Send + Sync {
     /// Appends to the delivery log; returns the entry's id.
     async fn record_delivery(&self, delivery: Delivery) -> Result<i64>;
     async fn list_deliveries(&self, query: &DeliveryQuery) -> Result<Vec<Delivery>>;
+    /// Deletes findings last seen before `before_ms` and deliveries logged before it; returns
+    /// how many rows went.
+    async fn prune_findings(&self, before_ms: i64) -> Result<u64>;
 }

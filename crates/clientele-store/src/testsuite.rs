@@ -412,4 +412,15 @@ pub async fn finding_store_suite(store: &dyn FindingStore) {
         .await
         .unwrap();
     assert!(other_rule.is_empty());
+
+    // Pruning drops what was last seen (or logged) before the cut, nothing else.
+    let pruned = store.prune_findings(12 * H + 1).await.unwrap();
+    assert_eq!(
+        pruned,
+        2 + 1,
+        "the two deliveries and the api_errors finding"
+    );
+    let left = store.list_findings(&FindingQuery::default()).await.unwrap();
+    assert_eq!(left.len(), 3);
+    assert!(left.iter().all(|f| f.last_seen_ms > 12 * H));
 }

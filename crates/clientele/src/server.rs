@@ -189,6 +189,7 @@ pub async fn start(config: Config) -> Result<Running> {
         findings.clone(),
         Duration::from_secs(config.detection.interval_secs),
         config.detection.lookback_hours,
+        config.analytics.day_retention_days,
         wait_for(shutdown_rx.clone()),
     )));
 

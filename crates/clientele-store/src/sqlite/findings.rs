@@ -255,4 +255,15 @@ impl FindingStore for SqliteStore {
         })
         .await
     }
+
+    async fn prune_findings(&self, before_ms: i64) -> Result<u64> {
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            let f = tx.execute("DELETE FROM findings WHERE last_seen < ?1", [before_ms])?;
+            let d = tx.execute("DELETE FROM alert_deliveries WHERE ts < ?1", [before_ms])?;
+            tx.commit()?;
+            Ok((f + d) as u64)
+        })
+        .await
+    }
 }
