@@ -7,8 +7,9 @@
 //! level (when at least two weeks cover it), and the profile the median share of each hour in a
 //! day (weekdays and weekends apart when there are enough of each). Medians keep a past incident
 //! from becoming the norm. A consumer with less than three full days of history falls back to a
-//! flat hourly median, is only flagged for spikes well beyond its own record, and is not judged
-//! for drops; one with less than six active hours is not judged at all.
+//! flat hourly median; until it has two weeks (and so a day-of-week pattern) it is only flagged
+//! for spikes well beyond its own record, and not judged for drops; one with less than a day
+//! of history is not judged at all.
 //!
 //! Noise is judged by the consumer's own pattern: the 99th percentile of its past
 //! observed/expected ratios. A steady integration has ratios near 1, so a 3× hour stands out; an
@@ -124,7 +125,9 @@ impl Model {
             days.push((d, hours.iter().map(|&x| f64::from(x)).sum(), hours));
         }
         if days.len() < 3 {
-            if counts.len() < 6 {
+            // Less than a day says nothing about its daily cycle (a nightly batch would look
+            // like a spike on its first night).
+            if counts.len() < 24 {
                 return None;
             }
             let mut hourly: Vec<f64> = counts.iter().map(|&x| f64::from(x)).collect();
@@ -216,6 +219,8 @@ struct Flag {
     observed: f64,
     expected: f64,
     threshold: f64,
+    seasonality: Seasonality,
+    history_days: usize,
 }
 
 impl Detector for VolumeDetector {
@@ -233,7 +238,6 @@ impl Detector for VolumeDetector {
         let window = self.drop_window_hours.max(1);
         let mut spikes: Vec<(u32, Flag)> = Vec::new();
         let mut drops: Vec<(u32, Flag)> = Vec::new();
-        let mut models = rustc_hash::FxHashMap::default();
         // Each judged day is judged on the history before it, as a live evaluation that day
         // would have: a week-long backfill gives the findings live traffic would have given.
         let mut groups: Vec<(usize, std::ops::Range<i64>)> = Vec::new();
@@ -302,7 +306,9 @@ impl Detector for VolumeDetector {
                 // (a flat baseline knows nothing of their daily shape) are also held to their own
                 // record: a spike must be well beyond the hours they have already had.
                 let bursty = usual_burst * self.burst_margin > self.spike_ratio;
-                let young = model.seasonality == Seasonality::Flat;
+                // Under two weeks there is no day-of-week pattern yet: a first weekend would look
+                // like a drop, and a weekly batch like a spike.
+                let young = model.seasonality != Seasonality::HourOfWeek;
                 let count_threshold = if bursty || young {
                     let past: Vec<f64> = history.iter().map(|&x| f64::from(x)).collect();
                     // Twice the busiest hour on record: a bursty agent's largest bursts are rare
@@ -338,6 +344,8 @@ impl Detector for VolumeDetector {
                                 observed: x,
                                 expected: e,
                                 threshold: spike_threshold,
+                                seasonality: model.seasonality,
+                                history_days: model.history_days,
                             },
                         ));
                     }
@@ -364,14 +372,11 @@ impl Detector for VolumeDetector {
                                 observed: xo,
                                 expected: eo,
                                 threshold: drop_threshold,
+                                seasonality: model.seasonality,
+                                history_days: model.history_days,
                             },
                         ));
                     }
-                }
-                if spikes.last().is_some_and(|(c, _)| *c == consumer)
-                    || drops.last().is_some_and(|(c, _)| *c == consumer)
-                {
-                    models.insert(consumer, (model.seasonality, model.history_days));
                 }
             }
         }
@@ -388,18 +393,7 @@ impl Detector for VolumeDetector {
                     .iter()
                     .filter_map(|h| by_hour.get(&(consumer, *h)))
                     .collect();
-                let (seasonality, history_days) = models
-                    .get(&consumer)
-                    .copied()
-                    .unwrap_or((Seasonality::Flat, 0));
-                if let Some(f) = self.finding(
-                    ctx,
-                    kind,
-                    ctx.name(consumer),
-                    &flags,
-                    seasonality,
-                    history_days,
-                ) {
+                if let Some(f) = self.finding(ctx, kind, ctx.name(consumer), &flags) {
                     out.push(f);
                 }
             }
@@ -415,8 +409,6 @@ impl VolumeDetector {
         kind: FindingKind,
         consumer: &str,
         flags: &[&Flag],
-        seasonality: Seasonality,
-        history_days: usize,
     ) -> Option<Finding> {
         let first = flags.first()?;
         let last = flags.last()?;
@@ -441,6 +433,7 @@ impl VolumeDetector {
             })
             .copied()?;
         let peak_ratio = peak.observed / peak.expected.max(MIN_EXPECTED);
+        let (seasonality, history_days) = (peak.seasonality, peak.history_days);
         let usual = match seasonality {
             Seasonality::HourOfWeek => "for that hour and weekday",
             Seasonality::HourOfDay => "for that hour of the day",
@@ -566,6 +559,7 @@ mod tests {
     #[test]
     fn too_little_history_is_not_judged() {
         assert!(Model::fit(&[1, 2, 3], 0).is_none());
+        assert!(Model::fit(&[10; 20], 0).is_none());
         let m = Model::fit(&[10; 30], 0).unwrap();
         assert_eq!(m.seasonality, Seasonality::Flat);
         assert_eq!(m.expected(100), 10.0);
