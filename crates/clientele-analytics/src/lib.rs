@@ -17,8 +17,10 @@ use clientele_core::event::Event;
 use rustc_hash::FxHashMap as HashMap;
 
 pub mod rollup;
+mod scan;
 
 pub use rollup::{Counters, Rollup, Sample};
+pub use scan::{ConsumerGrid, SeriesIds, detector_errors};
 
 pub const MINUTE_MS: i64 = 60_000;
 pub const HOUR_MS: i64 = 3_600_000;

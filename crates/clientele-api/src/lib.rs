@@ -20,6 +20,7 @@ use clientele_core::pipeline::PipelineStats;
 use clientele_store::{ControlStore, EventStore};
 
 pub mod error;
+pub mod findings;
 pub mod handlers;
 pub mod ingest;
 pub mod limits;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub limiter: Arc<clientele_core::limits::LimiterStats>,
     /// `"local"` or `"redis"`.
     pub limiter_mode: &'static str,
+    /// The detectors, the findings store and the alert hand-off.
+    pub findings: Arc<findings::FindingsService>,
 }
 
 impl AppState {
@@ -96,6 +99,12 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/stats/routes", get(handlers::stats_routes))
         .route("/v1/events", axum::routing::post(handlers::ingest_events))
         .route("/v1/status", get(handlers::status))
+        .route("/v1/findings", get(findings::list))
+        .route(
+            "/v1/findings/evaluate",
+            axum::routing::post(findings::evaluate),
+        )
+        .route("/v1/alerts/deliveries", get(findings::deliveries))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/healthz", get(handlers::healthz))

@@ -4,11 +4,11 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{handlers, limits};
+use crate::{findings, handlers, limits};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Clientele admin and query API", description = "Consumers, keys, events and per-consumer statistics."),
+    info(title = "Clientele admin and query API", description = "Consumers, keys, events, per-consumer statistics, findings and alerts."),
     paths(
         handlers::healthz,
         handlers::status,
@@ -29,6 +29,9 @@ use crate::{handlers, limits};
         limits::put_limits,
         limits::delete_limits,
         limits::overview,
+        findings::list,
+        findings::evaluate,
+        findings::deliveries,
     ),
     modifiers(&AdminToken)
 )]

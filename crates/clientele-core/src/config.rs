@@ -27,6 +27,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub plans: BTreeMap<String, PlanConfig>,
     pub exports: crate::exports_config::ExportsConfig,
+    /// Where findings are sent (see [`crate::alert`]).
+    pub alerts: Vec<crate::alert::AlertRule>,
+    pub detection: crate::alert::DetectionConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -422,6 +425,9 @@ impl Config {
                 }
             }
         }
+
+        crate::alert::targets(&self.alerts, &self.plans, origin)?;
+        self.detection.validate(origin)?;
 
         if let Some(url) = &self.limits.redis_url {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {

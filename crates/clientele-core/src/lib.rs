@@ -6,6 +6,7 @@
 //! which events leave the hot path, and `application/problem+json` bodies. It depends on nothing
 //! heavy: no HTTP stack, no storage engine.
 
+pub mod alert;
 pub mod config;
 pub mod consumer;
 pub mod event;

@@ -1,5 +1,6 @@
 //! Storage for Clientele: one trait for the control plane ([`ControlStore`]: consumers, keys)
-//! and one for analytics ([`EventStore`]: events and the statistics read from them).
+//! one for analytics ([`EventStore`]: events and the statistics read from them), and one for
+//! what detectors notice ([`FindingStore`]: findings and the alert delivery log).
 //!
 //! Callers hold `Arc<dyn ControlStore>` / `Arc<dyn EventStore>`, so a PostgreSQL control plane
 //! or a ClickHouse event store can be added beside [`sqlite::SqliteStore`] without touching
@@ -10,10 +11,12 @@ use clientele_core::consumer::{ApiKey, Consumer};
 use clientele_core::event::Event;
 use clientele_core::keys::{KeyEntry, QuotaUsage};
 
+pub mod findings;
 pub mod sqlite;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 
+pub use findings::{Change, Delivery, DeliveryQuery, FindingQuery, FindingStore, Upserted};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]

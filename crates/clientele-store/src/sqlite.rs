@@ -19,6 +19,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{ControlStore, EventCursor, EventQuery, EventStore, Result, StoreError, StoredRollup};
 
+mod findings;
+
 /// 2 added `consumers.limits` and `quota_usage`.
 const SCHEMA_VERSION: i64 = 2;
 
@@ -146,6 +148,7 @@ impl SqliteStore {
             )
             .map_err(open_err)?;
         writer.execute_batch(SCHEMA).map_err(open_err)?;
+        writer.execute_batch(findings::SCHEMA).map_err(open_err)?;
         let version: Option<String> = writer
             .query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| {
                 r.get(0)
@@ -865,6 +868,7 @@ mod tests {
         let store = SqliteStore::open(&dir).unwrap();
         crate::testsuite::control_store_suite(&store).await;
         crate::testsuite::event_store_suite(&store).await;
+        crate::testsuite::finding_store_suite(&store).await;
         // Reopening keeps everything, including the key secret.
         let secret = store.key_secret();
         drop(store);

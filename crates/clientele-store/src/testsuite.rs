@@ -8,7 +8,12 @@ use clientele_core::event::{Event, Outcome};
 use clientele_core::keys::{QuotaSeed, QuotaUsage};
 use clientele_core::limits::{LimitOverride, RouteLimit};
 
-use crate::{ControlStore, EventQuery, EventStore, StoreError, StoredRollup};
+use clientele_core::finding::{Finding, FindingKind, Severity};
+
+use crate::{
+    Change, ControlStore, Delivery, DeliveryQuery, EventQuery, EventStore, FindingQuery,
+    FindingStore, StoreError, StoredRollup,
+};
 
 fn consumer(id: &str, plan: Option<&str>) -> Consumer {
     Consumer {
@@ -291,4 +296,181 @@ pub async fn event_store_suite(store: &dyn EventStore) {
     assert_eq!(rows, vec![row(1, 3_600_000, 7), row(2, 0, 5)]);
     assert_eq!(store.prune_rollups(1, 7_200_000).await.unwrap(), 1);
     assert_eq!(store.archived_rollups().await.unwrap().0.len(), 1);
+}
+
+fn finding(kind: FindingKind, consumer: Option<&str>, first: i64, last: i64) -> Finding {
+    Finding {
+        id: format!("fnd_{}", clientele_core::event::random_id128()),
+        kind,
+        consumer: consumer.map(Into::into),
+        api: Some("petstore".into()),
+        route: Some("POST /orders".into()),
+        severity: Severity::Warning,
+        first_seen_ms: first,
+        last_seen_ms: last,
+        summary: format!("{kind} from {first} to {last}"),
+        evidence: serde_json::json!({"observed": last}),
+    }
+}
+
+pub async fn finding_store_suite(store: &dyn FindingStore) {
+    const H: i64 = 3_600_000;
+    let gap = H;
+    // A new condition is added.
+    let first = finding(FindingKind::ErrorSpike, Some("acme"), 10 * H, 11 * H);
+    let up = store
+        .upsert_findings(vec![first.clone()], gap)
+        .await
+        .unwrap();
+    assert_eq!(up.len(), 1);
+    assert_eq!(up[0].change, Change::New);
+    assert!(up[0].is_news());
+    // The same condition, persisting and worse: updated, not repeated; id and first_seen kept.
+    let mut later = finding(FindingKind::ErrorSpike, Some("acme"), 11 * H, 13 * H);
+    later.severity = Severity::Critical;
+    let up = store
+        .upsert_findings(vec![later.clone()], gap)
+        .await
+        .unwrap();
+    assert_eq!(
+        up[0].change,
+        Change::Updated {
+            previous: Severity::Warning
+        }
+    );
+    assert!(up[0].is_news(), "an escalation is news");
+    assert_eq!(up[0].finding.id, first.id);
+    assert_eq!(up[0].finding.first_seen_ms, 10 * H);
+    assert_eq!(up[0].finding.last_seen_ms, 13 * H);
+    // Re-evaluating the same data changes nothing but is not news.
+    let up = store.upsert_findings(vec![later], gap).await.unwrap();
+    assert!(!up[0].is_news());
+    // Evaluating older data only widens the span; the latest summary stays.
+    let older = finding(FindingKind::ErrorSpike, Some("acme"), 9 * H, 10 * H);
+    let up = store.upsert_findings(vec![older], gap).await.unwrap();
+    assert_eq!(up[0].finding.first_seen_ms, 9 * H);
+    assert_eq!(up[0].finding.last_seen_ms, 13 * H);
+    assert_eq!(up[0].finding.severity, Severity::Critical);
+    // The same kind for the same consumer a day later is a new finding.
+    let recur = finding(FindingKind::ErrorSpike, Some("acme"), 40 * H, 41 * H);
+    let up = store
+        .upsert_findings(vec![recur.clone()], gap)
+        .await
+        .unwrap();
+    assert_eq!(up[0].change, Change::New);
+    // Other keys are other findings.
+    let api_wide = finding(FindingKind::ApiErrors, None, 10 * H, 12 * H);
+    let other = finding(FindingKind::VolumeDrop, Some("beta"), 12 * H, 14 * H);
+    store
+        .upsert_findings(vec![api_wide.clone(), other.clone()], gap)
+        .await
+        .unwrap();
+
+    let all = store.list_findings(&FindingQuery::default()).await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[0].id, recur.id, "most recently seen first");
+    let acme = store
+        .list_findings(&FindingQuery {
+            consumer: Some("acme".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(acme.len(), 2);
+    let kind = store
+        .list_findings(&FindingQuery {
+            kind: Some(FindingKind::ApiErrors),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(kind.len(), 1);
+    assert_eq!(kind[0].consumer, None);
+    assert_eq!(kind[0].evidence, api_wide.evidence);
+    // Time filters select overlapping spans.
+    let window = store
+        .list_findings(&FindingQuery {
+            from_ms: Some(13 * H + 1),
+            to_ms: Some(20 * H),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(window.len(), 1);
+    assert_eq!(window[0].id, other.id);
+    let none = store
+        .list_findings(&FindingQuery {
+            api: Some("nope".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    let limited = store
+        .list_findings(&FindingQuery {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(limited.len(), 1);
+    assert_eq!(
+        store.get_finding(&first.id).await.unwrap().unwrap().id,
+        first.id
+    );
+    assert!(store.get_finding("fnd_missing").await.unwrap().is_none());
+    // A span that ends before it starts is refused.
+    let bad = finding(FindingKind::VolumeSpike, Some("x"), 5, 1);
+    assert!(matches!(
+        store.upsert_findings(vec![bad], gap).await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    // The delivery log, newest first.
+    for (attempt, outcome) in [(1, "retrying"), (2, "delivered")] {
+        store
+            .record_delivery(Delivery {
+                id: 0,
+                ts_ms: 1_000 + attempt as i64,
+                rule: "oncall".into(),
+                finding_id: first.id.clone(),
+                kind: "error_spike".into(),
+                consumer: Some("acme".into()),
+                severity: "critical".into(),
+                url: "http://127.0.0.1:9/hook".into(),
+                attempt,
+                outcome: outcome.into(),
+                http_status: Some(if attempt == 1 { 500 } else { 200 }),
+                error: (attempt == 1).then(|| "500 Internal Server Error".into()),
+            })
+            .await
+            .unwrap();
+    }
+    let log = store
+        .list_deliveries(&DeliveryQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].outcome, "delivered");
+    assert_eq!(log[1].http_status, Some(500));
+    assert!(log[0].id > log[1].id);
+    let other_rule = store
+        .list_deliveries(&DeliveryQuery {
+            rule: Some("nobody".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(other_rule.is_empty());
+
+    // Pruning drops what was last seen (or logged) before the cut, nothing else.
+    let pruned = store.prune_findings(12 * H + 1).await.unwrap();
+    assert_eq!(
+        pruned,
+        2 + 1,
+        "the two deliveries and the api_errors finding"
+    );
+    let left = store.list_findings(&FindingQuery::default()).await.unwrap();
+    assert_eq!(left.len(), 3);
+    assert!(left.iter().all(|f| f.last_seen_ms > 12 * H));
 }

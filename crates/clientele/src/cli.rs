@@ -90,12 +90,12 @@ pub fn token(remote: &Remote) -> Result<String> {
     }
 }
 
-fn connect(remote: &Remote) -> Result<AdminClient> {
+pub(crate) fn connect(remote: &Remote) -> Result<AdminClient> {
     AdminClient::new(&remote.admin_url, &token(remote)?)
 }
 
 /// Path segments are percent-encoded so an id can never change which endpoint is called.
-fn seg(s: &str) -> String {
+pub(crate) fn seg(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
@@ -266,7 +266,7 @@ fn print_keys(keys: &Value) {
     );
 }
 
-fn output(remote: &Remote, value: &Value, human: impl FnOnce()) {
+pub(crate) fn output(remote: &Remote, value: &Value, human: impl FnOnce()) {
     if remote.json {
         println!(
             "{}",
@@ -277,14 +277,14 @@ fn output(remote: &Remote, value: &Value, human: impl FnOnce()) {
     }
 }
 
-fn array<'a>(v: &'a Value, field: &str) -> &'a [Value] {
+pub(crate) fn array<'a>(v: &'a Value, field: &str) -> &'a [Value] {
     v.get(field)
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or_default()
 }
 
-fn str_of(v: &Value, field: &str) -> String {
+pub(crate) fn str_of(v: &Value, field: &str) -> String {
     match v.get(field) {
         None | Some(Value::Null) => "-".to_string(),
         Some(Value::String(s)) => s.clone(),

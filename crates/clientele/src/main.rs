@@ -12,10 +12,13 @@ use clap::{Args, Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod alerts;
 mod cli;
 mod client;
 mod demo;
+mod detection;
 mod exports;
+mod findings_cli;
 mod logimport;
 mod server;
 
@@ -50,6 +53,8 @@ enum Command {
     Keys(cli::KeysCmd),
     /// Send access logs (Clientele NDJSON, nginx, Kong or Envoy JSON) to a running server.
     Import(logimport::ImportArgs),
+    /// List what the detectors noticed: anomalies per consumer, error concentration, ...
+    Findings(findings_cli::FindingsArgs),
 }
 
 /// How CLI commands reach a running server.
@@ -117,6 +122,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Consumers(cmd) => cli::consumers(cmd).await,
         Command::Keys(cmd) => cli::keys(cmd).await,
         Command::Import(args) => logimport::run(args).await,
+        Command::Findings(args) => findings_cli::run(args).await,
     }
 }
 

@@ -17,7 +17,7 @@ use clientele_core::keys::{KeyHasher, KeyIndex};
 use clientele_core::pipeline::{EventSink, PipelineStats};
 use clientele_gateway::limiter::Limiter;
 use clientele_gateway::{Gateway, GatewayOptions, ServeSettings, TlsFiles};
-use clientele_store::{ControlStore, EventStore, SqliteStore, StoredRollup};
+use clientele_store::{ControlStore, EventStore, FindingStore, SqliteStore, StoredRollup};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -88,6 +88,7 @@ pub async fn start(config: Config) -> Result<Running> {
     };
 
     let control: Arc<dyn ControlStore> = Arc::new(store.clone());
+    let finding_store: Arc<dyn FindingStore> = Arc::new(store.clone());
     let events: Arc<dyn EventStore> = Arc::new(store);
     let keys = Arc::new(KeyIndex::with_plans(
         KeyHasher::new(control.key_secret()),
@@ -200,6 +201,41 @@ pub async fn start(config: Config) -> Result<Running> {
         wait_for(shutdown_rx.clone()),
     )));
 
+    let alert_targets = clientele_core::alert::targets(&config.alerts, &config.plans, "config")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (alert_tx, alert_task) = crate::alerts::start(
+        alert_targets,
+        finding_store.clone(),
+        control.clone(),
+        wait_for(shutdown_rx.clone()),
+    )
+    .await;
+    tasks.extend(alert_task);
+    let findings = Arc::new(
+        clientele_api::findings::FindingsService::new(
+            clientele_detect::Registry::standard(),
+            finding_store,
+            control.clone(),
+            engine.clone(),
+            config.plans.clone(),
+            alert_tx,
+        )
+        .observe({
+            // New and escalated findings become OTLP log records when `[exports.otlp]` has logs on.
+            let export = exporters.findings();
+            Box::new(move |found| {
+                export.offer(found);
+            })
+        }),
+    );
+    tasks.push(tokio::spawn(crate::detection::run_periodic(
+        findings.clone(),
+        Duration::from_secs(config.detection.interval_secs),
+        config.detection.lookback_hours,
+        config.analytics.day_retention_days,
+        wait_for(shutdown_rx.clone()),
+    )));
+
     let plans: BTreeSet<String> = config.plans.keys().cloned().collect();
     let state = AppState {
         control: control.clone(),
@@ -217,6 +253,7 @@ pub async fn start(config: Config) -> Result<Running> {
         known_consumers: Arc::default(),
         limiter: limiter.stats(),
         limiter_mode: limiter.mode(),
+        findings,
     };
     // The dashboard and portal share the admin listener; the API router keeps the fallback.
     let ui = clientele_ui::router(state.clone());

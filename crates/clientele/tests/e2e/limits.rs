@@ -528,3 +528,69 @@ fn bad_limit_config_is_refused_with_the_key_named() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hammering_the_limit_and_living_near_the_quota_become_findings() {
+    let up = start_upstream().await;
+    let server = Server::start(up.addr, TINY).await;
+    // Live: a loop that ignores 429s.
+    let (_, key) = server.consumer_with_key("loopy", Some("tiny")).await;
+    let (ok, limited) = burst(&server, &key, "/search", 80).await;
+    assert!(limited >= 70, "{ok} allowed, {limited} refused");
+    stats_row(&server, "loopy", |r| r["requests"] == 80).await;
+
+    // Backfilled: three days at 90% of a daily quota of 20.
+    let now = clientele_core::time::now_ms();
+    let today = now.div_euclid(86_400_000);
+    let mut body = String::new();
+    for d in 1..=3 {
+        for i in 0..18 {
+            let ts = (today - d) * 86_400_000 + 3_600_000 + i * 1000;
+            body.push_str(
+                &json!({"ts": ts, "consumer": "steady", "plan": "quota20", "method": "GET",
+                        "path": "/pets/1", "status": 200, "latency_ms": 12.0})
+                .to_string(),
+            );
+            body.push('\n');
+        }
+    }
+    let (status, _, answer) = send(
+        Method::POST,
+        &format!("http://{}/v1/events", server.admin),
+        &[
+            ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
+            ("content-type", "application/x-ndjson"),
+        ],
+        Some(bytes::Bytes::from(body)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 202, "{}", String::from_utf8_lossy(&answer));
+
+    let (status, _) = server
+        .admin(Method::POST, "/v1/findings/evaluate?lookback=7d", None)
+        .await;
+    assert_eq!(status, 200);
+    let (_, found) = server
+        .admin(Method::GET, "/v1/findings?kind=rate_limited", None)
+        .await;
+    let f = &found["findings"][0];
+    assert_eq!(f["consumer"], "loopy", "{found}");
+    assert_eq!(f["severity"], "critical");
+    let summary = f["summary"].as_str().unwrap();
+    assert!(summary.contains("without exponential backoff"), "{summary}");
+    assert!(summary.contains("tiny plan's limit of 1/s"), "{summary}");
+    assert_eq!(f["evidence"]["rate_limited"], limited as u64);
+
+    let (_, found) = server
+        .admin(Method::GET, "/v1/findings?kind=quota_pressure", None)
+        .await;
+    let f = &found["findings"][0];
+    assert_eq!(f["consumer"], "steady", "{found}");
+    let summary = f["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("daily quota of 20 on 3 of the last 7 days"),
+        "{summary}"
+    );
+    assert_eq!(found["findings"].as_array().unwrap().len(), 1, "{found}");
+}

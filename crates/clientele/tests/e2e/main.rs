@@ -5,6 +5,7 @@
 
 mod analytics;
 mod exports;
+mod findings;
 mod gateway;
 mod limits;
 mod support;

@@ -1,0 +1,98 @@
+//! Runs every detector on its own, every `[detection].interval_secs`, over the last
+//! `[detection].lookback_hours` of event time, so late and back-dated events are judged too;
+//! and deletes findings older than `[analytics].day_retention_days`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clientele_analytics::HOUR_MS;
+use clientele_api::findings::FindingsService;
+use clientele_store::Change;
+
+/// How often findings past their retention are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+pub async fn run_periodic(
+    findings: Arc<FindingsService>,
+    interval: Duration,
+    lookback_hours: u32,
+    retention_days: u32,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut last_prune: Option<std::time::Instant> = None;
+    if interval.is_zero() {
+        // Detection only on request; findings still leave their retention.
+        loop {
+            prune(&findings, retention_days, &mut last_prune).await;
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(PRUNE_EVERY) => {}
+            }
+        }
+    }
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick fires at once; let start-up (rollup restore, first batches) settle first.
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = ticks.tick() => {}
+        }
+        prune(&findings, retention_days, &mut last_prune).await;
+        let now = clientele_core::time::now_ms();
+        match findings
+            .evaluate(now, i64::from(lookback_hours) * HOUR_MS)
+            .await
+        {
+            Ok(report) => {
+                let new = report
+                    .findings
+                    .iter()
+                    .filter(|u| u.change == Change::New)
+                    .count();
+                if new > 0 {
+                    tracing::info!(
+                        new,
+                        updated = report.findings.len() - new,
+                        elapsed_ms = report.elapsed_ms as u64,
+                        "detectors found new conditions"
+                    );
+                }
+                if report.elapsed_ms > interval.as_secs_f64() * 1000.0 {
+                    tracing::warn!(
+                        elapsed_ms = report.elapsed_ms as u64,
+                        "an evaluation took longer than [detection].interval_secs"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "periodic evaluation failed; retrying next interval")
+            }
+        }
+    }
+}
+
+/// Deletes findings (and alert deliveries) older than the day tier's retention, hourly: past it
+/// there are no rollups left to show their evidence against.
+async fn prune(
+    findings: &FindingsService,
+    retention_days: u32,
+    last: &mut Option<std::time::Instant>,
+) {
+    if last.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
+        return;
+    }
+    *last = Some(std::time::Instant::now());
+    let before = clientele_core::time::now_ms() - i64::from(retention_days) * 24 * HOUR_MS;
+    match findings.store().prune_findings(before).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            deleted = n,
+            retention_days,
+            "pruned old findings and alert deliveries"
+        ),
+        Err(e) => tracing::warn!(error = %e, "pruning findings failed"),
+    }
+}
