@@ -26,7 +26,7 @@ type Page = Result<Response, UiError>;
 
 /// The signed-in admin session, or a redirect to the sign-in form that comes back here.
 /// `Err` holds where to send the browser instead: the sign-in form, coming back here after.
-fn require(ui: &Ui, headers: &HeaderMap, uri: &Uri) -> Result<Session, String> {
+pub(crate) fn require(ui: &Ui, headers: &HeaderMap, uri: &Uri) -> Result<Session, String> {
     if let Some(id) = cookie(headers, ADMIN_COOKIE) {
         if let Some(s) = ui.admin_sessions.get(id, now_ms()) {
             return Ok(s);
@@ -36,7 +36,7 @@ fn require(ui: &Ui, headers: &HeaderMap, uri: &Uri) -> Result<Session, String> {
     Err(format!("/login?next={}", url_enc(next)))
 }
 
-fn ctx(session: &Session, path: &str, raw: Option<&str>) -> Result<Ctx, UiError> {
+pub(crate) fn ctx(session: &Session, path: &str, raw: Option<&str>) -> Result<Ctx, UiError> {
     let params = Params::parse(raw);
     let range = Range::from_params(&params, now_ms())?;
     Ok(Ctx {
@@ -361,6 +361,16 @@ pub async fn overview(
         r#"<section aria-labelledby="h-traffic"><h2 id="h-traffic">Traffic <span class="sub">per {step_name}</span></h2>{}</section>"#,
         series_charts("all", &ts, step_ms, &points)
     );
+    let recent = crate::findings::load(&ui, r, None, None, None, 1000).await?;
+    let total_findings = recent.len();
+    let shown: Vec<_> = recent.into_iter().take(6).collect();
+    let _ = write!(
+        body,
+        r#"<section aria-labelledby="h-findings"><h2 id="h-findings">Recent findings</h2>{}<p><a href="{}">All findings ({})</a></p></section>"#,
+        crate::findings::table(&ctx, "Most recently seen first", &shown, true),
+        esc(&ctx.href("/findings", &[])),
+        int(total_findings as u64)
+    );
     // Busiest consumers, and the ones with the most errors: the person to call is usually in
     // the second table, not the first.
     let mut busiest: Vec<&ConsumerStats> = list.consumers.iter().collect();
@@ -503,7 +513,7 @@ fn consumer_table(
     out
 }
 
-fn filter_select(
+pub(crate) fn filter_select(
     name: &str,
     label: &str,
     values: &BTreeSet<String>,
@@ -525,7 +535,7 @@ fn filter_select(
 }
 
 /// A GET form of filters that keeps the range and sort.
-fn filter_form(ctx: &Ctx, selects: &str, keys: &[&str]) -> String {
+pub(crate) fn filter_form(ctx: &Ctx, selects: &str, keys: &[&str]) -> String {
     let mut out = format!(
         r#"<form class="filters" method="get" action="{}" aria-label="Filters">"#,
         esc(&ctx.path)
@@ -959,6 +969,17 @@ pub async fn consumer(
         body,
         r#"<section aria-labelledby="h-errors"><h2 id="h-errors">Recent errors</h2>{}</section>"#,
         errors_table(&errors, true)
+    );
+    let found = crate::findings::load(&ui, r, None, Some(id.clone()), None, 100).await?;
+    let _ = write!(
+        body,
+        r#"<section aria-labelledby="h-found"><h2 id="h-found">Findings</h2>{}</section>"#,
+        crate::findings::table(
+            &ctx,
+            "What the detectors noticed about this consumer, most recent first",
+            &found,
+            false
+        )
     );
     if info.is_some() {
         let Json(lim) = limits::get_limits(

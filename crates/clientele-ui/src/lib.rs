@@ -24,6 +24,7 @@ use clientele_api::{ApiError, AppState};
 mod admin;
 mod assets;
 mod chart;
+mod findings;
 mod html;
 mod page;
 mod portal;
@@ -54,6 +55,7 @@ pub fn router(app: AppState) -> Router {
         .route("/consumers", get(admin::consumers))
         .route("/consumers/{id}", get(admin::consumer))
         .route("/routes", get(admin::routes))
+        .route("/findings", get(findings::page))
         .route("/portal", get(portal::home))
         .route("/portal/", get(portal::home))
         .route("/portal/login", get(portal::login_form).post(portal::login))

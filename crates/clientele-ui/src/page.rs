@@ -246,6 +246,7 @@ pub fn layout(ctx: &Ctx, title: &str, active: &str, body: &str) -> String {
                 ("/", "Overview"),
                 ("/consumers", "Consumers"),
                 ("/routes", "Routes"),
+                ("/findings", "Findings"),
             ],
             "/logout",
             "Dashboard",
