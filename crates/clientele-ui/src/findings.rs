@@ -12,7 +12,7 @@ use clientele_api::findings::{self, FindingOut, FindingsQuery};
 use clientele_core::finding::FindingKind;
 use serde_json::Value;
 
-use crate::html::{esc, int, url_enc, when_rfc3339};
+use crate::html::{esc, int, url_enc};
 use crate::page::{Ctx, Range, layout, tiles};
 use crate::{Ui, UiError, html_response};
 
@@ -42,6 +42,17 @@ pub(crate) async fn load(
     Ok(list.findings)
 }
 
+/// An RFC 3339 time as `2026-11-24 19:28` (UTC, as every page says).
+fn short(ts: &str) -> String {
+    clientele_core::time::parse_ts(ts)
+        .ok()
+        .and_then(crate::html::utc)
+        .map_or_else(
+            || ts.to_string(),
+            |t| t.format("%Y-%m-%d %H:%M").to_string(),
+        )
+}
+
 /// `error_spike` → `Error spike`.
 fn kind_label(kind: &str) -> String {
     let mut s = kind.replace('_', " ");
@@ -51,24 +62,56 @@ fn kind_label(kind: &str) -> String {
     s
 }
 
+/// The evidence as `name: value` lines; nested objects become dotted names, so every number
+/// reads on its own line instead of as JSON.
 fn evidence(v: &Value) -> String {
-    let Value::Object(map) = v else {
-        return esc(&v.to_string());
-    };
+    let mut lines = Vec::new();
+    flatten("", v, 0, &mut lines);
     let mut out = String::from("<dl class=\"evidence\">");
-    for (k, v) in map {
-        let text = match v {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.as_f64().filter(|f| f.fract() != 0.0).map_or_else(
-                || n.to_string(),
-                |f| format!("{f:.4}").trim_end_matches('0').to_string(),
-            ),
-            other => other.to_string(),
-        };
-        let _ = write!(out, "<div><dt>{}</dt><dd>{}</dd></div>", esc(k), esc(&text));
+    for (k, text) in lines {
+        let _ = write!(
+            out,
+            "<div><dt>{}</dt><dd>{}</dd></div>",
+            esc(&k),
+            esc(&text)
+        );
     }
     out.push_str("</dl>");
     out
+}
+
+fn flatten(prefix: &str, v: &Value, depth: usize, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(map) if depth < 3 => {
+            for (k, v) in map {
+                let name = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&name, v, depth + 1, out);
+            }
+        }
+        Value::String(s) => out.push((prefix.to_string(), s.clone())),
+        Value::Number(n) => out.push((
+            prefix.to_string(),
+            match n.as_f64() {
+                Some(f) if f.fract() != 0.0 => {
+                    let s = format!("{f:.4}");
+                    s.trim_end_matches('0').to_string()
+                }
+                _ => n.to_string(),
+            },
+        )),
+        Value::Array(items) if items.iter().all(|i| !i.is_object() && !i.is_array()) => {
+            let parts: Vec<String> = items
+                .iter()
+                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+                .collect();
+            out.push((prefix.to_string(), parts.join(", ")));
+        }
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
 }
 
 /// A findings table. `link_consumers` makes consumer names links to their pages.
@@ -105,14 +148,14 @@ pub(crate) fn table(ctx: &Ctx, caption: &str, rows: &[FindingOut], show_consumer
         }
         let _ = write!(
             out,
-            r#"<td>{route}</td><td class="summary">{summary}</td><td>{last}<br><span class="muted">since {first}</span></td><td><details><summary>Numbers</summary>{ev}</details></td></tr>"#,
+            r#"<td>{route}</td><td class="summary">{summary}</td><td class="when">{last}<br><span class="muted">since {first}</span></td><td><details><summary>Numbers</summary>{ev}</details></td></tr>"#,
             route = f
                 .route
                 .as_deref()
                 .map_or_else(|| "—".to_string(), |r| format!("<code>{}</code>", esc(r))),
             summary = esc(&f.summary),
-            last = esc(&when_rfc3339(&f.last_seen)),
-            first = esc(&when_rfc3339(&f.first_seen)),
+            last = esc(&short(&f.last_seen)),
+            first = esc(&short(&f.first_seen)),
             ev = evidence(&f.evidence),
         );
     }
@@ -197,8 +240,9 @@ pub async fn page(
             .then_with(|| b.last_seen.cmp(&a.last_seen))
     });
     let caption = format!(
-        "{} findings seen in this range, most severe and most recent first",
-        rows.len()
+        "{} finding{} seen in this range, most severe and most recent first",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" }
     );
     body.push_str(&table(&ctx, &caption, &rows, true));
     body.push_str(r#"<p class="note">Detectors run every minute over the rollups; <code>POST /v1/findings/evaluate</code> runs them now.</p>"#);
@@ -215,7 +259,12 @@ mod tests {
     #[test]
     fn labels_and_evidence_read_as_text() {
         assert_eq!(kind_label("integration_errors"), "Integration errors");
-        let ev = evidence(&serde_json::json!({"baseline": 0.0125, "observed": 12, "note": "<b>"}));
+        let ev = evidence(&serde_json::json!({
+            "baseline": 0.0125, "observed": 12, "note": "<b>",
+            "limit": {"plan": "free", "burst": 4}, "hours": [1, 2]
+        }));
+        assert!(ev.contains("<dt>limit.plan</dt><dd>free</dd>"), "{ev}");
+        assert!(ev.contains("<dt>hours</dt><dd>1, 2</dd>"), "{ev}");
         assert!(ev.contains("<dt>baseline</dt><dd>0.0125</dd>"), "{ev}");
         assert!(ev.contains("<dd>12</dd>"));
         assert!(ev.contains("&lt;b&gt;"), "escaped");
