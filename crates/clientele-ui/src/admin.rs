@@ -843,11 +843,52 @@ pub(crate) fn errors_table(events: &[handlers::EventOut], show_client: bool) -> 
     out
 }
 
-/// The newest error responses (4xx and 5xx) of a consumer in the window.
+/// Which errors the recent-errors table shows (`errors` parameter), so that a flood of 429s
+/// does not hide the 5xx someone is looking for.
+const ERROR_CLASSES: [(&str, &str, (u16, u16)); 4] = [
+    ("all", "All errors", (400, 599)),
+    ("5xx", "5xx", (500, 599)),
+    ("4xx", "4xx", (400, 499)),
+    ("429", "429 only", (429, 429)),
+];
+
+pub(crate) fn error_class(p: &Params) -> Result<(&'static str, (u16, u16)), UiError> {
+    let want = p.get("errors").unwrap_or("all");
+    ERROR_CLASSES
+        .iter()
+        .find(|(k, _, _)| *k == want)
+        .map(|(k, _, range)| (*k, *range))
+        .ok_or_else(|| {
+            UiError::bad_request(format!("errors {want:?} must be all, 5xx, 4xx or 429"))
+        })
+}
+
+/// Links choosing the class of errors listed.
+pub(crate) fn error_tabs(ctx: &Ctx, current: &str) -> String {
+    let mut out = String::from(r#"<ul class="tabs" aria-label="Which errors">"#);
+    for (key, label, _) in ERROR_CLASSES {
+        let value = if key == "all" { "" } else { key };
+        let current = if key == current {
+            r#" aria-current="true""#
+        } else {
+            ""
+        };
+        let _ = write!(
+            out,
+            r##"<li><a href="{}#h-errors"{current}>{label}</a></li>"##,
+            esc(&ctx.href(&ctx.path, &[("errors", value)]))
+        );
+    }
+    out.push_str("</ul>");
+    out
+}
+
+/// The newest error responses of a consumer in the window, with statuses in `status`.
 pub(crate) async fn recent_errors(
     ui: &Ui,
     consumer: &str,
     r: &Range,
+    status: (u16, u16),
     limit: usize,
 ) -> Result<Vec<handlers::EventOut>, UiError> {
     let events = ui
@@ -857,7 +898,7 @@ pub(crate) async fn recent_errors(
             consumer: consumer.to_string(),
             from_ms: r.from_ms,
             to_ms: r.to_ms,
-            status: Some((400, 599)),
+            status: Some(status),
             limit,
         })
         .await
@@ -964,10 +1005,12 @@ pub async fn consumer(
         r#"<section aria-labelledby="h-routes"><h2 id="h-routes">Routes</h2>{}</section>"#,
         routes_of_consumer(&detail.routes)
     );
-    let errors = recent_errors(&ui, &id, r, 20).await?;
+    let (class, statuses) = error_class(&ctx.params)?;
+    let errors = recent_errors(&ui, &id, r, statuses, 20).await?;
     let _ = write!(
         body,
-        r#"<section aria-labelledby="h-errors"><h2 id="h-errors">Recent errors</h2>{}</section>"#,
+        r#"<section aria-labelledby="h-errors"><h2 id="h-errors">Recent errors</h2>{}{}</section>"#,
+        error_tabs(&ctx, class),
         errors_table(&errors, true)
     );
     let found = crate::findings::load(&ui, r, None, Some(id.clone()), None, 100).await?;

@@ -55,11 +55,22 @@ fn short(ts: &str) -> String {
 
 /// `error_spike` → `Error spike`.
 fn kind_label(kind: &str) -> String {
-    let mut s = kind.replace('_', " ");
-    if let Some(first) = s.get_mut(0..1) {
-        first.make_ascii_uppercase();
-    }
-    s
+    let words: Vec<String> = kind
+        .split('_')
+        .enumerate()
+        .map(|(i, w)| match w {
+            "api" => "API".to_string(),
+            w if i == 0 => {
+                let mut w = w.to_string();
+                if let Some(first) = w.get_mut(0..1) {
+                    first.make_ascii_uppercase();
+                }
+                w
+            }
+            w => w.to_string(),
+        })
+        .collect();
+    words.join(" ")
 }
 
 /// The evidence as `name: value` lines; nested objects become dotted names, so every number
@@ -259,6 +270,7 @@ mod tests {
     #[test]
     fn labels_and_evidence_read_as_text() {
         assert_eq!(kind_label("integration_errors"), "Integration errors");
+        assert_eq!(kind_label("api_errors"), "API errors");
         let ev = evidence(&serde_json::json!({
             "baseline": 0.0125, "observed": 12, "note": "<b>",
             "limit": {"plan": "free", "burst": 4}, "hours": [1, 2]

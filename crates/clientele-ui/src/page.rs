@@ -458,7 +458,8 @@ pub fn meter(share: f64, label: &str) -> String {
     format!(
         r#"<span class="meter {class}" role="img" aria-label="{label}"><span class="fill w{bucket}"></span></span>"#,
         label = esc(label),
-        bucket = (pct / 5) * 5
+        // Rounded up, so that any use at all shows.
+        bucket = pct.div_ceil(5) * 5
     )
 }
 

@@ -21,8 +21,8 @@ use clientele_core::time::now_ms;
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{
-    consumer_tiles, detail_points, errors_table, limits_section, login_csrf_ok, recent_errors,
-    routes_of_consumer, safe_next, series_charts, sign_in_page,
+    consumer_tiles, detail_points, error_class, error_tabs, errors_table, limits_section,
+    login_csrf_ok, recent_errors, routes_of_consumer, safe_next, series_charts, sign_in_page,
 };
 use crate::html::esc;
 use crate::page::{Area, Ctx, Params, Range, layout};
@@ -67,12 +67,12 @@ async fn portal_session(ui: &Ui, headers: &HeaderMap) -> Option<(String, Session
 }
 
 /// The portal's page shows one consumer: the session's. Parameters other than the time range
-/// are refused, so no query can point it at anyone else.
+/// and the class of errors listed are refused, so no query can point it at anyone else.
 fn check_params(p: &Params) -> Result<(), UiError> {
     for (k, _) in &p.0 {
-        if !["range", "from", "to", "refresh"].contains(&k.as_str()) {
+        if !["range", "from", "to", "refresh", "errors"].contains(&k.as_str()) {
             return Err(UiError::bad_request(format!(
-                "the portal shows your own usage only; parameter {k:?} is not accepted (use range, from, to, refresh)"
+                "the portal shows your own usage only; parameter {k:?} is not accepted (use range, from, to, refresh, errors)"
             )));
         }
     }
@@ -139,10 +139,12 @@ pub async fn home(
         r#"<section aria-labelledby="h-limits"><h2 id="h-limits">Rate limits and quota</h2>{}</section>"#,
         limits_section(&lim, "portal")
     );
-    let errors = recent_errors(&ui, &consumer, r, RECENT_ERRORS).await?;
+    let (class, statuses) = error_class(&ctx.params)?;
+    let errors = recent_errors(&ui, &consumer, r, statuses, RECENT_ERRORS).await?;
     let _ = write!(
         body,
-        r#"<section aria-labelledby="h-errors"><h2 id="h-errors">Recent errors</h2><p>Use the trace id when you ask for help: it finds the request in the provider's logs.</p>{}</section>"#,
+        r#"<section aria-labelledby="h-errors"><h2 id="h-errors">Recent errors</h2><p>Use the trace id when you ask for help: it finds the request in the provider's logs.</p>{}{}</section>"#,
+        error_tabs(&ctx, class),
         errors_table(&errors, true)
     );
     let _ = write!(

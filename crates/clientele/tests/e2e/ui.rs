@@ -174,6 +174,7 @@ async fn every_dashboard_page_needs_a_session() {
         "/consumers",
         "/consumers/acme",
         "/routes",
+        "/findings",
         "/?range=7d",
     ] {
         let mut anon = Browser::default();
@@ -409,6 +410,11 @@ async fn dashboard_pages_answer_and_refuse_bad_parameters_with_html() {
     );
     assert_eq!(stats["errors_5xx"], 1);
     assert!(!page.body.contains(&key), "keys are never shown");
+    let page = b.get(&server, "/consumers/acme?errors=429").await;
+    assert!(!page.body.contains(">503</span>"), "only 429s listed");
+    assert!(page.body.contains("No error responses in this range."));
+    let page = b.get(&server, "/consumers/acme?errors=5xx").await;
+    assert!(page.body.contains(r#"<span class="status-badge s5">503</span>"#));
     let page = b.get(&server, "/routes?sort=error_share&dir=asc").await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains(r#"aria-sort="ascending""#));
@@ -422,6 +428,8 @@ async fn dashboard_pages_answer_and_refuse_bad_parameters_with_html() {
             400,
         ),
         ("/?refresh=7", 400),
+        ("/consumers/acme?errors=3xx", 400),
+        ("/findings?severity=urgent", 400),
     ] {
         let a = b.get(&server, path).await;
         assert_eq!(a.status, status, "{path}");
