@@ -303,7 +303,12 @@ test("one consumer: totals, routes, recent errors, limits and keys (no plaintext
   assert.equal(await page.locator("#h-routes + * tbody tr").count(), d.routes.length);
   const events = (await api("/v1/consumers/alpha/events?status=5xx")).json.events;
   assert.ok(events.length > 0);
-  assert.ok((await page.locator("#h-errors + * tbody").textContent()).includes(events[0].path));
+  const errorsTable = page.locator("section:has(#h-errors) table tbody");
+  assert.ok((await errorsTable.textContent()).includes(events[0].path));
+  // Narrowed to 5xx: exactly the API's 5xx events (up to the 20 shown).
+  await page.getByRole("link", { name: "5xx", exact: true }).click();
+  await page.waitForURL(/errors=5xx/);
+  assert.equal(await errorsTable.locator("tr").count(), Math.min(20, events.length));
   const lim = (await api("/v1/consumers/alpha/limits")).json;
   assert.equal(await page.locator('[data-metric="quota_day_remaining"]').textContent(), int(lim.day.remaining));
   const html = await page.content();
