@@ -299,7 +299,7 @@ fn head(out: &mut String, title: &str, refresh_s: u32) {
         out,
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>{} · Clientele</title><link rel="stylesheet" href="/ui/style.css?v={v}"><script src="/ui/app.js?v={v}" defer></script>"#,
         esc(title),
-        v = crate::assets::VERSION,
+        v = crate::assets::version(),
     );
     if refresh_s > 0 {
         // Without script, the browser reloads by itself; with it, app.js does (and pauses

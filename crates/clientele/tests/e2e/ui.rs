@@ -414,7 +414,10 @@ async fn dashboard_pages_answer_and_refuse_bad_parameters_with_html() {
     assert!(!page.body.contains(">503</span>"), "only 429s listed");
     assert!(page.body.contains("No error responses in this range."));
     let page = b.get(&server, "/consumers/acme?errors=5xx").await;
-    assert!(page.body.contains(r#"<span class="status-badge s5">503</span>"#));
+    assert!(
+        page.body
+            .contains(r#"<span class="status-badge s5">503</span>"#)
+    );
     let page = b.get(&server, "/routes?sort=error_share&dir=asc").await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains(r#"aria-sort="ascending""#));
