@@ -262,6 +262,14 @@ test("overview: the headline numbers are the API's", async () => {
   const most = [...stats].sort((a, b) => b.errors_4xx + b.errors_5xx - (a.errors_4xx + a.errors_5xx))[0];
   assert.equal(await page.locator("#h-err + * tbody tr").first().getAttribute("data-consumer"), most.consumer);
   await shot(page, "02-overview");
+  // Pointing at a chart reads out the step under the pointer (progressive enhancement).
+  const svg = page.locator("#all-traffic svg");
+  const box = await svg.boundingBox();
+  await page.mouse.move(box.x + box.width * 0.97, box.y + box.height / 2);
+  const tip = page.locator("#all-traffic .chart-tip");
+  await tip.waitFor({ state: "visible" });
+  assert.match(await tip.textContent(), /UTC.*Requests: \d/);
+  await page.locator("#all-traffic").screenshot({ path: join(artifacts, "02b-chart-hover.png") });
   await context.close();
 });
 

@@ -137,9 +137,10 @@ impl Chart<'_> {
         let desc_id = format!("{}-desc", self.id);
         let _ = write!(
             out,
-            r#"<figure class="chart" id="{id}"><figcaption id="{cap_id}">{title}</figcaption>"#,
+            r#"<figure class="chart" id="{id}" data-chart="{data}"><figcaption id="{cap_id}">{title}</figcaption>"#,
             id = esc(self.id),
-            title = esc(self.title)
+            title = esc(self.title),
+            data = esc(&self.hover_data()),
         );
         if n == 0 {
             out.push_str(r#"<p class="empty">No data in this range.</p></figure>"#);
@@ -254,6 +255,29 @@ impl Chart<'_> {
         self.data_table(&mut out);
         out.push_str("</figure>");
         out
+    }
+
+    /// The numbers behind the chart for app.js's hover read-out (the page works without it;
+    /// the data table below each chart has the same numbers).
+    fn hover_data(&self) -> String {
+        let unit = match self.unit {
+            Unit::Count => "count",
+            Unit::Ms => "ms",
+            Unit::Share => "share",
+        };
+        serde_json::json!({
+            "unit": unit,
+            "ts": self.ts,
+            "step": self.step_ms,
+            "left": ML / W,
+            "width": (W - ML - MR) / W,
+            "lines": self.lines.iter().map(|l| serde_json::json!({
+                "label": l.label,
+                "class": l.class,
+                "values": l.values,
+            })).collect::<Vec<_>>(),
+        })
+        .to_string()
     }
 
     /// One sentence per line: its peak and its latest value.
