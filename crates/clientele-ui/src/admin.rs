@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 use std::fmt::Write;
 
 use axum::Form;
-use axum::extract::{Path, RawQuery, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use clientele_analytics::{Query as AQuery, Rollup};
@@ -153,13 +155,42 @@ pub(crate) fn login_csrf_ok(headers: &HeaderMap, cookie_name: &str, given: &str)
         && cookie(headers, cookie_name).is_some_and(|c| secret_eq(given, c))
 }
 
+/// A 429 page for an address that failed to sign in too often.
+pub(crate) fn throttled(portal: bool) -> Response {
+    let mut resp = html_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        page::error_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many failed sign-ins",
+            &format!(
+                "more than {} failed sign-ins from this address in a minute; wait a minute and try again{}",
+                session::MAX_FAILURES_PER_MINUTE,
+                if portal {
+                    ""
+                } else {
+                    " (the admin API with the token keeps working)"
+                }
+            ),
+        ),
+    );
+    resp.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("60"),
+    );
+    resp
+}
+
 pub async fn login(
     State(ui): State<Ui>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
     let https = is_https(&headers);
     let next = safe_next(form.next.as_deref(), "/");
+    if !ui.throttle.allows(peer.ip(), now_ms()) {
+        return throttled(false);
+    }
     if !login_csrf_ok(&headers, ADMIN_LOGIN_COOKIE, &form.csrf) {
         return sign_in_page(
             StatusCode::FORBIDDEN,
@@ -173,7 +204,8 @@ pub async fn login(
         );
     }
     if !secret_eq(form.token.trim(), &ui.app.admin_token) {
-        tracing::warn!("dashboard sign-in refused: wrong admin token");
+        ui.throttle.failed(peer.ip(), now_ms());
+        tracing::warn!(client = %peer.ip(), "dashboard sign-in refused: wrong admin token");
         return sign_in_page(
             StatusCode::UNAUTHORIZED,
             false,

@@ -38,6 +38,8 @@ pub struct Ui {
     pub app: AppState,
     admin_sessions: Arc<session::SessionTable>,
     portal_sessions: Arc<session::SessionTable>,
+    /// Failed sign-ins per address, dashboard and portal together.
+    throttle: Arc<session::Throttle>,
 }
 
 /// The dashboard and portal routes, to be merged into the admin router (which owns the
@@ -47,6 +49,7 @@ pub fn router(app: AppState) -> Router {
         app,
         admin_sessions: Arc::default(),
         portal_sessions: Arc::default(),
+        throttle: Arc::default(),
     };
     Router::new()
         .route("/", get(admin::overview))

@@ -9,7 +9,9 @@
 use std::fmt::Write;
 
 use axum::Form;
-use axum::extract::{RawQuery, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use clientele_api::ApiError;
@@ -210,9 +212,13 @@ pub struct LoginForm {
 
 pub async fn login(
     State(ui): State<Ui>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
+    if !ui.throttle.allows(peer.ip(), now_ms()) {
+        return crate::admin::throttled(true);
+    }
     let https = is_https(&headers);
     let next = safe_next(
         form.next.as_deref().filter(|n| n.starts_with("/portal")),
@@ -257,9 +263,15 @@ pub async fn login(
                 ],
             )
         }
-        Lookup::Revoked(_) => retry(StatusCode::UNAUTHORIZED, "That key has been revoked."),
-        Lookup::Expired(_) => retry(StatusCode::UNAUTHORIZED, "That key has expired."),
-        Lookup::Unknown => retry(StatusCode::UNAUTHORIZED, "That key is not known here."),
+        refused => {
+            ui.throttle.failed(peer.ip(), now_ms());
+            let message = match refused {
+                Lookup::Revoked(_) => "That key has been revoked.",
+                Lookup::Expired(_) => "That key has expired.",
+                _ => "That key is not known here.",
+            };
+            retry(StatusCode::UNAUTHORIZED, message)
+        }
     }
 }
 

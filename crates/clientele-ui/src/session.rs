@@ -180,3 +180,64 @@ mod tests {
         );
     }
 }
+
+/// Failed sign-ins allowed per client address per minute. Admin tokens may be short (they are
+/// chosen by people), so guessing is slowed down; a legitimate user never gets near this.
+pub const MAX_FAILURES_PER_MINUTE: u32 = 10;
+const THROTTLE_WINDOW_MS: i64 = 60_000;
+/// Addresses remembered at most; the map is cleared of stale windows before it grows past it.
+const MAX_THROTTLED: usize = 10_000;
+
+/// Counts failed sign-ins per client address in fixed one-minute windows.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    map: Mutex<HashMap<std::net::IpAddr, (i64, u32)>>,
+}
+
+impl Throttle {
+    /// Whether `ip` may try to sign in now.
+    pub fn allows(&self, ip: std::net::IpAddr, now_ms: i64) -> bool {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(&ip) {
+            Some((start, n)) if now_ms - start < THROTTLE_WINDOW_MS => *n < MAX_FAILURES_PER_MINUTE,
+            _ => true,
+        }
+    }
+
+    pub fn failed(&self, ip: std::net::IpAddr, now_ms: i64) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_THROTTLED {
+            map.retain(|_, (start, _)| now_ms - *start < THROTTLE_WINDOW_MS);
+        }
+        if map.len() >= MAX_THROTTLED && !map.contains_key(&ip) {
+            // Still full of live windows: forget the oldest rather than grow.
+            if let Some(oldest) = map.iter().min_by_key(|(_, (s, _))| *s).map(|(k, _)| *k) {
+                map.remove(&oldest);
+            }
+        }
+        let entry = map.entry(ip).or_insert((now_ms, 0));
+        if now_ms - entry.0 >= THROTTLE_WINDOW_MS {
+            *entry = (now_ms, 0);
+        }
+        entry.1 += 1;
+    }
+}
+
+#[cfg(test)]
+mod throttle_tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_limited_per_address_and_minute() {
+        let t = Throttle::default();
+        let a: std::net::IpAddr = [127, 0, 0, 1].into();
+        let b: std::net::IpAddr = [127, 0, 0, 2].into();
+        for i in 0..MAX_FAILURES_PER_MINUTE {
+            assert!(t.allows(a, 1_000), "attempt {i}");
+            t.failed(a, 1_000);
+        }
+        assert!(!t.allows(a, 30_000));
+        assert!(t.allows(b, 30_000), "other addresses are unaffected");
+        assert!(t.allows(a, 61_000), "a new minute, new attempts");
+    }
+}

@@ -318,6 +318,39 @@ async fn sign_in_checks_the_token_and_sets_a_strict_cookie() {
         !server.stderr().contains(ADMIN_TOKEN),
         "the token is never logged"
     );
+
+    // Guessing is slowed down: after ten failures in a minute, this address is refused for the
+    // rest of the minute, the right token included. (One failure above counts too.)
+    let mut guesser = Browser::default();
+    let mut statuses = Vec::new();
+    for i in 0..11 {
+        let form = guesser.get(&server, "/login").await;
+        let a = guesser
+            .post(
+                &server,
+                "/login",
+                &format!("token=guess-{i}&csrf={}", form.csrf()),
+            )
+            .await;
+        statuses.push(a.status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        9,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    let form = guesser.get(&server, "/login").await;
+    let a = guesser
+        .post(
+            &server,
+            "/login",
+            &format!("token={}&csrf={}", enc(ADMIN_TOKEN), form.csrf()),
+        )
+        .await;
+    assert_eq!(a.status, 429);
+    assert_eq!(a.headers["retry-after"], "60");
+    assert!(a.set_cookie("clientele_admin").is_none());
 }
 
 #[tokio::test]
