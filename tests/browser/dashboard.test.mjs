@@ -9,7 +9,8 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, mkdirSync, writeFileSync, existsSync, rmSync } from "node:fs";
+import { mkdtempSync, mkdirSync, writeFileSync, existsSync, rmSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join, resolve, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -21,6 +22,8 @@ const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, "../..");
 const artifacts = join(root, "target", "browser-artifacts");
 const ADMIN_TOKEN = "browser-test-admin-token-0123456789";
+// axe-core, the accessibility rules engine, run inside each page.
+const axeSource = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
 
 let server, upstream, browser, dataDir, admin, gateway;
 const keys = {};
@@ -395,6 +398,41 @@ test("keyboard: skip link, navigation by Tab and Enter, visible time-range picke
   await page.getByLabel("Time range", { exact: true }).selectOption("7d");
   await page.waitForURL(/range=7d/);
   assert.equal(await page.getByLabel("Time range", { exact: true }).inputValue(), "7d");
+  await context.close();
+});
+
+/// Runs axe's WCAG 2.1 A and AA rules (contrast, labels, names, structure) on the open page.
+async function axe(page) {
+  await page.evaluate(axeSource);
+  const result = await page.evaluate(() =>
+    window.axe.run(document, { runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] } }),
+  );
+  return result.violations.map((v) => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(", ")}`);
+}
+
+test("accessibility: no WCAG 2.1 A/AA violations on any page (axe-core)", async () => {
+  // axe is injected by the test, so the test's context lets it past the page's CSP.
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, bypassCSP: true });
+  const page = await context.newPage();
+  page.setDefaultTimeout(8000);
+  await page.goto(`${admin}/login`);
+  const problems = {};
+  problems["/login"] = await axe(page);
+  await page.getByLabel("Admin token").fill(ADMIN_TOKEN);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.waitForURL(`${admin}/`);
+  for (const path of ["/", "/consumers", "/consumers/alpha", "/consumers/beta", "/routes", "/findings"]) {
+    await page.goto(admin + path);
+    problems[path] = await axe(page);
+  }
+  await page.goto(`${admin}/portal/login`);
+  problems["/portal/login"] = await axe(page);
+  await page.getByLabel("API key").fill(keys.gamma.key);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.waitForURL(`${admin}/portal`);
+  problems["/portal"] = await axe(page);
+  const bad = Object.entries(problems).filter(([, v]) => v.length > 0);
+  assert.deepEqual(bad, [], JSON.stringify(bad, null, 2));
   await context.close();
 });
 
