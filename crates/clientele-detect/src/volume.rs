@@ -286,7 +286,11 @@ impl Detector for VolumeDetector {
                         exp_acc.pop_front();
                         obs_acc.pop_front();
                     }
-                    if exp_acc.len() == window {
+                    // Only windows busy enough to be judged say how low this consumer goes: quiet
+                    // nights at zero would otherwise make every drop look normal.
+                    if exp_acc.len() == window
+                        && exp_acc.iter().sum::<f64>() >= self.min_drop_expected
+                    {
                         window_ratios
                             .push(obs_acc.iter().sum::<f64>() / exp_acc.iter().sum::<f64>());
                     }
