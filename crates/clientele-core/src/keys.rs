@@ -285,6 +285,23 @@ impl KeyIndex {
         let old = self.slots();
         let mut fresh: HashMap<Arc<str>, Option<Arc<LimitSlot>>> = HashMap::new();
         let mut seeds = self.seeds.lock().unwrap_or_else(|e| e.into_inner());
+        // Plans a consumer is on but the config does not define (consumers created by ingest
+        // carry whatever plan their events named): such consumers are unlimited, which an
+        // operator should hear about rather than discover.
+        let mut undefined: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+        for e in &entries {
+            if let Some(p) = e.plan.as_deref() {
+                if !self.plans.is_empty() && !self.plans.contains_key(p) && !e.revoked {
+                    undefined.insert(p);
+                }
+            }
+        }
+        if !undefined.is_empty() {
+            tracing::warn!(
+                plans = ?undefined,
+                "some consumers are on plans the config does not define, so no limits apply to them; add [plans.NAME] sections or move them to a defined plan"
+            );
+        }
         let map: HashMap<_, _> = entries
             .into_iter()
             .map(|mut e| {

@@ -279,6 +279,52 @@ pub enum Decision {
     },
 }
 
+/// The most constraining of the limits an allowed request was counted against (the lowest
+/// share remaining): what the RateLimit headers report.
+#[derive(Debug, Default)]
+pub struct Tightest(Option<LimitStatus>);
+
+impl Tightest {
+    pub fn keep(&mut self, s: LimitStatus) {
+        let ratio = |s: &LimitStatus| s.remaining as f64 / s.limit.max(1) as f64;
+        if self.0.as_ref().is_none_or(|t| ratio(&s) < ratio(t)) {
+            self.0 = Some(s);
+        }
+    }
+
+    /// The decision for an allowed request.
+    pub fn allowed(self) -> Decision {
+        match self.0 {
+            Some(status) => Decision::Allowed { status },
+            None => Decision::Unlimited,
+        }
+    }
+}
+
+/// One GCRA cell's answer: the status to report, or a refusal with the wait.
+fn check_cell(
+    cell: &Gcra,
+    kind: LimitKind,
+    rate: f64,
+    burst: u32,
+) -> Result<LimitStatus, Decision> {
+    match cell.check() {
+        Ok(snap) => Ok(rate_status(
+            kind,
+            rate,
+            burst,
+            u64::from(snap.remaining_burst_capacity()),
+        )),
+        Err(not_until) => {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            Err(refused(
+                rate_status(kind, rate, burst, 0),
+                wait.as_millis() as u64,
+            ))
+        }
+    }
+}
+
 /// A quota's usage in one period, packed in one word so it can be checked and counted without
 /// a lock: the period number in the high 24 bits, the count in the low 40.
 #[derive(Debug, Default)]
@@ -495,13 +541,7 @@ impl LimitSlot {
         } else {
             Periods::day_only(now_ms)
         };
-        let mut tightest: Option<LimitStatus> = None;
-        let mut keep = |s: LimitStatus| {
-            let ratio = |s: &LimitStatus| s.remaining as f64 / s.limit.max(1) as f64;
-            if tightest.as_ref().is_none_or(|t| ratio(&s) < ratio(t)) {
-                tightest = Some(s);
-            }
-        };
+        let mut tightest = Tightest::default();
 
         // Quotas first: they can be given back exactly if a rate then refuses.
         let mut took_day = false;
@@ -510,7 +550,7 @@ impl LimitSlot {
                 Some(used) => {
                     took_day = true;
                     self.dirty.store(true, Ordering::Relaxed);
-                    keep(quota_status(
+                    tightest.keep(quota_status(
                         LimitKind::DailyQuota,
                         limit,
                         used,
@@ -530,7 +570,7 @@ impl LimitSlot {
                 Some(used) => {
                     took_month = true;
                     self.dirty.store(true, Ordering::Relaxed);
-                    keep(quota_status(
+                    tightest.keep(quota_status(
                         LimitKind::MonthlyQuota,
                         limit,
                         used,
@@ -562,42 +602,25 @@ impl LimitSlot {
             if !m.matches(method, route) {
                 continue;
             }
-            match limiter.check() {
-                Ok(snap) => keep(rate_status(
-                    LimitKind::Route,
-                    l.rate_per_second,
-                    l.burst,
-                    u64::from(snap.remaining_burst_capacity()),
-                )),
-                Err(not_until) => {
+            match check_cell(limiter, LimitKind::Route, l.rate_per_second, l.burst) {
+                Ok(status) => tightest.keep(status),
+                Err(refusal) => {
                     give_back();
-                    let wait = not_until.wait_time_from(DefaultClock::default().now());
-                    let status = rate_status(LimitKind::Route, l.rate_per_second, l.burst, 0);
-                    return refused(status, wait.as_millis() as u64);
+                    return refusal;
                 }
             }
         }
         if let Some(limiter) = &self.rate {
             let p = &self.policy;
-            match limiter.check() {
-                Ok(snap) => keep(rate_status(
-                    LimitKind::Rate,
-                    p.rate_per_second,
-                    p.burst,
-                    u64::from(snap.remaining_burst_capacity()),
-                )),
-                Err(not_until) => {
+            match check_cell(limiter, LimitKind::Rate, p.rate_per_second, p.burst) {
+                Ok(status) => tightest.keep(status),
+                Err(refusal) => {
                     give_back();
-                    let wait = not_until.wait_time_from(DefaultClock::default().now());
-                    let status = rate_status(LimitKind::Rate, p.rate_per_second, p.burst, 0);
-                    return refused(status, wait.as_millis() as u64);
+                    return refusal;
                 }
             }
         }
-        match tightest {
-            Some(status) => Decision::Allowed { status },
-            None => Decision::Unlimited,
-        }
+        tightest.allowed()
     }
 }
 

@@ -64,24 +64,22 @@ impl Detector for LatencyDetector {
         // Daily rollups per consumer over the routes it called in the baseline week. Only those
         // routes are compared later: a consumer that starts calling a slow endpoint has a new
         // mix of requests (a `new_endpoint`), not slower ones.
-        let mut per_day: HashMap<(u32, i64), Rollup> = HashMap::default();
         let mut known: rustc_hash::FxHashSet<(u32, u32, u32, u32)> = Default::default();
-        let mut global_base = Rollup::default();
         ctx.engine
-            .scan_series(Tier::Day, base_from, window_day, |day, k, r| {
+            .scan_series(Tier::Day, base_from, window_day, |_, k, _| {
                 known.insert((k.consumer, k.api, k.method, k.route));
-                per_day.entry((k.consumer, day)).or_default().merge(r);
-                global_base.merge(r);
             });
         let mut daily: HashMap<u32, Vec<f64>> = HashMap::default();
-        for ((c, _), r) in &per_day {
-            if r.counters.requests >= self.min_day_requests {
-                if let Some(p) = r.quantile(0.95) {
-                    daily.entry(*c).or_default().push(p);
+        let mut global_base = Rollup::default();
+        ctx.engine
+            .scan_consumers(Tier::Day, base_from, window_day, |_, c, r| {
+                global_base.merge(r);
+                if r.counters.requests >= self.min_day_requests {
+                    if let Some(p) = r.quantile(0.95) {
+                        daily.entry(c).or_default().push(p);
+                    }
                 }
-            }
-        }
-        drop(per_day);
+            });
         let baselines: HashMap<u32, Baseline> = daily
             .into_iter()
             .filter(|(_, v)| v.len() >= self.min_baseline_days)
@@ -99,22 +97,53 @@ impl Detector for LatencyDetector {
             regressed: bool,
         }
         let mut obs: Vec<Obs> = Vec::new();
-        let mut global_hour: HashMap<i64, Rollup> = HashMap::default();
-        let mut per_hour: HashMap<(u32, i64), Rollup> = HashMap::default();
+        // Hours in which a consumer also called routes new to it: only those need their known
+        // routes merged apart; every other hour is its consumer rollup as it stands.
+        let mut mixed: rustc_hash::FxHashSet<(u32, i64)> = Default::default();
         ctx.engine.scan_series(
             Tier::Hour,
             slots.start * HOUR_MS,
             slots.end * HOUR_MS,
-            |start, k, r| {
-                let hour = start / HOUR_MS;
-                global_hour.entry(hour).or_default().merge(r);
+            |start, k, _| {
                 if baselines.contains_key(&k.consumer)
-                    && known.contains(&(k.consumer, k.api, k.method, k.route))
+                    && !known.contains(&(k.consumer, k.api, k.method, k.route))
                 {
-                    per_hour.entry((k.consumer, hour)).or_default().merge(r);
+                    mixed.insert((k.consumer, start / HOUR_MS));
                 }
             },
         );
+        let mut global_hour: HashMap<i64, Rollup> = HashMap::default();
+        let mut per_hour: HashMap<(u32, i64), Rollup> = HashMap::default();
+        ctx.engine.scan_consumers(
+            Tier::Hour,
+            slots.start * HOUR_MS,
+            slots.end * HOUR_MS,
+            |start, c, r| {
+                let hour = start / HOUR_MS;
+                global_hour.entry(hour).or_default().merge(r);
+                if r.counters.requests >= self.min_requests
+                    && baselines.contains_key(&c)
+                    && !mixed.contains(&(c, hour))
+                {
+                    per_hour.insert((c, hour), r.clone());
+                }
+            },
+        );
+        if !mixed.is_empty() {
+            ctx.engine.scan_series(
+                Tier::Hour,
+                slots.start * HOUR_MS,
+                slots.end * HOUR_MS,
+                |start, k, r| {
+                    let key = (k.consumer, start / HOUR_MS);
+                    if mixed.contains(&key)
+                        && known.contains(&(k.consumer, k.api, k.method, k.route))
+                    {
+                        per_hour.entry(key).or_default().merge(r);
+                    }
+                },
+            );
+        }
         for ((c, hour), r) in &per_hour {
             if r.counters.requests < self.min_requests {
                 continue;

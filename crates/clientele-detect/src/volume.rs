@@ -221,6 +221,9 @@ struct Flag {
     threshold: f64,
     seasonality: Seasonality,
     history_days: usize,
+    /// This hour alone (drop flags' `observed`/`expected` cover their trailing window).
+    hour_observed: f64,
+    hour_expected: f64,
 }
 
 impl Detector for VolumeDetector {
@@ -286,7 +289,11 @@ impl Detector for VolumeDetector {
                         exp_acc.pop_front();
                         obs_acc.pop_front();
                     }
-                    if exp_acc.len() == window {
+                    // Only windows busy enough to be judged say how low this consumer goes: quiet
+                    // nights at zero would otherwise make every drop look normal.
+                    if exp_acc.len() == window
+                        && exp_acc.iter().sum::<f64>() >= self.min_drop_expected
+                    {
                         window_ratios
                             .push(obs_acc.iter().sum::<f64>() / exp_acc.iter().sum::<f64>());
                     }
@@ -346,6 +353,8 @@ impl Detector for VolumeDetector {
                                 threshold: spike_threshold,
                                 seasonality: model.seasonality,
                                 history_days: model.history_days,
+                                hour_observed: x,
+                                hour_expected: e,
                             },
                         ));
                     }
@@ -374,6 +383,8 @@ impl Detector for VolumeDetector {
                                 threshold: drop_threshold,
                                 seasonality: model.seasonality,
                                 history_days: model.history_days,
+                                hour_observed: x,
+                                hour_expected: model.expected(hour),
                             },
                         ));
                     }
@@ -412,8 +423,20 @@ impl VolumeDetector {
     ) -> Option<Finding> {
         let first = flags.first()?;
         let last = flags.last()?;
-        let observed: f64 = flags.iter().map(|f| f.observed).sum();
-        let expected: f64 = flags.iter().map(|f| f.expected).sum();
+        // Over the distinct hours of the run: a drop's first window, then each later hour.
+        let (observed, expected) = if kind == FindingKind::VolumeDrop {
+            flags
+                .iter()
+                .skip(1)
+                .fold((first.observed, first.expected), |(o, e), f| {
+                    (o + f.hour_observed, e + f.hour_expected)
+                })
+        } else {
+            (
+                flags.iter().map(|f| f.hour_observed).sum(),
+                flags.iter().map(|f| f.hour_expected).sum(),
+            )
+        };
         let drop_span = if kind == FindingKind::VolumeDrop {
             (self.drop_window_hours.max(1) as i64 - 1) * HOUR_MS
         } else {

@@ -124,8 +124,12 @@ fn labelled_scenario_recall_and_false_positives() {
     );
     for kind in [
         FindingKind::VolumeSpike,
+        FindingKind::VolumeDrop,
+        FindingKind::NewEndpoint,
         FindingKind::ErrorSpike,
+        FindingKind::IntegrationErrors,
         FindingKind::ApiErrors,
+        FindingKind::LatencyRegression,
     ] {
         if let Some(f) = findings.iter().find(|f| f.kind == kind) {
             println!("  e.g. {kind}: {}", f.summary);

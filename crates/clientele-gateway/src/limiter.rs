@@ -145,7 +145,7 @@ fn on_failure(policy: FailurePolicy, stats: &LimiterStats) -> Verdict {
 mod redis_mode {
     use super::*;
     use clientele_core::limits::{
-        LimitKind, LimitPolicy, LimitStatus, Periods, quota_status, rate_status,
+        LimitKind, LimitPolicy, Periods, Tightest, quota_status, rate_status,
     };
     use redis::aio::ConnectionManager;
 
@@ -356,15 +356,9 @@ return out
             let (day_used, month_used) = (answer[1].max(0) as u64, answer[2].max(0) as u64);
             slot.day.restore(periods.day, day_used);
             slot.month.restore(periods.month, month_used);
-            let mut tightest: Option<LimitStatus> = None;
-            let mut keep = |s: LimitStatus| {
-                let ratio = |s: &LimitStatus| s.remaining as f64 / s.limit.max(1) as f64;
-                if tightest.as_ref().is_none_or(|t| ratio(&s) < ratio(t)) {
-                    tightest = Some(s);
-                }
-            };
+            let mut tightest = Tightest::default();
             if let Some(limit) = policy.quota_per_day {
-                keep(quota_status(
+                tightest.keep(quota_status(
                     LimitKind::DailyQuota,
                     limit,
                     day_used,
@@ -372,7 +366,7 @@ return out
                 ));
             }
             if let Some(limit) = policy.quota_per_month {
-                keep(quota_status(
+                tightest.keep(quota_status(
                     LimitKind::MonthlyQuota,
                     limit,
                     month_used,
@@ -381,12 +375,9 @@ return out
             }
             for (i, (_, rate, burst, kind)) in cells.iter().enumerate() {
                 let remaining = answer.get(3 + i).copied().unwrap_or(0).max(0) as u64;
-                keep(rate_status(*kind, *rate, *burst, remaining));
+                tightest.keep(rate_status(*kind, *rate, *burst, remaining));
             }
-            Verdict::Decided(match tightest {
-                Some(status) => Decision::Allowed { status },
-                None => Decision::Unlimited,
-            })
+            Verdict::Decided(tightest.allowed())
         }
 
         fn failed(&self, now_ms: i64, stats: &LimiterStats, error: &str) {

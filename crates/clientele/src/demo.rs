@@ -172,6 +172,10 @@ burst = 200
 [plans.enterprise]
 rate_per_second = 1000
 burst = 2000
+
+# The demo has minutes, not weeks: detectors run every 10 s so findings show up quickly.
+[detection]
+interval_secs = 10
 "#,
         data = data_dir
             .display()
@@ -485,6 +489,22 @@ async fn report(admin: AdminClient, every: u64) {
             ],
             &rows,
         );
+        // What the detectors noticed (they run every minute): one sentence each.
+        if let Ok(found) = admin.call(Method::GET, "/v1/findings?limit=5", None).await {
+            let found = found
+                .get("findings")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if !found.is_empty() {
+                println!("\nFINDINGS");
+                for f in found {
+                    let sev = f.get("severity").and_then(Value::as_str).unwrap_or("");
+                    let summary = f.get("summary").and_then(Value::as_str).unwrap_or("");
+                    println!("  [{sev}] {summary}");
+                }
+            }
+        }
     }
 }
 

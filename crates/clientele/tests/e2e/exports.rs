@@ -465,3 +465,86 @@ max_retries = 10
     );
     assert_eq!(span["traceId"].as_str().unwrap().len(), 32);
 }
+
+/// Findings reach the collector as OTLP log records once they are new: a consumer that ignores
+/// its rate limit, then an evaluation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_findings_are_exported_as_otlp_log_records() {
+    let up = start_upstream().await;
+    let (otlp, got) = receiver(Duration::ZERO).await;
+    let server = Server::start(
+        up.addr,
+        &format!(
+            r#"
+[exports.otlp]
+endpoint = "{otlp}"
+traces = false
+metrics = false
+flush_interval_ms = 50
+
+[plans.tiny]
+rate_per_second = 1
+burst = 2
+"#
+        ),
+    )
+    .await;
+    let (_, key) = server.consumer_with_key("loopy", Some("tiny")).await;
+    for _ in 0..60 {
+        get_with_key(&server, "/pets/1", &key).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, stats) = server.admin(Method::GET, "/v1/stats/consumers", None).await;
+        if stats["consumers"][0]["requests"] == 60 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{stats}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _) = server
+        .admin(Method::POST, "/v1/findings/evaluate", None)
+        .await;
+    assert_eq!(status, 200);
+    let body = wait_for_path(&got, "/v1/logs", |_| true).await;
+    let decoded = decode_otlp("logs", "protobuf", &body, server.dir.path());
+    let records = &decoded["resourceLogs"][0]["scopeLogs"][0]["logRecords"];
+    let record = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            attr(&r["attributes"], "clientele.finding.kind")
+                .is_some_and(|v| v["stringValue"] == "rate_limited")
+        })
+        .unwrap_or_else(|| panic!("no rate_limited log record in {decoded}"));
+    assert_eq!(
+        attr(&record["attributes"], "clientele.consumer").unwrap()["stringValue"],
+        "loopy"
+    );
+    assert!(
+        record["body"]["stringValue"]
+            .as_str()
+            .unwrap()
+            .contains("rate limit"),
+        "{record}"
+    );
+    // A second evaluation of the same condition is not news: nothing more is exported.
+    let before = got
+        .lock()
+        .await
+        .iter()
+        .filter(|(p, _, _)| p == "/v1/logs")
+        .count();
+    server
+        .admin(Method::POST, "/v1/findings/evaluate", None)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = got
+        .lock()
+        .await
+        .iter()
+        .filter(|(p, _, _)| p == "/v1/logs")
+        .count();
+    assert_eq!(before, after);
+}
