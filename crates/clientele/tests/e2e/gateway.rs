@@ -974,6 +974,12 @@ fn the_demo_runs_and_shows_the_failing_integration() {
         stdout.contains("admin token") && stdout.contains("CONSUMER"),
         "{stdout}"
     );
+    // The dashboard and the portal (with a consumer key to sign in with) are announced.
+    assert!(
+        stdout.contains("  dashboard   http://127.0.0.1:")
+            && stdout.contains("/portal   (a consumer's own view; sign in with acme's key ck_"),
+        "{stdout}"
+    );
     // initech's orders fail: its row shows a high error rate.
     let initech = stdout
         .lines()
