@@ -362,7 +362,13 @@ pub async fn overview(
         (total, engine.total_series(&q, step_ms))
     })
     .await
-    .map_err(|e| UiError::bad_request(format!("query failed: {e}")))?;
+    .map_err(|e| {
+        UiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Query failed",
+            e.to_string(),
+        )
+    })?;
     let k = &total.counters;
     let [p50, p95, p99] = total.quantiles([0.5, 0.95, 0.99]);
     let mut body = tiles(&[

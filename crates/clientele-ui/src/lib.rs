@@ -172,15 +172,21 @@ pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
         }
     }
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        if origin == "null" {
+            return false;
+        }
         let origin_host = origin
             .strip_prefix("http://")
             .or_else(|| origin.strip_prefix("https://"))
             .unwrap_or("");
-        return !host.is_empty() && origin_host.eq_ignore_ascii_case(host);
+        // Behind a proxy that rewrites Host, the browser's host arrives as X-Forwarded-Host.
+        let hosts: Vec<&str> = [header::HOST.as_str(), "x-forwarded-host"]
+            .iter()
+            .filter_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()))
+            .collect();
+        // Without any host header (HTTP/2 carries it in the URI) there is nothing to compare;
+        // Sec-Fetch-Site above and the CSRF token still apply.
+        return hosts.is_empty() || hosts.iter().any(|h| origin_host.eq_ignore_ascii_case(h));
     }
     true
 }
@@ -221,5 +227,10 @@ mod tests {
             ("origin", "http://evil.example"),
         ])));
         assert!(!same_origin(&h(&[("origin", "null")])));
+        assert!(same_origin(&h(&[
+            ("host", "127.0.0.1:8081"),
+            ("x-forwarded-host", "dash.example.com"),
+            ("origin", "https://dash.example.com"),
+        ])));
     }
 }
