@@ -480,6 +480,8 @@ test("portal: a consumer sees its own numbers only, and a revoked key's session 
   assert.equal(await page.locator('[data-metric="quota_day_remaining"]').textContent(), int(lim.day.remaining));
   const text = await page.locator("body").textContent();
   assert.ok(!text.includes("alpha") && !text.includes("gamma"), "no other consumer is named");
+  assert.ok(text.includes(keys.beta.key_id), "its own keys are listed, by id and prefix");
+  assert.ok(!text.includes(keys.alpha.key_id) && !text.includes(keys.alpha.prefix), "nobody else's");
   assert.ok(!(await page.content()).includes(keys.beta.key), "the key is not in the page");
   const cookies = await context.cookies();
   assert.ok(cookies.every((c) => !c.value.includes(keys.beta.key)), "the key is not in a cookie");

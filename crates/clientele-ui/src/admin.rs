@@ -346,7 +346,7 @@ pub async fn overview(
     let r = &ctx.range;
     let Json(list) =
         handlers::stats_consumers(State(app.clone()), Query(window_query(r, None))).await?;
-    let (step_name, step_ms) = handlers::pick_step(&None, r.from_ms, r.to_ms)?;
+    let (step_name, step_ms) = handlers::pick_step(&Some(r.chart_step()), r.from_ms, r.to_ms)?;
     let q = AQuery {
         from_ms: r.from_ms,
         to_ms: r.to_ms,
@@ -993,7 +993,7 @@ pub async fn consumer(
             from: Some(r.start_rfc3339()),
             to: Some(r.end_rfc3339()),
             api: None,
-            step: None,
+            step: Some(r.chart_step()),
         },
     )
     .await?;
@@ -1069,7 +1069,7 @@ pub async fn consumer(
             Query(LimitsQuery {
                 from: Some(r.start_rfc3339()),
                 to: Some(r.end_rfc3339()),
-                step: None,
+                step: Some(r.chart_step()),
                 plan: None,
             }),
         )
@@ -1100,7 +1100,7 @@ pub async fn consumer(
     ))
 }
 
-fn keys_table(keys: &[handlers::KeyOut]) -> String {
+pub(crate) fn keys_table(keys: &[handlers::KeyOut]) -> String {
     if keys.is_empty() {
         return "<p class=\"empty\">This consumer has no keys.</p>".to_string();
     }

@@ -165,6 +165,26 @@ impl Range {
         format_ts(self.to_ms)
     }
 
+    /// The series step for charts: the finest that gives at most 200 points, so lines stay
+    /// readable at chart width (1 h → 1m, 24 h → 15m, 7 d → 1h, 30 d → 6h).
+    pub fn chart_step(&self) -> String {
+        const STEPS: [(&str, i64); 7] = [
+            ("1m", 60_000),
+            ("5m", 300_000),
+            ("15m", 900_000),
+            ("1h", 3_600_000),
+            ("6h", 21_600_000),
+            ("1d", 86_400_000),
+            ("7d", 604_800_000),
+        ];
+        let span = self.to_ms - self.from_ms;
+        STEPS
+            .iter()
+            .find(|(_, ms)| span / ms <= 200)
+            .map_or("7d", |(name, _)| name)
+            .to_string()
+    }
+
     pub fn label(&self) -> String {
         match self.preset {
             Some(name) => PRESETS
@@ -490,6 +510,15 @@ mod tests {
         assert_eq!(
             (r.preset, r.to_ms - r.from_ms, r.refresh_s),
             (Some("1h"), 3_600_000, 0)
+        );
+        let step = |q: &str| {
+            Range::from_params(&Params::parse(Some(q)), now)
+                .unwrap()
+                .chart_step()
+        };
+        assert_eq!(
+            ["range=1h", "range=6h", "range=24h", "range=7d", "range=30d"].map(step),
+            ["1m", "5m", "15m", "1h", "6h"]
         );
         let r = Range::from_params(
             &Params::parse(Some(

@@ -109,7 +109,7 @@ pub async fn home(
             from: Some(r.start_rfc3339()),
             to: Some(r.end_rfc3339()),
             api: None,
-            step: None,
+            step: Some(r.chart_step()),
         },
     )
     .await?;
@@ -131,7 +131,7 @@ pub async fn home(
         Query(LimitsQuery {
             from: Some(r.start_rfc3339()),
             to: Some(r.end_rfc3339()),
-            step: None,
+            step: Some(r.chart_step()),
             plan: None,
         }),
     )
@@ -153,6 +153,13 @@ pub async fn home(
         body,
         r#"<section aria-labelledby="h-routes"><h2 id="h-routes">Your routes</h2>{}</section>"#,
         routes_of_consumer(&detail.routes)
+    );
+    let Json(own_keys) =
+        handlers::list_keys(State(app.clone()), axum::extract::Path(consumer.clone())).await?;
+    let _ = write!(
+        body,
+        r#"<section aria-labelledby="h-keys"><h2 id="h-keys">Your keys</h2>{}</section>"#,
+        crate::admin::keys_table(&own_keys.keys)
     );
     let _ = write!(
         body,
