@@ -132,7 +132,7 @@ pub async fn login_form(
         StatusCode::OK,
         false,
         &next,
-        &session::new_token(),
+        &session::login_token(&headers, ADMIN_LOGIN_COOKIE),
         message,
         is_https(&headers),
     )
@@ -196,7 +196,7 @@ pub async fn login(
             StatusCode::FORBIDDEN,
             false,
             &next,
-            &session::new_token(),
+            &session::login_token(&headers, ADMIN_LOGIN_COOKIE),
             Some(
                 "The sign-in form expired or came from another site. Please sign in again (cookies must be enabled).",
             ),
@@ -210,7 +210,7 @@ pub async fn login(
             StatusCode::UNAUTHORIZED,
             false,
             &next,
-            &session::new_token(),
+            &session::login_token(&headers, ADMIN_LOGIN_COOKIE),
             Some("That admin token is wrong."),
             https,
         );

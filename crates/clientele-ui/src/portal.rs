@@ -202,7 +202,7 @@ pub async fn login_form(
         StatusCode::OK,
         true,
         "/portal",
-        &crate::session::new_token(),
+        &crate::session::login_token(&headers, PORTAL_LOGIN_COOKIE),
         message,
         is_https(&headers),
     )
@@ -236,7 +236,7 @@ pub async fn login(
             status,
             true,
             &next,
-            &crate::session::new_token(),
+            &crate::session::login_token(&headers, PORTAL_LOGIN_COOKIE),
             Some(message),
             https,
         )

@@ -127,9 +127,12 @@ pub fn set_cookie(name: &str, value: &str, path: &str, max_age_s: i64, secure: b
     c
 }
 
-/// A fresh random token for a sign-in form.
-pub fn new_token() -> String {
-    random_base62(ID_LEN)
+/// The token for a sign-in form: the one this browser already holds in `cookie_name` (so two
+/// open sign-in tabs do not invalidate each other), else a fresh random one.
+pub fn login_token(headers: &HeaderMap, cookie_name: &str) -> String {
+    cookie(headers, cookie_name)
+        .filter(|t| t.len() == ID_LEN && t.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .map_or_else(|| random_base62(ID_LEN), str::to_string)
 }
 
 #[cfg(test)]
@@ -161,6 +164,25 @@ mod tests {
         let ids: std::collections::HashSet<String> =
             (0..200).map(|_| t.create(0, None, None).0).collect();
         assert_eq!(ids.len(), 200);
+    }
+
+    #[test]
+    fn a_sign_in_token_is_reused_only_when_well_formed() {
+        let held = "A".repeat(ID_LEN);
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("{ADMIN_LOGIN_COOKIE}={held}")).unwrap(),
+        );
+        assert_eq!(login_token(&h, ADMIN_LOGIN_COOKIE), held);
+        let fresh = login_token(&h, PORTAL_LOGIN_COOKIE);
+        assert_eq!(fresh.len(), ID_LEN);
+        assert_ne!(fresh, held);
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("clientele_admin_login=short"),
+        );
+        assert_ne!(login_token(&h, ADMIN_LOGIN_COOKIE), "short");
     }
 
     #[test]
