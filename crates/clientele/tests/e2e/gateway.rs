@@ -249,23 +249,15 @@ async fn revocation_takes_effect_within_a_second_on_this_node_and_on_another_sha
     let up = start_upstream().await;
     let a = Server::start(up.addr, "").await;
     // Node B: another process on the same data dir, learning of changes only from the store.
-    let b_gateway: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let b_admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = std::fs::read_to_string(a.dir.path().join("clientele.toml"))
-        .unwrap()
-        .replace(&a.gateway.to_string(), &b_gateway.to_string())
-        .replace(&a.admin.to_string(), &b_admin.to_string());
-    let b_dir = tempfile::tempdir().unwrap();
-    let b_config = b_dir.path().join("clientele.toml");
-    std::fs::write(
-        &b_config,
-        config.replace(
-            "data_dir = \"data\"",
-            &format!("data_dir = {:?}", a.dir.path().join("data")),
-        ),
-    )
-    .unwrap();
-    let b = Server::spawn(b_dir, &b_config, b_gateway, b_admin).await;
+    let config = std::fs::read_to_string(a.dir.path().join("clientele.toml")).unwrap();
+    let data = a.dir.path().join("data");
+    let b = Server::start_with(tempfile::tempdir().unwrap(), |b_gateway, b_admin| {
+        config
+            .replace(&a.gateway.to_string(), &b_gateway.to_string())
+            .replace(&a.admin.to_string(), &b_admin.to_string())
+            .replace("data_dir = \"data\"", &format!("data_dir = {data:?}"))
+    })
+    .await;
 
     let (key_id, key) = a.consumer_with_key("acme", None).await;
     // B picks the new key up from the store.

@@ -18,10 +18,21 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
-        Redis::start_on(free_port())
+        // A port found free can be taken before redis-server binds it: then it exits, and we
+        // try another.
+        for _ in 0..5 {
+            if let Some(redis) = Redis::try_start_on(free_port()) {
+                return redis;
+            }
+        }
+        panic!("redis-server could not bind a port after 5 attempts");
     }
 
     fn start_on(port: u16) -> Redis {
+        Redis::try_start_on(port).expect("redis-server exited at start")
+    }
+
+    fn try_start_on(port: u16) -> Option<Redis> {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -37,15 +48,23 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is not installed; run the tests with `bash scripts/test.sh`, which installs it");
+        let mut child = child;
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if child.try_wait().ok().flatten().is_some() {
+                return None;
+            }
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Redis {
+        if child.try_wait().ok().flatten().is_some() {
+            // Something else answered on the port.
+            return None;
+        }
+        Some(Redis {
             child: Some(child),
             port,
-        }
+        })
     }
 
     fn url(&self) -> String {
@@ -307,54 +326,16 @@ async fn redis_node(
     let extra = format!(
         "{TINY}\n[plans.shared]\nrate_per_second = 10\nburst = 10\nquota_per_day = 50\n\n[limits]\nredis_url = \"{redis}\"\nredis_timeout_ms = 100\non_redis_error = \"{policy}\"\n"
     );
-    let server = Server::start(up, &extra).await;
     let Some(first) = share else {
-        return server;
+        return Server::start(up, &extra).await;
     };
     // Point this node at the first node's store, like the shared-store test does.
-    let config = std::fs::read_to_string(server.dir.path().join("clientele.toml"))
-        .unwrap()
-        .replace(
-            "data_dir = \"data\"",
-            &format!("data_dir = {:?}", first.dir.path().join("data")),
-        );
-    drop(server);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("clientele.toml");
-    let gateway: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = rewrite_listen(&config, gateway, admin);
-    std::fs::write(&path, config).unwrap();
-    Server::spawn(dir, &path, gateway, admin).await
-}
-
-fn rewrite_listen(
-    config: &str,
-    gateway: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-) -> String {
-    let mut out = String::new();
-    let mut section = "";
-    for line in config.lines() {
-        if line.starts_with('[') {
-            section = if line == "[gateway]" {
-                "gateway"
-            } else if line == "[admin]" {
-                "admin"
-            } else {
-                ""
-            };
-        }
-        if line.starts_with("listen = ") && section == "gateway" {
-            out.push_str(&format!("listen = \"{gateway}\"\n"));
-        } else if line.starts_with("listen = ") && section == "admin" {
-            out.push_str(&format!("listen = \"{admin}\"\n"));
-        } else {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
+    let data = first.dir.path().join("data");
+    Server::start_with(tempfile::tempdir().unwrap(), |gateway, admin| {
+        config_text(gateway, admin, up, &extra)
+            .replace("data_dir = \"data\"", &format!("data_dir = {data:?}"))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

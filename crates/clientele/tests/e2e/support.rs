@@ -162,22 +162,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-impl Server {
-    /// Starts `clientele serve` with `extra` appended to a config routing `/` to `upstream`.
-    pub async fn start(upstream: SocketAddr, extra: &str) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        Server::start_in(dir, upstream, extra).await
-    }
-
-    pub async fn start_in(dir: tempfile::TempDir, upstream: SocketAddr, extra: &str) -> Server {
-        let gateway: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let config = format!(
-            r#"
+/// The test config: `/` routed to `upstream`, two plans, and `extra` inserted after the
+/// `[gateway]` keys (so it may add gateway keys or whole sections).
+pub fn config_text(
+    gateway: SocketAddr,
+    admin: SocketAddr,
+    upstream: SocketAddr,
+    extra: &str,
+) -> String {
+    format!(
+        r#"
 [gateway]
 listen = "{gateway}"
 shutdown_grace_secs = 10
-{extra_gateway}
+{extra}
 
 [admin]
 listen = "{admin}"
@@ -200,12 +198,44 @@ burst = 10
 [plans.pro]
 rate_per_second = 100
 burst = 200
-"#,
-            extra_gateway = extra
-        );
-        let config_path = dir.path().join("clientele.toml");
-        std::fs::write(&config_path, config).unwrap();
-        Server::spawn(dir, &config_path, gateway, admin).await
+"#
+    )
+}
+
+impl Server {
+    /// Starts `clientele serve` with `extra` appended to a config routing `/` to `upstream`.
+    pub async fn start(upstream: SocketAddr, extra: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        Server::start_in(dir, upstream, extra).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, upstream: SocketAddr, extra: &str) -> Server {
+        Server::start_with(dir, |gateway, admin| {
+            config_text(gateway, admin, upstream, extra)
+        })
+        .await
+    }
+
+    /// Starts the binary in `dir` with the config `make_config(gateway, admin)` on fresh ports.
+    /// A port found free can be taken by another test before the server binds it; then the
+    /// server exits at once and this tries again on new ports.
+    pub async fn start_with(
+        dir: tempfile::TempDir,
+        make_config: impl Fn(SocketAddr, SocketAddr) -> String,
+    ) -> Server {
+        let mut dir = dir;
+        for _ in 0..5 {
+            let gateway: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let config_path = dir.path().join("clientele.toml");
+            std::fs::write(&config_path, make_config(gateway, admin)).unwrap();
+            match Server::try_spawn(dir, &config_path, gateway, admin).await {
+                Ok(server) => return server,
+                Err((back, stderr)) if stderr.contains("cannot listen") => dir = back,
+                Err((_, stderr)) => panic!("server did not start; stderr:\n{stderr}"),
+            }
+        }
+        panic!("no free ports after 5 attempts");
     }
 
     pub async fn spawn(
@@ -214,6 +244,20 @@ burst = 200
         gateway: SocketAddr,
         admin: SocketAddr,
     ) -> Server {
+        match Server::try_spawn(dir, config_path, gateway, admin).await {
+            Ok(server) => server,
+            Err((_, stderr)) => panic!("server did not become healthy; stderr:\n{stderr}"),
+        }
+    }
+
+    /// Starts the binary and waits until it answers; if it exits first (or never answers),
+    /// gives the directory back with its stderr.
+    pub async fn try_spawn(
+        dir: tempfile::TempDir,
+        config_path: &Path,
+        gateway: SocketAddr,
+        admin: SocketAddr,
+    ) -> Result<Server, (tempfile::TempDir, String)> {
         let stderr_path = dir.path().join(format!("stderr-{}.log", admin.port()));
         let child = Command::new(env!("CARGO_BIN_EXE_clientele"))
             .args(["serve", "--config"])
@@ -224,21 +268,35 @@ burst = 200
             .stderr(std::fs::File::create(&stderr_path).unwrap())
             .spawn()
             .unwrap();
-        let server = Server {
+        let mut server = Server {
             child: Some(child),
             dir,
             gateway,
             admin,
             stderr_path,
         };
-        server.wait_healthy().await;
-        server
+        if server.wait_healthy().await {
+            return Ok(server);
+        }
+        let stderr = server.stderr();
+        if let Some(mut child) = server.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let dir = std::mem::replace(&mut server.dir, tempfile::tempdir().unwrap());
+        Err((dir, stderr))
     }
 
-    async fn wait_healthy(&self) {
+    /// True once this server (not another process that took the port) answers `/healthz`.
+    async fn wait_healthy(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok((status, _, _)) = send(
+            if let Some(child) = self.child.as_mut() {
+                if child.try_wait().ok().flatten().is_some() {
+                    return false;
+                }
+            }
+            if let Ok((200, _, _)) = send(
                 Method::GET,
                 &format!("http://{}/healthz", self.admin),
                 &[],
@@ -246,12 +304,18 @@ burst = 200
             )
             .await
             {
-                if status == 200 {
-                    return;
+                // Whoever answered, our process must still be alive to be the one.
+                let alive = self
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| c.try_wait().ok().flatten().is_none());
+                if alive {
+                    return true;
                 }
+                return false;
             }
             if Instant::now() > deadline {
-                panic!("server did not become healthy; stderr:\n{}", self.stderr());
+                return false;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
