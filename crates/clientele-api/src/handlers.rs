@@ -1071,9 +1071,13 @@ pub async fn ingest_events(
     let fresh = state.events.append_events(events).await?;
     let duplicates = accepted - fresh.len();
     let engine = state.engine.clone();
-    tokio::task::spawn_blocking(move || engine.ingest_events(&fresh))
-        .await
-        .map_err(|e| ApiError::bad_request(format!("aggregation failed: {e}")))?;
+    let contracts = state.contracts.clone();
+    tokio::task::spawn_blocking(move || {
+        engine.ingest_events(&fresh);
+        contracts.observe(&fresh);
+    })
+    .await
+    .map_err(|e| ApiError::bad_request(format!("aggregation failed: {e}")))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(IngestResult {

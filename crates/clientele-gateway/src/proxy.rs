@@ -45,6 +45,8 @@ struct Api {
     upstream: Upstream,
     timeout: Duration,
     client: Client<HttpConnector, RequestBody>,
+    /// The API's OpenAPI contract, when it has one: routes become the spec's templates.
+    contract: Option<Arc<clientele_contract::ApiContract>>,
 }
 
 /// The data plane. Shared by every connection through an `Arc`.
@@ -94,6 +96,7 @@ impl Gateway {
                 upstream,
                 timeout: Duration::from_millis(api.timeout_ms),
                 client,
+                contract: None,
             });
         }
         built.sort_by_key(|api| std::cmp::Reverse(api.prefix.len()));
@@ -108,6 +111,13 @@ impl Gateway {
             tls: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
         })
+    }
+
+    /// Gives each API with a spec its contract, so events carry the spec's route templates.
+    pub fn set_contracts(&mut self, contracts: &clientele_contract::Contracts) {
+        for api in &mut self.apis {
+            api.contract = contracts.api(&api.name).cloned();
+        }
     }
 
     pub(crate) fn set_tls(&self, tls: bool) {
@@ -190,7 +200,14 @@ impl Gateway {
         let api = self.route(&path);
         if let Some(api) = api {
             seen.event.api = Some(api.name.to_string());
-            seen.event.route = infer_template(api_relative_path(api, &path));
+            let relative = api_relative_path(api, &path);
+            // With a spec, the route is the operation's template: one trie walk, nothing more
+            // (validation happens off the hot path, in the pipeline).
+            seen.event.route = api
+                .contract
+                .as_ref()
+                .and_then(|c| c.route_template(parts.method.as_str(), relative))
+                .unwrap_or_else(|| infer_template(relative));
         } else {
             seen.event.route = infer_template(&path);
         }
