@@ -18,10 +18,17 @@ use serde::Serialize;
 use serde_json::json;
 
 mod load;
+mod sample;
 mod spec;
+pub mod validate;
 
 pub use load::{SpecError, escape};
-pub use spec::{METHODS, Operation, RouteMatch, Spec};
+use sample::ViolationKey;
+pub use sample::{
+    BodySample, LOCATION_PARAMETER, LOCATION_REQUEST, LOCATION_RESPONSE, Sample, SampleSender,
+    ValidationStats,
+};
+pub use spec::{METHODS, Operation, Parameter, RequestBodySpec, RouteMatch, Spec};
 
 /// One loaded version of a spec.
 #[derive(Debug, Clone, Serialize)]
@@ -158,6 +165,10 @@ struct UsageKey {
     status: u16,
 }
 
+fn display_pointer(p: &str) -> &str {
+    if p.is_empty() { "the root" } else { p }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct UsageCell {
     count: u64,
@@ -180,6 +191,10 @@ struct Usage {
 pub struct Contracts {
     apis: BTreeMap<String, Arc<ApiContract>>,
     usage: Mutex<Usage>,
+    /// Schema violations of sampled exchanges, per consumer, operation, pointer and rule.
+    violations: Mutex<HashMap<ViolationKey, UsageCell>>,
+    /// Counters of the sampling and validation pipeline.
+    pub validation: ValidationStats,
 }
 
 impl std::fmt::Debug for Contracts {
@@ -199,7 +214,7 @@ impl Contracts {
         }
         Ok(Contracts {
             apis,
-            usage: Mutex::default(),
+            ..Contracts::default()
         })
     }
 
@@ -399,7 +414,7 @@ impl Contracts {
                 agg.replaced_by = replaced_by;
             }
         }
-        groups
+        let mut out: Vec<Finding> = groups
             .into_iter()
             .map(|((kind, consumer, api, route), agg)| {
                 // Only the statuses that broke the rule matter for undocumented_status.
@@ -454,6 +469,101 @@ impl Contracts {
                         "replaced_by": agg.replaced_by,
                         "first_seen": clientele_core::time::format_ts(agg.first_ms),
                         "last_seen": clientele_core::time::format_ts(agg.last_ms),
+                    }),
+                }
+            })
+            .collect();
+        out.extend(self.schema_findings(now_ms, lookback_ms));
+        out
+    }
+
+    /// One `schema_violation` finding per consumer and operation, with every (location,
+    /// pointer, rule) it broke in the evidence, the most frequent first.
+    fn schema_findings(&self, now_ms: i64, lookback_ms: i64) -> Vec<Finding> {
+        let rows: Vec<(ViolationKey, UsageCell)> = {
+            let table = self
+                .violations
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            table
+                .iter()
+                .filter(|(_, c)| c.last_ms >= now_ms - lookback_ms && c.first_ms <= now_ms)
+                .map(|(k, c)| (k.clone(), *c))
+                .collect()
+        };
+        let mut groups: BTreeMap<(String, String, String), Vec<(ViolationKey, UsageCell)>> =
+            BTreeMap::new();
+        for (k, c) in rows {
+            groups
+                .entry((
+                    k.consumer.clone(),
+                    k.api.clone(),
+                    format!("{} {}", k.method, k.route),
+                ))
+                .or_default()
+                .push((k, c));
+        }
+        groups
+            .into_iter()
+            .map(|((consumer, api, route), mut list)| {
+                list.sort_by(|a, b| {
+                    b.1.count
+                        .cmp(&a.1.count)
+                        .then_with(|| a.0.pointer.cmp(&b.0.pointer))
+                });
+                let count: u64 = list.iter().map(|(_, c)| c.count).sum();
+                let first = list.iter().map(|(_, c)| c.first_ms).min().unwrap_or(now_ms);
+                let last = list.iter().map(|(_, c)| c.last_ms).max().unwrap_or(now_ms);
+                let (top, _) = &list[0];
+                let response_only = list.iter().all(|(k, _)| k.location == LOCATION_RESPONSE);
+                let summary = if response_only {
+                    format!(
+                        "{api}'s responses to {consumer} on {route} break the spec ({} at {} in the body, {count} times); \
+                         fix the API or the spec before the integration relies on it",
+                        top.rule,
+                        display_pointer(&top.pointer)
+                    )
+                } else {
+                    format!(
+                        "{consumer} sends {route} requests that break the spec ({} at {} in the {}, {count} times); \
+                         tell them what the contract expects",
+                        top.rule,
+                        display_pointer(&top.pointer),
+                        if top.location == LOCATION_PARAMETER { "parameters" } else { "body" }
+                    )
+                };
+                let violations: Vec<serde_json::Value> = list
+                    .iter()
+                    .take(20)
+                    .map(|(k, c)| {
+                        json!({
+                            "location": k.location,
+                            "pointer": k.pointer,
+                            "rule": k.rule,
+                            "count": c.count,
+                            "first_seen": clientele_core::time::format_ts(c.first_ms),
+                            "last_seen": clientele_core::time::format_ts(c.last_ms),
+                        })
+                    })
+                    .collect();
+                Finding {
+                    id: format!("f_contract_{}", clientele_core::event::random_id128()),
+                    kind: FindingKind::SchemaViolation,
+                    consumer: Some(consumer),
+                    api: Some(api),
+                    route: Some(route),
+                    severity: if response_only { Severity::Warning } else { Severity::Info },
+                    first_seen_ms: first,
+                    last_seen_ms: last,
+                    summary,
+                    evidence: json!({
+                        "location": top.location,
+                        "pointer": top.pointer,
+                        "rule": top.rule,
+                        "count": count,
+                        "first_seen": clientele_core::time::format_ts(first),
+                        "last_seen": clientele_core::time::format_ts(last),
+                        "violations": violations,
                     }),
                 }
             })

@@ -39,9 +39,112 @@ pub struct Operation {
     /// Documented response codes: `200`, `4XX`, ... (`default` is in `has_default`).
     pub statuses: Vec<String>,
     pub has_default: bool,
+    /// Path-item and operation parameters (path, query, header), the operation's winning.
+    pub parameters: Vec<Parameter>,
+    /// The request body, when documented.
+    pub request_body: Option<RequestBodySpec>,
+    /// JSON response schemas by documented status key (`200`, `4XX`, `default`).
+    pub response_schemas: Vec<(String, Value)>,
+}
+
+/// One documented parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parameter {
+    pub name: String,
+    /// `path`, `query`, `header` or `cookie`.
+    pub location: String,
+    pub required: bool,
+    pub schema: Option<Value>,
+}
+
+/// A documented request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestBodySpec {
+    pub required: bool,
+    /// The JSON media type's schema, when the body can be JSON.
+    pub json_schema: Option<Value>,
+}
+
+/// The schema of the JSON media type in a `content` map (`application/json`, `*+json`).
+fn json_schema(content: Option<&Value>) -> Option<Value> {
+    let content = content?.as_object()?;
+    let media = content.get("application/json").or_else(|| {
+        content
+            .iter()
+            .find(|(k, _)| {
+                k.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().ends_with("json"))
+            })
+            .map(|(_, v)| v)
+    })?;
+    media.get("schema").cloned()
+}
+
+fn parameters_of(list: Option<&Value>, into: &mut Vec<Parameter>) {
+    for p in list.and_then(Value::as_array).into_iter().flatten() {
+        let (Some(name), Some(location)) = (
+            p.get("name").and_then(Value::as_str),
+            p.get("in").and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        into.retain(|q| !(q.name == name && q.location == location));
+        into.push(Parameter {
+            name: name.to_string(),
+            location: location.to_string(),
+            required: location == "path"
+                || p.get("required").and_then(Value::as_bool) == Some(true),
+            schema: p
+                .get("schema")
+                .cloned()
+                .or_else(|| json_schema(p.get("content"))),
+        });
+    }
 }
 
 impl Operation {
+    /// The JSON schema documented for a response status: exact, then range, then `default`.
+    pub fn response_schema(&self, status: u16) -> Option<&Value> {
+        let exact = status.to_string();
+        let range = format!("{}XX", status / 100);
+        let find = |k: &str| {
+            self.response_schemas
+                .iter()
+                .find(|(code, _)| code.eq_ignore_ascii_case(k))
+                .map(|(_, s)| s)
+        };
+        find(&exact)
+            .or_else(|| find(&range))
+            .or_else(|| find("default"))
+    }
+
+    /// The values of the path parameters in `path` (the request path, maybe with a base path
+    /// in front), by name. Segments are aligned from the end, so a base path does not matter.
+    pub fn path_values<'p>(&self, path: &'p str) -> Vec<(&str, &'p str)> {
+        let path = path.split_once('?').map_or(path, |(p, _)| p);
+        let path = path.strip_suffix('/').unwrap_or(path);
+        let tpl: Vec<&str> = self.template.trim_matches('/').split('/').collect();
+        let segs: Vec<&'p str> = path.trim_start_matches('/').split('/').collect();
+        if segs.len() < tpl.len() {
+            return Vec::new();
+        }
+        let segs = &segs[segs.len() - tpl.len()..];
+        let mut out = Vec::new();
+        for (t, s) in tpl.iter().zip(segs) {
+            if let (Some(open), Some(close)) = (t.find('{'), t.rfind('}'))
+                && open < close
+            {
+                let (prefix, suffix) = (&t[..open], &t[close + 1..]);
+                if s.len() >= prefix.len() + suffix.len() {
+                    let name = &t[open + 1..close];
+                    out.push((name, &s[prefix.len()..s.len() - suffix.len()]));
+                }
+            }
+        }
+        out
+    }
+
     /// `METHOD /template`, the form findings and stats use.
     pub fn route(&self) -> String {
         format!("{} {}", self.method, self.template)
@@ -216,6 +319,21 @@ impl Spec {
                 };
                 let mut statuses = Vec::new();
                 let mut has_default = false;
+                let mut parameters = Vec::new();
+                parameters_of(item.get("parameters"), &mut parameters);
+                parameters_of(op.get("parameters"), &mut parameters);
+                let request_body = op.get("requestBody").map(|b| RequestBodySpec {
+                    required: b.get("required").and_then(Value::as_bool) == Some(true),
+                    json_schema: json_schema(b.get("content")),
+                });
+                let mut response_schemas = Vec::new();
+                if let Some(responses) = op.get("responses").and_then(Value::as_object) {
+                    for (code, r) in responses {
+                        if let Some(schema) = json_schema(r.get("content")) {
+                            response_schemas.push((code.clone(), schema));
+                        }
+                    }
+                }
                 if let Some(responses) = op.get("responses") {
                     let Some(responses) = responses.as_object() else {
                         return Err(SpecError::invalid(
@@ -248,6 +366,9 @@ impl Spec {
                         .map(str::to_string),
                     statuses,
                     has_default,
+                    parameters,
+                    request_body,
+                    response_schemas,
                 });
             }
         }

@@ -288,3 +288,201 @@ fn drift_findings_deprecations_and_reload_keep_the_last_good_spec() {
     assert!(contract.last_error().is_none());
     assert!(contracts.deprecations(0).is_empty());
 }
+
+/// Petstore with a closed `Pet` schema (`additionalProperties: false`).
+fn closed_petstore(name: &str) -> PathBuf {
+    let original = std::fs::read_to_string(petstore()).unwrap();
+    let closed = original.replacen(
+        "      x-swagger-router-model: io.swagger.petstore.model.Pet\n",
+        "      x-swagger-router-model: io.swagger.petstore.model.Pet\n      additionalProperties: false\n",
+        1,
+    );
+    assert_ne!(closed, original);
+    let dir = temp_dir(name);
+    let path = dir.join("petstore.yaml");
+    std::fs::write(&path, closed).unwrap();
+    path
+}
+
+fn sample(method: &str, path: &str, body: Option<&str>, status: u16, resp: Option<&str>) -> Sample {
+    let chunk = |b: Option<&str>| match b {
+        Some(b) => BodySample::Json(
+            b.as_bytes()
+                .chunks(7)
+                .map(bytes::Bytes::copy_from_slice)
+                .collect(),
+        ),
+        None => BodySample::Skipped,
+    };
+    Sample {
+        api: "petstore".into(),
+        consumer: "acme".into(),
+        method: method.into(),
+        path: path.into(),
+        ts_ms: clientele_core::time::now_ms(),
+        check_parameters: true,
+        request_body: chunk(body),
+        status,
+        response_body: chunk(resp),
+    }
+}
+
+fn rules(found: &[(&'static str, validate::Violation)]) -> Vec<(String, String, String)> {
+    let mut v: Vec<_> = found
+        .iter()
+        .map(|(l, v)| (l.to_string(), v.pointer.clone(), v.rule.clone()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn validator_checks_types_enums_formats_required_and_closed_objects() {
+    use serde_json::json;
+    let schema = json!({
+        "type": "object",
+        "required": ["id", "when"],
+        "additionalProperties": false,
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "when": {"type": "string", "format": "date-time"},
+            "day": {"type": "string", "format": "date"},
+            "mail": {"type": "string", "format": "email"},
+            "n": {"type": "integer", "format": "int32", "minimum": 0},
+            "big": {"type": "integer", "format": "int64"},
+            "kind": {"type": "string", "enum": ["a", "b"]},
+            "maybe": {"type": "string", "nullable": true},
+            "either": {"type": ["string", "null"]},
+            "items": {"type": "array", "maxItems": 2, "items": {"type": "object", "required": ["x"], "properties": {"x": {"type": "number"}}}}
+        }
+    });
+    let ok = json!({"id": "123e4567-e89b-12d3-a456-426614174000", "when": "2026-01-01T00:00:00Z",
+        "day": "2026-02-28", "mail": "a@b.io", "n": 5, "big": 9_000_000_000_i64, "kind": "a",
+        "maybe": null, "either": null, "items": [{"x": 1.5}]});
+    assert!(validate::is_valid(&schema, &ok));
+    let bad = json!({"id": "nope", "day": "2026-02-30", "mail": "x", "n": 3_000_000_000_i64,
+        "big": 1.5, "kind": "c", "maybe": 3, "either": 1, "items": [{"x": "s"}, {}, {"x": 1}],
+        "extra": true});
+    let mut out = Vec::new();
+    validate::validate(&schema, &bad, "", &mut out);
+    let got: Vec<(String, String)> = out.into_iter().map(|v| (v.pointer, v.rule)).collect();
+    for want in [
+        ("/when", "required"),
+        ("/id", "format:uuid"),
+        ("/day", "format:date"),
+        ("/mail", "format:email"),
+        ("/n", "format:int32"),
+        ("/big", "type"),
+        ("/kind", "enum"),
+        ("/maybe", "type"),
+        ("/either", "type"),
+        ("/items", "maxItems"),
+        ("/items/0/x", "type"),
+        ("/items/1/x", "required"),
+        ("/extra", "additionalProperties"),
+    ] {
+        assert!(
+            got.contains(&(want.0.to_string(), want.1.to_string())),
+            "{want:?} not in {got:?}"
+        );
+    }
+}
+
+#[test]
+fn samples_are_checked_against_the_operation_and_become_findings_per_consumer() {
+    let contracts = Contracts::load(&[("petstore".into(), closed_petstore("schema"))]).unwrap();
+    // A valid body, then a body missing a required field with a wrong enum and an unknown field.
+    let good = r#"{"name": "rex", "photoUrls": [], "status": "sold", "category": {"id": 1, "name": "dogs"}}"#;
+    assert!(
+        contracts
+            .check_sample(&sample("POST", "/pet", Some(good), 200, None))
+            .is_empty()
+    );
+    let bad = r#"{"photoUrls": [], "status": "lost", "colour": "red"}"#;
+    let found = contracts.check_sample(&sample("POST", "/api/v3/pet", Some(bad), 200, None));
+    assert_eq!(
+        rules(&found),
+        vec![
+            (
+                "request".into(),
+                "/colour".into(),
+                "additionalProperties".into()
+            ),
+            ("request".into(), "/name".into(), "required".into()),
+            ("request".into(), "/status".into(), "enum".into()),
+        ]
+    );
+    // Parameters: a non-integer path id, a wrong enum in the query, a missing body.
+    let found = contracts.check_sample(&sample("GET", "/pet/abc", None, 200, None));
+    assert_eq!(
+        rules(&found),
+        vec![("parameter".into(), "/path/petId".into(), "type".into())]
+    );
+    let found = contracts.check_sample(&sample(
+        "GET",
+        "/pet/findByStatus?status=lost",
+        None,
+        200,
+        None,
+    ));
+    assert_eq!(
+        rules(&found),
+        vec![("parameter".into(), "/query/status".into(), "enum".into())]
+    );
+    let found = contracts.check_sample(&sample("PUT", "/pet", Some(""), 200, None));
+    assert_eq!(
+        rules(&found),
+        vec![("request".into(), "".into(), "required".into())]
+    );
+    // A response that breaks the schema; broken JSON.
+    let found = contracts.check_sample(&sample(
+        "GET",
+        "/pet/7",
+        None,
+        200,
+        Some(r#"{"id": "seven", "name": "rex", "photoUrls": []}"#),
+    ));
+    assert_eq!(
+        rules(&found),
+        vec![("response".into(), "/id".into(), "type".into())]
+    );
+    let found = contracts.check_sample(&sample("POST", "/pet", Some("{"), 200, None));
+    assert_eq!(
+        rules(&found),
+        vec![("request".into(), "".into(), "json".into())]
+    );
+
+    let findings = contracts.findings(clientele_core::time::now_ms(), 3_600_000);
+    let schema: Vec<&Finding> = findings
+        .iter()
+        .filter(|f| f.kind == FindingKind::SchemaViolation)
+        .collect();
+    let post = schema
+        .iter()
+        .find(|f| f.route.as_deref() == Some("POST /pet"))
+        .unwrap();
+    assert_eq!(post.consumer.as_deref(), Some("acme"));
+    let pointers: Vec<&str> = post.evidence["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["pointer"].as_str().unwrap())
+        .collect();
+    assert!(
+        pointers.contains(&"/name") && pointers.contains(&"/status"),
+        "{pointers:?}"
+    );
+    assert!(post.evidence["first_seen"].is_string() && post.evidence["count"].as_u64() == Some(4));
+    let get = schema
+        .iter()
+        .find(|f| f.route.as_deref() == Some("GET /pet/{petId}"))
+        .unwrap();
+    assert_eq!(get.evidence["violations"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        contracts
+            .validation
+            .checked
+            .load(std::sync::atomic::Ordering::Relaxed),
+        7
+    );
+}

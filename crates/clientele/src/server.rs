@@ -22,6 +22,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+/// Sampled exchanges waiting for schema validation; past this the gateway drops (and counts)
+/// samples rather than wait.
+const VALIDATION_QUEUE: usize = 1024;
+
 /// Largest number of events written in one transaction.
 const WRITE_BATCH: usize = 8192;
 /// How long the writer waits for a batch to fill after its first event. Bounds how stale the
@@ -168,7 +172,9 @@ pub async fn start(config: Config) -> Result<Running> {
         sink,
     )
     .map_err(|e| anyhow::anyhow!(e))?;
-    gateway.set_contracts(&contracts);
+    // Sampled bodies are validated on one background thread; the gateway only `try_send`s.
+    let samples = (!contracts.is_empty()).then(|| contracts.start_validator(VALIDATION_QUEUE));
+    gateway.set_contracts(&contracts, samples);
 
     let gateway_listener = TcpListener::bind(config.gateway.listen)
         .await

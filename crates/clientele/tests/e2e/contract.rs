@@ -33,6 +33,11 @@ fn variant() -> String {
 }
 
 async fn start_with_spec(spec: &str) -> (Server, Upstream) {
+    start_with_spec_and(spec, "").await
+}
+
+/// Like `start_with_spec`, with more `[[apis]]` keys for the petstore API.
+async fn start_with_spec_and(spec: &str, api_extra: &str) -> (Server, Upstream) {
     let upstream = start_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("petstore.yaml"), spec).unwrap();
@@ -41,7 +46,7 @@ async fn start_with_spec(spec: &str) -> (Server, Upstream) {
     let config = format!(
         "[gateway]\nlisten = \"{gateway}\"\n[admin]\nlisten = \"{admin}\"\ntoken = \"{ADMIN_TOKEN}\"\n\
          [storage]\ndata_dir = \"data\"\n[[apis]]\nname = \"petstore\"\nupstream = \"http://{}\"\n\
-         prefix = \"/\"\nopenapi = \"petstore.yaml\"\n[plans.pro]\nrate_per_second = 100\nburst = 200\n",
+         prefix = \"/\"\nopenapi = \"petstore.yaml\"\n{api_extra}\n[plans.pro]\nrate_per_second = 100\nburst = 200\n",
         upstream.addr
     );
     let config_path = dir.path().join("clientele.toml");
@@ -181,4 +186,124 @@ async fn an_invalid_spec_stops_start_up_naming_the_file_and_place() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Petstore with a closed `Pet` schema (`additionalProperties: false`).
+fn closed_variant() -> String {
+    let original = std::fs::read_to_string(PETSTORE).unwrap();
+    let v = original.replacen(
+        "      x-swagger-router-model: io.swagger.petstore.model.Pet\n",
+        "      x-swagger-router-model: io.swagger.petstore.model.Pet\n      additionalProperties: false\n",
+        1,
+    );
+    assert_ne!(v, original);
+    v
+}
+
+#[tokio::test]
+async fn sampled_requests_that_break_the_schema_become_findings_for_the_caller() {
+    let (server, _up) = start_with_spec_and(
+        &closed_variant(),
+        "request_sample_rate = 1.0\nresponse_sample_rate = 1.0",
+    )
+    .await;
+    let (_, acme) = server.consumer_with_key("acme", Some("pro")).await;
+    let (_, initech) = server.consumer_with_key("initech", Some("pro")).await;
+    let post = |key: String, body: &'static str| {
+        let url = server.gw("/pet");
+        async move {
+            send(
+                Method::POST,
+                &url,
+                &[
+                    ("x-api-key", key.as_str()),
+                    ("content-type", "application/json"),
+                ],
+                Some(bytes::Bytes::from_static(body.as_bytes())),
+            )
+            .await
+            .unwrap()
+            .0
+        }
+    };
+    // acme: a body missing `name`, with a wrong enum and a field the closed schema refuses.
+    for _ in 0..3 {
+        let status = post(
+            acme.clone(),
+            r#"{"photoUrls": [], "status": "lost", "colour": "red"}"#,
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    // initech: valid bodies, and a bad query parameter.
+    assert_eq!(
+        post(
+            initech.clone(),
+            r#"{"name": "rex", "photoUrls": ["x"], "status": "sold"}"#
+        )
+        .await,
+        200
+    );
+    let (status, _, _) = get_with_key(&server, "/pet/findByStatus?status=lost", &initech).await;
+    assert_eq!(status, 200);
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let findings = loop {
+        let (status, _) = server
+            .admin(Method::POST, "/v1/findings/evaluate", None)
+            .await;
+        assert_eq!(status, 200);
+        let (_, body) = server
+            .admin(Method::GET, "/v1/findings?kind=schema_violation", None)
+            .await;
+        let list = body["findings"].as_array().cloned().unwrap_or_default();
+        if list.len() >= 2 {
+            break list;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let acme_f = findings
+        .iter()
+        .find(|f| f["consumer"] == "acme")
+        .unwrap_or_else(|| panic!("{findings:?}"));
+    assert_eq!(acme_f["route"], "POST /pet");
+    let violations: Vec<(String, String, u64)> = acme_f["evidence"]["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["pointer"].as_str().unwrap().to_string(),
+                v["rule"].as_str().unwrap().to_string(),
+                v["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    for want in [
+        ("/name", "required"),
+        ("/status", "enum"),
+        ("/colour", "additionalProperties"),
+    ] {
+        assert!(
+            violations.contains(&(want.0.to_string(), want.1.to_string(), 3)),
+            "{want:?} not in {violations:?}"
+        );
+    }
+    assert!(acme_f["evidence"]["first_seen"].is_string());
+    assert!(acme_f["evidence"]["last_seen"].is_string());
+    let initech_f = findings
+        .iter()
+        .find(|f| f["consumer"] == "initech")
+        .unwrap_or_else(|| panic!("{findings:?}"));
+    assert_eq!(initech_f["route"], "GET /pet/findByStatus");
+    assert_eq!(initech_f["evidence"]["pointer"], "/query/status");
+    assert_eq!(initech_f["evidence"]["rule"], "enum");
+    // The valid POST from initech broke nothing.
+    assert!(
+        !findings
+            .iter()
+            .any(|f| f["consumer"] == "initech" && f["route"] == "POST /pet"),
+        "{findings:?}"
+    );
 }
