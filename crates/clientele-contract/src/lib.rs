@@ -65,6 +65,36 @@ pub struct ApiContract {
     current: RwLock<Arc<Spec>>,
     history: Mutex<Vec<SpecVersion>>,
     last_error: Mutex<Option<String>>,
+    /// Deprecations from the config (`[[apis]] deprecations`), on top of the spec's.
+    overrides: RwLock<Vec<DeprecationOverride>>,
+}
+
+/// A deprecation set in the config rather than in the spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeprecationOverride {
+    /// `METHOD /template`.
+    pub operation: String,
+    pub sunset_ms: Option<i64>,
+    /// `METHOD /template` or an operationId.
+    pub replaced_by: Option<String>,
+}
+
+/// Why an operation counts as deprecated, and what replaces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deprecation {
+    /// `spec` (`deprecated: true`) or `config`.
+    pub source: &'static str,
+    /// Where it is said: the operation's `deprecated` pointer, or the config key.
+    pub pointer: String,
+    pub sunset_ms: Option<i64>,
+    pub replaced_by: Option<String>,
+}
+
+fn normalize_route(s: &str) -> String {
+    match s.trim().split_once(' ') {
+        Some((m, t)) => format!("{} {}", m.to_ascii_uppercase(), t.trim()),
+        None => s.trim().to_string(),
+    }
 }
 
 impl ApiContract {
@@ -78,6 +108,73 @@ impl ApiContract {
             current: RwLock::new(Arc::new(spec)),
             history: Mutex::new(vec![version]),
             last_error: Mutex::new(None),
+            overrides: RwLock::new(Vec::new()),
+        })
+    }
+
+    /// Sets the config's deprecations, checked against the current spec: the operation and the
+    /// replacement must exist. An error is `(index, field, reason)`.
+    pub fn set_deprecations(
+        &self,
+        overrides: Vec<DeprecationOverride>,
+    ) -> Result<(), (usize, &'static str, String)> {
+        let spec = self.current();
+        for (i, o) in overrides.iter().enumerate() {
+            if spec.find(&o.operation).is_none() {
+                return Err((
+                    i,
+                    "operation",
+                    format!(
+                        "{} is not an operation of {}; use `METHOD /template` as written in the spec",
+                        o.operation,
+                        self.path.display()
+                    ),
+                ));
+            }
+            if let Some(r) = &o.replaced_by
+                && spec.find(r).is_none()
+            {
+                return Err((
+                    i,
+                    "replaced_by",
+                    format!(
+                        "{r} is not an operation (or operationId) of {}",
+                        self.path.display()
+                    ),
+                ));
+            }
+        }
+        *self
+            .overrides
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = overrides;
+        Ok(())
+    }
+
+    /// Whether `op` is deprecated, by the config (which wins) or by the spec.
+    pub fn deprecation(&self, op: &Operation) -> Option<Deprecation> {
+        let route = op.route();
+        let overrides = self
+            .overrides
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((i, o)) = overrides
+            .iter()
+            .enumerate()
+            .find(|(_, o)| normalize_route(&o.operation) == route)
+        {
+            return Some(Deprecation {
+                source: "config",
+                pointer: format!("apis.{}.deprecations[{i}]", self.api),
+                sunset_ms: o.sunset_ms,
+                replaced_by: o.replaced_by.clone().or_else(|| op.replaced_by.clone()),
+            });
+        }
+        op.deprecated.then(|| Deprecation {
+            source: "spec",
+            pointer: format!("{}/deprecated", op.pointer),
+            sunset_ms: None,
+            replaced_by: op.replaced_by.clone(),
         })
     }
 
@@ -349,21 +446,23 @@ impl Contracts {
             pointer: String,
             rule: &'static str,
             replaced_by: Option<String>,
+            sunset_ms: Option<i64>,
         }
         let mut groups: BTreeMap<(FindingKind, String, String, String), Agg> = BTreeMap::new();
-        let specs: HashMap<&str, Arc<Spec>> = self
+        let specs: HashMap<&str, (&ApiContract, Arc<Spec>)> = self
             .apis
             .iter()
-            .map(|(name, c)| (name.as_str(), c.current()))
+            .map(|(name, c)| (name.as_str(), (&**c, c.current())))
             .collect();
         for (key, cell) in self.rows() {
             if cell.last_ms < now_ms - lookback_ms || cell.first_ms > now_ms {
                 continue;
             }
-            let Some(spec) = specs.get(key.api.as_str()) else {
+            let Some((contract, spec)) = specs.get(key.api.as_str()) else {
                 continue;
             };
             let route = format!("{} {}", key.method, key.route);
+            let mut sunset_ms = None;
             let mut hits: Vec<(FindingKind, String, &'static str, Option<String>)> = Vec::new();
             match spec.operation(&key.method, &key.route) {
                 None if spec.has_template(&key.route) => hits.push((
@@ -387,12 +486,17 @@ impl Contracts {
                             None,
                         ));
                     }
-                    if op.deprecated {
+                    if let Some(d) = contract.deprecation(op) {
+                        sunset_ms = d.sunset_ms;
                         hits.push((
                             FindingKind::DeprecatedUsage,
-                            format!("{}/deprecated", op.pointer),
-                            "operation is deprecated: true",
-                            op.replaced_by.clone(),
+                            d.pointer,
+                            if d.source == "spec" {
+                                "operation is deprecated: true"
+                            } else {
+                                "operation is deprecated in the config (sunset/replacement)"
+                            },
+                            d.replaced_by,
                         ));
                     }
                 }
@@ -412,6 +516,9 @@ impl Contracts {
                 agg.pointer = pointer;
                 agg.rule = rule;
                 agg.replaced_by = replaced_by;
+                if kind == FindingKind::DeprecatedUsage {
+                    agg.sunset_ms = sunset_ms;
+                }
             }
         }
         let mut out: Vec<Finding> = groups
@@ -435,8 +542,15 @@ impl Contracts {
                         agg.count
                     ),
                     _ => format!(
-                        "{consumer} still calls the deprecated {route} ({} calls){}",
+                        "{consumer} still calls the deprecated {route} ({} calls){}{}",
                         agg.count,
+                        agg.sunset_ms
+                            .map(|t| format!(
+                                ", {} on {}",
+                                if t <= now_ms { "past its sunset" } else { "which goes away" },
+                                &clientele_core::time::format_ts(t)[..10]
+                            ))
+                            .unwrap_or_default(),
                         agg.replaced_by
                             .as_deref()
                             .map(|r| format!("; ask them to move to {r}"))
@@ -448,6 +562,12 @@ impl Contracts {
                         if agg.statuses.keys().all(|s| *s < 500) =>
                     {
                         Severity::Info
+                    }
+                    // Past the sunset, or within 30 days of it: the calls are about to break.
+                    FindingKind::DeprecatedUsage
+                        if agg.sunset_ms.is_some_and(|t| t <= now_ms + 30 * 86_400_000) =>
+                    {
+                        Severity::Critical
                     }
                     _ => Severity::Warning,
                 };
@@ -467,6 +587,7 @@ impl Contracts {
                         "count": agg.count,
                         "statuses": agg.statuses.iter().map(|(s, n)| (s.to_string(), *n)).collect::<BTreeMap<_, _>>(),
                         "replaced_by": agg.replaced_by,
+                        "sunset": agg.sunset_ms.map(clientele_core::time::format_ts),
                         "first_seen": clientele_core::time::format_ts(agg.first_ms),
                         "last_seen": clientele_core::time::format_ts(agg.last_ms),
                     }),
@@ -577,8 +698,12 @@ impl Contracts {
         let mut out = Vec::new();
         for (api, contract) in &self.apis {
             let spec = contract.current();
-            for op in spec.operations.iter().filter(|op| op.deprecated) {
-                let replacement = op.replaced_by.as_deref().and_then(|r| spec.find(r));
+            for (op, dep) in spec
+                .operations
+                .iter()
+                .filter_map(|op| contract.deprecation(op).map(|d| (op, d)))
+            {
+                let replacement = dep.replaced_by.as_deref().and_then(|r| spec.find(r));
                 let mut consumers: BTreeMap<String, DeprecatedCaller> = BTreeMap::new();
                 for (key, cell) in &rows {
                     if key.api != *api || cell.last_ms < from_ms {
@@ -630,7 +755,9 @@ impl Contracts {
                     pointer: op.pointer.clone(),
                     replaced_by: replacement
                         .map(Operation::route)
-                        .or_else(|| op.replaced_by.clone()),
+                        .or_else(|| dep.replaced_by.clone()),
+                    source: dep.source,
+                    sunset: dep.sunset_ms.map(clientele_core::time::format_ts),
                     consumers: callers,
                 });
             }
@@ -648,6 +775,10 @@ pub struct DeprecatedOperation {
     pub operation_id: Option<String>,
     pub pointer: String,
     pub replaced_by: Option<String>,
+    /// `spec` (`deprecated: true`) or `config` (`[[apis]] deprecations`).
+    pub source: &'static str,
+    /// The sunset date from the config, RFC 3339.
+    pub sunset: Option<String>,
     pub consumers: Vec<DeprecatedCaller>,
 }
 

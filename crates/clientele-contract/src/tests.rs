@@ -486,3 +486,59 @@ fn samples_are_checked_against_the_operation_and_become_findings_per_consumer() 
         7
     );
 }
+
+#[test]
+fn config_deprecations_add_sunsets_and_replacements_and_are_checked_against_the_spec() {
+    let contracts = Contracts::load(&[("petstore".into(), petstore())]).unwrap();
+    let contract = contracts.api("petstore").unwrap();
+    let over = |op: &str, replaced_by: Option<&str>| DeprecationOverride {
+        operation: op.into(),
+        sunset_ms: Some(clientele_core::time::now_ms() + 86_400_000),
+        replaced_by: replaced_by.map(str::to_string),
+    };
+    let (i, field, reason) = contract
+        .set_deprecations(vec![over("GET /pet/nothing", None)])
+        .unwrap_err();
+    assert_eq!((i, field), (0, "operation"));
+    assert!(
+        reason.contains("GET /pet/nothing is not an operation"),
+        "{reason}"
+    );
+    let (_, field, _) = contract
+        .set_deprecations(vec![over("GET /pet/findByTags", Some("GET /nope"))])
+        .unwrap_err();
+    assert_eq!(field, "replaced_by");
+    contract
+        .set_deprecations(vec![over(
+            "GET /pet/findByTags",
+            Some("GET /pet/findByStatus"),
+        )])
+        .unwrap();
+
+    let now = clientele_core::time::now_ms();
+    let event = |route: &str| event("acme", "GET", route, 200, now);
+    contracts.observe(&[
+        event("/pet/findByTags"),
+        event("/pet/findByTags"),
+        event("/pet/findByTags"),
+        event("/pet/findByStatus"),
+    ]);
+    let report = contracts.deprecations(i64::MIN);
+    let dep = report
+        .iter()
+        .find(|d| d.route == "GET /pet/findByTags")
+        .unwrap();
+    assert_eq!(dep.source, "config");
+    assert!(dep.sunset.is_some());
+    assert_eq!(dep.replaced_by.as_deref(), Some("GET /pet/findByStatus"));
+    assert_eq!(dep.consumers[0].calls, 3);
+    assert_eq!(dep.consumers[0].migration_progress, Some(0.25));
+    let findings = contracts.findings(now, 3_600_000);
+    let f = findings
+        .iter()
+        .find(|f| f.kind == FindingKind::DeprecatedUsage)
+        .unwrap();
+    assert_eq!(f.severity, Severity::Critical, "sunset in a day");
+    assert!(f.evidence["sunset"].is_string());
+    assert!(f.summary.contains("goes away on"), "{}", f.summary);
+}

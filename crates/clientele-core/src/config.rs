@@ -30,6 +30,9 @@ pub struct Config {
     /// Where findings are sent (see [`crate::alert`]).
     pub alerts: Vec<crate::alert::AlertRule>,
     pub detection: crate::alert::DetectionConfig,
+    /// Where the config came from (the file), for messages about it found after parsing.
+    #[serde(skip)]
+    pub origin: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -319,6 +322,7 @@ impl Config {
         })?;
         config.resolve_paths(base);
         config.validate(origin)?;
+        config.origin = origin.to_string();
         Ok(config)
     }
 
@@ -681,6 +685,52 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "test.toml", Path::new("/etc/clientele"))
+    }
+
+    #[test]
+    fn api_sampling_and_deprecations_are_validated() {
+        let base =
+            "[[apis]]\nname = \"p\"\nupstream = \"http://127.0.0.1:9\"\nopenapi = \"p.yaml\"\n";
+        let c = parse(&format!(
+            "{base}deprecations = [{{ operation = \"GET /pet/findByTags\", sunset = \"2027-01-01\", replaced_by = \"GET /pet/findByStatus\" }}]\n"
+        ))
+        .unwrap();
+        let api = &c.apis[0];
+        assert_eq!(api.max_body_bytes, 65536);
+        assert!((api.response_sample_rate - 0.01).abs() < 1e-12);
+        assert_eq!(api.deprecations[0].sunset_ms(), Some(Ok(1_798_761_600_000)));
+        for (extra, want) in [
+            (
+                "response_sample_rate = 2.0\n",
+                "test.toml: apis[0].response_sample_rate: 2 must be between 0 and 1",
+            ),
+            (
+                "deprecations = [{ operation = \"/pet\", sunset = \"2027-01-01\" }]\n",
+                "test.toml: apis[0].deprecations[0].operation: \"/pet\" must be `METHOD /template`",
+            ),
+            (
+                "deprecations = [{ operation = \"GET /pet\", sunset = \"soon\" }]\n",
+                "test.toml: apis[0].deprecations[0].sunset: \"soon\" is not a date",
+            ),
+            (
+                "deprecations = [{ operation = \"GET /pet\" }]\n",
+                "test.toml: apis[0].deprecations[0]: set sunset, replaced_by or both",
+            ),
+            (
+                "deprecations = [{ operation = \"GET /pet\", sunset = \"2027-01-01\", when = 1 }]\n",
+                "unknown field `when`",
+            ),
+        ] {
+            let e = parse(&format!("{base}{extra}")).unwrap_err().0;
+            assert!(e.contains(want), "{e}");
+        }
+        let e = parse("[[apis]]\nname = \"p\"\nupstream = \"http://127.0.0.1:9\"\ndeprecations = [{ operation = \"GET /a\", sunset = \"2027-01-01\" }]\n")
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("apis[0].deprecations: needs an openapi spec"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use clientele_contract::Contracts;
+use clientele_contract::{Contracts, DeprecationOverride};
 use clientele_core::config::Config;
 use clientele_core::finding::Finding;
 use clientele_detect::{Detector, EvalContext};
@@ -19,7 +19,33 @@ pub fn load(config: &Config) -> Result<Contracts> {
             specs.push((api.name.clone(), path.clone()));
         }
     }
-    Contracts::load(&specs).map_err(|e| anyhow::anyhow!("apis.openapi: {e}"))
+    let contracts = Contracts::load(&specs).map_err(|e| anyhow::anyhow!("apis.openapi: {e}"))?;
+    let origin = if config.origin.is_empty() {
+        "config"
+    } else {
+        config.origin.as_str()
+    };
+    for (i, api) in config.apis.iter().enumerate() {
+        let Some(contract) = contracts.api(&api.name) else {
+            continue;
+        };
+        let overrides = api
+            .deprecations
+            .iter()
+            .map(|d| DeprecationOverride {
+                operation: d.operation.trim().to_string(),
+                // Already checked by `Config::validate`.
+                sunset_ms: d.sunset_ms().and_then(Result::ok),
+                replaced_by: d.replaced_by.as_ref().map(|r| r.trim().to_string()),
+            })
+            .collect();
+        contract
+            .set_deprecations(overrides)
+            .map_err(|(j, field, reason)| {
+                anyhow::anyhow!("{origin}: apis[{i}].deprecations[{j}].{field}: {reason}")
+            })?;
+    }
+    Ok(contracts)
 }
 
 /// Drift and deprecation findings (`undocumented_endpoint`, `undocumented_status`,

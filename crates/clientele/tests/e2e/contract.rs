@@ -307,3 +307,53 @@ async fn sampled_requests_that_break_the_schema_become_findings_for_the_caller()
         "{findings:?}"
     );
 }
+
+#[tokio::test]
+async fn config_deprecations_feed_the_report_and_bad_ones_stop_start_up() {
+    let (server, _up) = start_with_spec_and(
+        &std::fs::read_to_string(PETSTORE).unwrap(),
+        "deprecations = [{ operation = \"GET /pet/findByTags\", sunset = \"2027-01-01\", replaced_by = \"GET /pet/findByStatus\" }]",
+    )
+    .await;
+    let (_, key) = server.consumer_with_key("acme", Some("pro")).await;
+    for path in ["/pet/findByTags?tags=a", "/pet/findByStatus?status=sold"] {
+        assert_eq!(get_with_key(&server, path, &key).await.0, 200);
+    }
+    server.wait_events("acme", "", |e| e.len() >= 2).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = server.admin(Method::GET, "/v1/deprecations", None).await;
+        let dep = &body["deprecations"][0];
+        if dep["consumers"][0]["calls"] == 1 {
+            assert_eq!(dep["route"], "GET /pet/findByTags");
+            assert_eq!(dep["source"], "config");
+            assert_eq!(dep["sunset"], "2027-01-01T00:00:00.000Z");
+            assert_eq!(dep["replaced_by"], "GET /pet/findByStatus");
+            assert_eq!(dep["consumers"][0]["migration_progress"], 0.5);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // An operation the spec does not have: start-up stops with file, key and reason.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(PETSTORE, dir.path().join("petstore.yaml")).unwrap();
+    let config = "[[apis]]\nname = \"petstore\"\nupstream = \"http://127.0.0.1:9\"\nopenapi = \"petstore.yaml\"\n\
+                  deprecations = [{ operation = \"GET /pets/old\", sunset = \"2027-01-01\" }]\n[storage]\ndata_dir = \"data\"\n";
+    let config_path = dir.path().join("clientele.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clientele"))
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "clientele.toml: apis[0].deprecations[0].operation: GET /pets/old is not an operation"
+        ),
+        "{stderr}"
+    );
+}
