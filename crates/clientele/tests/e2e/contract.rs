@@ -336,6 +336,29 @@ async fn config_deprecations_feed_the_report_and_bad_ones_stop_start_up() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // Sidecar events without a route get the spec's template (base path or not).
+    let now = clientele_core::time::now_ms();
+    let (status, body) = server
+        .admin(
+            Method::POST,
+            "/v1/events",
+            Some(serde_json::json!([
+                {"ts": now, "consumer": "side", "api": "petstore", "method": "GET", "path": "/api/v3/pet/findByStatus?status=sold", "status": 200, "latency_ms": 3},
+                {"ts": now, "consumer": "side", "api": "petstore", "method": "GET", "path": "/pet/abc", "status": 200, "latency_ms": 3},
+                {"ts": now, "consumer": "side", "method": "GET", "path": "/pet/abc", "status": 200, "latency_ms": 3}
+            ])),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let events = server.wait_events("side", "", |e| e.len() >= 3).await;
+    let mut routes: Vec<&str> = events.iter().filter_map(|e| e["route"].as_str()).collect();
+    routes.sort();
+    assert_eq!(
+        routes,
+        vec!["/pet/abc", "/pet/findByStatus", "/pet/{petId}"],
+        "{events:?}"
+    );
+
     // An operation the spec does not have: start-up stops with file, key and reason.
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(PETSTORE, dir.path().join("petstore.yaml")).unwrap();
