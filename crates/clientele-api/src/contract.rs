@@ -8,6 +8,42 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::error::ApiError;
 
+/// Saves an API's in-memory spec versions to the store (a version already there keeps its first
+/// load time) and replaces the in-memory history with the stored one, so the history survives
+/// restarts. A store error is logged; the in-memory history stays.
+pub async fn persist_spec_versions(
+    control: &dyn clientele_store::ControlStore,
+    contract: &clientele_contract::ApiContract,
+) {
+    for v in contract.history() {
+        let stored = clientele_store::StoredSpecVersion {
+            api: contract.api.clone(),
+            hash: v.hash,
+            loaded_at_ms: v.loaded_at_ms,
+            openapi: v.openapi,
+            operations: v.operations as u64,
+        };
+        if let Err(e) = control.record_spec_version(stored).await {
+            tracing::warn!(api = %contract.api, error = %e, "cannot store the spec version");
+            return;
+        }
+    }
+    match control.spec_versions(&contract.api).await {
+        Ok(versions) => contract.set_history(
+            versions
+                .into_iter()
+                .map(|v| clientele_contract::SpecVersion {
+                    hash: v.hash,
+                    loaded_at_ms: v.loaded_at_ms,
+                    openapi: v.openapi,
+                    operations: v.operations as usize,
+                })
+                .collect(),
+        ),
+        Err(e) => tracing::warn!(api = %contract.api, error = %e, "cannot read spec versions"),
+    }
+}
+
 /// How far back a reload looks for consumers of removed or changed operations.
 const IMPACT_DAYS: i64 = 30;
 
@@ -23,6 +59,7 @@ pub async fn reload(
         )));
     }
     let contracts = state.contracts.clone();
+    let api = name.clone();
     // Reading and indexing a big spec is blocking work; keep it off the async workers.
     let result = tokio::task::spawn_blocking(move || contracts.reload(&name, IMPACT_DAYS))
         .await
@@ -34,6 +71,9 @@ pub async fn reload(
                 format!("reload task failed: {e}"),
             )
         })?;
+    if let Some(contract) = state.contracts.api(&api) {
+        persist_spec_versions(&*state.control, contract).await;
+    }
     match result {
         Ok(report) => Ok(Json(json!(report))),
         Err(reason) => Err(ApiError::unprocessable(reason)),

@@ -195,6 +195,11 @@ impl ApiContract {
             .map(str::to_string)
     }
 
+    /// Replaces the history (with the versions kept in the store, so it survives restarts).
+    pub fn set_history(&self, versions: Vec<SpecVersion>) {
+        *self.history.lock().unwrap_or_else(PoisonError::into_inner) = versions;
+    }
+
     pub fn history(&self) -> Vec<SpecVersion> {
         self.history
             .lock()

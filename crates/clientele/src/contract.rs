@@ -66,6 +66,7 @@ impl Detector for ContractDetector {
 /// shown at `GET /v1/apis/{name}/spec`.
 pub async fn reload_on_sighup(
     contracts: Arc<Contracts>,
+    control: Arc<dyn clientele_store::ControlStore>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     if contracts.is_empty() {
@@ -100,10 +101,14 @@ pub async fn reload_on_sighup(
                     Err(e) => tracing::error!(error = %e, "spec reload failed"),
                 }
             }
+            for contract in contracts.apis() {
+                clientele_api::contract::persist_spec_versions(&*control, contract).await;
+            }
         }
     }
     #[cfg(not(unix))]
     {
+        let _ = control;
         let _ = shutdown.await;
     }
 }

@@ -94,6 +94,10 @@ pub async fn start(config: Config) -> Result<Running> {
     };
 
     let control: Arc<dyn ControlStore> = Arc::new(store.clone());
+    // Spec versions live in the store, so their history survives restarts.
+    for contract in contracts.apis() {
+        clientele_api::contract::persist_spec_versions(&*control, contract).await;
+    }
     let finding_store: Arc<dyn FindingStore> = Arc::new(store.clone());
     let events: Arc<dyn EventStore> = Arc::new(store);
     let keys = Arc::new(KeyIndex::with_plans(
@@ -288,6 +292,7 @@ pub async fn start(config: Config) -> Result<Running> {
 
     tasks.push(tokio::spawn(crate::contract::reload_on_sighup(
         contracts.clone(),
+        control.clone(),
         wait_for(shutdown_rx.clone()),
     )));
     tasks.push(tokio::spawn(sync_keys(

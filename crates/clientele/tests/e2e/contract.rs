@@ -59,7 +59,7 @@ async fn start_with_spec_and(spec: &str, api_extra: &str) -> (Server, Upstream) 
 
 #[tokio::test]
 async fn routes_are_spec_templates_and_drift_is_found_per_consumer() {
-    let (server, _up) = start_with_spec(&variant()).await;
+    let (mut server, _up) = start_with_spec(&variant()).await;
     let (_, key) = server.consumer_with_key("acme", Some("pro")).await;
     for path in [
         "/pet/1",
@@ -161,6 +161,17 @@ async fn routes_are_spec_templates_and_drift_is_found_per_consumer() {
         .admin(Method::GET, "/v1/apis/petstore/spec", None)
         .await;
     assert_eq!(body["history"].as_array().unwrap().len(), 2, "{body}");
+
+    // The version history is in the store: it survives a restart, load times unchanged.
+    let before = body["history"].clone();
+    assert!(server.terminate().success());
+    let dir = std::mem::replace(&mut server.dir, tempfile::tempdir().unwrap());
+    let config_path = dir.path().join("clientele.toml");
+    let server = Server::spawn(dir, &config_path, server.gateway, server.admin).await;
+    let (_, body) = server
+        .admin(Method::GET, "/v1/apis/petstore/spec", None)
+        .await;
+    assert_eq!(body["history"], before, "{body}");
 }
 
 #[tokio::test]
