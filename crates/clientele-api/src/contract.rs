@@ -49,6 +49,12 @@ const IMPACT_DAYS: i64 = 30;
 
 /// `POST /v1/apis/{name}/spec/reload`: re-reads the spec; a bad one keeps the last good spec
 /// and answers 422 with the reason (file and place).
+#[utoipa::path(post, path = "/v1/apis/{name}/spec/reload", params(("name" = String, Path, description = "the API's name in the config")),
+    responses(
+        (status = 200, body = Object, description = "the change impact: `{api, changed, hash, removed, modified, impacted_consumers: {consumer: calls}, impact_days}`"),
+        (status = 404, description = "the API has no openapi spec"),
+        (status = 422, description = "the new spec is invalid (file and JSON pointer in `detail`); the last good spec keeps serving")),
+    security(("admin_token" = [])))]
 pub async fn reload(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -81,6 +87,11 @@ pub async fn reload(
 }
 
 /// `GET /v1/apis/{name}/spec`: the current version, its history and the last reload error.
+#[utoipa::path(get, path = "/v1/apis/{name}/spec", params(("name" = String, Path, description = "the API's name in the config")),
+    responses(
+        (status = 200, body = Object, description = "`{api, path, hash, openapi, title, operations, last_error, history: [{hash, loaded_at, openapi, operations}]}`; the history is kept in the store"),
+        (status = 404, description = "the API has no openapi spec")),
+    security(("admin_token" = [])))]
 pub async fn spec(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -115,13 +126,19 @@ pub async fn spec(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct DeprecationQuery {
+    /// Only calls since this time (RFC 3339 or epoch ms); default: all usage seen.
     pub from: Option<String>,
 }
 
 /// `GET /v1/deprecations`: each deprecated operation, who still calls it, how much, when last,
 /// and each caller's migration progress to the replacement.
+#[utoipa::path(get, path = "/v1/deprecations", params(DeprecationQuery),
+    responses(
+        (status = 200, body = Object, description = "`{deprecations: [{api, route, operation_id, pointer, replaced_by, source: spec|config, sunset, consumers: [{consumer, calls, last_call, replacement_calls, migration_progress}]}]}`"),
+        (status = 400, description = "a bad parameter, named in `detail`")),
+    security(("admin_token" = [])))]
 pub async fn deprecations(
     State(state): State<AppState>,
     Query(q): Query<DeprecationQuery>,

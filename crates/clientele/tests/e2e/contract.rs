@@ -347,6 +347,16 @@ async fn config_deprecations_feed_the_report_and_bad_ones_stop_start_up() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // The contract endpoints are in the admin API's own OpenAPI document.
+    let (_, doc) = server.admin(Method::GET, "/v1/openapi.json", None).await;
+    for path in [
+        "/v1/deprecations",
+        "/v1/apis/{name}/spec",
+        "/v1/apis/{name}/spec/reload",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} missing");
+    }
+
     // Sidecar events without a route get the spec's template (base path or not).
     let now = clientele_core::time::now_ms();
     let (status, body) = server
