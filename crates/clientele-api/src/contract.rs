@@ -1,5 +1,7 @@
 //! Contract endpoints: spec versions and reload, and the deprecation report.
 
+use std::sync::atomic::Ordering;
+
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde::Deserialize;
@@ -89,7 +91,7 @@ pub async fn reload(
 /// `GET /v1/apis/{name}/spec`: the current version, its history and the last reload error.
 #[utoipa::path(get, path = "/v1/apis/{name}/spec", params(("name" = String, Path, description = "the API's name in the config")),
     responses(
-        (status = 200, body = Object, description = "`{api, path, hash, openapi, title, operations, last_error, history: [{hash, loaded_at, openapi, operations}]}`; the history is kept in the store"),
+        (status = 200, body = Object, description = "`{api, path, hash, openapi, title, operations, last_error, history: [{hash, loaded_at, openapi, operations}], validation: {checked, dropped, too_large, violations}}`; the history is kept in the store"),
         (status = 404, description = "the API has no openapi spec")),
     security(("admin_token" = [])))]
 pub async fn spec(
@@ -123,6 +125,14 @@ pub async fn spec(
         "operations": current.operations.len(),
         "last_error": contract.last_error(),
         "history": history,
+        // Schema-check pipeline counters (all APIs): samples checked, dropped on a full queue,
+        // bodies over max_body_bytes, violations recorded.
+        "validation": {
+            "checked": state.contracts.validation.checked.load(Ordering::Relaxed),
+            "dropped": state.contracts.validation.dropped.load(Ordering::Relaxed),
+            "too_large": state.contracts.validation.too_large.load(Ordering::Relaxed),
+            "violations": state.contracts.validation.violations.load(Ordering::Relaxed),
+        },
     })))
 }
 

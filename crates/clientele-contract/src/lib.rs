@@ -640,8 +640,12 @@ impl Contracts {
                 let count: u64 = list.iter().map(|(_, c)| c.count).sum();
                 let first = list.iter().map(|(_, c)| c.first_ms).min().unwrap_or(now_ms);
                 let last = list.iter().map(|(_, c)| c.last_ms).max().unwrap_or(now_ms);
-                let (top, _) = &list[0];
                 let response_only = list.iter().all(|(k, _)| k.location == LOCATION_RESPONSE);
+                // What the consumer sends comes first: that is what they can fix.
+                let (top, _) = list
+                    .iter()
+                    .find(|(k, _)| k.location != LOCATION_RESPONSE)
+                    .unwrap_or(&list[0]);
                 let summary = if response_only {
                     format!(
                         "{api}'s responses to {consumer} on {route} break the spec ({} at {} in the body, {count} times); \
@@ -655,7 +659,11 @@ impl Contracts {
                          tell them what the contract expects",
                         top.rule,
                         display_pointer(&top.pointer),
-                        if top.location == LOCATION_PARAMETER { "parameters" } else { "body" }
+                        if top.location == LOCATION_PARAMETER {
+                            "parameters"
+                        } else {
+                            "request body"
+                        }
                     )
                 };
                 let violations: Vec<serde_json::Value> = list
