@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use clientele_analytics::{Query as AQuery, Rollup};
 use clientele_store::{EventQuery, StoreError};
 
-use crate::ingest::{Rejected, TimeBounds, parse_batch};
+use crate::ingest::{Rejected, TimeBounds, parse_batch_with};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -1052,7 +1052,14 @@ pub async fn ingest_events(
         ),
         max_ms: now + state.max_future_ms,
     };
-    let (events, rejected) = parse_batch(&body, ndjson, bounds).map_err(ApiError::bad_request)?;
+    let contracts = state.contracts.clone();
+    let templates = |api: &str, method: &str, path: &str| {
+        contracts
+            .api(api)
+            .and_then(|c| c.route_template(method, path))
+    };
+    let (events, rejected) =
+        parse_batch_with(&body, ndjson, bounds, &templates).map_err(ApiError::bad_request)?;
     if events.is_empty() {
         let mut err = ApiError::bad_request(if rejected.is_empty() {
             "the batch holds no events".to_string()
@@ -1071,9 +1078,13 @@ pub async fn ingest_events(
     let fresh = state.events.append_events(events).await?;
     let duplicates = accepted - fresh.len();
     let engine = state.engine.clone();
-    tokio::task::spawn_blocking(move || engine.ingest_events(&fresh))
-        .await
-        .map_err(|e| ApiError::bad_request(format!("aggregation failed: {e}")))?;
+    let contracts = state.contracts.clone();
+    tokio::task::spawn_blocking(move || {
+        engine.ingest_events(&fresh);
+        contracts.observe(&fresh);
+    })
+    .await
+    .map_err(|e| ApiError::bad_request(format!("aggregation failed: {e}")))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(IngestResult {

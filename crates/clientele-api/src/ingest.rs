@@ -11,7 +11,8 @@
 //!   losing events.
 //! - Without `id`, the id is derived from the event's content, so a retried batch or a re-run
 //!   import stores each event once.
-//! - Without `route`, the route is inferred from the path.
+//! - Without `route`, the route is the API's spec template when the event's `api` has a spec
+//!   that matches the path, else inferred from the path.
 
 use clientele_core::config::valid_name;
 use clientele_core::event::{Event, Outcome, content_id};
@@ -41,10 +42,24 @@ pub fn parse_batch(
     ndjson: bool,
     bounds: TimeBounds,
 ) -> Result<(Vec<Event>, Vec<Rejected>), String> {
+    parse_batch_with(body, ndjson, bounds, &|_, _, _| None)
+}
+
+/// The spec template of `(api, method, path)`, when that API has a spec that matches the path.
+pub type TemplateOf<'a> = dyn Fn(&str, &str, &str) -> Option<String> + 'a;
+
+/// [`parse_batch`], with events without a `route` given their API's spec template when
+/// `templates` knows one (else the inferred template).
+pub fn parse_batch_with(
+    body: &[u8],
+    ndjson: bool,
+    bounds: TimeBounds,
+    templates: &TemplateOf<'_>,
+) -> Result<(Vec<Event>, Vec<Rejected>), String> {
     let mut events = Vec::new();
     let mut rejected = Vec::new();
     let mut handle = |index: usize, raw: &[u8], value: Result<Value, String>| match value
-        .and_then(|v| parse_event(&v, raw, bounds))
+        .and_then(|v| parse_event(&v, raw, bounds, templates))
     {
         Ok(e) => events.push(e),
         Err(error) => rejected.push(Rejected { index, error }),
@@ -81,7 +96,12 @@ pub fn parse_batch(
     Ok((events, rejected))
 }
 
-fn parse_event(v: &Value, raw: &[u8], bounds: TimeBounds) -> Result<Event, String> {
+fn parse_event(
+    v: &Value,
+    raw: &[u8],
+    bounds: TimeBounds,
+    templates: &TemplateOf<'_>,
+) -> Result<Event, String> {
     let obj = v.as_object().ok_or("each event must be a JSON object")?;
     let ts_ms =
         parse_ts_value(obj.get("ts").ok_or("ts is required")?).map_err(|e| format!("ts: {e}"))?;
@@ -136,7 +156,10 @@ fn parse_event(v: &Value, raw: &[u8], bounds: TimeBounds) -> Result<Event, Strin
     let route = match opt_str(obj, "route")? {
         Some(r) if !r.starts_with('/') => return Err("route must start with '/'".into()),
         Some(r) => r.to_string(),
-        None => infer_template(path),
+        None => opt_str(obj, "api")?
+            .filter(|a| !a.is_empty())
+            .and_then(|api| templates(api, method, path))
+            .unwrap_or_else(|| infer_template(path)),
     };
     Ok(Event {
         id,
@@ -254,5 +277,15 @@ not json
         let with_id = br#"[{"id":"x1","ts":1767225600000,"consumer":"acme","method":"GET","path":"/a","status":200,"latency_ms":1}]"#;
         assert_eq!(parse_batch(with_id, false, B).unwrap().0[0].id, "x1");
         assert!(parse_batch(b"42", false, B).is_err());
+        // Without a route, the API's spec template wins over the inferred one.
+        let templates = |api: &str, _m: &str, p: &str| {
+            (api == "petstore" && p.starts_with("/pet/")).then(|| "/pet/{petId}".to_string())
+        };
+        let body = br#"[{"ts": 1, "consumer": "a", "method": "GET", "path": "/pet/abc?x=1", "status": 200, "latency_ms": 1, "api": "petstore"},
+            {"ts": 1, "consumer": "a", "method": "GET", "path": "/pet/abc", "status": 200, "latency_ms": 1},
+            {"ts": 1, "consumer": "a", "method": "GET", "path": "/pet/abc", "status": 200, "latency_ms": 1, "api": "petstore", "route": "/given"}]"#;
+        let events = parse_batch_with(body, false, B, &templates).unwrap().0;
+        let routes: Vec<&str> = events.iter().map(|e| e.route.as_str()).collect();
+        assert_eq!(routes, vec!["/pet/{petId}", "/pet/abc", "/given"]);
     }
 }

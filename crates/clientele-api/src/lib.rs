@@ -19,6 +19,7 @@ use clientele_core::keys::KeyIndex;
 use clientele_core::pipeline::PipelineStats;
 use clientele_store::{ControlStore, EventStore};
 
+pub mod contract;
 pub mod error;
 pub mod findings;
 pub mod handlers;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub limiter_mode: &'static str,
     /// The detectors, the findings store and the alert hand-off.
     pub findings: Arc<findings::FindingsService>,
+    /// Every API's OpenAPI contract and the usage drift is judged from.
+    pub contracts: Arc<clientele_contract::Contracts>,
 }
 
 impl AppState {
@@ -105,6 +108,12 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             axum::routing::post(findings::evaluate),
         )
         .route("/v1/alerts/deliveries", get(findings::deliveries))
+        .route("/v1/apis/{name}/spec", get(contract::spec))
+        .route(
+            "/v1/apis/{name}/spec/reload",
+            axum::routing::post(contract::reload),
+        )
+        .route("/v1/deprecations", get(contract::deprecations))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/healthz", get(handlers::healthz))

@@ -4,11 +4,11 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{findings, handlers, limits};
+use crate::{contract, findings, handlers, limits};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Clientele admin and query API", description = "Consumers, keys, events, per-consumer statistics, findings and alerts."),
+    info(title = "Clientele admin and query API", description = "Consumers, keys, events, per-consumer statistics, findings and alerts, OpenAPI contracts and deprecations."),
     paths(
         handlers::healthz,
         handlers::status,
@@ -32,6 +32,9 @@ use crate::{findings, handlers, limits};
         findings::list,
         findings::evaluate,
         findings::deliveries,
+        contract::spec,
+        contract::reload,
+        contract::deprecations,
     ),
     modifiers(&AdminToken)
 )]

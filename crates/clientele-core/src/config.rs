@@ -30,6 +30,9 @@ pub struct Config {
     /// Where findings are sent (see [`crate::alert`]).
     pub alerts: Vec<crate::alert::AlertRule>,
     pub detection: crate::alert::DetectionConfig,
+    /// Where the config came from (the file), for messages about it found after parsing.
+    #[serde(skip)]
+    pub origin: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -156,6 +159,75 @@ pub struct ApiConfig {
     /// Time allowed to open a connection to the upstream; past it the gateway answers 502.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// Share of requests (0..=1) whose parameters and JSON body are checked against the spec.
+    #[serde(default = "default_request_sample_rate")]
+    pub request_sample_rate: f64,
+    /// Share of responses (0..=1) whose JSON body is checked against the spec.
+    #[serde(default = "default_response_sample_rate")]
+    pub response_sample_rate: f64,
+    /// Most bytes of a sampled body copied for validation; a longer body is not checked.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Sunset dates and replacements for operations, on top of the spec's `deprecated: true`.
+    #[serde(default)]
+    pub deprecations: Vec<DeprecationConfig>,
+}
+
+/// One `[[apis]] deprecations` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeprecationConfig {
+    /// `METHOD /template`, e.g. `GET /pet/findByTags`.
+    pub operation: String,
+    /// `YYYY-MM-DD` or RFC 3339; the operation is deprecated from now on, and gone after it.
+    #[serde(default)]
+    pub sunset: Option<String>,
+    /// `METHOD /template` (or an operationId) of the replacement.
+    #[serde(default)]
+    pub replaced_by: Option<String>,
+}
+
+impl DeprecationConfig {
+    /// The sunset as epoch milliseconds (a bare date is midnight UTC).
+    pub fn sunset_ms(&self) -> Option<Result<i64, String>> {
+        self.sunset.as_deref().map(parse_sunset)
+    }
+}
+
+/// Parses `YYYY-MM-DD` (midnight UTC) or an RFC 3339 time.
+pub fn parse_sunset(s: &str) -> Result<i64, String> {
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d") {
+        return Ok(d
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp_millis())
+            .unwrap_or_default());
+    }
+    chrono::DateTime::parse_from_rfc3339(s.trim())
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| format!("{s:?} is not a date (2027-01-01) or an RFC 3339 time"))
+}
+
+/// Checks `METHOD /template`.
+fn check_operation_name(s: &str) -> Result<(), String> {
+    const METHODS: [&str; 8] = [
+        "GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE",
+    ];
+    match s.trim().split_once(' ') {
+        Some((m, t)) if METHODS.contains(&m) && t.trim().starts_with('/') => Ok(()),
+        _ => Err(format!(
+            "{s:?} must be `METHOD /template` with an upper-case HTTP method, e.g. \"GET /pet/{{petId}}\""
+        )),
+    }
+}
+
+fn default_request_sample_rate() -> f64 {
+    0.1
+}
+fn default_response_sample_rate() -> f64 {
+    0.01
+}
+fn default_max_body_bytes() -> u64 {
+    64 * 1024
 }
 
 fn default_prefix() -> String {
@@ -250,6 +322,7 @@ impl Config {
         })?;
         config.resolve_paths(base);
         config.validate(origin)?;
+        config.origin = origin.to_string();
         Ok(config)
     }
 
@@ -375,6 +448,60 @@ impl Config {
                     &format!("{key}.timeout_ms"),
                     "timeouts must be greater than 0".into(),
                 );
+            }
+            for (field, rate) in [
+                ("request_sample_rate", api.request_sample_rate),
+                ("response_sample_rate", api.response_sample_rate),
+            ] {
+                if !(0.0..=1.0).contains(&rate) {
+                    return err(
+                        &format!("{key}.{field}"),
+                        format!("{rate} must be between 0 and 1 (0.01 checks one in a hundred)"),
+                    );
+                }
+            }
+            if api.max_body_bytes > 16 * 1024 * 1024 {
+                return err(
+                    &format!("{key}.max_body_bytes"),
+                    format!(
+                        "{} is more than 16 MiB; bodies are copied for validation, keep this small",
+                        api.max_body_bytes
+                    ),
+                );
+            }
+            if !api.deprecations.is_empty() && api.openapi.is_none() {
+                return err(
+                    &format!("{key}.deprecations"),
+                    "needs an openapi spec for this API; set openapi or remove deprecations".into(),
+                );
+            }
+            let mut seen_ops = std::collections::HashSet::new();
+            for (j, d) in api.deprecations.iter().enumerate() {
+                let dkey = format!("{key}.deprecations[{j}]");
+                if let Err(e) = check_operation_name(&d.operation) {
+                    return err(&format!("{dkey}.operation"), e);
+                }
+                if !seen_ops.insert(d.operation.trim()) {
+                    return err(
+                        &format!("{dkey}.operation"),
+                        format!("{:?} is listed twice", d.operation),
+                    );
+                }
+                if let Some(Err(e)) = d.sunset_ms() {
+                    return err(&format!("{dkey}.sunset"), e);
+                }
+                if let Some(r) = &d.replaced_by
+                    && r.trim().is_empty()
+                {
+                    return err(
+                        &format!("{dkey}.replaced_by"),
+                        "is empty; name the replacement as `METHOD /template` or leave it out"
+                            .into(),
+                    );
+                }
+                if d.sunset.is_none() && d.replaced_by.is_none() {
+                    return err(&dkey, "set sunset, replaced_by or both".into());
+                }
             }
         }
         let mut prefixes = std::collections::HashSet::new();
@@ -558,6 +685,52 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "test.toml", Path::new("/etc/clientele"))
+    }
+
+    #[test]
+    fn api_sampling_and_deprecations_are_validated() {
+        let base =
+            "[[apis]]\nname = \"p\"\nupstream = \"http://127.0.0.1:9\"\nopenapi = \"p.yaml\"\n";
+        let c = parse(&format!(
+            "{base}deprecations = [{{ operation = \"GET /pet/findByTags\", sunset = \"2027-01-01\", replaced_by = \"GET /pet/findByStatus\" }}]\n"
+        ))
+        .unwrap();
+        let api = &c.apis[0];
+        assert_eq!(api.max_body_bytes, 65536);
+        assert!((api.response_sample_rate - 0.01).abs() < 1e-12);
+        assert_eq!(api.deprecations[0].sunset_ms(), Some(Ok(1_798_761_600_000)));
+        for (extra, want) in [
+            (
+                "response_sample_rate = 2.0\n",
+                "test.toml: apis[0].response_sample_rate: 2 must be between 0 and 1",
+            ),
+            (
+                "deprecations = [{ operation = \"/pet\", sunset = \"2027-01-01\" }]\n",
+                "test.toml: apis[0].deprecations[0].operation: \"/pet\" must be `METHOD /template`",
+            ),
+            (
+                "deprecations = [{ operation = \"GET /pet\", sunset = \"soon\" }]\n",
+                "test.toml: apis[0].deprecations[0].sunset: \"soon\" is not a date",
+            ),
+            (
+                "deprecations = [{ operation = \"GET /pet\" }]\n",
+                "test.toml: apis[0].deprecations[0]: set sunset, replaced_by or both",
+            ),
+            (
+                "deprecations = [{ operation = \"GET /pet\", sunset = \"2027-01-01\", when = 1 }]\n",
+                "unknown field `when`",
+            ),
+        ] {
+            let e = parse(&format!("{base}{extra}")).unwrap_err().0;
+            assert!(e.contains(want), "{e}");
+        }
+        let e = parse("[[apis]]\nname = \"p\"\nupstream = \"http://127.0.0.1:9\"\ndeprecations = [{ operation = \"GET /a\", sunset = \"2027-01-01\" }]\n")
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("apis[0].deprecations: needs an openapi spec"),
+            "{e}"
+        );
     }
 
     #[test]

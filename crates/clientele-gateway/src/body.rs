@@ -6,12 +6,13 @@
 //! handed to the connection, or when the body is dropped early (the client went away).
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
+use clientele_contract::{BodySample, Sample, SampleSender};
 use clientele_core::event::{Event, Outcome};
 use clientele_core::pipeline::EventSink;
 use http_body::{Body, Frame, SizeHint};
@@ -31,6 +32,56 @@ impl std::fmt::Display for BodyTooLarge {
 
 impl std::error::Error for BodyTooLarge {}
 
+/// A copy of a sampled body, kept as the frames that carried it (reference-counted `Bytes`
+/// clones, no byte copy) up to a limit. Past the limit it gives up and keeps nothing.
+#[derive(Debug, Default)]
+pub struct Tee {
+    chunks: Vec<Bytes>,
+    len: usize,
+    max: usize,
+    overflow: bool,
+}
+
+impl Tee {
+    pub fn new(max: usize) -> Tee {
+        Tee {
+            max,
+            ..Tee::default()
+        }
+    }
+
+    fn push(&mut self, data: &Bytes) {
+        if self.overflow {
+            return;
+        }
+        self.len += data.len();
+        if self.len > self.max {
+            self.overflow = true;
+            self.chunks = Vec::new();
+        } else if !data.is_empty() {
+            self.chunks.push(data.clone());
+        }
+    }
+
+    fn take(&mut self) -> BodySample {
+        if self.overflow {
+            BodySample::TooLarge
+        } else {
+            BodySample::Json(std::mem::take(&mut self.chunks))
+        }
+    }
+}
+
+/// A sampled exchange waiting for its response to finish before it goes to the validator.
+pub struct PendingSample {
+    pub sample: Sample,
+    /// The request body's copy, filled by [`RequestBody`] as it streams upstream.
+    pub request: Option<Arc<Mutex<Tee>>>,
+    /// The response body's copy, filled as it streams to the client.
+    pub response: Option<Tee>,
+    pub sender: SampleSender,
+}
+
 /// Counts the bytes of a client's request body on their way upstream.
 pub struct RequestBody {
     inner: Incoming,
@@ -39,6 +90,8 @@ pub struct RequestBody {
     limit: u64,
     /// Set when the limit was hit, so the event can say why the exchange failed.
     too_large: Arc<AtomicBool>,
+    /// Set when the request is sampled for schema validation.
+    tee: Option<Arc<Mutex<Tee>>>,
 }
 
 impl RequestBody {
@@ -53,7 +106,14 @@ impl RequestBody {
             counted,
             limit,
             too_large,
+            tee: None,
         }
+    }
+
+    /// Copies the body (up to the tee's limit) as it streams, for validation.
+    pub fn with_tee(mut self, tee: Arc<Mutex<Tee>>) -> Self {
+        self.tee = Some(tee);
+        self
     }
 }
 
@@ -73,6 +133,11 @@ impl Body for RequestBody {
                     if self.limit > 0 && total > self.limit {
                         self.too_large.store(true, Ordering::Relaxed);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(self.limit)))));
+                    }
+                    if let Some(tee) = &self.tee {
+                        tee.lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(data);
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -102,6 +167,7 @@ enum Source {
 pub struct ResponseBody {
     source: Source,
     finish: Option<Finish>,
+    sample: Option<PendingSample>,
 }
 
 /// What is needed to complete and emit the event once the body is done.
@@ -117,6 +183,7 @@ impl ResponseBody {
         ResponseBody {
             source: Source::Local(Some(bytes)),
             finish: None,
+            sample: None,
         }
     }
 
@@ -124,6 +191,7 @@ impl ResponseBody {
         ResponseBody {
             source: Source::Upstream(body),
             finish: None,
+            sample: None,
         }
     }
 
@@ -145,7 +213,24 @@ impl ResponseBody {
         self
     }
 
+    /// Sends `sample` to the validator when the body completes (not when the client leaves).
+    pub fn with_sample(mut self, sample: PendingSample) -> Self {
+        self.sample = Some(sample);
+        self
+    }
+
     fn complete(&mut self, outcome: Option<Outcome>) {
+        if let Some(mut p) = self.sample.take()
+            && outcome.is_none()
+        {
+            if let Some(tee) = p.request.take() {
+                p.sample.request_body = tee.lock().unwrap_or_else(PoisonError::into_inner).take();
+            }
+            if let Some(mut tee) = p.response.take() {
+                p.sample.response_body = tee.take();
+            }
+            p.sender.offer(p.sample);
+        }
         if let Some(mut f) = self.finish.take() {
             f.event.latency_ms = f.started.elapsed().as_secs_f64() * 1000.0;
             f.event.request_bytes = f.request_bytes.load(Ordering::Relaxed);
@@ -156,9 +241,12 @@ impl ResponseBody {
         }
     }
 
-    fn count(&mut self, n: usize) {
+    fn count(&mut self, data: &Bytes) {
         if let Some(f) = self.finish.as_mut() {
-            f.event.response_bytes += n as u64;
+            f.event.response_bytes += data.len() as u64;
+        }
+        if let Some(tee) = self.sample.as_mut().and_then(|p| p.response.as_mut()) {
+            tee.push(data);
         }
     }
 }
@@ -184,7 +272,7 @@ impl Body for ResponseBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    this.count(data.len());
+                    this.count(data);
                 }
                 if this.source_done() {
                     this.complete(None);

@@ -21,7 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use ipnet::IpNet;
 
-use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
+use crate::body::{BodyTooLarge, RequestBody, ResponseBody, Tee};
 use crate::headers::{self as h, KeySource, PresentedKey, TraceContext};
 use crate::limiter::{Limiter, Verdict};
 
@@ -45,6 +45,21 @@ struct Api {
     upstream: Upstream,
     timeout: Duration,
     client: Client<HttpConnector, RequestBody>,
+    /// The API's OpenAPI contract, when it has one: routes become the spec's templates.
+    contract: Option<Arc<clientele_contract::ApiContract>>,
+    /// Sampling for schema validation, as thresholds on a uniform u64 draw.
+    request_sample: u64,
+    response_sample: u64,
+    max_body_bytes: usize,
+}
+
+/// `rate` (0..=1) as a threshold on a uniform u64: sampled when `draw < threshold`.
+fn threshold(rate: f64) -> u64 {
+    if rate >= 1.0 {
+        u64::MAX
+    } else {
+        (rate.max(0.0) * u64::MAX as f64) as u64
+    }
 }
 
 /// The data plane. Shared by every connection through an `Arc`.
@@ -59,6 +74,8 @@ pub struct Gateway {
     /// Whether connections arrive over TLS, for `X-Forwarded-Proto`.
     tls: AtomicBool,
     in_flight: AtomicU64,
+    /// The validator's queue, when some API has a spec.
+    samples: Option<clientele_contract::SampleSender>,
 }
 
 /// Context gathered before the request is forwarded, used to fill the event.
@@ -94,6 +111,10 @@ impl Gateway {
                 upstream,
                 timeout: Duration::from_millis(api.timeout_ms),
                 client,
+                contract: None,
+                request_sample: threshold(api.request_sample_rate),
+                response_sample: threshold(api.response_sample_rate),
+                max_body_bytes: usize::try_from(api.max_body_bytes).unwrap_or(usize::MAX),
             });
         }
         built.sort_by_key(|api| std::cmp::Reverse(api.prefix.len()));
@@ -107,7 +128,79 @@ impl Gateway {
             session_header,
             tls: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
+            samples: None,
         })
+    }
+
+    /// Gives each API with a spec its contract, so events carry the spec's route templates,
+    /// and the validator's queue that sampled exchanges go to.
+    pub fn set_contracts(
+        &mut self,
+        contracts: &clientele_contract::Contracts,
+        samples: Option<clientele_contract::SampleSender>,
+    ) {
+        for api in &mut self.apis {
+            api.contract = contracts.api(&api.name).cloned();
+        }
+        self.samples = samples;
+    }
+
+    fn draw(&self) -> u64 {
+        clientele_core::event::fast_random_u64()
+    }
+
+    /// Decides whether this exchange is sampled for schema validation and prepares the copies.
+    /// Costs two thread-local random draws when sampling is off for the request.
+    fn sampling(
+        &self,
+        api: &Api,
+        parts: &http::request::Parts,
+        relative: &str,
+        event: &Event,
+    ) -> Option<(
+        crate::body::PendingSample,
+        Option<Arc<std::sync::Mutex<Tee>>>,
+    )> {
+        let sender = self.samples.as_ref()?;
+        api.contract.as_ref()?;
+        let consumer = event.consumer.clone()?;
+        let request = api.request_sample > 0 && self.draw() < api.request_sample;
+        let response = api.response_sample > 0 && self.draw() < api.response_sample;
+        if !request && !response {
+            return None;
+        }
+        let json = |v: Option<&HeaderValue>| {
+            v.and_then(|v| v.to_str().ok()).is_none_or(|t| {
+                t.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().ends_with("json"))
+            })
+        };
+        let req_tee = (request && json(parts.headers.get(header::CONTENT_TYPE)))
+            .then(|| Arc::new(std::sync::Mutex::new(Tee::new(api.max_body_bytes))));
+        let path = match parts.uri.query() {
+            Some(q) => format!("{relative}?{q}"),
+            None => relative.to_string(),
+        };
+        Some((
+            crate::body::PendingSample {
+                sample: clientele_contract::Sample {
+                    api: api.name.to_string(),
+                    consumer,
+                    method: parts.method.as_str().to_string(),
+                    path,
+                    ts_ms: event.ts_ms,
+                    check_parameters: request,
+                    request_body: Default::default(),
+                    status: 0,
+                    response_body: Default::default(),
+                },
+                request: req_tee.clone(),
+                response: response.then(|| Tee::new(api.max_body_bytes)),
+                sender: sender.clone(),
+            },
+            req_tee,
+        ))
     }
 
     pub(crate) fn set_tls(&self, tls: bool) {
@@ -190,7 +283,14 @@ impl Gateway {
         let api = self.route(&path);
         if let Some(api) = api {
             seen.event.api = Some(api.name.to_string());
-            seen.event.route = infer_template(api_relative_path(api, &path));
+            let relative = api_relative_path(api, &path);
+            // With a spec, the route is the operation's template: one trie walk, nothing more
+            // (validation happens off the hot path, in the pipeline).
+            seen.event.route = api
+                .contract
+                .as_ref()
+                .and_then(|c| c.route_template(parts.method.as_str(), relative))
+                .unwrap_or_else(|| infer_template(relative));
         } else {
             seen.event.route = infer_template(&path);
         }
@@ -345,9 +445,14 @@ impl Gateway {
             (&trace, &span_id),
         );
 
+        let relative = api_relative_path(api, &path);
+        let mut pending = self.sampling(api, &parts, relative, &seen.event);
         let counted = Arc::new(AtomicU64::new(0));
         let too_large = Arc::new(AtomicBool::new(false));
-        let body = RequestBody::new(body, counted.clone(), limit, too_large.clone());
+        let mut body = RequestBody::new(body, counted.clone(), limit, too_large.clone());
+        if let Some(tee) = pending.as_mut().and_then(|(_, tee)| tee.take()) {
+            body = body.with_tee(tee);
+        }
         let upstream_req = Request::from_parts(parts, body);
         let sent = Instant::now();
         let result = tokio::time::timeout(api.timeout, api.client.request(upstream_req)).await;
@@ -407,12 +512,28 @@ impl Gateway {
             insert_limit_headers(response.headers_mut(), status);
         }
         let (resp_parts, resp_body) = response.into_parts();
-        let body = ResponseBody::upstream(resp_body).emit_on_finish(
+        let mut body = ResponseBody::upstream(resp_body).emit_on_finish(
             seen.event,
             seen.started,
             counted,
             self.sink.clone(),
         );
+        if let Some((mut p, _)) = pending {
+            p.sample.status = resp_parts.status.as_u16();
+            let json = resp_parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| {
+                    t.split(';')
+                        .next()
+                        .is_some_and(|t| t.trim().ends_with("json"))
+                });
+            if !json {
+                p.response = None;
+            }
+            body = body.with_sample(p);
+        }
         Response::from_parts(resp_parts, body)
     }
 

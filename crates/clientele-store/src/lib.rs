@@ -72,6 +72,24 @@ pub trait ControlStore: Send + Sync {
     /// A number that changes whenever consumers or keys change, so that nodes can poll it
     /// cheaply and reload only when needed.
     async fn control_version(&self) -> Result<u64>;
+
+    /// Records a loaded OpenAPI spec version. The same (api, hash) loaded again keeps its first
+    /// load time; returns whether the version is new.
+    async fn record_spec_version(&self, version: StoredSpecVersion) -> Result<bool>;
+    /// An API's spec versions, oldest first.
+    async fn spec_versions(&self, api: &str) -> Result<Vec<StoredSpecVersion>>;
+}
+
+/// One version of an API's spec, as loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSpecVersion {
+    pub api: String,
+    /// SHA-256 of the spec's files, hex.
+    pub hash: String,
+    pub loaded_at_ms: i64,
+    /// `3.0.4`, `3.1.0`, ...
+    pub openapi: String,
+    pub operations: u64,
 }
 
 /// A persisted rollup: one series (consumer, api, method, route, status class) in one bucket of

@@ -29,6 +29,14 @@ CREATE TABLE IF NOT EXISTS meta (
     k TEXT PRIMARY KEY,
     v TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS spec_versions (
+    api TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    loaded_at_ms INTEGER NOT NULL,
+    openapi TEXT NOT NULL,
+    operations INTEGER NOT NULL,
+    PRIMARY KEY (api, hash)
+);
 CREATE TABLE IF NOT EXISTS consumers (
     id TEXT PRIMARY KEY,
     name TEXT,
@@ -585,6 +593,45 @@ impl ControlStore for SqliteStore {
                         month: r.get(3)?,
                         month_used: r.get::<_, i64>(4)?.max(0) as u64,
                     },
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn record_spec_version(&self, v: crate::StoredSpecVersion) -> Result<bool> {
+        self.write(move |conn| {
+            let n = conn.execute(
+                "INSERT INTO spec_versions (api, hash, loaded_at_ms, openapi, operations)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(api, hash) DO NOTHING",
+                params![
+                    v.api,
+                    v.hash,
+                    v.loaded_at_ms,
+                    v.openapi,
+                    v.operations as i64
+                ],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn spec_versions(&self, api: &str) -> Result<Vec<crate::StoredSpecVersion>> {
+        let api = api.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT api, hash, loaded_at_ms, openapi, operations FROM spec_versions
+                 WHERE api = ?1 ORDER BY loaded_at_ms, hash",
+            )?;
+            let rows = stmt.query_map([&api], |r| {
+                Ok(crate::StoredSpecVersion {
+                    api: r.get(0)?,
+                    hash: r.get(1)?,
+                    loaded_at_ms: r.get(2)?,
+                    openapi: r.get(3)?,
+                    operations: r.get::<_, i64>(4)?.max(0) as u64,
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

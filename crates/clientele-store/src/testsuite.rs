@@ -74,6 +74,7 @@ pub fn event(id: &str, consumer: &str, ts_ms: i64, status: u16) -> Event {
 }
 
 pub async fn control_store_suite(store: &dyn ControlStore) {
+    spec_versions_suite(store).await;
     let v0 = store.control_version().await.unwrap();
     let acme = store
         .create_consumer(consumer("acme", Some("pro")))
@@ -473,4 +474,47 @@ pub async fn finding_store_suite(store: &dyn FindingStore) {
     let left = store.list_findings(&FindingQuery::default()).await.unwrap();
     assert_eq!(left.len(), 3);
     assert!(left.iter().all(|f| f.last_seen_ms > 12 * H));
+}
+
+/// Spec versions: recorded once per (api, hash), listed oldest first, per API.
+async fn spec_versions_suite(store: &dyn ControlStore) {
+    let v = |api: &str, hash: &str, at: i64| crate::StoredSpecVersion {
+        api: api.into(),
+        hash: hash.into(),
+        loaded_at_ms: at,
+        openapi: "3.0.4".into(),
+        operations: 19,
+    };
+    assert!(store.spec_versions("petstore").await.unwrap().is_empty());
+    assert!(
+        store
+            .record_spec_version(v("petstore", "aa", 2_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .record_spec_version(v("petstore", "bb", 3_000))
+            .await
+            .unwrap()
+    );
+    // Loading the same files again keeps the first load time.
+    assert!(
+        !store
+            .record_spec_version(v("petstore", "aa", 9_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .record_spec_version(v("other", "aa", 1_000))
+            .await
+            .unwrap()
+    );
+    let got = store.spec_versions("petstore").await.unwrap();
+    assert_eq!(
+        got,
+        vec![v("petstore", "aa", 2_000), v("petstore", "bb", 3_000)]
+    );
+    assert_eq!(store.spec_versions("other").await.unwrap().len(), 1);
 }

@@ -15,6 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod alerts;
 mod cli;
 mod client;
+mod contract;
 mod demo;
 mod detection;
 mod exports;

@@ -22,6 +22,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+/// Sampled exchanges waiting for schema validation; past this the gateway drops (and counts)
+/// samples rather than wait.
+const VALIDATION_QUEUE: usize = 1024;
+
 /// Largest number of events written in one transaction.
 const WRITE_BATCH: usize = 8192;
 /// How long the writer waits for a batch to fill after its first event. Bounds how stale the
@@ -77,6 +81,8 @@ pub async fn start(config: Config) -> Result<Running> {
         );
     }
 
+    // Specs first: a bad one stops start-up with the file and the place, before anything listens.
+    let contracts = Arc::new(crate::contract::load(&config)?);
     let store = SqliteStore::open(&config.storage.data_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
     let data_dir = config.storage.data_dir.clone();
     let (admin_token, token_file) = match admin_token_configured {
@@ -88,6 +94,10 @@ pub async fn start(config: Config) -> Result<Running> {
     };
 
     let control: Arc<dyn ControlStore> = Arc::new(store.clone());
+    // Spec versions live in the store, so their history survives restarts.
+    for contract in contracts.apis() {
+        clientele_api::contract::persist_spec_versions(&*control, contract).await;
+    }
     let finding_store: Arc<dyn FindingStore> = Arc::new(store.clone());
     let events: Arc<dyn EventStore> = Arc::new(store);
     let keys = Arc::new(KeyIndex::with_plans(
@@ -124,7 +134,7 @@ pub async fn start(config: Config) -> Result<Running> {
         day_ms: i64::from(a.day_retention_days) * DAY_MS,
     }));
     let archived_until = Arc::new(std::sync::atomic::AtomicI64::new(
-        restore_rollups(&events, &engine).await?,
+        restore_rollups(&events, &engine, &contracts).await?,
     ));
 
     let stats = Arc::new(PipelineStats::default());
@@ -140,6 +150,7 @@ pub async fn start(config: Config) -> Result<Running> {
         engine.clone(),
         stats.clone(),
         exporters.clone(),
+        contracts.clone(),
     ));
 
     let tls = match (&config.gateway.tls_cert, &config.gateway.tls_key) {
@@ -152,7 +163,7 @@ pub async fn start(config: Config) -> Result<Running> {
         ),
         _ => None,
     };
-    let gateway = Gateway::new(
+    let mut gateway = Gateway::new(
         &config.apis,
         GatewayOptions {
             trusted_proxies: config.gateway.trusted_proxies.clone(),
@@ -165,6 +176,9 @@ pub async fn start(config: Config) -> Result<Running> {
         sink,
     )
     .map_err(|e| anyhow::anyhow!(e))?;
+    // Sampled bodies are validated on one background thread; the gateway only `try_send`s.
+    let samples = (!contracts.is_empty()).then(|| contracts.start_validator(VALIDATION_QUEUE));
+    gateway.set_contracts(&contracts, samples);
 
     let gateway_listener = TcpListener::bind(config.gateway.listen)
         .await
@@ -213,7 +227,8 @@ pub async fn start(config: Config) -> Result<Running> {
     tasks.extend(alert_task);
     let findings = Arc::new(
         clientele_api::findings::FindingsService::new(
-            clientele_detect::Registry::standard(),
+            clientele_detect::Registry::standard()
+                .with(crate::contract::ContractDetector(contracts.clone())),
             finding_store,
             control.clone(),
             engine.clone(),
@@ -254,6 +269,7 @@ pub async fn start(config: Config) -> Result<Running> {
         limiter: limiter.stats(),
         limiter_mode: limiter.mode(),
         findings,
+        contracts: contracts.clone(),
     };
     // The dashboard and portal share the admin listener; the API router keeps the fallback.
     let ui = clientele_ui::router(state.clone());
@@ -276,6 +292,11 @@ pub async fn start(config: Config) -> Result<Running> {
         }
     }));
 
+    tasks.push(tokio::spawn(crate::contract::reload_on_sighup(
+        contracts.clone(),
+        control.clone(),
+        wait_for(shutdown_rx.clone()),
+    )));
     tasks.push(tokio::spawn(sync_keys(
         control.clone(),
         keys.clone(),
@@ -348,7 +369,11 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 /// Restores the in-memory rollups: archived hour and day rollups first, then every stored raw
 /// event after the archive's watermark. The store is the source of truth and rollups are derived
 /// from it, so a restart (or a crash) answers exactly as before. Returns the watermark.
-async fn restore_rollups(events: &Arc<dyn EventStore>, engine: &Arc<Engine>) -> Result<i64> {
+async fn restore_rollups(
+    events: &Arc<dyn EventStore>,
+    engine: &Arc<Engine>,
+    contracts: &Arc<clientele_contract::Contracts>,
+) -> Result<i64> {
     let started = Instant::now();
     let (archived, until) = events
         .archived_rollups()
@@ -376,7 +401,12 @@ async fn restore_rollups(events: &Arc<dyn EventStore>, engine: &Arc<Engine>) -> 
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         total += page.len();
         let engine = engine.clone();
-        tokio::task::spawn_blocking(move || engine.ingest_events(&page)).await?;
+        let contracts = contracts.clone();
+        tokio::task::spawn_blocking(move || {
+            engine.ingest_events(&page);
+            contracts.observe(&page);
+        })
+        .await?;
         match next {
             Some(c) => cursor = Some(c),
             None => break,
@@ -431,6 +461,7 @@ async fn run_writer(
     engine: Arc<Engine>,
     stats: Arc<PipelineStats>,
     exporters: Arc<clientele_export::Exporters>,
+    contracts: Arc<clientele_contract::Contracts>,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while let Some(first) = rx.recv().await {
@@ -458,7 +489,13 @@ async fn run_writer(
             Ok(fresh) => {
                 stats.stored.fetch_add(n, Ordering::Relaxed);
                 let engine = engine.clone();
-                let _ = tokio::task::spawn_blocking(move || engine.ingest_events(&fresh)).await;
+                let contracts = contracts.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    engine.ingest_events(&fresh);
+                    // Drift is counted here, off the gateway's path, from stored events only.
+                    contracts.observe(&fresh);
+                })
+                .await;
             }
             Err(e) => {
                 stats.store_errors.fetch_add(n, Ordering::Relaxed);

@@ -71,6 +71,10 @@ async fn upstream_handler(req: Request<Incoming>) -> Result<Response<UpBody>, In
     let json_resp = |status: u16, v: Value| {
         let mut r = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
         *r.status_mut() = StatusCode::from_u16(status).unwrap();
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
         r
     };
     match path.as_str() {
