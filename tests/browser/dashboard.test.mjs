@@ -421,7 +421,7 @@ test("accessibility: no WCAG 2.1 A/AA violations on any page (axe-core)", async 
   await page.getByLabel("Admin token").fill(ADMIN_TOKEN);
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.waitForURL(`${admin}/`);
-  for (const path of ["/", "/consumers", "/consumers/alpha", "/consumers/beta", "/routes", "/findings"]) {
+  for (const path of ["/", "/consumers", "/consumers/alpha", "/consumers/beta", "/routes", "/findings", "/deprecations"]) {
     await page.goto(admin + path);
     problems[path] = await axe(page);
   }

@@ -2,13 +2,14 @@
 
 use std::sync::atomic::Ordering;
 
-use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::error::ApiError;
+// The crate's own extractors, so that a malformed query or body is answered in
+// problem+json like everywhere else.
+use crate::error::{ApiError, Json, Query};
 
 /// Saves an API's in-memory spec versions to the store (a version already there keeps its first
 /// load time) and replaces the in-memory history with the stored one, so the history survives

@@ -24,6 +24,7 @@ use clientele_api::{ApiError, AppState};
 mod admin;
 mod assets;
 mod chart;
+mod deprecations;
 mod findings;
 mod html;
 mod page;
@@ -59,6 +60,7 @@ pub fn router(app: AppState) -> Router {
         .route("/consumers/{id}", get(admin::consumer))
         .route("/routes", get(admin::routes))
         .route("/findings", get(findings::page))
+        .route("/deprecations", get(deprecations::page))
         .route("/portal", get(portal::home))
         .route("/portal/", get(portal::home))
         .route("/portal/login", get(portal::login_form).post(portal::login))

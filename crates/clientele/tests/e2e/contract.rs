@@ -41,20 +41,16 @@ async fn start_with_spec_and(spec: &str, api_extra: &str) -> (Server, Upstream) 
     let upstream = start_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("petstore.yaml"), spec).unwrap();
-    let gateway = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = format!(
-        "[gateway]\nlisten = \"{gateway}\"\n[admin]\nlisten = \"{admin}\"\ntoken = \"{ADMIN_TOKEN}\"\n\
-         [storage]\ndata_dir = \"data\"\n[[apis]]\nname = \"petstore\"\nupstream = \"http://{}\"\n\
-         prefix = \"/\"\nopenapi = \"petstore.yaml\"\n{api_extra}\n[plans.pro]\nrate_per_second = 100\nburst = 200\n",
-        upstream.addr
-    );
-    let config_path = dir.path().join("clientele.toml");
-    std::fs::write(&config_path, config).unwrap();
-    (
-        Server::spawn(dir, &config_path, gateway, admin).await,
-        upstream,
-    )
+    let addr = upstream.addr;
+    let server = Server::start_with(dir, |gateway, admin| {
+        format!(
+            "[gateway]\nlisten = \"{gateway}\"\n[admin]\nlisten = \"{admin}\"\ntoken = \"{ADMIN_TOKEN}\"\n\
+             [storage]\ndata_dir = \"data\"\n[[apis]]\nname = \"petstore\"\nupstream = \"http://{addr}\"\n\
+             prefix = \"/\"\nopenapi = \"petstore.yaml\"\n{api_extra}\n[plans.pro]\nrate_per_second = 100\nburst = 200\n"
+        )
+    })
+    .await;
+    (server, upstream)
 }
 
 #[tokio::test]
@@ -134,6 +130,23 @@ async fn routes_are_spec_templates_and_drift_is_found_per_consumer() {
     assert_eq!(dep["consumers"][0]["calls"], 2);
     let progress = dep["consumers"][0]["migration_progress"].as_f64().unwrap();
     assert!((progress - 1.0 / 3.0).abs() < 1e-9, "{progress}");
+
+    // The dashboard's deprecations page shows the same report.
+    let mut browser = crate::ui::admin_browser(&server).await;
+    let page = browser.get(&server, "/deprecations").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    for needle in [
+        "GET /pet/findByTags",
+        "replaced by <code>GET /pet/findByStatus</code>",
+        ">acme</a>",
+        "33% on the replacement",
+    ] {
+        assert!(
+            page.body.contains(needle),
+            "{needle} not on the page:\n{}",
+            page.body
+        );
+    }
 
     // A bad new spec is refused with the file and place, and the last good one keeps serving.
     let spec_path = server.dir.path().join("petstore.yaml");

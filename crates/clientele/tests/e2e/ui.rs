@@ -11,14 +11,14 @@ use crate::support::*;
 
 /// A minimal browser: remembers cookies by name, sends them back, never follows redirects.
 #[derive(Default, Clone)]
-struct Browser {
+pub(crate) struct Browser {
     cookies: Vec<(String, String)>,
 }
 
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     headers: HeaderMap,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Answer {
@@ -116,7 +116,7 @@ impl Browser {
         a
     }
 
-    async fn get(&mut self, server: &Server, path: &str) -> Answer {
+    pub(crate) async fn get(&mut self, server: &Server, path: &str) -> Answer {
         self.request(server, Method::GET, path, None, &[]).await
     }
 
@@ -136,7 +136,7 @@ fn enc(s: &str) -> String {
 }
 
 /// Signs in to the dashboard as a browser would: fetch the form, post it with its token.
-async fn admin_browser(server: &Server) -> Browser {
+pub(crate) async fn admin_browser(server: &Server) -> Browser {
     let mut b = Browser::default();
     let form = b.get(server, "/login").await;
     let a = b
