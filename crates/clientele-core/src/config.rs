@@ -171,6 +171,18 @@ pub struct ApiConfig {
     /// Sunset dates and replacements for operations, on top of the spec's `deprecated: true`.
     #[serde(default)]
     pub deprecations: Vec<DeprecationConfig>,
+    /// Per-operation sample rates, keyed `"METHOD /template"` as the spec names the
+    /// operation; a rate left out keeps the API's.
+    #[serde(default)]
+    pub sample_rates: BTreeMap<String, SampleRates>,
+}
+
+/// The share of one operation's requests and responses checked against the spec.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleRates {
+    pub request: Option<f64>,
+    pub response: Option<f64>,
 }
 
 /// One `[[apis]] deprecations` entry.
@@ -458,6 +470,29 @@ impl Config {
                         &format!("{key}.{field}"),
                         format!("{rate} must be between 0 and 1 (0.01 checks one in a hundred)"),
                     );
+                }
+            }
+            for (op, rates) in &api.sample_rates {
+                let okey = format!("{key}.sample_rates.{op:?}");
+                let well_formed = op.split_once(' ').is_some_and(|(m, p)| {
+                    !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) && p.starts_with('/')
+                });
+                if !well_formed {
+                    return err(
+                        &okey,
+                        "must name an operation as \"METHOD /template\", e.g. \"GET /pet/{petId}\""
+                            .into(),
+                    );
+                }
+                for (field, rate) in [("request", rates.request), ("response", rates.response)] {
+                    if let Some(rate) = rate {
+                        if !(0.0..=1.0).contains(&rate) {
+                            return err(
+                                &format!("{okey}.{field}"),
+                                format!("{rate} must be between 0 and 1"),
+                            );
+                        }
+                    }
                 }
             }
             if api.max_body_bytes > 16 * 1024 * 1024 {

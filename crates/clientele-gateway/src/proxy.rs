@@ -50,6 +50,9 @@ struct Api {
     /// Sampling for schema validation, as thresholds on a uniform u64 draw.
     request_sample: u64,
     response_sample: u64,
+    /// Per-operation thresholds by `"METHOD /template"`; empty for most APIs, so the common
+    /// case costs no lookup.
+    op_samples: std::collections::HashMap<String, (u64, u64)>,
     max_body_bytes: usize,
 }
 
@@ -114,6 +117,19 @@ impl Gateway {
                 contract: None,
                 request_sample: threshold(api.request_sample_rate),
                 response_sample: threshold(api.response_sample_rate),
+                op_samples: api
+                    .sample_rates
+                    .iter()
+                    .map(|(op, r)| {
+                        (
+                            op.clone(),
+                            (
+                                threshold(r.request.unwrap_or(api.request_sample_rate)),
+                                threshold(r.response.unwrap_or(api.response_sample_rate)),
+                            ),
+                        )
+                    })
+                    .collect(),
                 max_body_bytes: usize::try_from(api.max_body_bytes).unwrap_or(usize::MAX),
             });
         }
@@ -164,8 +180,17 @@ impl Gateway {
         let sender = self.samples.as_ref()?;
         api.contract.as_ref()?;
         let consumer = event.consumer.clone()?;
-        let request = api.request_sample > 0 && self.draw() < api.request_sample;
-        let response = api.response_sample > 0 && self.draw() < api.response_sample;
+        let (req_t, resp_t) = if api.op_samples.is_empty() {
+            (api.request_sample, api.response_sample)
+        } else {
+            let op = format!("{} {}", event.method, event.route);
+            api.op_samples
+                .get(&op)
+                .copied()
+                .unwrap_or((api.request_sample, api.response_sample))
+        };
+        let request = req_t > 0 && self.draw() < req_t;
+        let response = resp_t > 0 && self.draw() < resp_t;
         if !request && !response {
             return None;
         }

@@ -439,3 +439,82 @@ async fn config_deprecations_feed_the_report_and_bad_ones_stop_start_up() {
         "{stderr}"
     );
 }
+
+/// Sample rates per operation: with the API's rates at 0, only the operation given a rate of
+/// its own is checked.
+#[tokio::test]
+async fn per_operation_sample_rates_override_the_apis() {
+    let (server, _up) = start_with_spec_and(
+        &closed_variant(),
+        "request_sample_rate = 0.0\nresponse_sample_rate = 0.0\n\
+         sample_rates = { \"POST /pet\" = { request = 1.0 } }",
+    )
+    .await;
+    let (_, key) = server.consumer_with_key("acme", Some("pro")).await;
+    let (status, _, _) = send(
+        Method::POST,
+        &server.gw("/pet"),
+        &[
+            ("x-api-key", key.as_str()),
+            ("content-type", "application/json"),
+        ],
+        Some(bytes::Bytes::from_static(
+            br#"{"photoUrls": [], "status": "lost"}"#,
+        )),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    // Not sampled: a bad query parameter on an operation left at the API's rate of 0.
+    let (status, _, _) = get_with_key(&server, "/pet/findByStatus?status=lost", &key).await;
+    assert_eq!(status, 200);
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let list = loop {
+        server
+            .admin(Method::POST, "/v1/findings/evaluate", None)
+            .await;
+        let (_, body) = server
+            .admin(Method::GET, "/v1/findings?kind=schema_violation", None)
+            .await;
+        let list = body["findings"].as_array().cloned().unwrap_or_default();
+        if !list.is_empty() {
+            break list;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Give a late sample of the other operation a moment, then check it never came.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server
+        .admin(Method::POST, "/v1/findings/evaluate", None)
+        .await;
+    let (_, body) = server
+        .admin(Method::GET, "/v1/findings?kind=schema_violation", None)
+        .await;
+    let routes: Vec<&str> = body["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["route"].as_str())
+        .collect();
+    assert!(routes.contains(&"POST /pet"), "{list:?}");
+    assert!(!routes.contains(&"GET /pet/findByStatus"), "{routes:?}");
+
+    // A bad operation key is refused at start-up with the key named.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[[apis]]\nname = \"a\"\nupstream = \"http://127.0.0.1:1\"\nsample_rates = { \"pet\" = { request = 1.0 } }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clientele"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("apis[0].sample_rates.\"pet\""), "{stderr}");
+}
