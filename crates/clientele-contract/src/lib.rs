@@ -49,7 +49,7 @@ pub struct ReloadReport {
     pub hash: String,
     /// Operations (`METHOD /template`) in the previous version and not in this one.
     pub removed: Vec<String>,
-    /// Operations whose documented statuses or deprecation changed.
+    /// Operations whose documented statuses, deprecation, parameters or schemas changed.
     pub modified: Vec<String>,
     /// Consumers that called a removed or modified operation in the last `impact_days`, with
     /// their calls.
@@ -348,9 +348,18 @@ impl Contracts {
                     let mut b = new.statuses.clone();
                     a.sort();
                     b.sort();
+                    // Schemas count too: a new required field or a narrower enum breaks
+                    // callers as surely as a removed status.
+                    let mut ra = op.response_schemas.clone();
+                    let mut rb = new.response_schemas.clone();
+                    ra.sort_by(|x, y| x.0.cmp(&y.0));
+                    rb.sort_by(|x, y| x.0.cmp(&y.0));
                     if a != b
                         || op.has_default != new.has_default
                         || op.deprecated != new.deprecated
+                        || op.parameters != new.parameters
+                        || op.request_body != new.request_body
+                        || ra != rb
                     {
                         modified.push(op.route());
                     }

@@ -287,6 +287,37 @@ fn drift_findings_deprecations_and_reload_keep_the_last_good_spec() {
     assert_eq!(contract.history().len(), 2);
     assert!(contract.last_error().is_none());
     assert!(contracts.deprecations(0).is_empty());
+
+    // A schema change alone (Pet gains a required field) is a change to every operation that
+    // takes or returns a Pet, and those callers are listed.
+    let stricter = original.replacen(
+        "        - name\n        - photoUrls\n",
+        "        - name\n        - photoUrls\n        - tags\n",
+        1,
+    );
+    assert_ne!(
+        stricter, original,
+        "the Pet schema's required list was not found"
+    );
+    std::fs::write(&path, &stricter).unwrap();
+    let report = contracts.reload("petstore", 7).unwrap();
+    assert!(
+        report.modified.contains(&"POST /pet".to_string()),
+        "{:?}",
+        report.modified
+    );
+    assert!(
+        report.modified.contains(&"GET /pet/{petId}".to_string()),
+        "{:?}",
+        report.modified
+    );
+    assert!(
+        !report
+            .modified
+            .contains(&"GET /store/inventory".to_string()),
+        "{:?}",
+        report.modified
+    );
 }
 
 /// Petstore with a closed `Pet` schema (`additionalProperties: false`).
