@@ -52,7 +52,15 @@ const IMPACT_DAYS: i64 = 30;
 
 /// `POST /v1/apis/{name}/spec/reload`: re-reads the spec; a bad one keeps the last good spec
 /// and answers 422 with the reason (file and place).
-#[utoipa::path(post, path = "/v1/apis/{name}/spec/reload", params(("name" = String, Path, description = "the API's name in the config")),
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadQuery {
+    /// How far back callers of removed or changed operations are looked for, in days
+    /// (1-400; default 30).
+    pub impact_days: Option<i64>,
+}
+
+#[utoipa::path(post, path = "/v1/apis/{name}/spec/reload", params(("name" = String, Path, description = "the API's name in the config"), ReloadQuery),
     responses(
         (status = 200, body = Object, description = "the change impact: `{api, changed, hash, removed, modified, impacted_consumers: {consumer: calls}, impact_days}`"),
         (status = 404, description = "the API has no openapi spec"),
@@ -61,7 +69,14 @@ const IMPACT_DAYS: i64 = 30;
 pub async fn reload(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    Query(q): Query<ReloadQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    let impact_days = q.impact_days.unwrap_or(IMPACT_DAYS);
+    if !(1..=400).contains(&impact_days) {
+        return Err(ApiError::bad_request(format!(
+            "impact_days: {impact_days} must be between 1 and 400"
+        )));
+    }
     if state.contracts.api(&name).is_none() {
         return Err(ApiError::not_found(format!(
             "api {name} has no openapi spec in the config"
@@ -70,7 +85,7 @@ pub async fn reload(
     let contracts = state.contracts.clone();
     let api = name.clone();
     // Reading and indexing a big spec is blocking work; keep it off the async workers.
-    let result = tokio::task::spawn_blocking(move || contracts.reload(&name, IMPACT_DAYS))
+    let result = tokio::task::spawn_blocking(move || contracts.reload(&name, impact_days))
         .await
         .map_err(|e| {
             ApiError::new(

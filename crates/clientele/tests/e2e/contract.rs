@@ -166,10 +166,38 @@ async fn routes_are_spec_templates_and_drift_is_found_per_consumer() {
     );
     std::fs::write(&spec_path, std::fs::read_to_string(PETSTORE).unwrap()).unwrap();
     let (status, body) = server
-        .admin(Method::POST, "/v1/apis/petstore/spec/reload", None)
+        .admin(
+            Method::POST,
+            "/v1/apis/petstore/spec/reload?impact_days=0",
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("impact_days"));
+    let (status, body) = server
+        .admin(
+            Method::POST,
+            "/v1/apis/petstore/spec/reload?impact_days=7",
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["changed"], true);
+    assert_eq!(body["impact_days"], 7);
+    // The original spec gives findByTags its `default` back and drops `deprecated`: a change,
+    // and acme called it.
+    assert!(
+        body["modified"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "GET /pet/findByTags"),
+        "{body}"
+    );
+    assert!(
+        body["impacted_consumers"]["acme"].as_u64().unwrap() >= 2,
+        "{body}"
+    );
     let (_, body) = server
         .admin(Method::GET, "/v1/apis/petstore/spec", None)
         .await;
