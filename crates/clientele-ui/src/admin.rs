@@ -226,29 +226,21 @@ pub async fn login(
     )
 }
 
-#[derive(Debug, Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
-
-pub async fn logout(State(ui): State<Ui>, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Page {
-    let Some(id) = cookie(&headers, ADMIN_COOKIE) else {
-        return Ok(redirect("/login", &[]));
-    };
-    let Some(s) = ui.admin_sessions.get(id, now_ms()) else {
-        return Ok(redirect("/login", &[]));
-    };
-    if !same_origin(&headers) || !secret_eq(&form.csrf, &s.csrf) {
-        return Err(UiError::forbidden(
-            "this form is missing its security token or came from another site; reload the page and try again",
-        ));
-    }
-    ui.admin_sessions.remove(id);
-    Ok(redirect(
-        "/login?signed_out=1",
-        &[set_cookie(ADMIN_COOKIE, "", "/", 0, is_https(&headers))],
-    ))
+pub async fn logout(
+    State(ui): State<Ui>,
+    headers: HeaderMap,
+    Form(form): Form<session::CsrfForm>,
+) -> Page {
+    session::sign_out(
+        session::SessionArea {
+            table: &ui.admin_sessions,
+            cookie: ADMIN_COOKIE,
+            cookie_path: "/",
+            login: "/login",
+        },
+        &headers,
+        &form,
+    )
 }
 
 /// One step of a traffic series.

@@ -18,7 +18,7 @@ use clientele_api::ApiError;
 use clientele_api::error::{Json, Query};
 use clientele_api::handlers::{self, ConsumerDetail, ConsumerStatsQuery, EventOut};
 use clientele_api::limits::{self, LimitsQuery};
-use clientele_core::keys::{Lookup, secret_eq};
+use clientele_core::keys::Lookup;
 use clientele_core::time::now_ms;
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +29,7 @@ use crate::admin::{
 use crate::html::esc;
 use crate::page::{Area, Ctx, Params, Range, layout};
 use crate::session::{PORTAL_COOKIE, PORTAL_LOGIN_COOKIE, Session, cookie, set_cookie};
-use crate::{Ui, UiError, html_response, is_https, redirect, same_origin};
+use crate::{Ui, UiError, html_response, is_https, redirect};
 
 /// Recent errors shown and returned by the usage API.
 const RECENT_ERRORS: usize = 20;
@@ -282,39 +282,21 @@ pub async fn login(
     }
 }
 
-#[derive(Debug, Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
-
 pub async fn logout(
     State(ui): State<Ui>,
     headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    Form(form): Form<crate::session::CsrfForm>,
 ) -> Result<Response, UiError> {
-    let Some(id) = cookie(&headers, PORTAL_COOKIE) else {
-        return Ok(redirect("/portal/login", &[]));
-    };
-    let Some(s) = ui.portal_sessions.get(id, now_ms()) else {
-        return Ok(redirect("/portal/login", &[]));
-    };
-    if !same_origin(&headers) || !secret_eq(&form.csrf, &s.csrf) {
-        return Err(UiError::forbidden(
-            "this form is missing its security token or came from another site; reload the page and try again",
-        ));
-    }
-    ui.portal_sessions.remove(id);
-    Ok(redirect(
-        "/portal/login?signed_out=1",
-        &[set_cookie(
-            PORTAL_COOKIE,
-            "",
-            "/portal",
-            0,
-            is_https(&headers),
-        )],
-    ))
+    crate::session::sign_out(
+        crate::session::SessionArea {
+            table: &ui.portal_sessions,
+            cookie: PORTAL_COOKIE,
+            cookie_path: "/portal",
+            login: "/portal/login",
+        },
+        &headers,
+        &form,
+    )
 }
 
 /// `GET /portal/api/usage` parameters. There is deliberately no consumer parameter: the key

@@ -263,3 +263,52 @@ mod throttle_tests {
         assert!(t.allows(a, 61_000), "a new minute, new attempts");
     }
 }
+
+/// The body of a sign-out form: its CSRF token.
+#[derive(Debug, serde::Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    pub csrf: String,
+}
+
+/// Where one area's sessions live and how its cookie is named, so the dashboard and the
+/// portal sign out through one code path.
+pub struct SessionArea<'a> {
+    pub table: &'a SessionTable,
+    pub cookie: &'static str,
+    pub cookie_path: &'static str,
+    pub login: &'static str,
+}
+
+/// Ends the session named by the area's cookie: only with the session's CSRF token and from
+/// the same site. Without a live session there is nothing to end: back to sign-in.
+pub fn sign_out(
+    area: SessionArea<'_>,
+    headers: &HeaderMap,
+    form: &CsrfForm,
+) -> Result<axum::response::Response, crate::UiError> {
+    let live = cookie(headers, area.cookie).and_then(|id| {
+        area.table
+            .get(id, clientele_core::time::now_ms())
+            .map(|s| (id, s))
+    });
+    let Some((id, s)) = live else {
+        return Ok(crate::redirect(area.login, &[]));
+    };
+    if !crate::same_origin(headers) || !clientele_core::keys::secret_eq(&form.csrf, &s.csrf) {
+        return Err(crate::UiError::forbidden(
+            "this form is missing its security token or came from another site; reload the page and try again",
+        ));
+    }
+    area.table.remove(id);
+    Ok(crate::redirect(
+        &format!("{}?signed_out=1", area.login),
+        &[set_cookie(
+            area.cookie,
+            "",
+            area.cookie_path,
+            0,
+            crate::is_https(headers),
+        )],
+    ))
+}
