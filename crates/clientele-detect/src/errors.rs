@@ -145,8 +145,10 @@ impl Detector for ErrorDetector {
 
     fn evaluate(&self, ctx: &EvalContext<'_>) -> Vec<Finding> {
         let slots = ctx.slots();
-        let window_day = (slots.start * HOUR_MS).div_euclid(DAY_MS) * DAY_MS;
-        let base_from = window_day - self.baseline_days * DAY_MS;
+        let std::ops::Range {
+            start: base_from,
+            end: window_day,
+        } = ctx.history_days(self.baseline_days);
         let ndays = self.baseline_days.max(1) as usize;
         let mut pair_days: HashMap<(u32, Route), Vec<Count>> = HashMap::default();
         let mut route_days: HashMap<Route, Vec<Count>> = HashMap::default();

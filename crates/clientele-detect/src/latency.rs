@@ -3,7 +3,7 @@
 //! endpoint in its mix is not mistaken for its requests getting slower. When most consumers slow down in the same hour, it is
 //! the API that regressed: one finding with consumer null, instead of one per consumer.
 
-use clientele_analytics::{DAY_MS, HOUR_MS, Rollup, Tier};
+use clientele_analytics::{HOUR_MS, Rollup, Tier};
 use clientele_core::finding::{Finding, FindingKind, Severity};
 use rustc_hash::FxHashMap as HashMap;
 use serde_json::json;
@@ -59,8 +59,10 @@ impl Detector for LatencyDetector {
 
     fn evaluate(&self, ctx: &EvalContext<'_>) -> Vec<Finding> {
         let slots = ctx.slots();
-        let window_day = (slots.start * HOUR_MS).div_euclid(DAY_MS) * DAY_MS;
-        let base_from = window_day - self.baseline_days * DAY_MS;
+        let std::ops::Range {
+            start: base_from,
+            end: window_day,
+        } = ctx.history_days(self.baseline_days);
         // Daily rollups per consumer over the routes it called in the baseline week. Only those
         // routes are compared later: a consumer that starts calling a slow endpoint has a new
         // mix of requests (a `new_endpoint`), not slower ones.

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
-use clientele_analytics::{Engine, HOUR_MS};
+use clientele_analytics::{DAY_MS, Engine, HOUR_MS};
 use clientele_core::config::PlanConfig;
 use clientele_core::consumer::Consumer;
 use clientele_core::finding::Finding;
@@ -106,6 +106,14 @@ impl<'a> EvalContext<'a> {
         let first = (self.now_ms - self.lookback_ms).div_euclid(HOUR_MS);
         let last = self.now_ms.div_euclid(HOUR_MS);
         first..last + 1
+    }
+
+    /// The baseline history of `days` whole UTC days before the day of the first judged slot,
+    /// as `[from_ms, to_ms)`: detectors compare the window with what came before that day, so
+    /// each day of a long lookback is judged on the history before it.
+    pub fn history_days(&self, days: i64) -> std::ops::Range<i64> {
+        let window_day = (self.slots().start * HOUR_MS).div_euclid(DAY_MS) * DAY_MS;
+        window_day - days * DAY_MS..window_day
     }
 
     /// The share of slot `hour` (an hour number, `ms / HOUR_MS`) that has happened by `now_ms`.

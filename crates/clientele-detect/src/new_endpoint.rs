@@ -58,8 +58,10 @@ impl Detector for NewEndpointDetector {
 
     fn evaluate(&self, ctx: &EvalContext<'_>) -> Vec<Finding> {
         let slots = ctx.slots();
-        let window_day = (slots.start * HOUR_MS).div_euclid(DAY_MS) * DAY_MS;
-        let hist_from = window_day - self.history_days * DAY_MS;
+        let std::ops::Range {
+            start: hist_from,
+            end: window_day,
+        } = ctx.history_days(self.history_days);
         // Known before the window's day, at day resolution; then the window's day by the hour.
         let mut known: HashSet<Pair> = HashSet::default();
         let mut known_routes: HashSet<Route> = HashSet::default();
