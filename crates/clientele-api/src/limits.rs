@@ -123,10 +123,7 @@ pub struct LimitsOverview {
 }
 
 fn policy_of(state: &AppState, c: &Consumer) -> Option<LimitPolicy> {
-    LimitPolicy::resolve(
-        c.plan.as_deref().and_then(|p| state.keys.plan(p)),
-        c.limits.as_ref(),
-    )
+    LimitPolicy::for_consumer(c, state.keys.plans())
 }
 
 fn effective(p: &LimitPolicy) -> EffectiveLimits {

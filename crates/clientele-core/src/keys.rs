@@ -248,9 +248,9 @@ impl KeyIndex {
             .collect()
     }
 
-    /// The plan a name refers to, if the config defines it.
-    pub fn plan(&self, name: &str) -> Option<&PlanConfig> {
-        self.plans.get(name)
+    /// The config's plans, by name.
+    pub fn plans(&self) -> &BTreeMap<String, PlanConfig> {
+        &self.plans
     }
 
     pub fn hasher(&self) -> &KeyHasher {

@@ -200,6 +200,17 @@ impl LimitPolicy {
         })
     }
 
+    /// The policy of a consumer as the control plane stores it, under the config's plans.
+    pub fn for_consumer(
+        consumer: &crate::consumer::Consumer,
+        plans: &BTreeMap<String, PlanConfig>,
+    ) -> Option<LimitPolicy> {
+        LimitPolicy::resolve(
+            consumer.plan.as_deref().and_then(|p| plans.get(p)),
+            consumer.limits.as_ref(),
+        )
+    }
+
     pub fn has_rate(&self) -> bool {
         self.rate_per_second.is_finite()
     }
@@ -435,21 +446,30 @@ impl Periods {
             .single()
             .unwrap_or_else(Utc::now);
         let month = (dt.year() - 1970) * 12 + dt.month0() as i32;
-        let (ny, nm) = if dt.month() == 12 {
-            (dt.year() + 1, 1)
-        } else {
-            (dt.year(), dt.month() + 1)
-        };
-        let next_month_ms = Utc
-            .with_ymd_and_hms(ny, nm, 1, 0, 0, 0)
-            .single()
-            .map_or(now_ms + day_left_ms, |t| t.timestamp_millis());
+        let next_month_ms =
+            Periods::month_bounds(now_ms).map_or(now_ms + day_left_ms, |(_, end)| end);
         Periods {
             day: day.max(0) as u32,
             month: month.max(0) as u32,
             day_left_ms,
             month_left_ms: next_month_ms - now_ms,
         }
+    }
+
+    /// The UTC calendar month holding `now_ms`, as `[start_ms, end_ms)`; `None` only for
+    /// times chrono cannot represent.
+    pub fn month_bounds(now_ms: i64) -> Option<(i64, i64)> {
+        let dt = Utc.timestamp_millis_opt(now_ms).single()?;
+        let start = Utc
+            .with_ymd_and_hms(dt.year(), dt.month(), 1, 0, 0, 0)
+            .single()?;
+        let (ny, nm) = if dt.month() == 12 {
+            (dt.year() + 1, 1)
+        } else {
+            (dt.year(), dt.month() + 1)
+        };
+        let end = Utc.with_ymd_and_hms(ny, nm, 1, 0, 0, 0).single()?;
+        Some((start.timestamp_millis(), end.timestamp_millis()))
     }
 
     /// The day alone (month fields zero): integer arithmetic, no calendar.

@@ -10,16 +10,15 @@
 //!   Such a consumer needs a higher tier before it starts being refused; one finding per
 //!   consumer, about its most pressing limit, with every pressed limit in the evidence.
 //!
-//! Limits come from the consumer's plan and overrides ([`LimitPolicy::resolve`]), so a finding
+//! Limits come from the consumer's plan and overrides ([`LimitPolicy::for_consumer`]), so a finding
 //! states the limit the consumer is actually held to. Usage is allowed requests (429s excluded),
 //! read from the rollups in event time, so backfilled history gives the same findings.
 
 use std::collections::BTreeMap;
 
-use chrono::{Datelike, TimeZone, Utc};
 use clientele_analytics::{HOUR_MS, Tier};
 use clientele_core::finding::{Finding, FindingKind, Severity};
-use clientele_core::limits::LimitPolicy;
+use clientele_core::limits::{LimitPolicy, Periods};
 use rustc_hash::FxHashMap as HashMap;
 use serde_json::{Value, json};
 
@@ -82,8 +81,7 @@ impl Detector for LimitDetector {
 fn policies(ctx: &EvalContext<'_>) -> HashMap<u32, (String, Option<String>, LimitPolicy)> {
     let mut out = HashMap::default();
     for c in ctx.consumers {
-        let plan = c.plan.as_deref().and_then(|p| ctx.plans.get(p));
-        let Some(policy) = LimitPolicy::resolve(plan, c.limits.as_ref()) else {
+        let Some(policy) = LimitPolicy::for_consumer(c, ctx.plans) else {
             continue;
         };
         if let Some(id) = ctx.engine.name_id(&c.id) {
@@ -429,24 +427,9 @@ impl LimitDetector {
         policies: &HashMap<u32, (String, Option<String>, LimitPolicy)>,
         pressed: &mut BTreeMap<u32, Vec<Pressed>>,
     ) {
-        let Some(now) = Utc.timestamp_millis_opt(ctx.now_ms).single() else {
+        let Some((start_ms, end_ms)) = Periods::month_bounds(ctx.now_ms) else {
             return;
         };
-        let Some(start) = Utc
-            .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
-            .single()
-        else {
-            return;
-        };
-        let (ny, nm) = if now.month() == 12 {
-            (now.year() + 1, 1)
-        } else {
-            (now.year(), now.month() + 1)
-        };
-        let Some(end) = Utc.with_ymd_and_hms(ny, nm, 1, 0, 0, 0).single() else {
-            return;
-        };
-        let (start_ms, end_ms) = (start.timestamp_millis(), end.timestamp_millis());
         let elapsed = (ctx.now_ms - start_ms) as f64 / (end_ms - start_ms) as f64;
         let mut used: HashMap<u32, u64> = HashMap::default();
         ctx.engine
