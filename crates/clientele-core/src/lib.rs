@@ -16,5 +16,6 @@ pub mod keys;
 pub mod limits;
 pub mod pipeline;
 pub mod problem;
+pub mod record;
 pub mod route;
 pub mod time;

@@ -17,7 +17,9 @@ use clientele_core::keys::{KeyHasher, KeyIndex};
 use clientele_core::pipeline::{EventSink, PipelineStats};
 use clientele_gateway::limiter::Limiter;
 use clientele_gateway::{Gateway, GatewayOptions, ServeSettings, TlsFiles};
-use clientele_store::{ControlStore, EventStore, FindingStore, SqliteStore, StoredRollup};
+use clientele_store::{
+    ControlStore, EventLog, EventStore, FindingStore, SqliteStore, StoredRollup,
+};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -99,7 +101,7 @@ pub async fn start(config: Config) -> Result<Running> {
         clientele_api::contract::persist_spec_versions(&*control, contract).await;
     }
     let finding_store: Arc<dyn FindingStore> = Arc::new(store.clone());
-    let events: Arc<dyn EventStore> = Arc::new(store);
+    let events: Arc<dyn EventStore> = Arc::new(open_event_log(&data_dir, store).await?);
     let keys = Arc::new(KeyIndex::with_plans(
         KeyHasher::new(control.key_secret()),
         config.plans.clone(),
@@ -336,6 +338,24 @@ pub async fn start(config: Config) -> Result<Running> {
 
 async fn wait_for(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Opens the event log in `data_dir/events`, the rollup archive staying in SQLite. Events an
+/// older release kept in SQLite's `events` table are moved into the log first.
+async fn open_event_log(data_dir: &Path, sqlite: SqliteStore) -> Result<EventLog> {
+    let log = EventLog::open(&data_dir.join("events"), sqlite.clone())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let moved = log
+        .adopt_sqlite_events(&sqlite)
+        .await
+        .map_err(|e| anyhow::anyhow!("moving events from SQLite into the event log: {e}"))?;
+    if moved > 0 {
+        tracing::info!(
+            events = moved,
+            "moved raw events from SQLite into the event log"
+        );
+    }
+    Ok(log)
 }
 
 /// Reads the admin token kept in the data dir, or makes one. Only the owner can read it.
