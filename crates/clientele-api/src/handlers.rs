@@ -378,7 +378,7 @@ pub async fn healthz() -> Json<Health> {
 
 #[utoipa::path(get, path = "/v1/status", responses((status = 200, body = Status)), security(("admin_token" = [])))]
 pub async fn status(State(state): State<AppState>) -> Json<Status> {
-    let p = state.pipeline.snapshot();
+    let p = state.pipeline.stats().snapshot();
     let e = state.engine.stats();
     let l = &state.limiter;
     Json(Status {
@@ -1075,16 +1075,9 @@ pub async fn ingest_events(
     }
     ensure_consumers(&state, &events).await?;
     let accepted = events.len();
-    let fresh = state.events.append_events(events).await?;
-    let duplicates = accepted - fresh.len();
-    let engine = state.engine.clone();
-    let contracts = state.contracts.clone();
-    tokio::task::spawn_blocking(move || {
-        engine.ingest_events(&fresh);
-        contracts.observe(&fresh);
-    })
-    .await
-    .map_err(|e| ApiError::bad_request(format!("aggregation failed: {e}")))?;
+    // The same path as the gateway's events: stored, folded, exported. Durable when it returns.
+    let fresh = state.pipeline.submit(events).await?;
+    let duplicates = accepted - fresh;
     Ok((
         StatusCode::ACCEPTED,
         Json(IngestResult {

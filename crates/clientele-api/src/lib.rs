@@ -16,7 +16,6 @@ use axum::response::Response;
 use axum::routing::{delete, get};
 use clientele_analytics::Engine;
 use clientele_core::keys::KeyIndex;
-use clientele_core::pipeline::PipelineStats;
 use clientele_store::{ControlStore, EventStore};
 
 pub mod contract;
@@ -36,7 +35,9 @@ pub struct AppState {
     pub events: Arc<dyn EventStore>,
     pub keys: Arc<KeyIndex>,
     pub admin_token: Arc<str>,
-    pub pipeline: Arc<PipelineStats>,
+    /// The one event path (store, rollups, contracts, exporters) ingest submits to; its
+    /// counters are the pipeline's.
+    pub pipeline: clientele_app::Pipeline,
     /// Plan names from the config; consumers may only be put on these.
     pub plans: Arc<BTreeSet<String>>,
     pub started: Instant,
