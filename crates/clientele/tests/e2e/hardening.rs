@@ -288,3 +288,93 @@ async fn the_header_count_limit_is_configurable() {
     }
     assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_edges_and_ingest_bounds() {
+    use bytes::Bytes;
+    let up = start_upstream().await;
+    let server = Server::start(up.addr, "").await;
+    server.consumer_with_key("acme", None).await;
+    let (status, _) = server
+        .admin(
+            Method::PUT,
+            "/v1/consumers/acme/limits",
+            Some(serde_json::json!({"quota_per_day": 5})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // An array is not a set of limits, and must not wipe the ones there.
+    let (status, problem) = server
+        .admin(Method::PUT, "/v1/consumers/acme/limits", Some(serde_json::json!([])))
+        .await;
+    assert_eq!(status, 422, "{problem}");
+    let (_, consumer) = server.admin(Method::GET, "/v1/consumers/acme", None).await;
+    assert_eq!(consumer["limits"]["quota_per_day"], 5, "{consumer}");
+
+    let (status, _) = server
+        .admin(Method::GET, "/v1/consumers/ghost/events", None)
+        .await;
+    assert_eq!(status, 404);
+    let (status, body) = server
+        .admin(Method::GET, "/v1/consumers/acme/events?limit=&status=", None)
+        .await;
+    assert_eq!(status, 200, "empty values count as absent: {body}");
+
+    let (_, doc) = server.admin(Method::GET, "/v1/openapi.json", None).await;
+    let post = &doc["paths"]["/v1/consumers"]["post"]["responses"];
+    for code in ["400", "401", "415"] {
+        assert!(post[code].is_object(), "{code} missing: {post}");
+    }
+
+    // Ingest: numbers past their bounds are refused per line, naming the field.
+    let url = format!("http://{}/v1/events", server.admin);
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let ts = clientele_core::time::now_ms();
+    let line = |extra: &str| {
+        format!(
+            r#"{{"ts":{ts},"consumer":"acme","method":"GET","path":"/a","status":200,"latency_ms":1{extra}}}"#
+        )
+    };
+    let body = [
+        line(r#","request_bytes":18446744073709551615"#),
+        line(r#","cost_usd":1e308"#),
+        line(r#","path":"/a\u0000b""#),
+        line(r#","request_bytes":1000"#),
+    ]
+    .join("\n");
+    let (status, _, answer) = send(
+        Method::POST,
+        &url,
+        &[("authorization", &auth), ("content-type", "application/x-ndjson")],
+        Some(Bytes::from(body)),
+    )
+    .await
+    .unwrap();
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["accepted"], 1, "{answer}");
+    let errors: Vec<&str> = answer["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["error"].as_str().unwrap())
+        .collect();
+    assert!(errors[0].contains("request_bytes"), "{errors:?}");
+    assert!(errors[1].contains("cost_usd"), "{errors:?}");
+    assert!(errors[2].contains("control character"), "{errors:?}");
+
+    // A body over [admin].max_body_bytes is a problem+json 413.
+    let (status, headers, _) = send(
+        Method::POST,
+        &url,
+        &[("authorization", &auth), ("content-type", "application/x-ndjson")],
+        Some(Bytes::from(vec![b' '; 70_000])),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 413);
+    assert_eq!(
+        headers.get("content-type").unwrap(),
+        "application/problem+json"
+    );
+}
