@@ -460,6 +460,8 @@ async fn run_writer(
     contracts: Arc<clientele_contract::Contracts>,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
+    // A full disk fails every batch: one line per interval with the count, not 20 a second.
+    let store_failures = clientele_core::ratelog::Every::new(Duration::from_secs(10));
     while let Some(first) = rx.recv().await {
         batch.push(first);
         // Let a batch gather before committing: one transaction (and one thread hand-off) per
@@ -495,7 +497,7 @@ async fn run_writer(
             }
             Err(e) => {
                 stats.store_errors.fetch_add(n, Ordering::Relaxed);
-                tracing::error!(error = %e, events = n, "could not store events");
+                clientele_core::error_every!(store_failures, error = %e, events = n, dropped_total = stats.store_errors.load(Ordering::Relaxed), "could not store events; they are dropped and counted");
             }
         }
     }
