@@ -186,7 +186,13 @@ impl Poster {
                 Ok(s) if (200..300).contains(&s) => return true,
                 Ok(s) if s == 429 || s >= 500 => format!("status {s}"),
                 Ok(s) => {
-                    clientele_core::warn_every!(self.failures, exporter, url, status = s, "export refused; batch dropped");
+                    clientele_core::warn_every!(
+                        self.failures,
+                        exporter,
+                        url,
+                        status = s,
+                        "export refused; batch dropped"
+                    );
                     return false;
                 }
                 Err(e) => e,
