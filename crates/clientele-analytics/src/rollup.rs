@@ -299,7 +299,11 @@ mod tests {
                 ..Sample::default()
             });
         }
-        assert_eq!(r.counters.request_bytes, u64::MAX, "saturates, never wraps to 999");
+        assert_eq!(
+            r.counters.request_bytes,
+            u64::MAX,
+            "saturates, never wraps to 999"
+        );
         assert!(r.counters.cost_usd.is_finite());
         let mut c = r.counters;
         c.merge(&r.counters);
