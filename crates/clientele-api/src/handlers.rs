@@ -636,12 +636,13 @@ pub async fn revoke_key(
 }
 
 #[utoipa::path(get, path = "/v1/consumers/{id}/events", params(("id" = String, Path), EventsQuery),
-    responses((status = 200, body = EventList), (status = 400)), security(("admin_token" = [])))]
+    responses((status = 200, body = EventList), (status = 400), (status = 404)), security(("admin_token" = [])))]
 pub async fn consumer_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<EventList>, ApiError> {
+    existing_consumer(&state, &id).await?;
     let (from_ms, to_ms) = window(&q.from, &q.to)?;
     let status = q.status.as_deref().map(parse_status_filter).transpose()?;
     let limit = q.limit.unwrap_or(100);

@@ -202,11 +202,7 @@ pub async fn start(config: Config) -> Result<Running> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
-    let settings = ServeSettings {
-        max_header_bytes: config.gateway.max_header_bytes,
-        grace: Duration::from_secs(config.gateway.shutdown_grace_secs),
-        header_read_timeout: Duration::from_secs(30),
-    };
+    let settings = ServeSettings::from_config(&config.gateway);
     tasks.push(tokio::spawn(clientele_gateway::serve(
         Arc::new(gateway),
         gateway_listener,
