@@ -257,6 +257,14 @@ impl Rollup {
         self.latency.to_sketch().quantile(q).ok().flatten()
     }
 
+    /// How many latencies the rollup holds (its requests, unless it was built from samples).
+    pub fn latency_samples(&self) -> u64 {
+        match &self.latency {
+            Digest::Inline { len, .. } => u64::from(*len),
+            Digest::Sketch(s) => s.count() as u64,
+        }
+    }
+
     /// Several quantiles at once, building the sketch of inline values only once.
     pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Option<f64>; N] {
         let sketch = self.latency.to_sketch();
