@@ -5,6 +5,7 @@
 
 mod analytics;
 mod contract;
+mod durability;
 mod exports;
 mod findings;
 mod gateway;
