@@ -12,7 +12,7 @@ use crate::support::*;
 const HOUR: i64 = 3_600_000;
 
 /// Posts an NDJSON batch; returns status and body.
-async fn post_ndjson(server: &Server, lines: &[Value]) -> (u16, Value) {
+pub(crate) async fn post_ndjson(server: &Server, lines: &[Value]) -> (u16, Value) {
     let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
     post_raw(server, "application/x-ndjson", Bytes::from(body)).await
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::analytics::post_ndjson;
 use crate::support::*;
 use bytes::Bytes;
 use http::{Method, Request};
@@ -37,25 +38,6 @@ async fn wait_counted(server: &Server, consumer: &str, want: u64) -> u64 {
 
 fn restart(server: &mut Server) -> tempfile::TempDir {
     std::mem::replace(&mut server.dir, tempfile::tempdir().unwrap())
-}
-
-async fn post_events(server: &Server, lines: &[Value]) -> (u16, Value) {
-    let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    let (status, _, bytes) = send(
-        Method::POST,
-        &format!("http://{}/v1/events", server.admin),
-        &[
-            ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
-            ("content-type", "application/x-ndjson"),
-        ],
-        Some(Bytes::from(body)),
-    )
-    .await
-    .unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,7 +112,7 @@ async fn a_damaged_segment_is_reported_with_file_and_offset_and_the_server_keeps
             "path": format!("/items/{i}"), "status": 200, "latency_ms": 2.0})
         })
         .collect();
-    assert_eq!(post_events(&server, &lines).await.0, 202);
+    assert_eq!(post_ndjson(&server, &lines).await.0, 202);
     assert!(server.terminate().success());
 
     let events_dir = server.dir.path().join("data/events");
@@ -163,7 +145,7 @@ async fn a_damaged_segment_is_reported_with_file_and_offset_and_the_server_keeps
             "status": 201, "latency_ms": 1.0})
         })
         .collect();
-    assert_eq!(post_events(&restarted, &more).await.0, 202);
+    assert_eq!(post_ndjson(&restarted, &more).await.0, 202);
     assert_eq!(wait_counted(&restarted, "dam", kept + 10).await, kept + 10);
     let (status, body) = restarted
         .admin(Method::GET, "/v1/consumers/dam/events?limit=5", None)
@@ -188,7 +170,7 @@ async fn a_restart_over_a_large_history_answers_the_same() {
                     "latency_ms": 1.0 + (n % 40) as f64})
             })
             .collect();
-        assert_eq!(post_events(&server, &lines).await.0, 202);
+        assert_eq!(post_ndjson(&server, &lines).await.0, 202);
     }
     let q = format!("/v1/stats/consumers?from={}&to={}", now - 15 * day, now + 1);
     let (_, before) = server.admin(Method::GET, &q, None).await;
