@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::findings::FindingOut;
 use bytes::Bytes;
-use clientele_api::findings::FindingOut;
 use clientele_core::alert::{AlertFormat, AlertTarget};
 use clientele_core::finding::{Finding, Severity};
 use clientele_store::{ControlStore, Delivery, DeliveryQuery, FindingStore, Upserted};
@@ -135,7 +135,7 @@ async fn run(
                     // Re-sent after the cooldown only while the condition is still being seen.
                     Some(prev)
                         if now - prev.at_ms >= target.cooldown_ms
-                            && f.last_seen_ms >= now - clientele_api::findings::REOPEN_GAP_MS =>
+                            && f.last_seen_ms >= now - crate::findings::REOPEN_GAP_MS =>
                     {
                         "ongoing"
                     }

@@ -208,7 +208,7 @@ pub async fn start(config: Config) -> Result<Running> {
 
     let alert_targets = clientele_core::alert::targets(&config.alerts, &config.plans, "config")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (alert_tx, alert_task) = crate::alerts::start(
+    let (alert_tx, alert_task) = clientele_app::alerts::start(
         alert_targets,
         finding_store.clone(),
         control.clone(),
@@ -217,7 +217,7 @@ pub async fn start(config: Config) -> Result<Running> {
     .await;
     tasks.extend(alert_task);
     let findings = Arc::new(
-        clientele_api::findings::FindingsService::new(
+        clientele_app::findings::FindingsService::new(
             clientele_detect::Registry::standard()
                 .with(crate::contract::ContractDetector(contracts.clone())),
             finding_store,
@@ -234,7 +234,7 @@ pub async fn start(config: Config) -> Result<Running> {
             })
         }),
     );
-    tasks.push(tokio::spawn(crate::detection::run_periodic(
+    tasks.push(tokio::spawn(clientele_app::detection::run_periodic(
         findings.clone(),
         Duration::from_secs(config.detection.interval_secs),
         config.detection.lookback_hours,
