@@ -288,11 +288,11 @@ impl Rollup {
         v
     }
 
-    /// How many latencies the rollup holds (its requests, unless built from sampled parts).
+    /// How many latencies the rollup holds (its requests, unless it was built from samples).
     pub fn latency_samples(&self) -> u64 {
         match &self.latency {
             Digest::Inline { len, .. } => u64::from(*len),
-            Digest::Sketch(sketch) => sketch.count() as u64,
+            Digest::Sketch(s) => s.count() as u64,
         }
     }
 

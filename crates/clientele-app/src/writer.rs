@@ -17,6 +17,8 @@ pub const WRITE_LINGER: Duration = Duration::from_millis(50);
 /// Runs until every sink is dropped, then returns once the last batch is stored.
 pub async fn run(mut rx: mpsc::Receiver<Event>, pipeline: Pipeline) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
+    // A full disk fails every batch: one line per interval with the count, not 20 a second.
+    let store_failures = clientele_core::ratelog::Every::new(Duration::from_secs(10));
     while let Some(first) = rx.recv().await {
         batch.push(first);
         // Let a batch gather before committing: one transaction (and one thread hand-off) per
@@ -32,7 +34,12 @@ pub async fn run(mut rx: mpsc::Receiver<Event>, pipeline: Pipeline) {
         let n = batch.len();
         let full = std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH));
         if let Err(e) = pipeline.submit(full).await {
-            tracing::error!(error = %e, events = n, "could not store events");
+            clientele_core::error_every!(
+                store_failures,
+                error = %e,
+                events = n,
+                "could not store events; they are dropped and counted"
+            );
         }
     }
 }

@@ -9,6 +9,7 @@
 pub mod alert;
 pub mod config;
 pub mod consumer;
+pub mod detection_config;
 pub mod event;
 pub mod exports_config;
 pub mod finding;

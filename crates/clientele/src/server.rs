@@ -218,7 +218,7 @@ pub async fn start(config: Config) -> Result<Running> {
     tasks.extend(alert_task);
     let findings = Arc::new(
         clientele_app::findings::FindingsService::new(
-            clientele_detect::Registry::standard()
+            clientele_detect::Registry::configured(&config.detection)
                 .with(crate::contract::ContractDetector(contracts.clone())),
             finding_store,
             control.clone(),
