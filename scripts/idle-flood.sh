@@ -19,11 +19,7 @@ if [ -z "${BIN:-}" ]; then
   cargo build --release -p clientele
   BIN="${CARGO_TARGET_DIR:-target}/release/clientele"
 fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-dir=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }
-trap cleanup EXIT
+source scripts/serve-lib.sh
 
 up_port=$(free_port); gw_port=$(free_port); admin_port=$(free_port)
 token="flood-admin-token-0123456789"
@@ -57,10 +53,7 @@ name = "flood"
 upstream = "http://127.0.0.1:$up_port"
 prefix = "/"
 TOML
-"$BIN" serve --config "$dir/clientele.toml" 2> "$dir/server.log" &
-pids+=($!)
-server_pid=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$admin_port/healthz" >/dev/null && break; sleep 0.1; done
+start_clientele "$BIN" "$admin_port"
 auth="Authorization: Bearer $token"
 curl -sf -H "$auth" -H 'content-type: application/json' -d '{"id":"normal"}' "http://127.0.0.1:$admin_port/v1/consumers" >/dev/null
 KEY=$(curl -sf -H "$auth" -H 'content-type: application/json' -d '{}' "http://127.0.0.1:$admin_port/v1/consumers/normal/keys" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')

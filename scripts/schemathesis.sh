@@ -13,11 +13,7 @@ SCHEMATHESIS="${SCHEMATHESIS:-$target_dir/test-venv/bin/schemathesis}"
 [ -x "$BIN" ] || { echo "schemathesis.sh: no binary at $BIN; run cargo build -p clientele" >&2; exit 1; }
 [ -x "$SCHEMATHESIS" ] || { echo "schemathesis.sh: no schemathesis at $SCHEMATHESIS (scripts/test.sh installs it)" >&2; exit 1; }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-dir=$(mktemp -d)
-server_pid=""
-cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$dir"; }
-trap cleanup EXIT
+source scripts/serve-lib.sh
 gw_port=$(free_port); admin_port=$(free_port)
 token="schemathesis-admin-token-0123456789"
 cat > "$dir/clientele.toml" <<TOML
@@ -36,9 +32,7 @@ prefix = "/"
 rate_per_second = 5
 burst = 10
 TOML
-"$BIN" serve --config "$dir/clientele.toml" 2> "$dir/server.log" &
-server_pid=$!
-for _ in $(seq 200); do curl -sf "http://127.0.0.1:$admin_port/healthz" >/dev/null && break; sleep 0.1; done
+start_clientele "$BIN" "$admin_port"
 # A consumer with a key and an event, so lookups of it find something.
 auth="Authorization: Bearer $token"
 curl -sf -H "$auth" -H 'content-type: application/json' -d '{"id":"acme","plan":"free"}' "http://127.0.0.1:$admin_port/v1/consumers" >/dev/null

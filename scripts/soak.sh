@@ -28,11 +28,7 @@ if [ -z "${BIN:-}" ]; then
   cargo build --release -p clientele
   BIN="${CARGO_TARGET_DIR:-target}/release/clientele"
 fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-dir=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }
-trap cleanup EXIT
+source scripts/serve-lib.sh
 up_port=$(free_port) gw_port=$(free_port) admin_port=$(free_port)
 token="soak-admin-token-0123456789"
 
@@ -73,11 +69,7 @@ prefix = "/"
 rate_per_second = 1000
 burst = 1000
 EOF
-"$BIN" serve --config "$dir/clientele.toml" 2> "$dir/server.log" &
-server_pid=$!
-pids+=($server_pid)
-for _ in $(seq 200); do curl -sf "http://127.0.0.1:$admin_port/healthz" >/dev/null && break; sleep 0.1; done
-curl -sf "http://127.0.0.1:$admin_port/healthz" >/dev/null || die "server did not start: $(cat "$dir/server.log")"
+start_clientele "$BIN" "$admin_port"
 
 echo "creating $CONSUMERS consumers with a key each..."
 python3 - "$admin_port" "$token" "$CONSUMERS" > "$dir/keys.txt" <<'PY'
