@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -195,6 +196,8 @@ pub struct Seen {
 pub struct TlsServer {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// TLS handshakes completed: fewer than requests when connections are pooled.
+    pub connections: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -240,17 +243,21 @@ impl TlsServer {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
+        let connections = Arc::new(AtomicU64::new(0));
+        let handshakes = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
-                let (acceptor, log) = (acceptor.clone(), log.clone());
+                let (acceptor, log, handshakes) =
+                    (acceptor.clone(), log.clone(), handshakes.clone());
                 tokio::spawn(async move {
                     // A refused handshake is what some tests want; nothing to do then.
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    handshakes.fetch_add(1, Ordering::SeqCst);
                     let client_cert = tls.get_ref().1.peer_certificates().is_some();
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let log = log.clone();
@@ -262,7 +269,12 @@ impl TlsServer {
                 });
             }
         });
-        TlsServer { addr, seen, task }
+        TlsServer {
+            addr,
+            seen,
+            connections,
+            task,
+        }
     }
 
     pub fn requests(&self) -> Vec<Seen> {
