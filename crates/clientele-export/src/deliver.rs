@@ -118,6 +118,8 @@ pub struct Poster {
     client: Outbound<Full<Bytes>>,
     retry: RetryPolicy,
     headers: Arc<Vec<(http::HeaderName, http::HeaderValue)>>,
+    /// A down endpoint fails every batch: one warning per interval, with the count.
+    failures: Arc<clientele_core::ratelog::Every>,
 }
 
 /// First retry delay; doubled each time up to [`MAX_BACKOFF`].
@@ -148,6 +150,7 @@ impl Poster {
             client: Outbound::new(&options)?,
             retry: RetryPolicy::new(d.max_retries + 1, FIRST_BACKOFF, MAX_BACKOFF),
             headers: Arc::new(parsed),
+            failures: Arc::new(clientele_core::ratelog::Every::new(Duration::from_secs(10))),
         })
     }
 
@@ -189,7 +192,8 @@ impl Poster {
         match result {
             Ok(p) if (200..300).contains(&p.status) => true,
             Ok(p) => {
-                tracing::warn!(
+                clientele_core::warn_every!(
+                    self.failures,
                     exporter,
                     url,
                     status = p.status,
@@ -198,7 +202,7 @@ impl Poster {
                 false
             }
             Err(e) => {
-                tracing::warn!(exporter, url, error = %e, "export failed; batch dropped");
+                clientele_core::warn_every!(self.failures, exporter, url, error = %e, "export failed; batch dropped");
                 false
             }
         }

@@ -8,6 +8,7 @@ mod contract;
 mod exports;
 mod findings;
 mod gateway;
+mod hardening;
 mod https;
 mod limits;
 mod support;
