@@ -9,6 +9,7 @@ mod exports;
 mod findings;
 mod gateway;
 mod hardening;
+mod https;
 mod limits;
 mod support;
 mod ui;
