@@ -39,7 +39,20 @@ else
   export CLIENTELE_TEST_PYTHON=$venv/bin/python
 fi
 
+# schemathesis (PyPI) checks the admin API against its own OpenAPI document; it lives in the
+# same venv as the OTLP decoder.
+st_venv=$target_dir/test-venv
+if ! [ -x "$st_venv/bin/schemathesis" ]; then
+  echo "installing schemathesis into $st_venv"
+  [ -x "$st_venv/bin/python" ] || python3 -m venv "$st_venv"
+  "$st_venv/bin/python" -m pip install -q schemathesis
+fi
+
 cargo test --workspace --all-targets "$@"
+
+# The admin API under schemathesis, on the debug binary the e2e tests just built: 0 server
+# errors, 0 response schema violations, within a bounded time (MAX_TIME, 90 s by default).
+SCHEMATHESIS="$st_venv/bin/schemathesis" bash scripts/schemathesis.sh
 
 # Browser tests of the dashboard and portal: Debian's Chromium driven by playwright-core (no
 # browser download), against the debug binary the e2e tests just built.

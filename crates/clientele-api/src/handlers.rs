@@ -1021,7 +1021,7 @@ pub struct IngestResult {
 /// Valid events are stored in one transaction before the answer; each invalid one is listed
 /// with its reason. Unknown fields are ignored; events without `id` get one derived from their
 /// content, so resending a batch never double-counts.
-#[utoipa::path(post, path = "/v1/events", request_body(content = String, content_type = "application/x-ndjson"),
+#[utoipa::path(post, path = "/v1/events", request_body(content((Vec<Object> = "application/json"), (String = "application/x-ndjson"))),
     responses((status = 202, body = IngestResult), (status = 400, description = "nothing valid in the batch"), (status = 413, description = "body over [admin].max_body_bytes")),
     security(("admin_token" = [])))]
 pub async fn ingest_events(

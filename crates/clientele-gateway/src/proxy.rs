@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use clientele_core::config::OutboundTls;
 use clientele_core::config::{ApiConfig, Upstream, parse_upstream};
 use clientele_core::event::{Event, Outcome, random_id128};
 use clientele_core::keys::{KeyEntry, KeyIndex, Lookup};
@@ -13,12 +14,10 @@ use clientele_core::limits::{Decision, LimitKind, LimitStatus};
 use clientele_core::pipeline::EventSink;
 use clientele_core::problem::{self, Problem};
 use clientele_core::route::infer_template;
+use clientele_http::{ClientOptions, Failure, FailureKind, Outbound, Timeouts};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use ipnet::IpNet;
 
 use crate::body::{BodyTooLarge, ClientBodyError, RequestBody, ResponseBody, Tee};
@@ -35,6 +34,8 @@ pub struct GatewayOptions {
     /// Remove the credential that carried the Clientele key before forwarding, so upstreams
     /// never see consumers' keys.
     pub hide_credentials: bool,
+    /// `[outbound]`: trust for `https://` upstreams without settings of their own.
+    pub outbound_tls: OutboundTls,
 }
 
 /// One API behind the gateway.
@@ -44,7 +45,8 @@ struct Api {
     strip_prefix: bool,
     upstream: Upstream,
     timeout: Duration,
-    client: Client<HttpConnector, RequestBody>,
+    /// Pooled connections to the upstream, over TLS for `https://`.
+    client: Outbound<RequestBody>,
     /// The API's OpenAPI contract, when it has one: routes become the spec's templates.
     contract: Option<Arc<clientele_contract::ApiContract>>,
     /// Sampling for schema validation, as thresholds on a uniform u64 draw.
@@ -99,14 +101,16 @@ impl Gateway {
         for api in apis {
             let upstream = parse_upstream(&api.upstream)
                 .map_err(|e| format!("api {}: upstream {e}", api.name))?;
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            connector.set_connect_timeout(Some(Duration::from_millis(api.connect_timeout_ms)));
-            connector.set_keepalive(Some(Duration::from_secs(60)));
-            let client = Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .pool_max_idle_per_host(1024)
-                .build(connector);
+            let client = Outbound::new(&ClientOptions {
+                tls: api.tls(&options.outbound_tls),
+                timeouts: Timeouts {
+                    connect: Duration::from_millis(api.connect_timeout_ms),
+                    request: Duration::from_millis(api.timeout_ms),
+                },
+                pool_idle: Duration::from_secs(90),
+                pool_max_idle_per_host: 1024,
+            })
+            .map_err(|e| format!("api {}: {e}", api.name))?;
             built.push(Api {
                 name: api.name.as_str().into(),
                 prefix: api.prefix.clone(),
@@ -553,16 +557,7 @@ impl Gateway {
                         "the request body could not be read: check its chunked encoding or Content-Length",
                     );
                 }
-                tracing::debug!(api = %api.name, error = %err, "upstream request failed");
-                return self.refuse_counted(
-                    seen,
-                    counted,
-                    StatusCode::BAD_GATEWAY,
-                    Outcome::UpstreamUnreachable,
-                    "upstream-unreachable",
-                    "Upstream unreachable",
-                    format!("the {} API could not be reached; try again later", api.name),
-                );
+                return self.upstream_failed(seen, counted, api, &Failure::from_client(&err));
             }
             Err(_) => {
                 seen.event.upstream_latency_ms = Some(upstream_ms);
@@ -629,11 +624,50 @@ impl Gateway {
             pq.push_str(q);
         }
         Uri::builder()
-            .scheme("http")
+            .scheme(if api.upstream.tls { "https" } else { "http" })
             .authority(api.upstream.authority.as_str())
             .path_and_query(pq)
             .build()
             .ok()
+    }
+
+    /// 502 for an upstream that gave no answer. A TLS failure (a certificate not trusted,
+    /// expired, or for another name) is an operator's problem: it is logged at warn with the
+    /// upstream and rustls' reason, and the client is told which API and why.
+    fn upstream_failed(
+        &self,
+        seen: Seen,
+        counted: Arc<AtomicU64>,
+        api: &Api,
+        failure: &Failure,
+    ) -> Response<ResponseBody> {
+        let (slug, title, detail) = if failure.kind == FailureKind::Tls {
+            tracing::warn!(api = %api.name, upstream = %api.upstream.authority, reason = %failure.reason, "upstream TLS handshake failed; check its certificate or the api's ca_file");
+            (
+                "upstream-tls",
+                "Upstream certificate refused",
+                format!(
+                    "the {} API's upstream ({}) could not be trusted: {}",
+                    api.name, api.upstream.authority, failure.reason
+                ),
+            )
+        } else {
+            tracing::debug!(api = %api.name, error = %failure, "upstream request failed");
+            (
+                "upstream-unreachable",
+                "Upstream unreachable",
+                format!("the {} API could not be reached; try again later", api.name),
+            )
+        };
+        self.refuse_counted(
+            seen,
+            counted,
+            StatusCode::BAD_GATEWAY,
+            Outcome::UpstreamUnreachable,
+            slug,
+            title,
+            detail,
+        )
     }
 
     fn rewrite_request_headers(

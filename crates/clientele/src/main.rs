@@ -12,12 +12,10 @@ use clap::{Args, Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-mod alerts;
 mod cli;
 mod client;
 mod contract;
 mod demo;
-mod detection;
 mod exports;
 mod findings_cli;
 mod logimport;

@@ -131,7 +131,7 @@ pub async fn start(config: Config) -> Result<Running> {
     let stats = Arc::new(PipelineStats::default());
     let (sink, rx) = open_hand_off(&data_dir, config.gateway.event_queue, stats.clone())?;
     let exporters = Arc::new(
-        clientele_export::Exporters::start(&config.exports, Some(stats.clone()))
+        clientele_export::Exporters::start(&config.exports, &config.outbound, Some(stats.clone()))
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
     register_limiter_gauges(&exporters, &limiter)?;
@@ -165,6 +165,7 @@ pub async fn start(config: Config) -> Result<Running> {
             session_header: config.gateway.session_header.clone(),
             max_request_body_bytes: config.gateway.max_request_body_bytes,
             hide_credentials: true,
+            outbound_tls: config.outbound.clone(),
         },
         keys.clone(),
         limiter.clone(),
@@ -208,8 +209,11 @@ pub async fn start(config: Config) -> Result<Running> {
 
     let alert_targets = clientele_core::alert::targets(&config.alerts, &config.plans, "config")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (alert_tx, alert_task) = crate::alerts::start(
+    let alert_http =
+        clientele_app::alerts::client(&config.outbound).map_err(|e| anyhow::anyhow!(e))?;
+    let (alert_tx, alert_task) = clientele_app::alerts::start(
         alert_targets,
+        alert_http,
         finding_store.clone(),
         control.clone(),
         wait_for(shutdown_rx.clone()),
@@ -217,7 +221,7 @@ pub async fn start(config: Config) -> Result<Running> {
     .await;
     tasks.extend(alert_task);
     let findings = Arc::new(
-        clientele_api::findings::FindingsService::new(
+        clientele_app::findings::FindingsService::new(
             clientele_detect::Registry::configured(&config.detection)
                 .with(crate::contract::ContractDetector(contracts.clone())),
             finding_store,
@@ -234,7 +238,7 @@ pub async fn start(config: Config) -> Result<Running> {
             })
         }),
     );
-    tasks.push(tokio::spawn(crate::detection::run_periodic(
+    tasks.push(tokio::spawn(clientele_app::detection::run_periodic(
         findings.clone(),
         Duration::from_secs(config.detection.interval_secs),
         config.detection.lookback_hours,

@@ -35,9 +35,11 @@ async fn post_raw(server: &Server, content_type: &str, body: Bytes) -> (u16, Val
     )
 }
 
+/// Nearest rank: the smallest value with at least `q` of the values at or below it.
 fn exact_quantile(values: &mut [f64], q: f64) -> f64 {
     values.sort_by(f64::total_cmp);
-    values[((values.len() - 1) as f64 * q).floor() as usize]
+    let rank = (q * values.len() as f64 - 1e-9).ceil().max(1.0) as usize;
+    values[rank - 1]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ mod exports;
 mod findings;
 mod gateway;
 mod hardening;
+mod https;
 mod limits;
 mod support;
 mod ui;
