@@ -13,3 +13,4 @@ mod https;
 mod limits;
 mod support;
 mod ui;
+mod websocket;
