@@ -19,22 +19,25 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-# The exports test decodes OTLP payloads with the official protobuf definitions (PyPI
-# opentelemetry-proto). Use the system Python if it has them, else a venv in the target
-# directory (CARGO_TARGET_DIR when set, so a clone sharing a build shares the venv too).
-if python3 -c 'import opentelemetry.proto' 2>/dev/null; then
+# Python packages from PyPI: the exports test decodes OTLP payloads with the official protobuf
+# definitions (opentelemetry-proto); the OTLP ingest test sends spans with the official SDK and
+# its OTLP/HTTP exporter; the WebSocket test's echo upstream and client are `websockets`. Use the system Python if it has them, else a venv in the target directory
+# (CARGO_TARGET_DIR when set, so a clone sharing a build shares the venv too).
+py_check='import opentelemetry.proto, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, websockets.asyncio.client'
+py_packages=(opentelemetry-proto opentelemetry-sdk opentelemetry-exporter-otlp-proto-http 'websockets>=13')
+if python3 -c "$py_check" 2>/dev/null; then
   export CLIENTELE_TEST_PYTHON=python3
 else
   venv=$target_dir/test-venv
-  if ! "$venv/bin/python" -c 'import opentelemetry.proto' 2>/dev/null; then
-    echo "installing opentelemetry-proto into $venv"
+  if ! "$venv/bin/python" -c "$py_check" 2>/dev/null; then
+    echo "installing ${py_packages[*]} into $venv"
     if ! python3 -m venv "$venv" 2>/dev/null; then
       if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
       $SUDO apt-get update -qq
       DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
       python3 -m venv "$venv"
     fi
-    "$venv/bin/python" -m pip install -q opentelemetry-proto
+    "$venv/bin/python" -m pip install -q "${py_packages[@]}"
   fi
   export CLIENTELE_TEST_PYTHON=$venv/bin/python
 fi

@@ -33,6 +33,8 @@ pub struct Config {
     /// Trust and client certificate for everything Clientele connects to (webhooks, OTLP
     /// collectors, log sinks, and upstreams without settings of their own).
     pub outbound: OutboundTls,
+    /// How `POST /v1/otlp/v1/traces` finds the consumer of a span.
+    pub otlp_ingest: OtlpIngestConfig,
     /// Where the config came from (the file), for messages about it found after parsing.
     #[serde(skip)]
     pub origin: String,
@@ -259,6 +261,27 @@ impl ApiConfig {
             ca_file: self.ca_file.clone().or_else(|| outbound.ca_file.clone()),
             client_cert: self.client_cert.clone(),
             client_key: self.client_key.clone(),
+        }
+    }
+}
+
+/// `[otlp_ingest]`: OTLP HTTP server spans become events; the consumer is the first of these
+/// found on the span (or its resource).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpIngestConfig {
+    /// A span attribute naming the consumer (e.g. set by the gateway's auth plugin).
+    pub consumer_attribute: String,
+    /// A request header naming the consumer, captured on spans as the semantic conventions'
+    /// `http.request.header.<name>` attribute (e.g. Kong's `x-consumer-username`).
+    pub consumer_header: Option<String>,
+}
+
+impl Default for OtlpIngestConfig {
+    fn default() -> Self {
+        OtlpIngestConfig {
+            consumer_attribute: "enduser.id".into(),
+            consumer_header: None,
         }
     }
 }

@@ -47,6 +47,8 @@ struct Api {
     timeout: Duration,
     /// Pooled connections to the upstream, over TLS for `https://`.
     client: Outbound<RequestBody>,
+    /// The same, HTTP/1.1 only, for `Upgrade` requests (HTTP/2 has no upgrade).
+    upgrades: Outbound<RequestBody>,
     /// The API's OpenAPI contract, when it has one: routes become the spec's templates.
     contract: Option<Arc<clientele_contract::ApiContract>>,
     /// Sampling for schema validation, as thresholds on a uniform u64 draw.
@@ -101,7 +103,7 @@ impl Gateway {
         for api in apis {
             let upstream = parse_upstream(&api.upstream)
                 .map_err(|e| format!("api {}: upstream {e}", api.name))?;
-            let client = Outbound::new(&ClientOptions {
+            let mut client_options = ClientOptions {
                 tls: api.tls(&options.outbound_tls),
                 timeouts: Timeouts {
                     connect: Duration::from_millis(api.connect_timeout_ms),
@@ -109,8 +111,13 @@ impl Gateway {
                 },
                 pool_idle: Duration::from_secs(90),
                 pool_max_idle_per_host: 1024,
-            })
-            .map_err(|e| format!("api {}: {e}", api.name))?;
+                http1_only: false,
+            };
+            let client =
+                Outbound::new(&client_options).map_err(|e| format!("api {}: {e}", api.name))?;
+            client_options.http1_only = true;
+            let upgrades =
+                Outbound::new(&client_options).map_err(|e| format!("api {}: {e}", api.name))?;
             built.push(Api {
                 name: api.name.as_str().into(),
                 prefix: api.prefix.clone(),
@@ -118,6 +125,7 @@ impl Gateway {
                 upstream,
                 timeout: Duration::from_millis(api.timeout_ms),
                 client,
+                upgrades,
                 contract: None,
                 request_sample: threshold(api.request_sample_rate),
                 response_sample: threshold(api.response_sample_rate),
@@ -505,6 +513,12 @@ impl Gateway {
         parts.uri = upstream_uri;
         parts.version = http::Version::HTTP_11;
         let span_id = clientele_core::event::span_id_of(&seen.event.id);
+        // An `Upgrade` (WebSocket) keeps its two hop-by-hop headers and the client's side of
+        // the switch, and goes over HTTP/1.1.
+        let upgrade = crate::upgrade::requested(&parts.headers);
+        let client_side = upgrade
+            .as_ref()
+            .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
         self.rewrite_request_headers(
             &mut parts.headers,
             &entry,
@@ -512,6 +526,9 @@ impl Gateway {
             peer.ip(),
             (&trace, &span_id),
         );
+        if let Some(protocol) = upgrade {
+            crate::upgrade::restore(&mut parts.headers, protocol);
+        }
 
         let relative = api_relative_path(api, &path);
         let mut pending = self.sampling(api, &parts, relative, &seen.event);
@@ -523,7 +540,12 @@ impl Gateway {
         }
         let upstream_req = Request::from_parts(parts, body);
         let sent = Instant::now();
-        let result = tokio::time::timeout(api.timeout, api.client.request(upstream_req)).await;
+        let client = if client_side.is_some() {
+            &api.upgrades
+        } else {
+            &api.client
+        };
+        let result = tokio::time::timeout(api.timeout, client.request(upstream_req)).await;
         let upstream_ms = sent.elapsed().as_secs_f64() * 1000.0;
         let mut response = match result {
             Ok(Ok(resp)) => resp,
@@ -579,6 +601,20 @@ impl Gateway {
 
         seen.event.upstream_latency_ms = Some(upstream_ms);
         seen.event.status = response.status().as_u16();
+        if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_side)) =
+            (response.status(), client_side)
+        {
+            let upstream_side = hyper::upgrade::on(&mut response);
+            crate::upgrade::tunnel(
+                client_side,
+                upstream_side,
+                seen.event,
+                seen.started,
+                self.sink.clone(),
+            );
+            let (parts, _) = response.into_parts();
+            return Response::from_parts(parts, ResponseBody::local(Bytes::new()));
+        }
         h::strip_hop_by_hop(response.headers_mut());
         if let Some(status) = &limit_status {
             insert_limit_headers(response.headers_mut(), status);

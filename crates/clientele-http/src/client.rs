@@ -33,6 +33,8 @@ pub struct ClientOptions {
     /// Idle pooled connections are closed after this.
     pub pool_idle: Duration,
     pub pool_max_idle_per_host: usize,
+    /// Offer only HTTP/1.1 by ALPN: for `Upgrade` requests (WebSocket), which HTTP/2 has not.
+    pub http1_only: bool,
 }
 
 impl ClientOptions {
@@ -43,6 +45,7 @@ impl ClientOptions {
             timeouts,
             pool_idle: Duration::from_secs(30),
             pool_max_idle_per_host: 8,
+            http1_only: false,
         }
     }
 
@@ -81,11 +84,14 @@ where
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(options.timeouts.connect));
         tcp.set_keepalive(Some(Duration::from_secs(60)));
-        let connector = HttpsConnectorBuilder::new()
+        let builder = HttpsConnectorBuilder::new()
             .with_tls_config(tls)
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(tcp);
+            .https_or_http();
+        let connector = if options.http1_only {
+            builder.enable_http1().wrap_connector(tcp)
+        } else {
+            builder.enable_all_versions().wrap_connector(tcp)
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(options.pool_idle)
             .pool_max_idle_per_host(options.pool_max_idle_per_host)

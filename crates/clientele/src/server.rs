@@ -265,6 +265,7 @@ pub async fn start(config: Config) -> Result<Running> {
         limiter_mode: limiter.mode(),
         findings,
         contracts: contracts.clone(),
+        otlp: config.otlp_ingest.clone(),
     };
     // The dashboard and portal share the admin listener; the API router keeps the fallback.
     let ui = clientele_ui::router(state.clone());

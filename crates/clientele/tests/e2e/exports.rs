@@ -78,7 +78,7 @@ async fn wait_for_path(got: &Received, path: &str, pred: impl Fn(&Bytes) -> bool
 
 /// The Python with `opentelemetry-proto`: `CLIENTELE_TEST_PYTHON` (set by scripts/test.sh), else
 /// python3.
-fn python() -> String {
+pub(crate) fn python() -> String {
     std::env::var("CLIENTELE_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 

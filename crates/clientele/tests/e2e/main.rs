@@ -12,5 +12,7 @@ mod gateway;
 mod hardening;
 mod https;
 mod limits;
+mod otlp_ingest;
 mod support;
 mod ui;
+mod websocket;
