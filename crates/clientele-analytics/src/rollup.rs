@@ -257,6 +257,16 @@ impl Rollup {
         self.latency.to_sketch().quantile(q).ok().flatten()
     }
 
+    /// The largest latency held, an upper bound of every quantile that costs no sketch.
+    pub fn max_latency(&self) -> Option<f64> {
+        match &self.latency {
+            Digest::Inline { len, values } => {
+                values[..*len as usize].iter().copied().reduce(f64::max)
+            }
+            Digest::Sketch(s) => s.max(),
+        }
+    }
+
     /// How many latencies the rollup holds (its requests, unless it was built from samples).
     pub fn latency_samples(&self) -> u64 {
         match &self.latency {
@@ -307,7 +317,11 @@ mod tests {
                 ..Sample::default()
             });
         }
-        assert_eq!(r.counters.request_bytes, u64::MAX, "saturates, never wraps to 999");
+        assert_eq!(
+            r.counters.request_bytes,
+            u64::MAX,
+            "saturates, never wraps to 999"
+        );
         assert!(r.counters.cost_usd.is_finite());
         let mut c = r.counters;
         c.merge(&r.counters);

@@ -147,7 +147,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
         let query = parts.uri.query().unwrap_or("");
         let given: String = query
             .split('&')
-            .filter(|pair| pair.split_once('=').map_or(!pair.is_empty(), |(_, v)| !v.is_empty()))
+            .filter(|pair| {
+                pair.split_once('=')
+                    .map_or(!pair.is_empty(), |(_, v)| !v.is_empty())
+            })
             .collect::<Vec<_>>()
             .join("&");
         let uri: axum::http::Uri = format!("/?{given}")

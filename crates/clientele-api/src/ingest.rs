@@ -246,7 +246,9 @@ fn opt_f64(obj: &Map<String, Value>, field: &str, max: f64) -> Result<Option<f64
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_f64() {
             Some(x) if x.is_finite() && (0.0..=max).contains(&x) => Ok(Some(x)),
-            _ => Err(format!("{field} must be a number from 0 to {max} (got {v})")),
+            _ => Err(format!(
+                "{field} must be a number from 0 to {max} (got {v})"
+            )),
         },
     }
 }
@@ -315,9 +317,14 @@ not json
             let text = line(extra);
             let (events, rejected) = parse_batch(text.as_bytes(), true, B).unwrap();
             assert!(events.is_empty(), "{extra} was accepted");
-            assert!(rejected[0].error.contains(field), "{extra}: {}", rejected[0].error);
+            assert!(
+                rejected[0].error.contains(field),
+                "{extra}: {}",
+                rejected[0].error
+            );
         }
-        let ok = line(r#","request_bytes":1099511627776,"cost_usd":1000000,"upstream_latency_ms":5"#);
+        let ok =
+            line(r#","request_bytes":1099511627776,"cost_usd":1000000,"upstream_latency_ms":5"#);
         let (events, _) = parse_batch(ok.as_bytes(), true, B).unwrap();
         assert_eq!(events[0].request_bytes, MAX_BYTES);
     }

@@ -113,7 +113,10 @@ impl Modify for StandardErrors {
                 if op.request_body.is_some() {
                     add("413", "body over [admin].max_body_bytes");
                     add("415", "the body's Content-Type is not the one documented");
-                    add("422", "the body is well-formed but its values are not acceptable");
+                    add(
+                        "422",
+                        "the body is well-formed but its values are not acceptable",
+                    );
                 }
             }
         }

@@ -8,7 +8,8 @@ fn petstore() -> PathBuf {
 }
 
 /// Every `default` response of the fixture (removed by the drift variants).
-const DEFAULT_RESPONSE: &str = "        default:\n          $ref: '#/components/responses/Trouble'\n";
+const DEFAULT_RESPONSE: &str =
+    "        default:\n          $ref: '#/components/responses/Trouble'\n";
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir =
@@ -50,7 +51,10 @@ fn loads_the_fixture_and_matches_templates_base_path_and_method() {
     let get = spec.operation("GET", "/pet/{petId}").unwrap();
     assert!(get.documents_status(200) && get.documents_status(404));
     let find = spec.operation("GET", "/pet/findByStatus").unwrap();
-    assert!(find.documents_status(599), "the fixture has default responses");
+    assert!(
+        find.documents_status(599),
+        "the fixture has default responses"
+    );
 }
 
 /// An extra check against a spec not written for these tests: the Swagger Petstore, when a

@@ -789,14 +789,23 @@ mod tests {
         assert_eq!(c.gateway.max_headers, 256);
         assert_eq!(c.gateway.first_byte_timeout_secs, 10);
         for (text, key) in [
-            ("[gateway]\nidle_timeout_secs = 0\n", "gateway.idle_timeout_secs"),
-            ("[gateway]\nmax_connections = 0\n", "gateway.max_connections"),
+            (
+                "[gateway]\nidle_timeout_secs = 0\n",
+                "gateway.idle_timeout_secs",
+            ),
+            (
+                "[gateway]\nmax_connections = 0\n",
+                "gateway.max_connections",
+            ),
             (
                 "[gateway]\nmax_connections = 10\nmax_connections_per_ip = 11\n",
                 "gateway.max_connections_per_ip",
             ),
             ("[gateway]\nmax_headers = 3\n", "gateway.max_headers"),
-            ("[gateway]\nfirst_byte_timeout_secs = 0\n", "gateway.first_byte_timeout_secs"),
+            (
+                "[gateway]\nfirst_byte_timeout_secs = 0\n",
+                "gateway.first_byte_timeout_secs",
+            ),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.0.contains(key), "{text}: {e}");

@@ -361,7 +361,10 @@ mod tests {
         let guard = BusyGuard::new(&busy);
         let mut io = IdleIo::new(server, timeouts, busy, limits.admit(ip).unwrap());
         let read = tokio::time::timeout(Duration::from_secs(30), io.read(&mut buf)).await;
-        assert!(read.is_err(), "a request in flight keeps the connection open");
+        assert!(
+            read.is_err(),
+            "a request in flight keeps the connection open"
+        );
         drop(guard);
         let err = io.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);

@@ -181,8 +181,7 @@ pub fn check_request(parts: &http::request::Parts) -> Result<Normalised<'_>, Ref
             status: StatusCode::NOT_IMPLEMENTED,
             slug: "method-not-supported",
             title: "Method not supported",
-            detail: "the gateway does not open CONNECT tunnels; send requests to API paths"
-                .into(),
+            detail: "the gateway does not open CONNECT tunnels; send requests to API paths".into(),
         });
     }
     let hosts = parts.headers.get_all(header::HOST).iter().count();
@@ -233,7 +232,11 @@ mod tests {
         assert_eq!(norm("/a/b/..").unwrap(), "/a/");
         assert_eq!(norm("/a/.").unwrap(), "/a/");
         assert_eq!(norm("/a/%7euser").unwrap(), "/a/~user");
-        assert_eq!(norm("/a%20b%3f").unwrap(), "/a%20b%3F", "reserved stays encoded");
+        assert_eq!(
+            norm("/a%20b%3f").unwrap(),
+            "/a%20b%3F",
+            "reserved stays encoded"
+        );
         assert_eq!(norm("/caf%C3%A9").unwrap(), "/caf%C3%A9");
         assert_eq!(norm("/.well-known/x").unwrap(), "/.well-known/x");
         assert_eq!(norm("/..a/b.").unwrap(), "/..a/b.");
@@ -261,7 +264,10 @@ mod tests {
 
     #[test]
     fn normal_paths_are_borrowed() {
-        assert!(matches!(normalise("/v1/users/42").unwrap().path, Cow::Borrowed(_)));
+        assert!(matches!(
+            normalise("/v1/users/42").unwrap().path,
+            Cow::Borrowed(_)
+        ));
     }
 
     proptest::proptest! {

@@ -332,7 +332,14 @@ impl Gateway {
         let (path, api) = match self.check_and_route(&parts) {
             Ok(checked) => checked,
             Err(r) => {
-                return self.refuse(seen, r.status, Outcome::BadRequest, r.slug, r.title, r.detail);
+                return self.refuse(
+                    seen,
+                    r.status,
+                    Outcome::BadRequest,
+                    r.slug,
+                    r.title,
+                    r.detail,
+                );
             }
         };
         seen.event.path = truncate(&path, 2048);

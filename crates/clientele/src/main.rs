@@ -17,6 +17,7 @@ mod cli;
 mod client;
 mod contract;
 mod demo;
+mod demo_history;
 mod detection;
 mod exports;
 mod findings_cli;

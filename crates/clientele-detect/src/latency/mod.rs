@@ -88,9 +88,16 @@ impl Detector for LatencyDetector {
                 .max(cfg.worst_day_factor * b.worst);
             // The p95 of a merged window is at most the largest p95 of its hours, so a window
             // none of whose hours passes the threshold cannot, and is not merged at all.
+            // The largest latency bounds the p95 and needs no sketch: most hours of most
+            // consumers are settled by it.
             let hour_p95: Vec<f64> = row
                 .iter()
-                .map(|r| r.as_ref().and_then(|r| r.quantile(0.95)).unwrap_or(0.0))
+                .map(|r| match r {
+                    Some(r) if r.max_latency().is_some_and(|m| m >= threshold) => {
+                        r.quantile(0.95).unwrap_or(0.0)
+                    }
+                    _ => 0.0,
+                })
                 .collect();
             for hour in slots.clone() {
                 if ctx.elapsed_fraction(hour) < 1.0 / 6.0 {

@@ -192,10 +192,7 @@ pub async fn every_field_round_trips<S: Backend + EventStore>(fresh: &mut Fresh<
         limit: 5,
     };
     assert_eq!(
-        store
-            .recent_events(&q("ünïcode consumer ✓"))
-            .await
-            .unwrap(),
+        store.recent_events(&q("ünïcode consumer ✓")).await.unwrap(),
         [full]
     );
     assert_eq!(store.recent_events(&q("acme")).await.unwrap(), [bare]);

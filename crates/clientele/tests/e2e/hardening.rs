@@ -47,9 +47,7 @@ fn get(path: &str, key: &str) -> String {
 /// A connection from a chosen loopback address, so one test can be many clients.
 async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
-    socket
-        .bind(format!("{source}:0").parse().unwrap())
-        .unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
     socket.connect(to).await.unwrap()
 }
 
@@ -100,7 +98,10 @@ async fn idle_connections_are_capped_and_closed_while_others_are_served() {
     for s in &mut extra {
         any_refused |= closed_within(s, Duration::from_secs(2)).await;
     }
-    assert!(any_refused, "past max_connections new connections are refused");
+    assert!(
+        any_refused,
+        "past max_connections new connections are refused"
+    );
     // The admin listener answers while the gateway is full.
     let (status, _) = server.admin(Method::GET, "/healthz", None).await;
     assert_eq!(status, 200);
@@ -166,7 +167,10 @@ burst = 100
     let server = Server::start(up.addr, &extra).await;
     let (_, key) = server.consumer_with_key("acme", Some("limited")).await;
 
-    assert_eq!(status_of(&raw(server.gateway, &get("/search", &key)).await), 200);
+    assert_eq!(
+        status_of(&raw(server.gateway, &get("/search", &key)).await),
+        200
+    );
     for spelling in [
         "//search",
         "/./search",
@@ -219,9 +223,7 @@ async fn a_malformed_chunked_body_is_the_clients_error() {
         let problem = problem_of(&answer);
         assert_eq!(problem["status"], 400, "{what}: {problem}");
     }
-    let events = server
-        .wait_events("acme", "", |e| e.len() >= 3)
-        .await;
+    let events = server.wait_events("acme", "", |e| e.len() >= 3).await;
     for e in &events {
         assert_eq!(e["status"], 400, "{e}");
         assert_eq!(e["outcome"], "bad_request", "{e}");
@@ -240,12 +242,22 @@ async fn connect_and_bad_hosts_are_refused_and_many_small_headers_pass() {
     )
     .await;
     assert_eq!(status_of(&answer), 501, "{answer}");
-    assert!(problem_of(&answer)["detail"].as_str().unwrap().contains("CONNECT"));
+    assert!(
+        problem_of(&answer)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("CONNECT")
+    );
 
     let no_host = format!("GET /pets/1 HTTP/1.1\r\nx-api-key: {key}\r\nConnection: close\r\n\r\n");
     let answer = raw(server.gateway, &no_host).await;
     assert_eq!(status_of(&answer), 400, "{answer}");
-    assert!(problem_of(&answer)["detail"].as_str().unwrap().contains("Host"));
+    assert!(
+        problem_of(&answer)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Host")
+    );
 
     let two_hosts = format!(
         "GET /pets/1 HTTP/1.1\r\nHost: a\r\nHost: b\r\nx-api-key: {key}\r\nConnection: close\r\n\r\n"
@@ -305,7 +317,11 @@ async fn admin_api_edges_and_ingest_bounds() {
     assert_eq!(status, 200);
     // An array is not a set of limits, and must not wipe the ones there.
     let (status, problem) = server
-        .admin(Method::PUT, "/v1/consumers/acme/limits", Some(serde_json::json!([])))
+        .admin(
+            Method::PUT,
+            "/v1/consumers/acme/limits",
+            Some(serde_json::json!([])),
+        )
         .await;
     assert_eq!(status, 422, "{problem}");
     let (_, consumer) = server.admin(Method::GET, "/v1/consumers/acme", None).await;
@@ -316,7 +332,11 @@ async fn admin_api_edges_and_ingest_bounds() {
         .await;
     assert_eq!(status, 404);
     let (status, body) = server
-        .admin(Method::GET, "/v1/consumers/acme/events?limit=&status=", None)
+        .admin(
+            Method::GET,
+            "/v1/consumers/acme/events?limit=&status=",
+            None,
+        )
         .await;
     assert_eq!(status, 200, "empty values count as absent: {body}");
 
@@ -345,7 +365,10 @@ async fn admin_api_edges_and_ingest_bounds() {
     let (status, _, answer) = send(
         Method::POST,
         &url,
-        &[("authorization", &auth), ("content-type", "application/x-ndjson")],
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/x-ndjson"),
+        ],
         Some(Bytes::from(body)),
     )
     .await
@@ -367,7 +390,10 @@ async fn admin_api_edges_and_ingest_bounds() {
     let (status, headers, _) = send(
         Method::POST,
         &url,
-        &[("authorization", &auth), ("content-type", "application/x-ndjson")],
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/x-ndjson"),
+        ],
         Some(Bytes::from(vec![b' '; 70_000])),
     )
     .await
