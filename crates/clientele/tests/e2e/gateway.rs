@@ -248,14 +248,18 @@ async fn every_request_produces_one_event_with_its_details() {
 async fn revocation_takes_effect_within_a_second_on_this_node_and_on_another_sharing_the_store() {
     let up = start_upstream().await;
     let a = Server::start(up.addr, "").await;
-    // Node B: another process on the same data dir, learning of changes only from the store.
+    // Node B: another process on the same data dir (its control plane), with its own event log,
+    // learning of changes only from the store.
     let config = std::fs::read_to_string(a.dir.path().join("clientele.toml")).unwrap();
     let data = a.dir.path().join("data");
     let b = Server::start_with(tempfile::tempdir().unwrap(), |b_gateway, b_admin| {
         config
             .replace(&a.gateway.to_string(), &b_gateway.to_string())
             .replace(&a.admin.to_string(), &b_admin.to_string())
-            .replace("data_dir = \"data\"", &format!("data_dir = {data:?}"))
+            .replace(
+                "data_dir = \"data\"",
+                &format!("data_dir = {data:?}\nevent_dir = \"events-b\""),
+            )
     })
     .await;
 

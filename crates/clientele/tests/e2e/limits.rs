@@ -332,8 +332,10 @@ async fn redis_node(
     // Point this node at the first node's store, like the shared-store test does.
     let data = first.dir.path().join("data");
     Server::start_with(tempfile::tempdir().unwrap(), |gateway, admin| {
-        config_text(gateway, admin, up, &extra)
-            .replace("data_dir = \"data\"", &format!("data_dir = {data:?}"))
+        config_text(gateway, admin, up, &extra).replace(
+            "data_dir = \"data\"",
+            &format!("data_dir = {data:?}\nevent_dir = \"events-b\""),
+        )
     })
     .await
 }
