@@ -16,7 +16,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use clientele_analytics::Engine;
 use clientele_core::keys::KeyIndex;
-use clientele_core::pipeline::PipelineStats;
 use clientele_store::{ControlStore, EventStore};
 
 pub mod contract;
@@ -26,6 +25,8 @@ pub mod handlers;
 pub mod ingest;
 pub mod limits;
 pub mod openapi;
+pub mod otlp;
+mod otlp_decode;
 
 pub use error::ApiError;
 
@@ -36,7 +37,9 @@ pub struct AppState {
     pub events: Arc<dyn EventStore>,
     pub keys: Arc<KeyIndex>,
     pub admin_token: Arc<str>,
-    pub pipeline: Arc<PipelineStats>,
+    /// The one event path (store, rollups, contracts, exporters) ingest submits to; its
+    /// counters are the pipeline's.
+    pub pipeline: clientele_app::Pipeline,
     /// Plan names from the config; consumers may only be put on these.
     pub plans: Arc<BTreeSet<String>>,
     pub started: Instant,
@@ -59,6 +62,8 @@ pub struct AppState {
     pub findings: Arc<findings::FindingsService>,
     /// Every API's OpenAPI contract and the usage drift is judged from.
     pub contracts: Arc<clientele_contract::Contracts>,
+    /// `[otlp_ingest]`: where OTLP spans carry the consumer.
+    pub otlp: clientele_core::config::OtlpIngestConfig,
 }
 
 impl AppState {
@@ -101,6 +106,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/stats/consumers/{id}", get(handlers::stats_consumer))
         .route("/v1/stats/routes", get(handlers::stats_routes))
         .route("/v1/events", axum::routing::post(handlers::ingest_events))
+        .route(
+            "/v1/otlp/v1/traces",
+            axum::routing::post(otlp::ingest_traces),
+        )
         .route("/v1/status", get(handlers::status))
         .route("/v1/findings", get(findings::list))
         .route(

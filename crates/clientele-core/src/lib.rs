@@ -18,6 +18,8 @@ pub mod limits;
 pub mod pipeline;
 pub mod problem;
 pub mod ratelog;
+pub mod record;
+pub mod ring;
 pub mod route;
 pub mod time;
 

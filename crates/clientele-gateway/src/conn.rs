@@ -6,15 +6,17 @@
 //! listener and `/healthz` stop answering too. So: connections are capped globally (and below
 //! the descriptor limit less a reserve) and per client address; over the cap a new connection is
 //! closed at once. A connection that never sends its first byte, or sits idle between requests,
-//! is closed by [`IdleIo`] after its timeout.
+//! is closed by [`IdleIo`] after its timeout. When the global cap is reached, the oldest
+//! connection that has not yet sent a byte is closed to make room, so a flood of silent
+//! connections cannot lock real clients out while it waits for its timeout.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,6 +32,36 @@ pub struct ConnLimits {
     total: AtomicUsize,
     /// Held only to bump a count, never across an await.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections in accept order that may not have sent a byte yet: the ones to close first
+    /// when the global cap is reached. Entries of connections that spoke or closed are skipped
+    /// and pruned lazily.
+    silent: Mutex<VecDeque<Weak<Silent>>>,
+}
+
+/// The eviction handle of a connection that has not sent a byte.
+#[derive(Debug, Default)]
+pub struct Silent {
+    /// Cleared on the first byte: from then on the connection is never evicted.
+    silent: AtomicBool,
+    evicted: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Silent {
+    fn evict(&self) -> bool {
+        if !self.silent.load(Ordering::Acquire) || self.evicted.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        if let Some(w) = self
+            .waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            w.wake();
+        }
+        true
+    }
 }
 
 /// Why a connection was not admitted.
@@ -44,6 +76,7 @@ pub enum Refusal {
 pub struct ConnGuard {
     limits: Arc<ConnLimits>,
     ip: IpAddr,
+    silent: Arc<Silent>,
 }
 
 impl ConnLimits {
@@ -53,6 +86,7 @@ impl ConnLimits {
             max_per_ip: max_per_ip.max(1),
             total: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
+            silent: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -65,9 +99,11 @@ impl ConnLimits {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// Takes a place for a connection from `ip`, or says which cap is full.
+    /// Takes a place for a connection from `ip`, or says which cap is full. At the global cap,
+    /// the oldest connection that has not sent a byte is told to close and the new one takes
+    /// its place (it frees its descriptor a moment later: the reserve covers the overlap).
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, Refusal> {
-        if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total && !self.evict_one() {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::Total);
         }
@@ -79,10 +115,36 @@ impl ConnLimits {
             return Err(Refusal::PerIp);
         }
         *n += 1;
+        drop(per_ip);
+        let silent = Arc::new(Silent {
+            silent: AtomicBool::new(true),
+            ..Silent::default()
+        });
+        let mut queue = self.silent.lock().unwrap_or_else(PoisonError::into_inner);
+        if queue.len() >= 2 * self.max_total {
+            queue.retain(|w| {
+                w.upgrade()
+                    .is_some_and(|s| s.silent.load(Ordering::Relaxed))
+            });
+        }
+        queue.push_back(Arc::downgrade(&silent));
+        drop(queue);
         Ok(ConnGuard {
             limits: self.clone(),
             ip,
+            silent,
         })
+    }
+
+    /// Closes the oldest connection that has not sent a byte; false when there is none.
+    fn evict_one(&self) -> bool {
+        let mut queue = self.silent.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(weak) = queue.pop_front() {
+            if weak.upgrade().is_some_and(|s| s.evict()) {
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -116,7 +178,7 @@ pub fn descriptor_budget(reserved: usize) -> Option<usize> {
             current: limit.maximum,
             maximum: limit.maximum,
         };
-        if setrlimit(Resource::Nofile, raised.clone()).is_ok() {
+        if setrlimit(Resource::Nofile, raised).is_ok() {
             limit = raised;
         }
     }
@@ -182,6 +244,25 @@ impl<S> IdleIo<S> {
         }
     }
 
+    /// `Err` once the connection was chosen to make room; else registers to be woken if it is.
+    fn check_evicted(&self, cx: &mut Context<'_>) -> io::Result<()> {
+        let silent = &self._guard.silent;
+        let evicted = || {
+            silent.evicted.load(Ordering::Acquire).then(|| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "closed to make room: no byte received and the gateway is full",
+                )
+            })
+        };
+        if let Some(e) = evicted() {
+            return Err(e);
+        }
+        *silent.waker.lock().unwrap_or_else(PoisonError::into_inner) = Some(cx.waker().clone());
+        // Evicted between the check and the registration: the waker may have been missed.
+        evicted().map_or(Ok(()), Err)
+    }
+
     /// Polled whenever the stream would wait: `Err` once the connection has been idle too long.
     fn check(&mut self, cx: &mut Context<'_>, writing: bool) -> io::Result<()> {
         loop {
@@ -217,13 +298,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleIo<S> {
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
-                    self.received_any = true;
+                    if !self.received_any {
+                        self.received_any = true;
+                        self._guard.silent.silent.store(false, Ordering::Release);
+                    }
                     self.last_activity = Instant::now();
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
+                if !self.received_any {
+                    self.check_evicted(cx)?;
+                }
                 self.check(cx, false)?;
                 Poll::Pending
             }
@@ -328,12 +415,24 @@ mod tests {
         let a: IpAddr = "127.0.0.2".parse().unwrap();
         let b: IpAddr = "127.0.0.3".parse().unwrap();
         let a1 = limits.admit(a).unwrap();
-        let _a2 = limits.admit(a).unwrap();
+        let a2 = limits.admit(a).unwrap();
         assert_eq!(limits.admit(a).unwrap_err(), Refusal::PerIp);
-        let _b1 = limits.admit(b).unwrap();
-        assert_eq!(limits.admit(b).unwrap_err(), Refusal::Total);
-        assert_eq!(limits.open(), 3);
+        let b1 = limits.admit(b).unwrap();
+        // Full: the oldest silent connection (a1) is evicted to make room.
+        let b2 = limits.admit(b).unwrap();
+        assert!(a1.silent.evicted.load(Ordering::Relaxed));
         drop(a1);
+        // Connections that have spoken are never evicted.
+        for g in [&a2, &b1, &b2] {
+            g.silent.silent.store(false, Ordering::Relaxed);
+        }
+        assert_eq!(limits.open(), 3);
+        assert_eq!(
+            limits.admit("127.0.0.9".parse().unwrap()).unwrap_err(),
+            Refusal::Total,
+            "full, and nobody silent to evict"
+        );
+        drop(b1);
         assert_eq!(limits.open(), 2);
         assert!(limits.admit(b).is_ok(), "a freed place is reusable");
     }

@@ -17,13 +17,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::Args;
+use clientele_http::Outbound;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -287,8 +286,7 @@ interval_secs = 10
         args.report_every
     );
 
-    let http: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let http = crate::client::http(Duration::from_secs(30))?;
     let traffic: Vec<_> = keys
         .into_iter()
         .map(|(p, key)| tokio::spawn(drive(p.behaviour, key, gateway_url.clone(), http.clone())))
@@ -352,12 +350,7 @@ impl Rng {
     }
 }
 
-async fn drive(
-    behaviour: Behaviour,
-    key: String,
-    gateway: String,
-    http: Client<HttpConnector, Full<Bytes>>,
-) {
+async fn drive(behaviour: Behaviour, key: String, gateway: String, http: Outbound<Full<Bytes>>) {
     let mut rng = Rng::new();
     let send =
         |method: Method, path: String, body: Option<Value>, extra: Vec<(&'static str, String)>| {

@@ -12,13 +12,11 @@ use clap::{Args, Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-mod alerts;
 mod cli;
 mod client;
 mod contract;
 mod demo;
 mod demo_history;
-mod detection;
 mod exports;
 mod findings_cli;
 mod logimport;

@@ -9,28 +9,22 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clientele_analytics::{Counters, DAY_MS, Engine, ExportedRollup, Retention, Rollup, Tier};
+use clientele_analytics::{DAY_MS, Engine, Retention};
 use clientele_api::AppState;
+use clientele_app::Pipeline;
 use clientele_core::config::Config;
-use clientele_core::event::Event;
 use clientele_core::keys::{KeyHasher, KeyIndex};
 use clientele_core::pipeline::{EventSink, PipelineStats};
 use clientele_gateway::limiter::Limiter;
 use clientele_gateway::{Gateway, GatewayOptions, ServeSettings, TlsFiles};
-use clientele_store::{ControlStore, EventStore, FindingStore, SqliteStore, StoredRollup};
+use clientele_store::{ControlStore, EventLog, EventStore, FindingStore, SqliteStore};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Sampled exchanges waiting for schema validation; past this the gateway drops (and counts)
 /// samples rather than wait.
 const VALIDATION_QUEUE: usize = 1024;
-
-/// Largest number of events written in one transaction.
-const WRITE_BATCH: usize = 8192;
-/// How long the writer waits for a batch to fill after its first event. Bounds how stale the
-/// statistics are (well inside the 2 s promise) and how many events the queue must hold.
-const WRITE_LINGER: Duration = Duration::from_millis(50);
 
 /// A started server: its addresses, and the handle to stop it.
 pub struct Running {
@@ -99,7 +93,7 @@ pub async fn start(config: Config) -> Result<Running> {
         clientele_api::contract::persist_spec_versions(&*control, contract).await;
     }
     let finding_store: Arc<dyn FindingStore> = Arc::new(store.clone());
-    let events: Arc<dyn EventStore> = Arc::new(store);
+    let events: Arc<dyn EventStore> = Arc::new(open_event_log(&data_dir, store).await?);
     let keys = Arc::new(KeyIndex::with_plans(
         KeyHasher::new(control.key_secret()),
         config.plans.clone(),
@@ -133,25 +127,26 @@ pub async fn start(config: Config) -> Result<Running> {
         hour_ms: i64::from(a.hour_retention_days) * DAY_MS,
         day_ms: i64::from(a.day_retention_days) * DAY_MS,
     }));
-    let archived_until = Arc::new(std::sync::atomic::AtomicI64::new(
-        restore_rollups(&events, &engine, &contracts).await?,
-    ));
 
     let stats = Arc::new(PipelineStats::default());
-    let (sink, rx) = EventSink::bounded(config.gateway.event_queue, stats.clone());
+    let (sink, rx) = open_hand_off(&data_dir, config.gateway.event_queue, stats.clone())?;
     let exporters = Arc::new(
-        clientele_export::Exporters::start(&config.exports, Some(stats.clone()))
+        clientele_export::Exporters::start(&config.exports, &config.outbound, Some(stats.clone()))
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
     register_limiter_gauges(&exporters, &limiter)?;
-    let writer = tokio::spawn(run_writer(
-        rx,
-        events.clone(),
-        engine.clone(),
-        stats.clone(),
-        exporters.clone(),
-        contracts.clone(),
+    // Every event, from the gateway's writer or from ingest, takes this one path. A further
+    // consumer of stored events is one more `.with_observer(...)` line.
+    let pipeline = Pipeline::new(events.clone(), stats.clone())
+        .with_observer(engine.clone())
+        .with_observer(contracts.clone())
+        .with_exporters(exporters.clone());
+    let archived_until = Arc::new(std::sync::atomic::AtomicI64::new(
+        clientele_app::rollups::restore(&pipeline, &engine)
+            .await
+            .map_err(|e| anyhow::anyhow!("restoring rollups: {e}"))?,
     ));
+    let writer = tokio::spawn(clientele_app::writer::run(rx, pipeline.clone()));
 
     let tls = match (&config.gateway.tls_cert, &config.gateway.tls_key) {
         (Some(cert), Some(key)) => Some(
@@ -170,6 +165,7 @@ pub async fn start(config: Config) -> Result<Running> {
             session_header: config.gateway.session_header.clone(),
             max_request_body_bytes: config.gateway.max_request_body_bytes,
             hide_credentials: true,
+            outbound_tls: config.outbound.clone(),
         },
         keys.clone(),
         limiter.clone(),
@@ -213,8 +209,11 @@ pub async fn start(config: Config) -> Result<Running> {
 
     let alert_targets = clientele_core::alert::targets(&config.alerts, &config.plans, "config")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (alert_tx, alert_task) = crate::alerts::start(
+    let alert_http =
+        clientele_app::alerts::client(&config.outbound).map_err(|e| anyhow::anyhow!(e))?;
+    let (alert_tx, alert_task) = clientele_app::alerts::start(
         alert_targets,
+        alert_http,
         finding_store.clone(),
         control.clone(),
         wait_for(shutdown_rx.clone()),
@@ -222,7 +221,7 @@ pub async fn start(config: Config) -> Result<Running> {
     .await;
     tasks.extend(alert_task);
     let findings = Arc::new(
-        clientele_api::findings::FindingsService::new(
+        clientele_app::findings::FindingsService::new(
             clientele_detect::Registry::configured(&config.detection)
                 .with(crate::contract::ContractDetector(contracts.clone())),
             finding_store,
@@ -239,7 +238,7 @@ pub async fn start(config: Config) -> Result<Running> {
             })
         }),
     );
-    tasks.push(tokio::spawn(crate::detection::run_periodic(
+    tasks.push(tokio::spawn(clientele_app::detection::run_periodic(
         findings.clone(),
         Duration::from_secs(config.detection.interval_secs),
         config.detection.lookback_hours,
@@ -253,7 +252,7 @@ pub async fn start(config: Config) -> Result<Running> {
         events: events.clone(),
         keys: keys.clone(),
         admin_token: admin_token.as_str().into(),
-        pipeline: stats.clone(),
+        pipeline,
         plans: Arc::new(plans),
         started: Instant::now(),
         engine: engine.clone(),
@@ -266,6 +265,7 @@ pub async fn start(config: Config) -> Result<Running> {
         limiter_mode: limiter.mode(),
         findings,
         contracts: contracts.clone(),
+        otlp: config.otlp_ingest.clone(),
     };
     // The dashboard and portal share the admin listener; the API router keeps the fallback.
     let ui = clientele_ui::router(state.clone());
@@ -309,7 +309,7 @@ pub async fn start(config: Config) -> Result<Running> {
         stats,
         wait_for(shutdown_rx.clone()),
     )));
-    tasks.push(tokio::spawn(prune_events(
+    tasks.push(tokio::spawn(clientele_app::rollups::archive_and_prune(
         events,
         engine,
         archived_until,
@@ -332,6 +332,60 @@ pub async fn start(config: Config) -> Result<Running> {
 
 async fn wait_for(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Room in the hand-off ring per event of `[gateway].event_queue`: gateway events encode to
+/// 150-300 bytes.
+const RING_BYTES_PER_EVENT: u64 = 512;
+
+/// The gateway → writer hand-off: a bounded queue whose events are also held in the
+/// memory-mapped ring `data_dir/events.ring`, so a crash of the process loses none of them.
+/// What the previous process left in the ring is handed to the writer first. A ring that cannot
+/// be created (a full disk at start) leaves the queue without it, said loudly.
+fn open_hand_off(
+    data_dir: &Path,
+    queue: usize,
+    stats: Arc<PipelineStats>,
+) -> Result<(EventSink, clientele_core::pipeline::EventReceiver)> {
+    let path = data_dir.join("events.ring");
+    let bytes = (queue as u64 * RING_BYTES_PER_EVENT).max(1 << 20);
+    match clientele_core::ring::Ring::open(&path, bytes) {
+        Ok((ring, replay)) => {
+            if let Some(at) = replay.damaged_at {
+                tracing::error!(file = %path.display(), offset = at, "the hand-off ring holds a damaged frame; replay stopped there");
+            }
+            if !replay.events.is_empty() {
+                tracing::info!(
+                    events = replay.events.len(),
+                    "replaying events the previous process handed over but had not stored"
+                );
+            }
+            Ok(EventSink::durable(queue, stats, ring, replay.events))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::ResourceBusy => bail!("storage.data_dir: {e}"),
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "cannot open the hand-off ring; serving without it, so a crash loses the events not yet stored");
+            Ok(EventSink::bounded(queue, stats))
+        }
+    }
+}
+
+/// Opens the event log in `data_dir/events`, the rollup archive staying in SQLite. Events an
+/// older release kept in SQLite's `events` table are moved into the log first.
+async fn open_event_log(data_dir: &Path, sqlite: SqliteStore) -> Result<EventLog> {
+    let log = EventLog::open(&data_dir.join("events"), sqlite.clone())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let moved = log
+        .adopt_sqlite_events(&sqlite)
+        .await
+        .map_err(|e| anyhow::anyhow!("moving events from SQLite into the event log: {e}"))?;
+    if moved > 0 {
+        tracing::info!(
+            events = moved,
+            "moved raw events from SQLite into the event log"
+        );
+    }
+    Ok(log)
 }
 
 /// Reads the admin token kept in the data dir, or makes one. Only the owner can read it.
@@ -360,145 +414,6 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     let mut f = opts.open(path)?;
     f.write_all(contents.as_bytes())?;
     f.write_all(b"\n")
-}
-
-/// Restores the in-memory rollups: archived hour and day rollups first, then every stored raw
-/// event after the archive's watermark. The store is the source of truth and rollups are derived
-/// from it, so a restart (or a crash) answers exactly as before. Returns the watermark.
-async fn restore_rollups(
-    events: &Arc<dyn EventStore>,
-    engine: &Arc<Engine>,
-    contracts: &Arc<clientele_contract::Contracts>,
-) -> Result<i64> {
-    let started = Instant::now();
-    let (archived, until) = events
-        .archived_rollups()
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let restored = archived.len();
-    let rows: Vec<ExportedRollup> = archived.into_iter().filter_map(from_stored).collect();
-    if rows.len() < restored {
-        tracing::warn!(
-            skipped = restored - rows.len(),
-            "some archived rollups could not be read and were skipped"
-        );
-    }
-    {
-        let engine = engine.clone();
-        tokio::task::spawn_blocking(move || engine.import(rows)).await?;
-    }
-    let from = (clientele_core::time::now_ms() - engine.retention().day_ms).max(until);
-    let mut cursor = None;
-    let mut total = 0usize;
-    loop {
-        let (page, next) = events
-            .scan_events(from, cursor, 50_000)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        total += page.len();
-        let engine = engine.clone();
-        let contracts = contracts.clone();
-        tokio::task::spawn_blocking(move || {
-            engine.ingest_events(&page);
-            contracts.observe(&page);
-        })
-        .await?;
-        match next {
-            Some(c) => cursor = Some(c),
-            None => break,
-        }
-    }
-    if total > 0 || restored > 0 {
-        tracing::info!(
-            events = total,
-            archived_rollups = restored,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "restored rollups from the store"
-        );
-    }
-    Ok(until)
-}
-
-fn to_stored(r: ExportedRollup) -> StoredRollup {
-    let c = r.rollup.counters;
-    StoredRollup {
-        tier: r.tier as u8,
-        bucket_ms: r.bucket_ms,
-        sketch: r.rollup.sketch_bytes(),
-        consumer: r.consumer,
-        api: r.api,
-        method: r.method,
-        route: r.route,
-        status_class: r.status_class,
-        counts: c.to_array(),
-        cost_usd: c.cost_usd,
-    }
-}
-
-fn from_stored(r: StoredRollup) -> Option<ExportedRollup> {
-    let counters = Counters::from_array(r.counts, r.cost_usd);
-    Some(ExportedRollup {
-        tier: Tier::from_index(r.tier)?,
-        bucket_ms: r.bucket_ms,
-        consumer: r.consumer,
-        api: r.api,
-        method: r.method,
-        route: r.route,
-        status_class: r.status_class,
-        rollup: Rollup::from_parts(counters, &r.sketch)?,
-    })
-}
-
-/// Drains the pipeline into the store in large batches, then folds the newly stored events into
-/// the rollups. Runs until every sink is dropped.
-async fn run_writer(
-    mut rx: mpsc::Receiver<Event>,
-    store: Arc<dyn EventStore>,
-    engine: Arc<Engine>,
-    stats: Arc<PipelineStats>,
-    exporters: Arc<clientele_export::Exporters>,
-    contracts: Arc<clientele_contract::Contracts>,
-) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        // Let a batch gather before committing: one transaction (and one thread hand-off) per
-        // few milliseconds of traffic instead of per event. Measured on the gateway benchmark,
-        // committing each trickle of events cost more CPU than proxying them.
-        tokio::time::sleep(WRITE_LINGER).await;
-        while batch.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(_) => break,
-            }
-        }
-        let n = batch.len() as u64;
-        // Never waits: metrics are updated in memory and exporters' queues drop when full.
-        exporters.offer(&batch);
-        match store
-            .append_events(std::mem::replace(
-                &mut batch,
-                Vec::with_capacity(WRITE_BATCH),
-            ))
-            .await
-        {
-            Ok(fresh) => {
-                stats.stored.fetch_add(n, Ordering::Relaxed);
-                let engine = engine.clone();
-                let contracts = contracts.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    engine.ingest_events(&fresh);
-                    // Drift is counted here, off the gateway's path, from stored events only.
-                    contracts.observe(&fresh);
-                })
-                .await;
-            }
-            Err(e) => {
-                stats.store_errors.fetch_add(n, Ordering::Relaxed);
-                tracing::error!(error = %e, events = n, "could not store events");
-            }
-        }
-    }
 }
 
 /// Keeps the key index in step with the store, for changes made by other nodes or processes.
@@ -632,68 +547,6 @@ async fn report_drops(stats: Arc<PipelineStats>, shutdown: impl std::future::Fut
                 "event pipeline fell behind; events were dropped, traffic was not slowed"
             );
             last = dropped;
-        }
-    }
-}
-
-/// Hourly housekeeping: drops expired rollups from memory, archives the hour and day rollups
-/// of days about to leave the raw event retention, then deletes those raw events and expired
-/// archived rollups. Archiving comes first and moves the watermark in the same transaction, so
-/// nothing is lost or counted twice whatever the moment of a crash.
-async fn prune_events(
-    events: Arc<dyn EventStore>,
-    engine: Arc<Engine>,
-    watermark: Arc<std::sync::atomic::AtomicI64>,
-    retention_days: u32,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    let mut archived_until = watermark.load(Ordering::Relaxed);
-    loop {
-        let now = clientele_core::time::now_ms();
-        engine.prune(now);
-        let cutoff = (now - i64::from(retention_days) * DAY_MS).div_euclid(DAY_MS) * DAY_MS;
-        if cutoff > archived_until {
-            let from = archived_until;
-            let exporter = engine.clone();
-            let rows = tokio::task::spawn_blocking(move || {
-                let mut rows = exporter.export(Tier::Hour, from, cutoff);
-                rows.extend(exporter.export(Tier::Day, from, cutoff));
-                rows.into_iter().map(to_stored).collect::<Vec<_>>()
-            })
-            .await
-            .unwrap_or_default();
-            let n = rows.len();
-            match events.archive_rollups(rows, cutoff).await {
-                Ok(()) => {
-                    archived_until = cutoff;
-                    watermark.store(cutoff, Ordering::Relaxed);
-                    if n > 0 {
-                        tracing::info!(
-                            rollups = n,
-                            "archived rollups of days leaving the raw event retention"
-                        );
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "archiving rollups failed; raw events are kept until it succeeds")
-                }
-            }
-        }
-        match events.prune_events(archived_until).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, retention_days, "pruned old raw events"),
-            Err(e) => tracing::warn!(error = %e, "pruning raw events failed"),
-        }
-        let r = engine.retention();
-        for (tier, keep_ms) in [(Tier::Hour, r.hour_ms), (Tier::Day, r.day_ms)] {
-            if let Err(e) = events.prune_rollups(tier as u8, now - keep_ms).await {
-                tracing::warn!(error = %e, "pruning archived rollups failed");
-            }
-        }
-        tokio::select! {
-            () = &mut shutdown => return,
-            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
         }
     }
 }

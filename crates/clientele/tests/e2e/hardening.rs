@@ -81,26 +81,19 @@ async fn idle_connections_are_capped_and_closed_while_others_are_served() {
         closed_within(&mut over, Duration::from_secs(2)).await,
         "the 31st connection from one address is refused"
     );
-    // Another address fills the rest of the global cap; past it, connections are refused.
-    for _ in 0..29 {
+    // Another address fills the rest of the global cap.
+    for _ in 0..30 {
         silent.push(connect_from("127.0.0.3", server.gateway).await);
     }
-    // A normal client still gets answers, on the last place.
+    // The gateway is full of silent connections, yet a normal client gets answers: the oldest
+    // connection that never sent a byte is closed to make room.
     let started = Instant::now();
     let answer = raw(server.gateway, &get("/pets/1", &key)).await;
     assert_eq!(status_of(&answer), 200, "{answer}");
     assert!(started.elapsed() < Duration::from_secs(5));
-    let mut extra = Vec::new();
-    for _ in 0..2 {
-        extra.push(connect_from("127.0.0.4", server.gateway).await);
-    }
-    let mut any_refused = false;
-    for s in &mut extra {
-        any_refused |= closed_within(s, Duration::from_secs(2)).await;
-    }
     assert!(
-        any_refused,
-        "past max_connections new connections are refused"
+        closed_within(&mut silent[0], Duration::from_secs(2)).await,
+        "the oldest silent connection made room"
     );
     // The admin listener answers while the gateway is full.
     let (status, _) = server.admin(Method::GET, "/healthz", None).await;

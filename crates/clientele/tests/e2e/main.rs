@@ -5,10 +5,14 @@
 
 mod analytics;
 mod contract;
+mod durability;
 mod exports;
 mod findings;
 mod gateway;
 mod hardening;
+mod https;
 mod limits;
+mod otlp_ingest;
 mod support;
 mod ui;
+mod websocket;
