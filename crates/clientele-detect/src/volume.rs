@@ -54,6 +54,8 @@ const NOISE_DAYS: usize = 28;
 struct Flag {
     /// The window's last hour (an hour number).
     hour: i64,
+    /// When the condition began within the window (an hour number).
+    onset_hour: i64,
     window_hours: usize,
     observed: f64,
     expected: f64,
@@ -313,8 +315,24 @@ impl VolumeDetector {
                 }
                 let (x, e, ratio, z) = window(idx, w, f);
                 let z = z / noise.dispersion.sqrt();
+                // When it began: the window's first hour that is past halfway to the
+                // threshold on its own (spikes up, drops down), else the window's start.
+                let onset = |threshold: f64| {
+                    let halfway = (1.0 + threshold) / 2.0;
+                    let first = idx + 1 - w;
+                    let past = (first..=idx).find(|&i| {
+                        let r = counts[i] / expected[i].max(MIN_EXPECTED);
+                        if threshold >= 1.0 {
+                            r >= halfway
+                        } else {
+                            r <= halfway
+                        }
+                    });
+                    hist_start_hour + past.unwrap_or(first) as i64
+                };
                 let flag = |threshold: f64| Flag {
                     hour,
+                    onset_hour: onset(threshold),
                     window_hours: w,
                     observed: x,
                     expected: e,
@@ -371,10 +389,7 @@ impl VolumeDetector {
         z_crit: f64,
     ) -> Option<Finding> {
         let last = flags.last()?;
-        let first_hour = flags
-            .iter()
-            .map(|f| f.hour + 1 - f.window_hours as i64)
-            .min()?;
+        let first_hour = flags.iter().map(|f| f.onset_hour).min()?;
         let first_seen = first_hour * HOUR_MS;
         let last_seen = ((last.hour + 1) * HOUR_MS).min(ctx.now_ms);
         let peak = flags

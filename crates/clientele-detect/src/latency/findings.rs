@@ -58,11 +58,7 @@ pub(super) fn write(
             let Some(peak) = in_run.iter().max_by(|a, b| a.z.total_cmp(&b.z)) else {
                 continue;
             };
-            let first_hour = in_run
-                .iter()
-                .map(|o| o.hour + 1 - o.window_hours)
-                .min()
-                .unwrap_or(first);
+            let first_hour = in_run.iter().map(|o| o.onset_hour).min().unwrap_or(first);
             out.push(consumer_finding(
                 d, ctx, c, b, global_p95, first_hour, last, worst, peak,
             ));

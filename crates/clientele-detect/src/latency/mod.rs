@@ -48,6 +48,8 @@ struct Baseline {
 struct Obs {
     hour: i64,
     window_hours: i64,
+    /// The first hour of the window slow on its own: when the regression began.
+    onset_hour: i64,
     n: u64,
     p95: f64,
     z: f64,
@@ -135,7 +137,9 @@ impl Detector for LatencyDetector {
                     for r in row[start..=end].iter().flatten() {
                         merged.merge(r);
                     }
-                    if let Some(o) = judge_window(&merged, b.p95, threshold, z_crit, hour, w) {
+                    if let Some(mut o) = judge_window(&merged, b.p95, threshold, z_crit, hour, w) {
+                        let first_slow = hour_p95[start..=end].iter().position(|p| *p >= threshold);
+                        o.onset_hour = hourly.from_hour + (start + first_slow.unwrap_or(0)) as i64;
                         regressed.entry(*c).or_default().push(o);
                         bad.entry(hour).or_default().insert(*c);
                     }
@@ -191,6 +195,7 @@ fn judge_window(
     (z >= z_crit).then_some(Obs {
         hour,
         window_hours: w,
+        onset_hour: hour + 1 - w,
         n: merged.counters.requests,
         p95,
         z,
