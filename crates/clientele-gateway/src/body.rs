@@ -6,7 +6,7 @@
 //! handed to the connection, or when the body is dropped early (the client went away).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -46,6 +46,46 @@ impl std::fmt::Display for ClientBodyError {
 impl std::error::Error for ClientBodyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&self.0)
+    }
+}
+
+/// Why a client's request body failed on its way upstream, when it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// It grew past the configured limit.
+    TooLarge,
+    /// It could not be read (see [`ClientBodyError`]).
+    Broken,
+}
+
+/// The body's [`Fault`], shared between [`RequestBody`] and the request's lifecycle. The
+/// lifecycle reads it whatever the upstream client returned: an upstream that reads a short
+/// body may answer before the failure reaches the client's error, and the failure is still the
+/// client's.
+#[derive(Debug, Default)]
+pub struct BodyFault(AtomicU8);
+
+impl BodyFault {
+    const TOO_LARGE: u8 = 1;
+    const BROKEN: u8 = 2;
+
+    fn set(&self, fault: Fault) {
+        let v = match fault {
+            Fault::TooLarge => Self::TOO_LARGE,
+            Fault::Broken => Self::BROKEN,
+        };
+        // The first fault is the cause; a later one is its consequence.
+        let _ = self
+            .0
+            .compare_exchange(0, v, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Option<Fault> {
+        match self.0.load(Ordering::Relaxed) {
+            Self::TOO_LARGE => Some(Fault::TooLarge),
+            Self::BROKEN => Some(Fault::Broken),
+            _ => None,
+        }
     }
 }
 
@@ -105,8 +145,9 @@ pub struct RequestBody {
     counted: Arc<AtomicU64>,
     /// 0 = no limit.
     limit: u64,
-    /// Set when the limit was hit, so the event can say why the exchange failed.
-    too_large: Arc<AtomicBool>,
+    /// Set when the limit was hit or the body broke, so the event can say why the exchange
+    /// failed.
+    fault: Arc<BodyFault>,
     /// Set when the request is sampled for schema validation.
     tee: Option<Arc<Mutex<Tee>>>,
 }
@@ -116,13 +157,13 @@ impl RequestBody {
         inner: Incoming,
         counted: Arc<AtomicU64>,
         limit: u64,
-        too_large: Arc<AtomicBool>,
+        fault: Arc<BodyFault>,
     ) -> Self {
         RequestBody {
             inner,
             counted,
             limit,
-            too_large,
+            fault,
             tee: None,
         }
     }
@@ -148,7 +189,7 @@ impl Body for RequestBody {
                     let total = self.counted.fetch_add(data.len() as u64, Ordering::Relaxed)
                         + data.len() as u64;
                     if self.limit > 0 && total > self.limit {
-                        self.too_large.store(true, Ordering::Relaxed);
+                        self.fault.set(Fault::TooLarge);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(self.limit)))));
                     }
                     if let Some(tee) = &self.tee {
@@ -159,7 +200,10 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(ClientBodyError(e))))),
+            Poll::Ready(Some(Err(e))) => {
+                self.fault.set(Fault::Broken);
+                Poll::Ready(Some(Err(Box::new(ClientBodyError(e)))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

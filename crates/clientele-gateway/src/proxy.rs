@@ -20,7 +20,9 @@ use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 
-use crate::body::{BodyTooLarge, ClientBodyError, RequestBody, ResponseBody, Tee};
+use crate::body::{
+    BodyFault, BodyTooLarge, ClientBodyError, Fault, RequestBody, ResponseBody, Tee,
+};
 use crate::headers::{self as h, KeySource, PresentedKey, TraceContext};
 use crate::limiter::{Limiter, Verdict};
 
@@ -536,8 +538,8 @@ impl Gateway {
         let relative = api_relative_path(api, &path);
         let mut pending = self.sampling(api, &parts, relative, &seen.event);
         let counted = Arc::new(AtomicU64::new(0));
-        let too_large = Arc::new(AtomicBool::new(false));
-        let mut body = RequestBody::new(body, counted.clone(), limit, too_large.clone());
+        let fault = Arc::new(BodyFault::default());
+        let mut body = RequestBody::new(body, counted.clone(), limit, fault.clone());
         if let Some(tee) = pending.as_mut().and_then(|(_, tee)| tee.take()) {
             body = body.with_tee(tee);
         }
@@ -550,38 +552,21 @@ impl Gateway {
         };
         let result = tokio::time::timeout(api.timeout, client.request(upstream_req)).await;
         let upstream_ms = sent.elapsed().as_secs_f64() * 1000.0;
+        let fault = fault.get().or_else(|| match &result {
+            Ok(Err(err)) if source_is(err, |e| e.is::<BodyTooLarge>()) => Some(Fault::TooLarge),
+            Ok(Err(err)) if source_is(err, |e| e.is::<ClientBodyError>()) => Some(Fault::Broken),
+            _ => None,
+        });
+        if let Some(fault) = fault {
+            seen.event.upstream_latency_ms = Some(upstream_ms);
+            seen.event.request_bytes = counted.load(Ordering::Relaxed);
+            return self.refuse_body(seen, counted, fault, limit);
+        }
         let mut response = match result {
             Ok(Ok(resp)) => resp,
             Ok(Err(err)) => {
                 seen.event.upstream_latency_ms = Some(upstream_ms);
                 seen.event.request_bytes = counted.load(Ordering::Relaxed);
-                if too_large.load(Ordering::Relaxed) || source_is(&err, |e| e.is::<BodyTooLarge>())
-                {
-                    return self.refuse_counted(
-                        seen,
-                        counted,
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        Outcome::BodyTooLarge,
-                        "body-too-large",
-                        "Request body too large",
-                        format!(
-                            "the request body is larger than the gateway's limit of {limit} bytes"
-                        ),
-                    );
-                }
-                if source_is(&err, |e| e.is::<ClientBodyError>()) {
-                    // The client's body broke (bad chunk size, short body): its error, not the
-                    // upstream's, answered and recorded as such.
-                    return self.refuse_counted(
-                        seen,
-                        counted,
-                        StatusCode::BAD_REQUEST,
-                        Outcome::BadRequest,
-                        "bad-request-body",
-                        "Malformed request body",
-                        "the request body could not be read: check its chunked encoding or Content-Length",
-                    );
-                }
                 return self.upstream_failed(seen, counted, api, &Failure::from_client(&err));
             }
             Err(_) => {
@@ -854,6 +839,38 @@ impl Gateway {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// The client's body failed on its way upstream: its error, answered and recorded as such,
+    /// whatever the upstream made of the part it received.
+    fn refuse_body(
+        &self,
+        seen: Seen,
+        counted: Arc<AtomicU64>,
+        fault: Fault,
+        limit: u64,
+    ) -> Response<ResponseBody> {
+        match fault {
+            Fault::TooLarge => self.refuse_counted(
+                seen,
+                counted,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Outcome::BodyTooLarge,
+                "body-too-large",
+                "Request body too large",
+                format!("the request body is larger than the gateway's limit of {limit} bytes"),
+            ),
+            // A broken chunk size, a short body: the client's error, not the upstream's.
+            Fault::Broken => self.refuse_counted(
+                seen,
+                counted,
+                StatusCode::BAD_REQUEST,
+                Outcome::BadRequest,
+                "bad-request-body",
+                "Malformed request body",
+                "the request body could not be read: check its chunked encoding or Content-Length",
+            ),
+        }
+    }
+
     fn refuse_counted(
         &self,
         mut seen: Seen,
