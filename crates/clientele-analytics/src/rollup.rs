@@ -288,6 +288,16 @@ impl Rollup {
         v
     }
 
+    /// The largest latency held, an upper bound of every quantile that costs no sketch.
+    pub fn max_latency(&self) -> Option<f64> {
+        match &self.latency {
+            Digest::Inline { len, values } => {
+                values[..*len as usize].iter().copied().reduce(f64::max)
+            }
+            Digest::Sketch(s) => s.max(),
+        }
+    }
+
     /// How many latencies the rollup holds (its requests, unless it was built from samples).
     pub fn latency_samples(&self) -> u64 {
         match &self.latency {

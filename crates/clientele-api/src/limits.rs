@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use clientele_analytics::Query as AQuery;
+use clientele_analytics::{MINUTE_MS, Query as AQuery};
 use clientele_core::consumer::Consumer;
 use clientele_core::limits::{LimitOverride, LimitPolicy, LimitSlot, Periods};
 use clientele_core::time::{format_ts, now_ms};
@@ -57,6 +57,11 @@ pub struct LimitSharePoint {
     /// Allowed requests in the step over what the sustained rate allows in it; `null` when
     /// there is no rate limit.
     pub share_of_rate: Option<f64>,
+    /// The busiest moment of the step: its busiest minute's share of the rate (while the
+    /// minute tier holds the step), and at least 1 when requests were refused in it, since a
+    /// refusal means the consumer had used all of its rate at that second. A burst that is
+    /// refused many times shows here even when the step's mean is a fraction of a percent.
+    pub peak_share_of_rate: Option<f64>,
 }
 
 /// `GET /v1/consumers/{id}/limits`.
@@ -77,7 +82,8 @@ pub struct ConsumerLimits {
     pub to: String,
     pub step: String,
     pub rate_limited: u64,
-    /// The highest and the mean share of the rate limit over the window's steps.
+    /// The busiest moment's share of the rate limit over the window (the highest step
+    /// `peak_share_of_rate`), and the mean of the steps' shares.
     pub peak_share_of_rate: Option<f64>,
     pub mean_share_of_rate: Option<f64>,
     pub series: Vec<LimitSharePoint>,
@@ -179,9 +185,18 @@ fn share_series(
         api: None,
         consumers: Some([consumer.to_string()].into()),
     };
-    let capacity = policy
-        .filter(|p| p.has_rate())
-        .map(|p| p.rate_per_second * step_ms as f64 / 1000.0);
+    let rate = policy.filter(|p| p.has_rate()).map(|p| p.rate_per_second);
+    let capacity = rate.map(|r| r * step_ms as f64 / 1000.0);
+    // The busiest minute of each step, from the minute tier (empty past its retention).
+    let mut busiest: std::collections::BTreeMap<i64, u64> = Default::default();
+    if rate.is_some() && step_ms > MINUTE_MS {
+        for (ts, r) in state.engine.consumer_series(&q, consumer, MINUTE_MS) {
+            let allowed = r.counters.requests.saturating_sub(r.counters.rate_limited);
+            let step = ts - ts.rem_euclid(step_ms);
+            let e = busiest.entry(step).or_default();
+            *e = (*e).max(allowed);
+        }
+    }
     state
         .engine
         .consumer_series(&q, consumer, step_ms)
@@ -189,11 +204,18 @@ fn share_series(
         .map(|(ts, r)| {
             let k = &r.counters;
             let allowed = k.requests.saturating_sub(k.rate_limited);
+            let share = capacity.map(|c| allowed as f64 / c);
+            let peak = rate.map(|rate| {
+                let minute = busiest.get(&ts).map_or(0.0, |m| *m as f64 / (rate * 60.0));
+                let refused = if k.rate_limited > 0 { 1.0 } else { 0.0 };
+                round4(minute.max(refused).max(share.unwrap_or(0.0)))
+            });
             LimitSharePoint {
                 ts: format_ts(ts),
                 requests: k.requests,
                 rate_limited: k.rate_limited,
-                share_of_rate: capacity.map(|c| round4(allowed as f64 / c)),
+                share_of_rate: share.map(round4),
+                peak_share_of_rate: peak,
             }
         })
         .collect()
@@ -204,7 +226,10 @@ fn peak_and_mean(series: &[LimitSharePoint]) -> (Option<f64>, Option<f64>) {
     if shares.is_empty() {
         return (None, None);
     }
-    let peak = shares.iter().copied().fold(0.0, f64::max);
+    let peak = series
+        .iter()
+        .filter_map(|p| p.peak_share_of_rate.or(p.share_of_rate))
+        .fold(0.0, f64::max);
     let mean = shares.iter().sum::<f64>() / shares.len() as f64;
     (Some(peak), Some(round4(mean)))
 }

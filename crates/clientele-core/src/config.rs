@@ -166,6 +166,10 @@ impl Default for AdminConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     pub data_dir: PathBuf,
+    /// Where this node's raw-event log and hand-off ring live; `data_dir` when unset. The log has
+    /// one writer, so processes that share a `data_dir` (its SQLite control plane: consumers,
+    /// keys, findings) each need their own `event_dir`.
+    pub event_dir: Option<PathBuf>,
     /// Raw events older than this are deleted, after their hour and day rollups are archived.
     /// It also bounds back-dating: older events are refused at ingest, since they could no longer
     /// be counted exactly once.
@@ -176,6 +180,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             data_dir: PathBuf::from("./clientele-data"),
+            event_dir: None,
             raw_event_retention_days: 30,
         }
     }
@@ -465,6 +470,9 @@ impl Config {
             }
         };
         resolve(&mut self.storage.data_dir);
+        if let Some(p) = self.storage.event_dir.as_mut() {
+            resolve(p);
+        }
         if let Some(p) = self.gateway.tls_cert.as_mut() {
             resolve(p);
         }

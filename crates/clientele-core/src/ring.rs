@@ -91,10 +91,7 @@ impl Ring {
         locked.map_err(|_| {
             std::io::Error::new(
                 std::io::ErrorKind::ResourceBusy,
-                format!(
-                "{} is in use by another clientele process; give each its own [storage].data_dir",
-                    path.display()
-                ),
+                format!("{} is in use by another clientele process", path.display()),
             )
         })?;
         let existing = file.metadata()?.len();

@@ -192,17 +192,20 @@ impl Gateway {
         let sender = self.samples.as_ref()?;
         api.contract.as_ref()?;
         let consumer = event.consumer.clone()?;
+        let op = format!("{} {}", event.method, event.route);
         let (req_t, resp_t) = if api.op_samples.is_empty() {
             (api.request_sample, api.response_sample)
         } else {
-            let op = format!("{} {}", event.method, event.route);
             api.op_samples
                 .get(&op)
                 .copied()
                 .unwrap_or((api.request_sample, api.response_sample))
         };
-        let request = req_t > 0 && self.draw() < req_t;
-        let response = resp_t > 0 && self.draw() < resp_t;
+        // The first exchanges of each consumer and operation every hour are checked in full,
+        // then the rate applies: a quiet consumer is never invisible to schema checks.
+        let first = (req_t > 0 || resp_t > 0) && sender.first_of_hour(&consumer, &op, event.ts_ms);
+        let request = req_t > 0 && (first || self.draw() < req_t);
+        let response = resp_t > 0 && (first || self.draw() < resp_t);
         if !request && !response {
             return None;
         }

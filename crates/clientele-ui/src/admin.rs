@@ -755,7 +755,7 @@ pub(crate) fn limits_section(l: &ConsumerLimits, id: &str) -> String {
     if let Some(peak) = l.peak_share_of_rate {
         let _ = write!(
             out,
-            "<div><dt>Peak share of rate</dt><dd>{}</dd></div>",
+            r#"<div><dt>Peak share of rate (busiest moment)</dt><dd data-metric="limits_peak_share">{}</dd></div>"#,
             pct(peak)
         );
     }
@@ -786,11 +786,19 @@ pub(crate) fn limits_section(l: &ConsumerLimits, id: &str) -> String {
             unit: Unit::Share,
             ts: &ts,
             step_ms: step_ms_of(&l.step),
-            lines: vec![Line {
-                label: "Share of rate limit",
-                values: l.series.iter().map(|p| p.share_of_rate).collect(),
-                class: "c-purple",
-            }],
+            lines: vec![
+                Line {
+                    label: "Share of rate limit (mean of the step)",
+                    values: l.series.iter().map(|p| p.share_of_rate).collect(),
+                    class: "c-purple",
+                },
+                // Bursts: a step's mean hides the second in which requests were refused.
+                Line {
+                    label: "Peak share (busiest minute, 100% when refused)",
+                    values: l.series.iter().map(|p| p.peak_share_of_rate).collect(),
+                    class: "c-red",
+                },
+            ],
             reference: Some((1.0, "limit")),
         };
         let _ = write!(out, r#"<div class="charts">{}</div>"#, chart.render());

@@ -16,6 +16,7 @@ mod cli;
 mod client;
 mod contract;
 mod demo;
+mod demo_history;
 mod exports;
 mod findings_cli;
 mod logimport;

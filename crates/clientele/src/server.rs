@@ -93,7 +93,12 @@ pub async fn start(config: Config) -> Result<Running> {
         clientele_api::contract::persist_spec_versions(&*control, contract).await;
     }
     let finding_store: Arc<dyn FindingStore> = Arc::new(store.clone());
-    let events: Arc<dyn EventStore> = Arc::new(open_event_log(&data_dir, store).await?);
+    let event_dir = config
+        .storage
+        .event_dir
+        .clone()
+        .unwrap_or_else(|| data_dir.clone());
+    let events: Arc<dyn EventStore> = Arc::new(open_event_log(&event_dir, store).await?);
     let keys = Arc::new(KeyIndex::with_plans(
         KeyHasher::new(control.key_secret()),
         config.plans.clone(),
@@ -129,7 +134,7 @@ pub async fn start(config: Config) -> Result<Running> {
     }));
 
     let stats = Arc::new(PipelineStats::default());
-    let (sink, rx) = open_hand_off(&data_dir, config.gateway.event_queue, stats.clone())?;
+    let (sink, rx) = open_hand_off(&event_dir, config.gateway.event_queue, stats.clone())?;
     let exporters = Arc::new(
         clientele_export::Exporters::start(&config.exports, &config.outbound, Some(stats.clone()))
             .map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -339,15 +344,15 @@ async fn wait_for(mut rx: watch::Receiver<bool>) {
 const RING_BYTES_PER_EVENT: u64 = 512;
 
 /// The gateway → writer hand-off: a bounded queue whose events are also held in the
-/// memory-mapped ring `data_dir/events.ring`, so a crash of the process loses none of them.
+/// memory-mapped ring `event_dir/events.ring`, so a crash of the process loses none of them.
 /// What the previous process left in the ring is handed to the writer first. A ring that cannot
 /// be created (a full disk at start) leaves the queue without it, said loudly.
 fn open_hand_off(
-    data_dir: &Path,
+    event_dir: &Path,
     queue: usize,
     stats: Arc<PipelineStats>,
 ) -> Result<(EventSink, clientele_core::pipeline::EventReceiver)> {
-    let path = data_dir.join("events.ring");
+    let path = event_dir.join("events.ring");
     let bytes = (queue as u64 * RING_BYTES_PER_EVENT).max(1 << 20);
     match clientele_core::ring::Ring::open(&path, bytes) {
         Ok((ring, replay)) => {
@@ -362,7 +367,11 @@ fn open_hand_off(
             }
             Ok(EventSink::durable(queue, stats, ring, replay.events))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::ResourceBusy => bail!("storage.data_dir: {e}"),
+        // The ring is locked for as long as the process runs, so it also guards the event log
+        // beside it, which must have one writer.
+        Err(e) if e.kind() == std::io::ErrorKind::ResourceBusy => bail!(
+            "storage.event_dir: {e}; nodes that share a data_dir need their own [storage].event_dir"
+        ),
         Err(e) => {
             tracing::error!(file = %path.display(), error = %e, "cannot open the hand-off ring; serving without it, so a crash loses the events not yet stored");
             Ok(EventSink::bounded(queue, stats))
@@ -370,10 +379,10 @@ fn open_hand_off(
     }
 }
 
-/// Opens the event log in `data_dir/events`, the rollup archive staying in SQLite. Events an
+/// Opens the event log in `event_dir/events`, the rollup archive staying in SQLite. Events an
 /// older release kept in SQLite's `events` table are moved into the log first.
-async fn open_event_log(data_dir: &Path, sqlite: SqliteStore) -> Result<EventLog> {
-    let log = EventLog::open(&data_dir.join("events"), sqlite.clone())
+async fn open_event_log(event_dir: &Path, sqlite: SqliteStore) -> Result<EventLog> {
+    let log = EventLog::open(&event_dir.join("events"), sqlite.clone())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let moved = log
         .adopt_sqlite_events(&sqlite)

@@ -248,14 +248,18 @@ async fn every_request_produces_one_event_with_its_details() {
 async fn revocation_takes_effect_within_a_second_on_this_node_and_on_another_sharing_the_store() {
     let up = start_upstream().await;
     let a = Server::start(up.addr, "").await;
-    // Node B: another process on the same data dir, learning of changes only from the store.
+    // Node B: another process on the same data dir (its control plane), with its own event log,
+    // learning of changes only from the store.
     let config = std::fs::read_to_string(a.dir.path().join("clientele.toml")).unwrap();
     let data = a.dir.path().join("data");
     let b = Server::start_with(tempfile::tempdir().unwrap(), |b_gateway, b_admin| {
         config
             .replace(&a.gateway.to_string(), &b_gateway.to_string())
             .replace(&a.admin.to_string(), &b_admin.to_string())
-            .replace("data_dir = \"data\"", &format!("data_dir = {data:?}"))
+            .replace(
+                "data_dir = \"data\"",
+                &format!("data_dir = {data:?}\nevent_dir = \"events-b\""),
+            )
     })
     .await;
 
@@ -943,10 +947,11 @@ fn the_demo_runs_and_shows_the_failing_integration() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_clientele"))
         .args([
             "demo",
+            // The backfill comes first; then 25 s of live traffic, two periodic evaluations.
             "--duration",
-            "7",
+            "25",
             "--report-every",
-            "3",
+            "5",
             "--gateway-listen",
             "127.0.0.1:0",
             "--admin-listen",
@@ -994,4 +999,43 @@ fn the_demo_runs_and_shows_the_failing_integration() {
         .expect("umbrella row");
     let limited: u64 = umbrella.split_whitespace().nth(6).unwrap().parse().unwrap();
     assert!(limited > 0, "{umbrella}");
+    // Two weeks of history are backfilled first, so every finding kind the detectors have
+    // shows in the printed findings, each on the consumer that earned it.
+    assert!(stdout.contains("events of two weeks' history"), "{stdout}");
+    let findings: std::collections::BTreeSet<(String, String)> = stdout
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let rest = l.strip_prefix('[')?.split_once("] ")?.1;
+            let (kind, rest) = rest.split_once(" (")?;
+            let (who, _) = rest.split_once("): ")?;
+            Some((kind.to_string(), who.to_string()))
+        })
+        .collect();
+    let expected: std::collections::BTreeSet<(String, String)> = [
+        ("new_endpoint", "acme"),
+        ("volume_drop", "globex"),
+        ("error_spike", "initech"),
+        ("integration_errors", "initech"),
+        ("volume_spike", "umbrella"),
+        ("rate_limited", "umbrella"),
+        ("latency_regression", "stark"),
+        ("quota_pressure", "stark"),
+        ("api_errors", "API"),
+    ]
+    .into_iter()
+    .map(|(k, c)| (k.to_string(), c.to_string()))
+    .collect();
+    let missing: Vec<_> = expected.difference(&findings).collect();
+    assert!(missing.is_empty(), "missing {missing:?}\n{stdout}");
+    // And nothing invented: no other finding, and in particular not the sample API's ordinary
+    // 404s on GET /pets/{id} taken for an API problem.
+    let invented: Vec<_> = findings.difference(&expected).collect();
+    assert!(invented.is_empty(), "invented {invented:?}\n{stdout}");
+    assert!(
+        !stdout
+            .lines()
+            .any(|l| l.contains("api_errors") && l.contains("/pets/{id}")),
+        "{stdout}"
+    );
 }

@@ -198,6 +198,36 @@ async fn over_the_rate_gets_429_with_headers_and_never_reaches_the_upstream() {
     assert_eq!(status["limiter_refused"], refused);
 }
 
+/// A consumer refused many times in an hour used a sliver of its hourly allowance on average,
+/// but all of its rate at the second it was refused: the hourly step's peak share says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_refused_many_times_sees_a_high_peak_share() {
+    let up = start_upstream().await;
+    let server = Server::start(up.addr, TINY).await;
+    let (_, key) = server.consumer_with_key("acme", Some("tiny")).await;
+    let (ok, limited) = burst(&server, &key, "/pets/2", 40).await;
+    assert!(limited >= 30, "{ok} allowed, {limited} refused");
+    // Wait until the refusals are in the rollups.
+    stats_row(&server, "acme", |r| r["rate_limited"] == limited as u64).await;
+    let (status, limits) = server
+        .admin(Method::GET, "/v1/consumers/acme/limits?step=1h", None)
+        .await;
+    assert_eq!(status, 200, "{limits}");
+    let points = limits["series"].as_array().unwrap();
+    let busy = points
+        .iter()
+        .find(|p| p["rate_limited"].as_u64().unwrap_or(0) > 0)
+        .expect("a step with refusals");
+    let mean = busy["share_of_rate"].as_f64().unwrap();
+    let peak = busy["peak_share_of_rate"].as_f64().unwrap();
+    assert!(mean < 0.01, "the hour's mean share is small: {busy}");
+    assert!(peak >= 1.0, "the peak share shows the burst: {busy}");
+    assert!(
+        limits["peak_share_of_rate"].as_f64().unwrap() >= 1.0,
+        "{limits}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quota_of_20_allows_exactly_20_and_survives_a_restart() {
     let up = start_upstream().await;
@@ -332,8 +362,10 @@ async fn redis_node(
     // Point this node at the first node's store, like the shared-store test does.
     let data = first.dir.path().join("data");
     Server::start_with(tempfile::tempdir().unwrap(), |gateway, admin| {
-        config_text(gateway, admin, up, &extra)
-            .replace("data_dir = \"data\"", &format!("data_dir = {data:?}"))
+        config_text(gateway, admin, up, &extra).replace(
+            "data_dir = \"data\"",
+            &format!("data_dir = {data:?}\nevent_dir = \"events-b\""),
+        )
     })
     .await
 }
