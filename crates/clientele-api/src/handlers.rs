@@ -194,6 +194,7 @@ pub struct EventOut {
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
     pub session_id: Option<String>,
+    pub end_user: Option<String>,
     pub trace_id: Option<String>,
     pub outcome: String,
 }
@@ -217,6 +218,7 @@ impl From<Event> for EventOut {
             client_ip: e.client_ip,
             user_agent: e.user_agent,
             session_id: e.session_id,
+            end_user: e.end_user,
             trace_id: e.trace_id,
             outcome: e.outcome.as_str().to_string(),
         }
@@ -1079,9 +1081,11 @@ pub async fn ingest_events(
     let duplicates = accepted - fresh.len();
     let engine = state.engine.clone();
     let contracts = state.contracts.clone();
+    let governance = state.governance.clone();
     tokio::task::spawn_blocking(move || {
         engine.ingest_events(&fresh);
         contracts.observe(&fresh);
+        governance.observe(&fresh);
     })
     .await
     .map_err(|e| ApiError::bad_request(format!("aggregation failed: {e}")))?;

@@ -15,6 +15,7 @@ pub mod finding;
 pub mod keys;
 pub mod limits;
 pub mod pipeline;
+pub mod policy;
 pub mod problem;
 pub mod route;
 pub mod time;

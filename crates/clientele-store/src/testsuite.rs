@@ -61,6 +61,7 @@ pub fn event(id: &str, consumer: &str, ts_ms: i64, status: u16) -> Event {
         client_ip: Some("127.0.0.1".into()),
         user_agent: None,
         session_id: None,
+        end_user: None,
         trace_id: None,
         outcome: Outcome::Proxied,
         plan: Some("pro".into()),

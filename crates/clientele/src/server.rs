@@ -133,8 +133,12 @@ pub async fn start(config: Config) -> Result<Running> {
         hour_ms: i64::from(a.hour_retention_days) * DAY_MS,
         day_ms: i64::from(a.day_retention_days) * DAY_MS,
     }));
+    // Governance features are rebuilt from the raw events the replay below reads: they hold
+    // at most five weeks, which the raw retention covers by default.
+    let governance = Arc::new(clientele_governance::FeatureStore::new());
+    governance.on_blocks(block_hook(keys.clone()));
     let archived_until = Arc::new(std::sync::atomic::AtomicI64::new(
-        restore_rollups(&events, &engine, &contracts).await?,
+        restore_rollups(&events, &engine, &contracts, &governance).await?,
     ));
 
     let stats = Arc::new(PipelineStats::default());
@@ -151,6 +155,7 @@ pub async fn start(config: Config) -> Result<Running> {
         stats.clone(),
         exporters.clone(),
         contracts.clone(),
+        governance.clone(),
     ));
 
     let tls = match (&config.gateway.tls_cert, &config.gateway.tls_key) {
@@ -168,6 +173,7 @@ pub async fn start(config: Config) -> Result<Running> {
         GatewayOptions {
             trusted_proxies: config.gateway.trusted_proxies.clone(),
             session_header: config.gateway.session_header.clone(),
+            end_user_header: config.gateway.end_user_header.clone(),
             max_request_body_bytes: config.gateway.max_request_body_bytes,
             hide_credentials: true,
         },
@@ -235,6 +241,7 @@ pub async fn start(config: Config) -> Result<Running> {
             config.plans.clone(),
             alert_tx,
         )
+        .governance(governance.clone())
         .observe({
             // New and escalated findings become OTLP log records when `[exports.otlp]` has logs on.
             let export = exporters.findings();
@@ -270,6 +277,7 @@ pub async fn start(config: Config) -> Result<Running> {
         limiter_mode: limiter.mode(),
         findings,
         contracts: contracts.clone(),
+        governance: governance.clone(),
     };
     // The dashboard and portal share the admin listener; the API router keeps the fallback.
     let ui = clientele_ui::router(state.clone());
@@ -373,6 +381,7 @@ async fn restore_rollups(
     events: &Arc<dyn EventStore>,
     engine: &Arc<Engine>,
     contracts: &Arc<clientele_contract::Contracts>,
+    governance: &Arc<clientele_governance::FeatureStore>,
 ) -> Result<i64> {
     let started = Instant::now();
     let (archived, until) = events
@@ -402,9 +411,11 @@ async fn restore_rollups(
         total += page.len();
         let engine = engine.clone();
         let contracts = contracts.clone();
+        let governance = governance.clone();
         tokio::task::spawn_blocking(move || {
             engine.ingest_events(&page);
             contracts.observe(&page);
+            governance.observe(&page);
         })
         .await?;
         match next {
@@ -462,6 +473,7 @@ async fn run_writer(
     stats: Arc<PipelineStats>,
     exporters: Arc<clientele_export::Exporters>,
     contracts: Arc<clientele_contract::Contracts>,
+    governance: Arc<clientele_governance::FeatureStore>,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while let Some(first) = rx.recv().await {
@@ -490,10 +502,12 @@ async fn run_writer(
                 stats.stored.fetch_add(n, Ordering::Relaxed);
                 let engine = engine.clone();
                 let contracts = contracts.clone();
+                let governance = governance.clone();
                 let _ = tokio::task::spawn_blocking(move || {
                     engine.ingest_events(&fresh);
                     // Drift is counted here, off the gateway's path, from stored events only.
                     contracts.observe(&fresh);
+                    governance.observe(&fresh);
                 })
                 .await;
             }
@@ -503,6 +517,19 @@ async fn run_writer(
             }
         }
     }
+}
+
+/// Where the governance evaluation's block verdicts go: onto each consumer's limit slot, where
+/// the gateway reads them with one atomic load. The list is complete, so a consumer missing
+/// from it is unblocked.
+fn block_hook(keys: Arc<KeyIndex>) -> clientele_governance::features::BlockHook {
+    Box::new(move |blocks| {
+        let by_consumer: std::collections::HashMap<&str, _> =
+            blocks.iter().map(|(c, r)| (c.as_str(), *r)).collect();
+        for (consumer, slot) in keys.slots() {
+            slot.set_policy_block(by_consumer.get(consumer.as_ref()).copied());
+        }
+    })
 }
 
 /// Keeps the key index in step with the store, for changes made by other nodes or processes.
