@@ -23,6 +23,9 @@ use crate::features::{ConsumerFeatures, DAY_MS, DaySummary, FeatureStore, HOUR_M
 pub const HISTORY_DAYS: i64 = 14;
 /// Fewer days of history than this and there is no own baseline.
 pub const MIN_HISTORY_DAYS: usize = 3;
+/// How long before the judged day a routine must have begun to be the consumer's baseline:
+/// a scraper is news for its first week, a weekly job is routine by its third run.
+const ESTABLISHED_DAYS: i64 = 7;
 /// Plan peers needed before "unlike its peers" is said.
 const MIN_PEERS: usize = 3;
 
@@ -45,6 +48,8 @@ struct History {
     max_user_agents: u32,
     max_end_users: u32,
     walk_days: usize,
+    /// The earliest day of the history that walked an id space.
+    first_walk_day: Option<i64>,
     max_walk_ids: u32,
     median_active_hours: f64,
     median_requests: f64,
@@ -177,13 +182,14 @@ fn history_of(days: &[DaySummary], day: i64) -> History {
         .collect();
     let mut active: Vec<f64> = before.iter().map(|d| f64::from(d.active_hours())).collect();
     let mut requests: Vec<f64> = before.iter().map(|d| d.counts.requests as f64).collect();
-    let walks: Vec<&&DaySummary> = before.iter().filter(|d| is_walk(d)).collect();
+    let walks: Vec<&&DaySummary> = before.iter().filter(|d| walk_like(d)).collect();
     History {
         days: before.len(),
         max_networks: before.iter().map(|d| d.networks).max().unwrap_or(0),
         max_user_agents: before.iter().map(|d| d.user_agents).max().unwrap_or(0),
         max_end_users: before.iter().map(|d| d.end_users).max().unwrap_or(0),
         walk_days: walks.len(),
+        first_walk_day: walks.iter().map(|d| d.day).min(),
         max_walk_ids: walks.iter().map(|d| d.distinct_ids).max().unwrap_or(0),
         median_active_hours: median(&mut active),
         median_requests: median(&mut requests),
@@ -210,6 +216,17 @@ fn recent_active_hours(f: &ConsumerFeatures, now_ms: i64) -> u32 {
 fn is_walk(d: &DaySummary) -> bool {
     d.counts.item_requests >= 200
         && d.distinct_ids >= 150
+        && (d.counts.sequential_share() >= 0.5
+            || d.id_coverage() >= 0.5
+            || d.counts.not_found_share() >= 0.25)
+}
+
+/// The shape of a walk at any size, for the history: a consumer that always walked, even
+/// below the size judged today, has walking as its baseline (hysteresis, so that a routine
+/// hovering around the threshold does not flap between routine and news).
+fn walk_like(d: &DaySummary) -> bool {
+    d.counts.item_requests >= 50
+        && d.distinct_ids >= 30
         && (d.counts.sequential_share() >= 0.5
             || d.id_coverage() >= 0.5
             || d.counts.not_found_share() >= 0.25)
@@ -373,9 +390,12 @@ impl Judging<'_> {
         }
         let misses = d.counts.not_found_share();
         let own_baseline = if h.days >= MIN_HISTORY_DAYS {
-            // Walking most days, at no more than three times the usual breadth: the
-            // consumer's routine (a nightly sync), not news.
-            h.walk_days * 2 >= h.days && d.distinct_ids <= 3 * h.max_walk_ids.max(1)
+            // Walks repeated over at least a week before, at no more than three times their
+            // usual breadth: the consumer's routine (a nightly or weekly sync), not news.
+            let established = h.walk_days >= 2
+                && h.first_walk_day
+                    .is_some_and(|first| d.day - first >= ESTABLISHED_DAYS);
+            established && d.distinct_ids <= 3 * h.max_walk_ids.max(1)
         } else {
             // No history to judge against: only guessing ids is wrong on its face.
             misses < 0.25
@@ -432,10 +452,11 @@ impl Judging<'_> {
         let d = &c.day;
         let h = &c.history;
         let eu = d.end_users;
-        let own_eu = h.days >= MIN_HISTORY_DAYS && h.max_end_users > 0;
+        // With history, even a history of no end users is a baseline: a key that never named
+        // its end users and now names hundreds is news.
         let eu_signal = eu >= 50
-            && if own_eu {
-                eu >= 5 * h.max_end_users
+            && if h.days >= MIN_HISTORY_DAYS {
+                eu >= 5 * h.max_end_users.max(10)
             } else {
                 self.peers.count >= MIN_PEERS
                     && self.peers.end_users > 0.0
@@ -451,8 +472,10 @@ impl Judging<'_> {
             && ((h.days >= MIN_HISTORY_DAYS && h.median_active_hours <= 14.0) || office);
         let grew =
             h.days >= MIN_HISTORY_DAYS && d.counts.requests as f64 >= 2.0 * h.median_requests;
-        let flagged =
-            (eu_signal && (flat_signal || share_signal || grew)) || (flat_signal && share_signal);
+        // One signal alone has honest explanations (a campaign brings end users, a customer
+        // outgrows its plan); a change against the consumer's own past next to it does not.
+        let flagged = (eu_signal && (flat_signal || share_signal || grew))
+            || (share_signal && (flat_signal || grew));
         if !flagged {
             return None;
         }
