@@ -8,6 +8,7 @@ mod contract;
 mod exports;
 mod findings;
 mod gateway;
+mod governance;
 mod limits;
 mod support;
 mod ui;
