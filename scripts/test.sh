@@ -3,6 +3,8 @@
 # `clientele` binary against a real upstream on loopback. Installs what the tests need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Cargo's target directory, absolute (CARGO_TARGET_DIR when set: a clone may share a build).
+target_dir=$(mkdir -p "${CARGO_TARGET_DIR:-target}" && cd "${CARGO_TARGET_DIR:-target}" && pwd)
 
 need=()
 command -v openssl >/dev/null || need+=(openssl)   # TLS test: makes a self-signed certificate
@@ -18,11 +20,12 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # The exports test decodes OTLP payloads with the official protobuf definitions (PyPI
-# opentelemetry-proto). Use the system Python if it has them, else a venv under target/.
+# opentelemetry-proto). Use the system Python if it has them, else a venv in the target
+# directory (CARGO_TARGET_DIR when set, so a clone sharing a build shares the venv too).
 if python3 -c 'import opentelemetry.proto' 2>/dev/null; then
   export CLIENTELE_TEST_PYTHON=python3
 else
-  venv=target/test-venv
+  venv=$target_dir/test-venv
   if ! "$venv/bin/python" -c 'import opentelemetry.proto' 2>/dev/null; then
     echo "installing opentelemetry-proto into $venv"
     if ! python3 -m venv "$venv" 2>/dev/null; then
@@ -33,7 +36,7 @@ else
     fi
     "$venv/bin/python" -m pip install -q opentelemetry-proto
   fi
-  export CLIENTELE_TEST_PYTHON=$PWD/$venv/bin/python
+  export CLIENTELE_TEST_PYTHON=$venv/bin/python
 fi
 
 cargo test --workspace --all-targets "$@"
@@ -58,6 +61,6 @@ if [ "${CLIENTELE_SKIP_BROWSER:-0}" != 1 ]; then
       npm ci --no-audit --no-fund --loglevel=error
       touch node_modules/.installed
     fi
-    CLIENTELE_BIN="$PWD/../../target/debug/clientele" npm test --silent
+    CLIENTELE_BIN="$target_dir/debug/clientele" npm test --silent
   )
 fi

@@ -31,18 +31,21 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Adds `o`. Counters saturate rather than wrap, and the cost stays finite, so a sum that
+    /// could not be represented reads as the largest value, the same before and after a restart
+    /// (ingest bounds each event, so real traffic never gets near).
     pub fn merge(&mut self, o: &Counters) {
-        self.requests += o.requests;
-        self.s2xx += o.s2xx;
-        self.s3xx += o.s3xx;
-        self.s4xx += o.s4xx;
-        self.s5xx += o.s5xx;
-        self.rate_limited += o.rate_limited;
-        self.request_bytes += o.request_bytes;
-        self.response_bytes += o.response_bytes;
-        self.tokens_in += o.tokens_in;
-        self.tokens_out += o.tokens_out;
-        self.cost_usd += o.cost_usd;
+        self.requests = self.requests.saturating_add(o.requests);
+        self.s2xx = self.s2xx.saturating_add(o.s2xx);
+        self.s3xx = self.s3xx.saturating_add(o.s3xx);
+        self.s4xx = self.s4xx.saturating_add(o.s4xx);
+        self.s5xx = self.s5xx.saturating_add(o.s5xx);
+        self.rate_limited = self.rate_limited.saturating_add(o.rate_limited);
+        self.request_bytes = self.request_bytes.saturating_add(o.request_bytes);
+        self.response_bytes = self.response_bytes.saturating_add(o.response_bytes);
+        self.tokens_in = self.tokens_in.saturating_add(o.tokens_in);
+        self.tokens_out = self.tokens_out.saturating_add(o.tokens_out);
+        self.cost_usd = finite_sum(self.cost_usd, o.cost_usd);
     }
 
     /// The integer counters in a fixed order, for persistence; `cost_usd` travels beside them.
@@ -92,7 +95,7 @@ impl Counters {
 
     /// Responses with status >= 400.
     pub fn errors(&self) -> u64 {
-        self.s4xx + self.s5xx
+        self.s4xx.saturating_add(self.s5xx)
     }
 
     pub fn error_rate(&self) -> f64 {
@@ -102,6 +105,14 @@ impl Counters {
             self.errors() as f64 / self.requests as f64
         }
     }
+}
+
+/// `a + b`, held at `f64::MAX` instead of reaching infinity (which JSON cannot carry). A
+/// non-finite input (never admitted by ingest) counts as nothing.
+fn finite_sum(a: f64, b: f64) -> f64 {
+    let b = if b.is_finite() { b } else { 0.0 };
+    let sum = a + b;
+    if sum.is_finite() { sum } else { f64::MAX }
 }
 
 /// What one request contributes.
@@ -228,11 +239,11 @@ impl Rollup {
         if s.status == 429 {
             c.rate_limited += 1;
         }
-        c.request_bytes += s.request_bytes;
-        c.response_bytes += s.response_bytes;
-        c.tokens_in += s.tokens_in;
-        c.tokens_out += s.tokens_out;
-        c.cost_usd += s.cost_usd;
+        c.request_bytes = c.request_bytes.saturating_add(s.request_bytes);
+        c.response_bytes = c.response_bytes.saturating_add(s.response_bytes);
+        c.tokens_in = c.tokens_in.saturating_add(s.tokens_in);
+        c.tokens_out = c.tokens_out.saturating_add(s.tokens_out);
+        c.cost_usd = finite_sum(c.cost_usd, s.cost_usd);
         self.latency.add(s.latency_ms.max(0.0));
     }
 
@@ -244,6 +255,14 @@ impl Rollup {
     /// The latency at quantile `q` (0..=1), in milliseconds.
     pub fn quantile(&self, q: f64) -> Option<f64> {
         self.latency.to_sketch().quantile(q).ok().flatten()
+    }
+
+    /// How many latencies the rollup holds (its requests, unless it was built from samples).
+    pub fn latency_samples(&self) -> u64 {
+        match &self.latency {
+            Digest::Inline { len, .. } => u64::from(*len),
+            Digest::Sketch(s) => s.count() as u64,
+        }
     }
 
     /// Several quantiles at once, building the sketch of inline values only once.
@@ -276,6 +295,30 @@ impl Rollup {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn counters_saturate_and_cost_stays_finite() {
+        let mut r = Rollup::default();
+        for bytes in [1000, u64::MAX] {
+            r.add(&Sample {
+                status: 200,
+                request_bytes: bytes,
+                cost_usd: 1e308,
+                ..Sample::default()
+            });
+        }
+        assert_eq!(
+            r.counters.request_bytes,
+            u64::MAX,
+            "saturates, never wraps to 999"
+        );
+        assert!(r.counters.cost_usd.is_finite());
+        let mut c = r.counters;
+        c.merge(&r.counters);
+        assert_eq!(c.request_bytes, u64::MAX);
+        assert_eq!(c.requests, 4);
+        assert!(c.cost_usd.is_finite());
+    }
 
     fn exact_quantile(sorted: &[f64], q: f64) -> f64 {
         // The sketch answers with the value of rank floor(q * (n - 1)), like DDSketch's reference.

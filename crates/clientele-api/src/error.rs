@@ -141,8 +141,22 @@ pub struct Query<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // `?limit=` means no limit given: parameters with empty values are treated as absent,
+        // the same for every endpoint, rather than failing to parse as a number or a time.
+        let query = parts.uri.query().unwrap_or("");
+        let given: String = query
+            .split('&')
+            .filter(|pair| {
+                pair.split_once('=')
+                    .map_or(!pair.is_empty(), |(_, v)| !v.is_empty())
+            })
+            .collect::<Vec<_>>()
+            .join("&");
+        let uri: axum::http::Uri = format!("/?{given}")
+            .parse()
+            .map_err(|_| ApiError::bad_request("the query string is not valid"))?;
+        match axum::extract::Query::<T>::try_from_uri(&uri) {
             Ok(axum::extract::Query(v)) => Ok(Query(v)),
             Err(rejection) => Err(query_rejection(rejection)),
         }

@@ -380,7 +380,7 @@ pub async fn healthz() -> Json<Health> {
 
 #[utoipa::path(get, path = "/v1/status", responses((status = 200, body = Status)), security(("admin_token" = [])))]
 pub async fn status(State(state): State<AppState>) -> Json<Status> {
-    let p = state.pipeline.snapshot();
+    let p = state.pipeline.stats().snapshot();
     let e = state.engine.stats();
     let l = &state.limiter;
     Json(Status {
@@ -638,12 +638,13 @@ pub async fn revoke_key(
 }
 
 #[utoipa::path(get, path = "/v1/consumers/{id}/events", params(("id" = String, Path), EventsQuery),
-    responses((status = 200, body = EventList), (status = 400)), security(("admin_token" = [])))]
+    responses((status = 200, body = EventList), (status = 400), (status = 404)), security(("admin_token" = [])))]
 pub async fn consumer_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<EventList>, ApiError> {
+    existing_consumer(&state, &id).await?;
     let (from_ms, to_ms) = window(&q.from, &q.to)?;
     let status = q.status.as_deref().map(parse_status_filter).transpose()?;
     let limit = q.limit.unwrap_or(100);
@@ -1077,18 +1078,9 @@ pub async fn ingest_events(
     }
     ensure_consumers(&state, &events).await?;
     let accepted = events.len();
-    let fresh = state.events.append_events(events).await?;
-    let duplicates = accepted - fresh.len();
-    let engine = state.engine.clone();
-    let contracts = state.contracts.clone();
-    let governance = state.governance.clone();
-    tokio::task::spawn_blocking(move || {
-        engine.ingest_events(&fresh);
-        contracts.observe(&fresh);
-        governance.observe(&fresh);
-    })
-    .await
-    .map_err(|e| ApiError::bad_request(format!("aggregation failed: {e}")))?;
+    // The same path as the gateway's events: stored, folded, exported. Durable when it returns.
+    let fresh = state.pipeline.submit(events).await?;
+    let duplicates = accepted - fresh;
     Ok((
         StatusCode::ACCEPTED,
         Json(IngestResult {

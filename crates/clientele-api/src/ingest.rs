@@ -7,6 +7,11 @@
 //!   rejected: the first is a clock problem; for the second, its bucket may already be archived,
 //!   and the event could not be counted exactly once.
 //! - Wrong types and out-of-range values reject the event with a reason naming the field.
+//!   Every number is bounded, so no sum of them can overflow a rollup and an event reads back
+//!   from the store exactly as it was counted: `request_bytes`/`response_bytes` at most
+//!   [`MAX_BYTES`] (1 TiB), `upstream_latency_ms` like `latency_ms`, `tokens_in`/`tokens_out` at
+//!   most [`MAX_TOKENS`], `cost_usd` finite and at most [`MAX_COST_USD`]. Strings hold no
+//!   control characters (NUL included).
 //! - Unknown fields are ignored, so that shippers may send extra context (host, pod) without
 //!   losing events.
 //! - Without `id`, the id is derived from the event's content, so a retried batch or a re-run
@@ -19,6 +24,15 @@ use clientele_core::event::{Event, Outcome, content_id};
 use clientele_core::route::infer_template;
 use clientele_core::time::parse_ts_value;
 use serde_json::{Map, Value};
+
+/// The largest `request_bytes`/`response_bytes` of one event: 1 TiB.
+pub const MAX_BYTES: u64 = 1 << 40;
+/// The largest `tokens_in`/`tokens_out` of one event.
+pub const MAX_TOKENS: u64 = 1_000_000_000;
+/// The largest `cost_usd` of one event.
+pub const MAX_COST_USD: f64 = 1_000_000.0;
+/// The largest latency, in ms: one day.
+pub const MAX_LATENCY_MS: f64 = 86_400_000.0;
 
 /// Why one event of a batch was refused.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
@@ -136,16 +150,10 @@ fn parse_event(
     if !(100..=599).contains(&status) {
         return Err(format!("status {status} is not between 100 and 599"));
     }
-    let latency_ms = obj
-        .get("latency_ms")
-        .ok_or("latency_ms is required")?
-        .as_f64()
-        .ok_or("latency_ms must be a number")?;
-    if !latency_ms.is_finite() || !(0.0..=86_400_000.0).contains(&latency_ms) {
-        return Err(format!(
-            "latency_ms {latency_ms} must be between 0 and 86400000"
-        ));
+    if obj.get("latency_ms").is_none_or(Value::is_null) {
+        return Err("latency_ms is required".into());
     }
+    let latency_ms = opt_f64(obj, "latency_ms", MAX_LATENCY_MS)?.unwrap_or(0.0);
     let id = match opt_str(obj, "id")? {
         Some(id) if id.is_empty() || id.len() > 128 => {
             return Err("id must be 1-128 characters".into());
@@ -174,9 +182,9 @@ fn parse_event(
         route,
         status: status as u16,
         latency_ms,
-        upstream_latency_ms: opt_f64(obj, "upstream_latency_ms")?,
-        request_bytes: opt_u64(obj, "request_bytes")?.unwrap_or(0),
-        response_bytes: opt_u64(obj, "response_bytes")?.unwrap_or(0),
+        upstream_latency_ms: opt_f64(obj, "upstream_latency_ms", MAX_LATENCY_MS)?,
+        request_bytes: opt_u64(obj, "request_bytes", MAX_BYTES)?.unwrap_or(0),
+        response_bytes: opt_u64(obj, "response_bytes", MAX_BYTES)?.unwrap_or(0),
         client_ip: opt_str(obj, "client_ip")?.map(str::to_string),
         user_agent: opt_str(obj, "user_agent")?.map(|s| s.chars().take(512).collect()),
         session_id: opt_str(obj, "session_id")?.map(str::to_string),
@@ -193,16 +201,16 @@ fn parse_event(
         team: opt_str(obj, "team")?.map(str::to_string),
         use_case: opt_str(obj, "use_case")?.map(str::to_string),
         model: opt_str(obj, "model")?.map(str::to_string),
-        tokens_in: opt_u64(obj, "tokens_in")?,
-        tokens_out: opt_u64(obj, "tokens_out")?,
-        cost_usd: opt_f64(obj, "cost_usd")?,
+        tokens_in: opt_u64(obj, "tokens_in", MAX_TOKENS)?,
+        tokens_out: opt_u64(obj, "tokens_out", MAX_TOKENS)?,
+        cost_usd: opt_f64(obj, "cost_usd", MAX_COST_USD)?,
     })
 }
 
 fn req_str<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<&'a str, String> {
     match obj.get(field) {
         None | Some(Value::Null) => Err(format!("{field} is required")),
-        Some(Value::String(s)) => Ok(s),
+        Some(Value::String(s)) => no_controls(field, s),
         Some(_) => Err(format!("{field} must be a string")),
     }
 }
@@ -210,28 +218,44 @@ fn req_str<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<&'a str, Stri
 fn opt_str<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<Option<&'a str>, String> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.len() <= 2048 => Ok(Some(s)),
+        Some(Value::String(s)) if s.len() <= 2048 => no_controls(field, s).map(Some),
         Some(Value::String(_)) => Err(format!("{field} is longer than 2048 characters")),
         Some(_) => Err(format!("{field} must be a string")),
     }
 }
 
-fn opt_u64(obj: &Map<String, Value>, field: &str) -> Result<Option<u64>, String> {
-    match obj.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| format!("{field} must be a non-negative integer")),
+/// `s`, unless it holds a control character (NUL, newline, ESC...), which would corrupt logs,
+/// exports and terminals downstream.
+fn no_controls<'a>(field: &str, s: &'a str) -> Result<&'a str, String> {
+    match s.chars().position(char::is_control) {
+        None => Ok(s),
+        Some(at) => Err(format!(
+            "{field} holds a control character at position {at}; remove or percent-encode it"
+        )),
     }
 }
 
-fn opt_f64(obj: &Map<String, Value>, field: &str) -> Result<Option<f64>, String> {
+fn opt_u64(obj: &Map<String, Value>, field: &str, max: u64) -> Result<Option<u64>, String> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if n <= max => Ok(Some(n)),
+            Some(n) => Err(format!("{field} {n} is more than the maximum of {max}")),
+            None => Err(format!(
+                "{field} must be an integer from 0 to {max} (got {v})"
+            )),
+        },
+    }
+}
+
+fn opt_f64(obj: &Map<String, Value>, field: &str, max: f64) -> Result<Option<f64>, String> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_f64() {
-            Some(x) if x.is_finite() && x >= 0.0 => Ok(Some(x)),
-            _ => Err(format!("{field} must be a non-negative number")),
+            Some(x) if x.is_finite() && (0.0..=max).contains(&x) => Ok(Some(x)),
+            _ => Err(format!(
+                "{field} must be a number from 0 to {max} (got {v})"
+            )),
         },
     }
 }
@@ -273,6 +297,43 @@ not json
         assert!(reasons[2].1.contains("status must be an integer"));
         assert!(reasons[3].1.contains("future"));
         assert!(reasons[4].1.contains("ts is required"));
+    }
+
+    #[test]
+    fn every_number_is_bounded_and_strings_hold_no_controls() {
+        let line = |extra: &str| {
+            format!(
+                r#"{{"ts":1767225600000,"consumer":"acme","method":"GET","path":"/a","status":200,"latency_ms":1{extra}}}"#
+            )
+        };
+        let cases = [
+            (r#","request_bytes":18446744073709551615"#, "request_bytes"),
+            (r#","response_bytes":1099511627777"#, "response_bytes"),
+            (r#","request_bytes":-1"#, "request_bytes"),
+            (r#","upstream_latency_ms":1e300"#, "upstream_latency_ms"),
+            (r#","tokens_in":10000000000"#, "tokens_in"),
+            (r#","tokens_out":1.5"#, "tokens_out"),
+            (r#","cost_usd":1e308"#, "cost_usd"),
+            (r#","latency_ms":86400001"#, "latency_ms"),
+            (r#","status":99"#, "status"),
+            (r#","status":600"#, "status"),
+            (r#","path":"/a\u0000b""#, "path"),
+            (r#","user_agent":"x\u001b[31m""#, "user_agent"),
+        ];
+        for (extra, field) in cases {
+            let text = line(extra);
+            let (events, rejected) = parse_batch(text.as_bytes(), true, B).unwrap();
+            assert!(events.is_empty(), "{extra} was accepted");
+            assert!(
+                rejected[0].error.contains(field),
+                "{extra}: {}",
+                rejected[0].error
+            );
+        }
+        let ok =
+            line(r#","request_bytes":1099511627776,"cost_usd":1000000,"upstream_latency_ms":5"#);
+        let (events, _) = parse_batch(ok.as_bytes(), true, B).unwrap();
+        assert_eq!(events[0].request_bytes, MAX_BYTES);
     }
 
     #[test]

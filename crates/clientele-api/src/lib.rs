@@ -12,11 +12,10 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use clientele_analytics::Engine;
 use clientele_core::keys::KeyIndex;
-use clientele_core::pipeline::PipelineStats;
 use clientele_store::{ControlStore, EventStore};
 
 pub mod contract;
@@ -37,7 +36,9 @@ pub struct AppState {
     pub events: Arc<dyn EventStore>,
     pub keys: Arc<KeyIndex>,
     pub admin_token: Arc<str>,
-    pub pipeline: Arc<PipelineStats>,
+    /// The one event path (store, rollups, contracts, exporters) ingest submits to; its
+    /// counters are the pipeline's.
+    pub pipeline: clientele_app::Pipeline,
     /// Plan names from the config; consumers may only be put on these.
     pub plans: Arc<BTreeSet<String>>,
     pub started: Instant,
@@ -127,7 +128,26 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::map_response(plain_errors_as_problems))
         .with_state(state)
+}
+
+/// axum's own body-limit answer is plain text; every error of this API is problem+json.
+async fn plain_errors_as_problems(response: Response) -> Response {
+    let is_problem = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE && !is_problem {
+        return ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Request body too large",
+            "the body is larger than [admin].max_body_bytes; send less per request",
+        )
+        .into_response();
+    }
+    response
 }
 
 /// Checks `Authorization: Bearer <admin token>` in constant time.

@@ -274,8 +274,16 @@ pub async fn get_limits(
 pub async fn put_limits(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Json(body): Json<LimitOverride>,
+    Json(body): Json<serde_json::Value>,
 ) -> Result<Json<ConsumerLimits>, ApiError> {
+    // An array would deserialize as an empty override and silently wipe every limit set.
+    if !body.is_object() {
+        return Err(ApiError::unprocessable(
+            "the body must be a JSON object of limits, e.g. {\"rate_per_second\": 10}; to remove every override, send DELETE",
+        ));
+    }
+    let body: LimitOverride = serde_json::from_value(body)
+        .map_err(|e| ApiError::unprocessable(format!("limits: {e}")))?;
     check_limits(&Some(body.clone()))?;
     let mut consumer = existing_consumer(&state, &id).await?;
     consumer.limits = Some(body).filter(|l| !l.is_empty());

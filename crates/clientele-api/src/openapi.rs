@@ -38,7 +38,7 @@ use crate::{contract, findings, governance, handlers, limits};
         governance::risk,
         governance::features,
     ),
-    modifiers(&AdminToken)
+    modifiers(&AdminToken, &StandardErrors)
 )]
 pub struct ApiDoc;
 
@@ -51,6 +51,77 @@ impl Modify for AdminToken {
             "admin_token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// The error answers every operation can give, listed so that clients (and schemathesis) find
+/// them documented: 401 where the admin token is required, 400 for a malformed query or path
+/// parameter, and 413/415/422 where there is a request body. All are problem+json.
+struct StandardErrors;
+
+impl Modify for StandardErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let text = || ObjectBuilder::new().schema_type(Type::String);
+        components.schemas.insert(
+            "Problem".into(),
+            ObjectBuilder::new()
+                .description(Some("An RFC 9457 problem (application/problem+json)."))
+                .property("type", text())
+                .property("title", text())
+                .property("status", ObjectBuilder::new().schema_type(Type::Integer))
+                .property("detail", text())
+                .property("instance", text())
+                .required("type")
+                .required("title")
+                .required("status")
+                .into(),
+        );
+        let problem = |what: &str| {
+            ResponseBuilder::new()
+                .description(what)
+                .content(
+                    clientele_core::problem::CONTENT_TYPE,
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                item.get.as_mut(),
+                item.put.as_mut(),
+                item.post.as_mut(),
+                item.patch.as_mut(),
+                item.delete.as_mut(),
+            ];
+            for op in operations.into_iter().flatten() {
+                let mut add = |code: &str, what: &str| {
+                    op.responses
+                        .responses
+                        .entry(code.to_string())
+                        .or_insert_with(|| problem(what).into());
+                };
+                if path != "/healthz" {
+                    add("400", "a malformed parameter");
+                }
+                let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+                if secured {
+                    add("401", "missing or wrong admin token");
+                }
+                if op.request_body.is_some() {
+                    add("413", "body over [admin].max_body_bytes");
+                    add("415", "the body's Content-Type is not the one documented");
+                    add(
+                        "422",
+                        "the body is well-formed but its values are not acceptable",
+                    );
+                }
+            }
+        }
     }
 }
 

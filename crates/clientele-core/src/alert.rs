@@ -206,6 +206,14 @@ pub struct DetectionConfig {
     pub interval_secs: u64,
     /// Hours each periodic evaluation looks back over (its own late events included).
     pub lookback_hours: u32,
+    /// `[detection.volume]`: see [`crate::detection_config`] for these four.
+    pub volume: crate::detection_config::VolumeConfig,
+    /// `[detection.errors]`.
+    pub errors: crate::detection_config::ErrorsConfig,
+    /// `[detection.latency]`.
+    pub latency: crate::detection_config::LatencyConfig,
+    /// `[detection.new_endpoint]`.
+    pub new_endpoint: crate::detection_config::NewEndpointConfig,
 }
 
 impl Default for DetectionConfig {
@@ -213,6 +221,10 @@ impl Default for DetectionConfig {
         DetectionConfig {
             interval_secs: 60,
             lookback_hours: 3,
+            volume: Default::default(),
+            errors: Default::default(),
+            latency: Default::default(),
+            new_endpoint: Default::default(),
         }
     }
 }
@@ -225,7 +237,7 @@ impl DetectionConfig {
                 self.lookback_hours
             )));
         }
-        Ok(())
+        crate::detection_config::validate(self, origin)
     }
 }
 

@@ -62,6 +62,24 @@ pub struct GatewayConfig {
     /// Capacity of the hand-off between the hot path and the event pipeline. When it is full,
     /// events are dropped and counted rather than slowing traffic.
     pub event_queue: usize,
+    /// A connection that has not sent its first byte within this many seconds is closed, so
+    /// connections that never send anything cannot pile up.
+    pub first_byte_timeout_secs: u64,
+    /// Time allowed for a client to send a whole request head once it has started.
+    pub header_read_timeout_secs: u64,
+    /// A keep-alive connection with no request in flight and no bytes moving for this many
+    /// seconds is closed.
+    pub idle_timeout_secs: u64,
+    /// Open client connections at most; past it new connections are closed at once. Also
+    /// capped by the descriptor limit less `reserved_fds`.
+    pub max_connections: usize,
+    /// Open connections from one client address at most.
+    pub max_connections_per_ip: usize,
+    /// Descriptors kept back from the gateway's connections, for upstream connections, the
+    /// store, and the admin listener (so `/healthz` answers while the gateway is full).
+    pub reserved_fds: usize,
+    /// Request header fields accepted at most (HTTP/1.1); more is answered 431.
+    pub max_headers: usize,
 }
 
 impl Default for GatewayConfig {
@@ -77,7 +95,49 @@ impl Default for GatewayConfig {
             max_request_body_bytes: 64 * 1024 * 1024,
             shutdown_grace_secs: 30,
             event_queue: 65_536,
+            first_byte_timeout_secs: 10,
+            header_read_timeout_secs: 30,
+            idle_timeout_secs: 60,
+            max_connections: 25_000,
+            max_connections_per_ip: 1_024,
+            reserved_fds: 1_024,
+            max_headers: 256,
         }
+    }
+}
+
+impl GatewayConfig {
+    /// The connection limits and timeouts: each at least 1, and the per-address limit within
+    /// the global one.
+    fn validate_connections(&self, origin: &str) -> Result<(), ConfigError> {
+        let positive = [
+            ("first_byte_timeout_secs", self.first_byte_timeout_secs),
+            ("header_read_timeout_secs", self.header_read_timeout_secs),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            ("max_connections", self.max_connections as u64),
+            ("max_connections_per_ip", self.max_connections_per_ip as u64),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError(format!(
+                    "{origin}: gateway.{key}: must be at least 1 (0 would refuse every connection)"
+                )));
+            }
+        }
+        if self.max_connections_per_ip > self.max_connections {
+            return Err(ConfigError(format!(
+                "{origin}: gateway.max_connections_per_ip: {} is more than max_connections ({}); \
+                 lower it or raise max_connections",
+                self.max_connections_per_ip, self.max_connections
+            )));
+        }
+        if !(16..=65_536).contains(&self.max_headers) {
+            return Err(ConfigError(format!(
+                "{origin}: gateway.max_headers: {} is out of range; use 16 to 65536",
+                self.max_headers
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -390,6 +450,7 @@ impl Config {
         if self.gateway.event_queue == 0 {
             return err("gateway.event_queue", "must be at least 1".into());
         }
+        self.gateway.validate_connections(origin)?;
         if self.gateway.session_header.is_empty()
             || http_header_name_invalid(&self.gateway.session_header)
         {
@@ -743,6 +804,35 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "test.toml", Path::new("/etc/clientele"))
+    }
+
+    #[test]
+    fn connection_limits_are_validated_by_key() {
+        let c = parse("").unwrap();
+        assert_eq!(c.gateway.max_headers, 256);
+        assert_eq!(c.gateway.first_byte_timeout_secs, 10);
+        for (text, key) in [
+            (
+                "[gateway]\nidle_timeout_secs = 0\n",
+                "gateway.idle_timeout_secs",
+            ),
+            (
+                "[gateway]\nmax_connections = 0\n",
+                "gateway.max_connections",
+            ),
+            (
+                "[gateway]\nmax_connections = 10\nmax_connections_per_ip = 11\n",
+                "gateway.max_connections_per_ip",
+            ),
+            ("[gateway]\nmax_headers = 3\n", "gateway.max_headers"),
+            (
+                "[gateway]\nfirst_byte_timeout_secs = 0\n",
+                "gateway.first_byte_timeout_secs",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.0.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

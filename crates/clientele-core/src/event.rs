@@ -26,6 +26,9 @@ pub enum Outcome {
     LimiterUnavailable,
     /// The request body was larger than allowed.
     BodyTooLarge,
+    /// The request itself was malformed (a bad path, a broken chunked body, a missing or
+    /// repeated Host): the client's error, answered 400 or similar by the gateway.
+    BadRequest,
     /// The upstream could not be reached (502).
     UpstreamUnreachable,
     /// The upstream did not answer in time (504).
@@ -54,6 +57,7 @@ impl Outcome {
             Outcome::QuotaExceeded => "quota_exceeded",
             Outcome::LimiterUnavailable => "limiter_unavailable",
             Outcome::BodyTooLarge => "body_too_large",
+            Outcome::BadRequest => "bad_request",
             Outcome::UpstreamUnreachable => "upstream_unreachable",
             Outcome::UpstreamTimeout => "upstream_timeout",
             Outcome::UpstreamAborted => "upstream_aborted",
@@ -75,6 +79,7 @@ impl Outcome {
             "quota_exceeded" => Outcome::QuotaExceeded,
             "limiter_unavailable" => Outcome::LimiterUnavailable,
             "body_too_large" => Outcome::BodyTooLarge,
+            "bad_request" => Outcome::BadRequest,
             "upstream_unreachable" => Outcome::UpstreamUnreachable,
             "upstream_timeout" => Outcome::UpstreamTimeout,
             "upstream_aborted" => Outcome::UpstreamAborted,

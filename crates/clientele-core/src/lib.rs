@@ -9,6 +9,7 @@
 pub mod alert;
 pub mod config;
 pub mod consumer;
+pub mod detection_config;
 pub mod event;
 pub mod exports_config;
 pub mod finding;
@@ -17,5 +18,10 @@ pub mod limits;
 pub mod pipeline;
 pub mod policy;
 pub mod problem;
+pub mod ratelog;
 pub mod route;
 pub mod time;
+
+// For the `warn_every!`/`error_every!` macros, so their callers need no tracing import.
+#[doc(hidden)]
+pub use tracing as __tracing;

@@ -12,13 +12,16 @@
 //! store updates them instead of repeating them.
 //!
 //! Baselines are medians (robust to the anomalies they must find), seasonal by hour of day and
-//! day of week when the history allows, with fallbacks for young consumers and minimum volumes
-//! below which nothing is judged.
+//! day of week when the history allows, with fallbacks for young consumers. Evidence accumulates
+//! over windows of several lengths (`[detection.*] windows_hours`), each judged with a
+//! likelihood-ratio test at a significance corrected for the number of tests per consumer-day,
+//! so quiet consumers are judged too: there is no per-hour volume below which nothing is seen.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use clientele_analytics::{DAY_MS, Engine, HOUR_MS};
+use clientele_core::alert::DetectionConfig;
 use clientele_core::config::PlanConfig;
 use clientele_core::consumer::Consumer;
 use clientele_core::finding::Finding;
@@ -29,6 +32,7 @@ mod governance;
 mod latency;
 mod limits;
 mod new_endpoint;
+mod seasonal;
 pub mod stats;
 mod text;
 mod volume;
@@ -155,13 +159,19 @@ impl Registry {
         Registry::default()
     }
 
-    /// Every built-in detector. Register a new detector here with one more `.with(...)`.
+    /// Every built-in detector with the default thresholds.
     pub fn standard() -> Registry {
+        Registry::configured(&DetectionConfig::default())
+    }
+
+    /// Every built-in detector, with the thresholds of `[detection.*]`. Register a new detector
+    /// here with one more `.with(...)`.
+    pub fn configured(config: &DetectionConfig) -> Registry {
         Registry::new()
-            .with(VolumeDetector::default())
-            .with(NewEndpointDetector::default())
-            .with(ErrorDetector::default())
-            .with(LatencyDetector::default())
+            .with(VolumeDetector::new(config.volume.clone()))
+            .with(NewEndpointDetector::new(config.new_endpoint.clone()))
+            .with(ErrorDetector::new(config.errors.clone()))
+            .with(LatencyDetector::new(config.latency.clone()))
             .with(LimitDetector::default())
             .with(GovernanceDetector)
     }

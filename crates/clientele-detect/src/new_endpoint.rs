@@ -2,10 +2,11 @@
 //!
 //! A consumer expanding its integration is good news for an account manager; a key calling a
 //! spread of endpoints it never used may be compromised. Young consumers (everything is new to
-//! them) are not judged, a route needs a few requests before it counts,; a route new to the whole API
+//! them) are not judged, a route needs a few requests before it counts, and a route new to the whole API
 //! is reported as the adoption of a new feature, not as a possible compromise.
 
 use clientele_analytics::{DAY_MS, HOUR_MS, SeriesIds, Tier, detector_errors};
+use clientele_core::detection_config::NewEndpointConfig;
 use clientele_core::finding::{Finding, FindingKind, Severity};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde_json::json;
@@ -13,25 +14,29 @@ use serde_json::json;
 use crate::text::{count, pct, ts, when};
 use crate::{Detector, EvalContext, new_finding_id};
 
+/// Thresholds from `[detection.new_endpoint]` (`history_days` is bounded by the day tier's
+/// retention).
 #[derive(Debug, Clone)]
 pub struct NewEndpointDetector {
-    /// How far back "never called" looks (bounded by the day tier's retention).
-    pub history_days: i64,
-    /// A consumer younger than this is not judged.
-    pub min_consumer_age_days: i64,
-    /// Requests on the new route, within the window, before it counts.
-    pub min_requests: u64,
-    /// This many new routes at once for one consumer is a warning, not news.
-    pub warn_new_routes: usize,
+    history_days: i64,
+    min_consumer_age_days: i64,
+    min_requests: u64,
+    warn_new_routes: usize,
 }
 
 impl Default for NewEndpointDetector {
     fn default() -> Self {
+        NewEndpointDetector::new(NewEndpointConfig::default())
+    }
+}
+
+impl NewEndpointDetector {
+    pub fn new(c: NewEndpointConfig) -> NewEndpointDetector {
         NewEndpointDetector {
-            history_days: 28,
-            min_consumer_age_days: 3,
-            min_requests: 3,
-            warn_new_routes: 3,
+            history_days: i64::from(c.history_days),
+            min_consumer_age_days: i64::from(c.min_consumer_age_days),
+            min_requests: c.min_requests,
+            warn_new_routes: c.warn_new_routes as usize,
         }
     }
 }

@@ -118,6 +118,8 @@ pub struct Poster {
     timeout: Duration,
     max_retries: u32,
     headers: Arc<Vec<(http::HeaderName, http::HeaderValue)>>,
+    /// A down endpoint fails every batch: one warning per interval, with the count.
+    failures: Arc<clientele_core::ratelog::Every>,
 }
 
 /// First retry delay; doubled each time up to [`MAX_BACKOFF`].
@@ -144,6 +146,7 @@ impl Poster {
             timeout: Duration::from_millis(d.timeout_ms),
             max_retries: d.max_retries,
             headers: Arc::new(parsed),
+            failures: Arc::new(clientele_core::ratelog::Every::new(Duration::from_secs(10))),
         })
     }
 
@@ -183,13 +186,19 @@ impl Poster {
                 Ok(s) if (200..300).contains(&s) => return true,
                 Ok(s) if s == 429 || s >= 500 => format!("status {s}"),
                 Ok(s) => {
-                    tracing::warn!(exporter, url, status = s, "export refused; batch dropped");
+                    clientele_core::warn_every!(
+                        self.failures,
+                        exporter,
+                        url,
+                        status = s,
+                        "export refused; batch dropped"
+                    );
                     return false;
                 }
                 Err(e) => e,
             };
             if attempt == self.max_retries {
-                tracing::warn!(exporter, url, error = %reason, attempts = attempt + 1, "export failed; batch dropped");
+                clientele_core::warn_every!(self.failures, exporter, url, error = %reason, attempts = attempt + 1, "export failed; batch dropped");
                 return false;
             }
             stats.retries.fetch_add(1, Ordering::Relaxed);

@@ -262,14 +262,23 @@ impl Exporters {
                     s.keep,
                 )));
                 let sink = label.clone();
+                // A full disk fails every batch: one warning per interval, with the count.
+                let failures = Arc::new(clientele_core::ratelog::Every::new(
+                    std::time::Duration::from_secs(10),
+                ));
                 deliver::spawn_worker(&d, stats, move |batch: Vec<Event>| {
-                    let (file, fields, sink, path) =
-                        (file.clone(), fields.clone(), sink.clone(), path.clone());
+                    let (file, fields, sink, path, failures) = (
+                        file.clone(),
+                        fields.clone(),
+                        sink.clone(),
+                        path.clone(),
+                        failures.clone(),
+                    );
                     async move {
                         match logs::write_file_batch(file, batch, fields).await {
                             Ok(()) => true,
                             Err(e) => {
-                                tracing::warn!(exporter = %sink, path = %path.display(), error = %e, "log file write failed; batch dropped");
+                                clientele_core::warn_every!(failures, exporter = %sink, path = %path.display(), error = %e, "log file write failed; batch dropped");
                                 false
                             }
                         }

@@ -12,8 +12,10 @@
 //! a sink it is given.
 
 mod body;
+pub mod conn;
 mod headers;
 pub mod limiter;
+pub mod path;
 pub mod proxy;
 pub mod server;
 

@@ -21,7 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use ipnet::IpNet;
 
-use crate::body::{BodyTooLarge, RequestBody, ResponseBody, Tee};
+use crate::body::{BodyTooLarge, ClientBodyError, RequestBody, ResponseBody, Tee};
 use crate::headers::{self as h, KeySource, PresentedKey, TraceContext};
 use crate::limiter::{Limiter, Verdict};
 
@@ -248,6 +248,31 @@ impl Gateway {
             .find(|api| prefix_matches(&api.prefix, path))
     }
 
+    /// Phase 0 ([`crate::path`]): refuses malformed heads, normalises the path and routes it.
+    /// A path whose `..` segments leave the prefix of the API it addressed is refused, so
+    /// `/pub/../secret` cannot reach what `/pub` does not expose.
+    fn check_and_route(
+        &self,
+        parts: &http::request::Parts,
+    ) -> Result<(String, Option<&Api>), crate::path::Refused> {
+        let normal = crate::path::check_request(parts)?;
+        let api = self.route(&normal.path);
+        if let Some(addressed) = normal.before_dot_dot.as_deref().and_then(|p| self.route(p)) {
+            if !prefix_matches(&addressed.prefix, &normal.path) {
+                return Err(crate::path::Refused {
+                    status: StatusCode::BAD_REQUEST,
+                    slug: "bad-path",
+                    title: "Invalid request path",
+                    detail: format!(
+                        "the path's '..' segments climb above the prefix {} of the {} API",
+                        addressed.prefix, addressed.name
+                    ),
+                });
+            }
+        }
+        Ok((normal.path.into_owned(), api))
+    }
+
     /// Handles one request from start to response head. The body streams afterwards; the
     /// event is emitted by the response body when it completes.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
@@ -264,7 +289,6 @@ impl Gateway {
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
-        let path = parts.uri.path().to_string();
         let trace = h::parse_traceparent(&parts.headers).unwrap_or_else(|| TraceContext {
             trace_id: random_id128(),
             flags: "01".to_string(),
@@ -287,7 +311,7 @@ impl Gateway {
                 key_id: None,
                 api: None,
                 method: parts.method.as_str().to_string(),
-                path: truncate(&path, 2048),
+                path: truncate(parts.uri.path(), 2048),
                 route: String::new(),
                 status: 0,
                 latency_ms: 0.0,
@@ -310,8 +334,23 @@ impl Gateway {
             },
         };
 
+        // Phase 0: is the request well-formed? From here on, only the normalised path is used.
+        let (path, api) = match self.check_and_route(&parts) {
+            Ok(checked) => checked,
+            Err(r) => {
+                return self.refuse(
+                    seen,
+                    r.status,
+                    Outcome::BadRequest,
+                    r.slug,
+                    r.title,
+                    r.detail,
+                );
+            }
+        };
+        seen.event.path = truncate(&path, 2048);
+
         // Phase 1: who is calling?
-        let api = self.route(&path);
         if let Some(api) = api {
             seen.event.api = Some(api.name.to_string());
             let relative = api_relative_path(api, &path);
@@ -509,6 +548,19 @@ impl Gateway {
                         format!(
                             "the request body is larger than the gateway's limit of {limit} bytes"
                         ),
+                    );
+                }
+                if source_is(&err, |e| e.is::<ClientBodyError>()) {
+                    // The client's body broke (bad chunk size, short body): its error, not the
+                    // upstream's, answered and recorded as such.
+                    return self.refuse_counted(
+                        seen,
+                        counted,
+                        StatusCode::BAD_REQUEST,
+                        Outcome::BadRequest,
+                        "bad-request-body",
+                        "Malformed request body",
+                        "the request body could not be read: check its chunked encoding or Content-Length",
                     );
                 }
                 tracing::debug!(api = %api.name, error = %err, "upstream request failed");

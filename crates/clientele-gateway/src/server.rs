@@ -16,6 +16,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use clientele_core::config::GatewayConfig;
+use clientele_core::ratelog::Every;
+
+use crate::conn::{
+    Busy, BusyBody, BusyGuard, ConnLimits, IdleIo, IdleTimeouts, Refusal, descriptor_budget,
+};
 use crate::proxy::Gateway;
 
 /// Certificate and key files for TLS termination.
@@ -51,11 +57,59 @@ pub fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor, String> {
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
     pub max_header_bytes: usize,
+    /// Header fields per request at most (HTTP/1.1).
+    pub max_headers: usize,
     /// Time allowed for in-flight requests after shutdown begins.
     pub grace: Duration,
     /// Time allowed for a client to send a request head.
     pub header_read_timeout: Duration,
+    pub idle: IdleTimeouts,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Descriptors kept back from client connections (see [`descriptor_budget`]).
+    pub reserved_fds: usize,
 }
+
+impl ServeSettings {
+    pub fn from_config(c: &GatewayConfig) -> ServeSettings {
+        ServeSettings {
+            max_header_bytes: c.max_header_bytes,
+            max_headers: c.max_headers,
+            grace: Duration::from_secs(c.shutdown_grace_secs),
+            header_read_timeout: Duration::from_secs(c.header_read_timeout_secs),
+            idle: IdleTimeouts {
+                first_byte: Duration::from_secs(c.first_byte_timeout_secs),
+                idle: Duration::from_secs(c.idle_timeout_secs),
+            },
+            max_connections: c.max_connections,
+            max_connections_per_ip: c.max_connections_per_ip,
+            reserved_fds: c.reserved_fds,
+        }
+    }
+
+    /// The connection caps, the global one lowered to what the descriptor limit allows.
+    fn limits(&self) -> Arc<ConnLimits> {
+        let mut max = self.max_connections;
+        if let Some(budget) = descriptor_budget(self.reserved_fds) {
+            if budget < max {
+                tracing::warn!(
+                    max_connections = max,
+                    allowed = budget,
+                    reserved_fds = self.reserved_fds,
+                    "the descriptor limit (ulimit -n) leaves room for fewer connections than \
+                     gateway.max_connections; raise the limit or lower max_connections"
+                );
+                max = budget.max(1);
+            }
+        }
+        ConnLimits::new(max, self.max_connections_per_ip.min(max))
+    }
+}
+
+/// Accept errors (usually EMFILE) wait this long at first, doubling up to `MAX_ACCEPT_BACKOFF`,
+/// so a full descriptor table does not spin the accept loop.
+const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then stops accepting and waits
 /// up to `grace` for open connections to finish their in-flight requests.
@@ -72,6 +126,7 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
+        .max_headers(settings.max_headers)
         // hyper refuses heads larger than its read buffer with 431.
         .max_buf_size(settings.max_header_bytes.max(8192));
     builder
@@ -81,25 +136,53 @@ pub async fn serve(
         .max_concurrent_streams(256);
 
     let graceful = GracefulShutdown::new();
+    let limits = settings.limits();
+    let accept_errors = Every::new(Duration::from_secs(10));
+    let refused = Every::new(Duration::from_secs(10));
+    let mut backoff = MIN_ACCEPT_BACKOFF;
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok(pair) => {
+                    backoff = MIN_ACCEPT_BACKOFF;
+                    pair
+                }
                 Err(e) => {
-                    // Usually out of file descriptors: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Usually out of descriptors: back off instead of spinning, and say so once
+                    // per interval rather than once per attempt.
+                    clientele_core::warn_every!(accept_errors, error = %e, open = limits.open(), "accept failed; backing off");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
                     continue;
                 }
             },
             () = &mut shutdown => break,
         };
+        let guard = match limits.admit(peer.ip()) {
+            Ok(guard) => guard,
+            Err(why) => {
+                // Closing at once frees the descriptor; the client sees a reset and may retry.
+                let cap = match why {
+                    Refusal::Total => "max_connections",
+                    Refusal::PerIp => "max_connections_per_ip",
+                };
+                clientele_core::warn_every!(refused, %peer, cap, open = limits.open(), "connection refused: gateway.{cap} reached");
+                drop(stream);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
+        let busy = Arc::new(Busy::default());
+        let stream = IdleIo::new(stream, settings.idle, busy.clone(), guard);
         let gw = gateway.clone();
         let service = service_fn(move |req| {
             let gw = gw.clone();
-            async move { Ok::<_, Infallible>(gw.handle(req, peer).await) }
+            let busy = BusyGuard::new(&busy);
+            async move {
+                let response = gw.handle(req, peer).await;
+                Ok::<_, Infallible>(response.map(|body| BusyBody::new(body, busy)))
+            }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();

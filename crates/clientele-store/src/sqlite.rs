@@ -910,25 +910,16 @@ impl EventStore for SqliteStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn passes_the_shared_suite() {
-        let dir = std::env::temp_dir().join(format!(
-            "clientele-store-test-{}",
-            clientele_core::event::random_id128()
-        ));
-        let store = SqliteStore::open(&dir).unwrap();
-        crate::testsuite::control_store_suite(&store).await;
-        crate::testsuite::event_store_suite(&store).await;
-        crate::testsuite::finding_store_suite(&store).await;
-        // Reopening keeps everything, including the key secret.
-        let secret = store.key_secret();
-        drop(store);
-        let reopened = SqliteStore::open(&dir).unwrap();
-        assert_eq!(reopened.key_secret(), secret);
-        assert!(reopened.get_consumer("acme").await.unwrap().is_some());
-        let _ = std::fs::remove_dir_all(dir);
+impl crate::testsuite::Backend for SqliteStore {
+    fn open_in(dir: &Path) -> Self {
+        #[allow(clippy::unwrap_used)]
+        SqliteStore::open(dir).unwrap()
     }
 }
+
+#[cfg(test)]
+crate::control_store_suite!(sqlite_control, SqliteStore);
+#[cfg(test)]
+crate::event_store_suite!(sqlite_events, SqliteStore);
+#[cfg(test)]
+crate::finding_store_suite!(sqlite_findings, SqliteStore);

@@ -9,28 +9,22 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clientele_analytics::{Counters, DAY_MS, Engine, ExportedRollup, Retention, Rollup, Tier};
+use clientele_analytics::{DAY_MS, Engine, Retention};
 use clientele_api::AppState;
+use clientele_app::Pipeline;
 use clientele_core::config::Config;
-use clientele_core::event::Event;
 use clientele_core::keys::{KeyHasher, KeyIndex};
 use clientele_core::pipeline::{EventSink, PipelineStats};
 use clientele_gateway::limiter::Limiter;
 use clientele_gateway::{Gateway, GatewayOptions, ServeSettings, TlsFiles};
-use clientele_store::{ControlStore, EventStore, FindingStore, SqliteStore, StoredRollup};
+use clientele_store::{ControlStore, EventStore, FindingStore, SqliteStore};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Sampled exchanges waiting for schema validation; past this the gateway drops (and counts)
 /// samples rather than wait.
 const VALIDATION_QUEUE: usize = 1024;
-
-/// Largest number of events written in one transaction.
-const WRITE_BATCH: usize = 8192;
-/// How long the writer waits for a batch to fill after its first event. Bounds how stale the
-/// statistics are (well inside the 2 s promise) and how many events the queue must hold.
-const WRITE_LINGER: Duration = Duration::from_millis(50);
 
 /// A started server: its addresses, and the handle to stop it.
 pub struct Running {
@@ -137,9 +131,6 @@ pub async fn start(config: Config) -> Result<Running> {
     // at most five weeks, which the raw retention covers by default.
     let governance = Arc::new(clientele_governance::FeatureStore::new());
     governance.on_blocks(block_hook(keys.clone()));
-    let archived_until = Arc::new(std::sync::atomic::AtomicI64::new(
-        restore_rollups(&events, &engine, &contracts, &governance).await?,
-    ));
 
     let stats = Arc::new(PipelineStats::default());
     let (sink, rx) = EventSink::bounded(config.gateway.event_queue, stats.clone());
@@ -148,15 +139,19 @@ pub async fn start(config: Config) -> Result<Running> {
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
     register_limiter_gauges(&exporters, &limiter)?;
-    let writer = tokio::spawn(run_writer(
-        rx,
-        events.clone(),
-        engine.clone(),
-        stats.clone(),
-        exporters.clone(),
-        contracts.clone(),
-        governance.clone(),
+    // Every event, from the gateway's writer or from ingest, takes this one path. A further
+    // consumer of stored events is one more `.with_observer(...)` line.
+    let pipeline = Pipeline::new(events.clone(), stats.clone())
+        .with_observer(engine.clone())
+        .with_observer(contracts.clone())
+        .with_observer(governance.clone())
+        .with_exporters(exporters.clone());
+    let archived_until = Arc::new(std::sync::atomic::AtomicI64::new(
+        clientele_app::rollups::restore(&pipeline, &engine)
+            .await
+            .map_err(|e| anyhow::anyhow!("restoring rollups: {e}"))?,
     ));
+    let writer = tokio::spawn(clientele_app::writer::run(rx, pipeline.clone()));
 
     let tls = match (&config.gateway.tls_cert, &config.gateway.tls_key) {
         (Some(cert), Some(key)) => Some(
@@ -208,11 +203,7 @@ pub async fn start(config: Config) -> Result<Running> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
-    let settings = ServeSettings {
-        max_header_bytes: config.gateway.max_header_bytes,
-        grace: Duration::from_secs(config.gateway.shutdown_grace_secs),
-        header_read_timeout: Duration::from_secs(30),
-    };
+    let settings = ServeSettings::from_config(&config.gateway);
     tasks.push(tokio::spawn(clientele_gateway::serve(
         Arc::new(gateway),
         gateway_listener,
@@ -233,7 +224,7 @@ pub async fn start(config: Config) -> Result<Running> {
     tasks.extend(alert_task);
     let findings = Arc::new(
         clientele_api::findings::FindingsService::new(
-            clientele_detect::Registry::standard()
+            clientele_detect::Registry::configured(&config.detection)
                 .with(crate::contract::ContractDetector(contracts.clone())),
             finding_store,
             control.clone(),
@@ -264,7 +255,7 @@ pub async fn start(config: Config) -> Result<Running> {
         events: events.clone(),
         keys: keys.clone(),
         admin_token: admin_token.as_str().into(),
-        pipeline: stats.clone(),
+        pipeline,
         plans: Arc::new(plans),
         started: Instant::now(),
         engine: engine.clone(),
@@ -321,7 +312,7 @@ pub async fn start(config: Config) -> Result<Running> {
         stats,
         wait_for(shutdown_rx.clone()),
     )));
-    tasks.push(tokio::spawn(prune_events(
+    tasks.push(tokio::spawn(clientele_app::rollups::archive_and_prune(
         events,
         engine,
         archived_until,
@@ -372,151 +363,6 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     let mut f = opts.open(path)?;
     f.write_all(contents.as_bytes())?;
     f.write_all(b"\n")
-}
-
-/// Restores the in-memory rollups: archived hour and day rollups first, then every stored raw
-/// event after the archive's watermark. The store is the source of truth and rollups are derived
-/// from it, so a restart (or a crash) answers exactly as before. Returns the watermark.
-async fn restore_rollups(
-    events: &Arc<dyn EventStore>,
-    engine: &Arc<Engine>,
-    contracts: &Arc<clientele_contract::Contracts>,
-    governance: &Arc<clientele_governance::FeatureStore>,
-) -> Result<i64> {
-    let started = Instant::now();
-    let (archived, until) = events
-        .archived_rollups()
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let restored = archived.len();
-    let rows: Vec<ExportedRollup> = archived.into_iter().filter_map(from_stored).collect();
-    if rows.len() < restored {
-        tracing::warn!(
-            skipped = restored - rows.len(),
-            "some archived rollups could not be read and were skipped"
-        );
-    }
-    {
-        let engine = engine.clone();
-        tokio::task::spawn_blocking(move || engine.import(rows)).await?;
-    }
-    let from = (clientele_core::time::now_ms() - engine.retention().day_ms).max(until);
-    let mut cursor = None;
-    let mut total = 0usize;
-    loop {
-        let (page, next) = events
-            .scan_events(from, cursor, 50_000)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        total += page.len();
-        let engine = engine.clone();
-        let contracts = contracts.clone();
-        let governance = governance.clone();
-        tokio::task::spawn_blocking(move || {
-            engine.ingest_events(&page);
-            contracts.observe(&page);
-            governance.observe(&page);
-        })
-        .await?;
-        match next {
-            Some(c) => cursor = Some(c),
-            None => break,
-        }
-    }
-    if total > 0 || restored > 0 {
-        tracing::info!(
-            events = total,
-            archived_rollups = restored,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "restored rollups from the store"
-        );
-    }
-    Ok(until)
-}
-
-fn to_stored(r: ExportedRollup) -> StoredRollup {
-    let c = r.rollup.counters;
-    StoredRollup {
-        tier: r.tier as u8,
-        bucket_ms: r.bucket_ms,
-        sketch: r.rollup.sketch_bytes(),
-        consumer: r.consumer,
-        api: r.api,
-        method: r.method,
-        route: r.route,
-        status_class: r.status_class,
-        counts: c.to_array(),
-        cost_usd: c.cost_usd,
-    }
-}
-
-fn from_stored(r: StoredRollup) -> Option<ExportedRollup> {
-    let counters = Counters::from_array(r.counts, r.cost_usd);
-    Some(ExportedRollup {
-        tier: Tier::from_index(r.tier)?,
-        bucket_ms: r.bucket_ms,
-        consumer: r.consumer,
-        api: r.api,
-        method: r.method,
-        route: r.route,
-        status_class: r.status_class,
-        rollup: Rollup::from_parts(counters, &r.sketch)?,
-    })
-}
-
-/// Drains the pipeline into the store in large batches, then folds the newly stored events into
-/// the rollups. Runs until every sink is dropped.
-async fn run_writer(
-    mut rx: mpsc::Receiver<Event>,
-    store: Arc<dyn EventStore>,
-    engine: Arc<Engine>,
-    stats: Arc<PipelineStats>,
-    exporters: Arc<clientele_export::Exporters>,
-    contracts: Arc<clientele_contract::Contracts>,
-    governance: Arc<clientele_governance::FeatureStore>,
-) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        // Let a batch gather before committing: one transaction (and one thread hand-off) per
-        // few milliseconds of traffic instead of per event. Measured on the gateway benchmark,
-        // committing each trickle of events cost more CPU than proxying them.
-        tokio::time::sleep(WRITE_LINGER).await;
-        while batch.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(_) => break,
-            }
-        }
-        let n = batch.len() as u64;
-        // Never waits: metrics are updated in memory and exporters' queues drop when full.
-        exporters.offer(&batch);
-        match store
-            .append_events(std::mem::replace(
-                &mut batch,
-                Vec::with_capacity(WRITE_BATCH),
-            ))
-            .await
-        {
-            Ok(fresh) => {
-                stats.stored.fetch_add(n, Ordering::Relaxed);
-                let engine = engine.clone();
-                let contracts = contracts.clone();
-                let governance = governance.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    engine.ingest_events(&fresh);
-                    // Drift is counted here, off the gateway's path, from stored events only.
-                    contracts.observe(&fresh);
-                    governance.observe(&fresh);
-                })
-                .await;
-            }
-            Err(e) => {
-                stats.store_errors.fetch_add(n, Ordering::Relaxed);
-                tracing::error!(error = %e, events = n, "could not store events");
-            }
-        }
-    }
 }
 
 /// Where the governance evaluation's block verdicts go: onto each consumer's limit slot, where
@@ -663,68 +509,6 @@ async fn report_drops(stats: Arc<PipelineStats>, shutdown: impl std::future::Fut
                 "event pipeline fell behind; events were dropped, traffic was not slowed"
             );
             last = dropped;
-        }
-    }
-}
-
-/// Hourly housekeeping: drops expired rollups from memory, archives the hour and day rollups
-/// of days about to leave the raw event retention, then deletes those raw events and expired
-/// archived rollups. Archiving comes first and moves the watermark in the same transaction, so
-/// nothing is lost or counted twice whatever the moment of a crash.
-async fn prune_events(
-    events: Arc<dyn EventStore>,
-    engine: Arc<Engine>,
-    watermark: Arc<std::sync::atomic::AtomicI64>,
-    retention_days: u32,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    let mut archived_until = watermark.load(Ordering::Relaxed);
-    loop {
-        let now = clientele_core::time::now_ms();
-        engine.prune(now);
-        let cutoff = (now - i64::from(retention_days) * DAY_MS).div_euclid(DAY_MS) * DAY_MS;
-        if cutoff > archived_until {
-            let from = archived_until;
-            let exporter = engine.clone();
-            let rows = tokio::task::spawn_blocking(move || {
-                let mut rows = exporter.export(Tier::Hour, from, cutoff);
-                rows.extend(exporter.export(Tier::Day, from, cutoff));
-                rows.into_iter().map(to_stored).collect::<Vec<_>>()
-            })
-            .await
-            .unwrap_or_default();
-            let n = rows.len();
-            match events.archive_rollups(rows, cutoff).await {
-                Ok(()) => {
-                    archived_until = cutoff;
-                    watermark.store(cutoff, Ordering::Relaxed);
-                    if n > 0 {
-                        tracing::info!(
-                            rollups = n,
-                            "archived rollups of days leaving the raw event retention"
-                        );
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "archiving rollups failed; raw events are kept until it succeeds")
-                }
-            }
-        }
-        match events.prune_events(archived_until).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, retention_days, "pruned old raw events"),
-            Err(e) => tracing::warn!(error = %e, "pruning raw events failed"),
-        }
-        let r = engine.retention();
-        for (tier, keep_ms) in [(Tier::Hour, r.hour_ms), (Tier::Day, r.day_ms)] {
-            if let Err(e) = events.prune_rollups(tier as u8, now - keep_ms).await {
-                tracing::warn!(error = %e, "pruning archived rollups failed");
-            }
-        }
-        tokio::select! {
-            () = &mut shutdown => return,
-            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
         }
     }
 }

@@ -92,7 +92,7 @@ pub struct Route {
     pub error_factor: f64,
 }
 
-pub const ROUTES: [Route; 12] = [
+pub const ROUTES: [Route; 13] = [
     Route {
         method: "GET",
         template: "/pets/{id}",
@@ -166,8 +166,19 @@ pub const ROUTES: [Route; 12] = [
         latency_ms: 90.0,
         error_factor: 1.0,
     },
+    // Called only by a handful of quiet consumers: where a quiet API-wide incident happens.
+    Route {
+        method: "GET",
+        template: "/quotes/{id}",
+        latency_ms: 45.0,
+        error_factor: 1.0,
+    },
 ];
+/// The route only quiet consumers call.
+const QUIET_ROUTE: usize = 12;
 const COMMON_ROUTES: usize = 8;
+/// Routes new endpoints are drawn from.
+const NEW_ROUTES: std::ops::Range<usize> = 8..12;
 /// The route every consumer calls, so errors on it can be compared across consumers.
 const SHARED_ROUTE: usize = 2;
 
@@ -194,6 +205,8 @@ enum Injection {
         from: i64,
         to: i64,
         rate: f64,
+        /// Share of the injected errors that are 5xx.
+        share_5xx: f64,
     },
     /// Latency times `factor` over `[from, to)`.
     Latency { from: i64, to: i64, factor: f64 },
@@ -216,6 +229,8 @@ struct Spec {
     /// First hour of traffic (young consumers start late).
     start_hour: i64,
     injections: Vec<Injection>,
+    /// One of the quiet consumers (10-100 requests an hour).
+    quiet: bool,
 }
 
 pub struct World {
@@ -364,8 +379,50 @@ pub fn build_with(
                 latency_factor: rng.range(0.8, 1.5),
                 start_hour,
                 injections: Vec::new(),
+                quiet: false,
             }
         })
+        .collect();
+
+    // Quiet consumers: 10-100 requests an hour, most of it on one main route, as small B2B
+    // integrations are. Ten of them also call a route nobody else calls.
+    let quiet = (consumers / 4).max(40);
+    for q in 0..quiet {
+        let i = specs.len();
+        let shape = if rng.f64() < 0.6 {
+            Shape::Global
+        } else {
+            Shape::Business
+        };
+        let level = (rng.range(14f64.ln(), 140f64.ln())).exp();
+        let main = rng.below(COMMON_ROUTES);
+        let mut routes = vec![(main, rng.range(0.6, 0.85))];
+        if main != SHARED_ROUTE {
+            routes.push((SHARED_ROUTE, 1.0 - routes[0].1));
+        } else {
+            routes[0].1 = 1.0;
+        }
+        if q < 10 {
+            routes.push((QUIET_ROUTE, 0.3));
+        }
+        let total: f64 = routes.iter().map(|r| r.1).sum();
+        for r in &mut routes {
+            r.1 /= total;
+        }
+        specs.push(Spec {
+            id: format!("c{i:05}"),
+            shape,
+            level,
+            routes,
+            error_rate: rng.range(0.002, 0.02),
+            latency_factor: rng.range(0.8, 1.5),
+            start_hour: first_hour,
+            injections: Vec::new(),
+            quiet: true,
+        });
+    }
+    let quiet_route_callers: Vec<usize> = (0..specs.len())
+        .filter(|i| specs[*i].routes.iter().any(|r| r.0 == QUIET_ROUTE))
         .collect();
 
     // Injections, into distinct consumers old enough to have a full history.
@@ -475,11 +532,11 @@ pub fn build_with(
             break;
         };
         let from = weekday_at(&mut rng, 15);
-        let route = COMMON_ROUTES + rng.below(ROUTES.len() - COMMON_ROUTES);
+        let route = NEW_ROUTES.start + rng.below(NEW_ROUTES.len());
         specs[i].injections.push(Injection::NewRoute {
             route,
             from,
-            per_hour: 6.0,
+            per_hour: 10.0,
         });
         labels.push(Label {
             kind: FindingKind::NewEndpoint,
@@ -506,6 +563,7 @@ pub fn build_with(
             from: incident,
             to: incident + 2,
             rate: 0.3,
+            share_5xx: 0.25,
         });
     }
     for k in 0..n_of(5) {
@@ -536,6 +594,7 @@ pub fn build_with(
             from,
             to: from + 3,
             rate,
+            share_5xx: 0.25,
         });
         for kind in [FindingKind::ErrorSpike, FindingKind::IntegrationErrors] {
             labels.push(Label {
@@ -570,6 +629,162 @@ pub fn build_with(
         });
     }
 
+    // Sustained anomalies of every kind on quiet consumers averaging about 20 requests an hour
+    // (a Global consumer's mean is 0.7 of its peak level), none of which any per-hour volume
+    // floor would let through.
+    let about_20 =
+        |s: &Spec| s.quiet && s.shape == Shape::Global && (22.0..36.0).contains(&s.level);
+    let not_quiet_route = |s: &Spec| about_20(s) && s.routes.iter().all(|r| r.0 != QUIET_ROUTE);
+    for _ in 0..n_of(3) {
+        let Some(i) = pick(&mut rng, &not_quiet_route, &specs) else {
+            break;
+        };
+        let mut from = weekday_at(&mut rng, 6);
+        for _ in 0..50 {
+            if from + 24 <= now_hour {
+                break;
+            }
+            from = weekday_at(&mut rng, 6);
+        }
+        specs[i].injections.push(Injection::Volume {
+            from,
+            to: from + 24,
+            factor: 0.15,
+        });
+        labels.push(Label {
+            kind: FindingKind::VolumeDrop,
+            consumer: Some(specs[i].id.clone()),
+            route: None,
+            from_ms: hour_ms(from),
+            to_ms: hour_ms(from + 24),
+            note: format!(
+                "quiet ({:.0}/h): traffic fell 85% for a day",
+                specs[i].level * 0.7
+            ),
+        });
+    }
+    for _ in 0..n_of(3) {
+        // About 15 errors in 100 calls on its main route over six hours.
+        let busy_main = |s: &Spec| {
+            not_quiet_route(s) && s.routes[0].0 != SHARED_ROUTE && {
+                let per_hour = s.level * 0.7 * s.routes[0].1;
+                (13.0..30.0).contains(&per_hour)
+            }
+        };
+        let Some(i) = pick(&mut rng, &busy_main, &specs) else {
+            break;
+        };
+        let route = specs[i].routes[0].0;
+        let from = weekday_at(&mut rng, 9);
+        specs[i].injections.push(Injection::Errors {
+            route,
+            from,
+            to: from + 6,
+            rate: 0.15,
+            share_5xx: 1.0,
+        });
+        for kind in [FindingKind::ErrorSpike, FindingKind::IntegrationErrors] {
+            labels.push(Label {
+                kind,
+                consumer: Some(specs[i].id.clone()),
+                route: Some(op(route)),
+                from_ms: hour_ms(from),
+                to_ms: hour_ms(from + 6),
+                note: format!(
+                    "quiet ({:.0}/h on the route): 15% 5xx for 6 h",
+                    specs[i].level * 0.7 * specs[i].routes[0].1
+                ),
+            });
+        }
+    }
+    for _ in 0..n_of(3) {
+        let Some(i) = pick(&mut rng, &not_quiet_route, &specs) else {
+            break;
+        };
+        let from = weekday_at(&mut rng, 8);
+        specs[i].injections.push(Injection::Latency {
+            from,
+            to: from + 6,
+            factor: 5.0,
+        });
+        labels.push(Label {
+            kind: FindingKind::LatencyRegression,
+            consumer: Some(specs[i].id.clone()),
+            route: None,
+            from_ms: hour_ms(from),
+            to_ms: hour_ms(from + 6),
+            note: format!("quiet ({:.0}/h): 5× latency for 6 h", specs[i].level * 0.7),
+        });
+    }
+    for _ in 0..n_of(3) {
+        let Some(i) = pick(&mut rng, &not_quiet_route, &specs) else {
+            break;
+        };
+        let from = weekday_at(&mut rng, 14);
+        let route = NEW_ROUTES.start + rng.below(NEW_ROUTES.len());
+        specs[i].injections.push(Injection::NewRoute {
+            route,
+            from,
+            per_hour: 3.0,
+        });
+        labels.push(Label {
+            kind: FindingKind::NewEndpoint,
+            consumer: Some(specs[i].id.clone()),
+            route: Some(op(route)),
+            from_ms: hour_ms(from),
+            to_ms: now_ms,
+            note: "quiet: started calling an endpoint it never used, 3/h".into(),
+        });
+    }
+    for _ in 0..n_of(3) {
+        let Some(i) = pick(&mut rng, &not_quiet_route, &specs) else {
+            break;
+        };
+        let from = weekday_at(&mut rng, 11);
+        specs[i].injections.push(Injection::Volume {
+            from,
+            to: from + 2,
+            factor: 6.0,
+        });
+        labels.push(Label {
+            kind: FindingKind::VolumeSpike,
+            consumer: Some(specs[i].id.clone()),
+            route: None,
+            from_ms: hour_ms(from),
+            to_ms: hour_ms(from + 2),
+            note: format!("quiet ({:.0}/h): 6× for 2 h", specs[i].level * 0.7),
+        });
+    }
+    // A quiet API-wide incident: 10% 503s for two hours on the route only ten quiet consumers
+    // call, on a day of its own.
+    let mut quiet_incident = weekday_at(&mut rng, 13);
+    for _ in 0..50 {
+        if quiet_incident.div_euclid(24) != incident.div_euclid(24) {
+            break;
+        }
+        quiet_incident = weekday_at(&mut rng, 13);
+    }
+    for &i in &quiet_route_callers {
+        specs[i].injections.push(Injection::Errors {
+            route: QUIET_ROUTE,
+            from: quiet_incident,
+            to: quiet_incident + 2,
+            rate: 0.1,
+            share_5xx: 1.0,
+        });
+    }
+    labels.push(Label {
+        kind: FindingKind::ApiErrors,
+        consumer: None,
+        route: Some(op(QUIET_ROUTE)),
+        from_ms: hour_ms(quiet_incident),
+        to_ms: hour_ms(quiet_incident + 2),
+        note: format!(
+            "quiet API bug: 10% 503s for 2 h across the {} consumers of the route",
+            quiet_route_callers.len()
+        ),
+    });
+
     // Traffic.
     let engine = Engine::new(Retention {
         minute_ms: i64::MAX / 4,
@@ -586,7 +801,12 @@ pub fn build_with(
         }
         let ci = s.id.clone();
         let occasional = s.injections.len() <= 1 && rng.f64() < options.occasional;
+        // Error rates wander from day to day (deploys on the consumer's side, data it sends).
+        let mut day_error = 1.0;
         for hour in s.start_hour.max(first_hour)..=now_hour {
+            if hod(hour) == 0 || hour == s.start_hour.max(first_hour) {
+                day_error = (0.3 * rng.normal()).exp();
+            }
             if occasional && rng.f64() > 0.15 {
                 continue;
             }
@@ -606,7 +826,7 @@ pub fn build_with(
                 s.level * intensity(s.shape, hour) * (0.12 * rng.normal()).exp()
             };
             let mut latency_factor = s.latency_factor;
-            let mut error_override: Option<(usize, f64)> = None;
+            let mut error_override: Option<(usize, f64, f64)> = None;
             let mut extra_route: Option<(usize, f64)> = None;
             for inj in &s.injections {
                 match *inj {
@@ -623,8 +843,9 @@ pub fn build_with(
                         from,
                         to,
                         rate,
+                        share_5xx,
                     } if (from..to).contains(&hour) => {
-                        error_override = Some((route, rate));
+                        error_override = Some((route, rate, share_5xx));
                     }
                     Injection::Latency { from, to, factor } if (from..to).contains(&hour) => {
                         latency_factor *= factor;
@@ -642,19 +863,28 @@ pub fn build_with(
             let mut routes: Vec<(usize, f64)> =
                 s.routes.iter().map(|(r, w)| (*r, lambda * w)).collect();
             if let Some((r, per_hour)) = extra_route {
-                routes.push((r, per_hour));
+                // A new feature of the same integration follows its daily shape.
+                let shape = if s.shape == Shape::Agent {
+                    1.0
+                } else {
+                    intensity(s.shape, hour)
+                };
+                routes.push((r, per_hour * shape));
             }
             for (r, lam) in routes {
                 let n = rng.poisson(lam * elapsed);
                 if n == 0 {
                     continue;
                 }
-                let rate = match error_override {
-                    Some((er, rate)) if er == r => rate,
-                    _ => (s.error_rate * ROUTES[r].error_factor).min(0.5),
+                let (rate, share_5xx) = match error_override {
+                    Some((er, rate, share)) if er == r => (rate, share),
+                    _ => (
+                        (s.error_rate * ROUTES[r].error_factor * day_error).min(0.5),
+                        0.25,
+                    ),
                 };
                 let errors = rng.binomial(n, rate);
-                let e5 = rng.binomial(errors, 0.25);
+                let e5 = rng.binomial(errors, share_5xx);
                 let e4 = errors - e5;
                 for (class, count) in [(2u8, n - errors), (4, e4), (5, e5)] {
                     if count == 0 {

@@ -1,4 +1,4 @@
-//! Contracts end to end: the real Petstore spec (and variants) on the real binary.
+//! Contracts end to end: the repository's own OpenAPI fixture (and variants) on the real binary.
 
 use std::time::{Duration, Instant};
 
@@ -7,12 +7,13 @@ use serde_json::Value;
 
 use crate::support::*;
 
+/// A pet shop written for the tests, kept in the repository (see its header for what they edit).
 const PETSTORE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/specs/petstore.yaml"
+    "/../clientele-contract/tests/fixtures/kennel.yaml"
 );
 
-/// Petstore with findPetsByTags deprecated (replaced by findPetsByStatus), no `default`
+/// The fixture with findPetsByTags deprecated (replaced by findPetsByStatus), no `default`
 /// responses, and a `/status` operation documenting only 200.
 fn variant() -> String {
     let original = std::fs::read_to_string(PETSTORE).unwrap();
@@ -22,7 +23,10 @@ fn variant() -> String {
             "      operationId: findPetsByTags\n      deprecated: true\n      x-replaced-by: findPetsByStatus\n",
             1,
         )
-        .replace("        default:\n          description: Unexpected error\n", "")
+        .replace(
+            "        default:\n          $ref: '#/components/responses/Trouble'\n",
+            "",
+        )
         .replacen(
             "paths:\n",
             "paths:\n  /status:\n    get:\n      responses:\n        '200':\n          description: ok\n",
@@ -59,7 +63,7 @@ async fn routes_are_spec_templates_and_drift_is_found_per_consumer() {
     let (_, key) = server.consumer_with_key("acme", Some("pro")).await;
     for path in [
         "/pet/1",
-        "/api/v3/pet/2",
+        "/api/v1/pet/2",
         "/pet/findByTags?tags=a",
         "/pet/findByTags?tags=b",
         "/pet/findByStatus?status=sold",
@@ -73,7 +77,7 @@ async fn routes_are_spec_templates_and_drift_is_found_per_consumer() {
     let events = server.wait_events("acme", "", |e| e.len() >= 7).await;
     let routes: Vec<&str> = events.iter().filter_map(|e| e["route"].as_str()).collect();
     assert!(routes.contains(&"/pet/{petId}"), "{routes:?}");
-    assert!(!routes.iter().any(|r| r.contains("api/v3")), "{routes:?}");
+    assert!(!routes.iter().any(|r| r.contains("api/v1")), "{routes:?}");
 
     // Stats list the spec's templates.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -240,12 +244,12 @@ async fn an_invalid_spec_stops_start_up_naming_the_file_and_place() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// Petstore with a closed `Pet` schema (`additionalProperties: false`).
+/// The fixture with a closed `Pet` schema (`additionalProperties: false`).
 fn closed_variant() -> String {
     let original = std::fs::read_to_string(PETSTORE).unwrap();
     let v = original.replacen(
-        "      x-swagger-router-model: io.swagger.petstore.model.Pet\n",
-        "      x-swagger-router-model: io.swagger.petstore.model.Pet\n      additionalProperties: false\n",
+        "    Pet:\n      # tests edit: the schema tests close this object after the next line\n      type: object\n",
+        "    Pet:\n      type: object\n      additionalProperties: false\n",
         1,
     );
     assert_ne!(v, original);
@@ -430,7 +434,7 @@ async fn config_deprecations_feed_the_report_and_bad_ones_stop_start_up() {
             Method::POST,
             "/v1/events",
             Some(serde_json::json!([
-                {"ts": now, "consumer": "side", "api": "petstore", "method": "GET", "path": "/api/v3/pet/findByStatus?status=sold", "status": 200, "latency_ms": 3},
+                {"ts": now, "consumer": "side", "api": "petstore", "method": "GET", "path": "/api/v1/pet/findByStatus?status=sold", "status": 200, "latency_ms": 3},
                 {"ts": now, "consumer": "side", "api": "petstore", "method": "GET", "path": "/pet/abc", "status": 200, "latency_ms": 3},
                 {"ts": now, "consumer": "side", "method": "GET", "path": "/pet/abc", "status": 200, "latency_ms": 3}
             ])),

@@ -548,3 +548,44 @@ burst = 2
         .count();
     assert_eq!(before, after);
 }
+
+/// Events posted to `POST /v1/events` take the gateway's path: stored, folded and exported, so
+/// `/metrics` counts them; a duplicate posted again is neither stored nor exported twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingested_events_reach_the_exporters_once() {
+    let up = start_upstream().await;
+    let server = Server::start(up.addr, "").await;
+    let now = clientele_core::time::now_ms();
+    let body: String = (0..5)
+        .map(|i| {
+            format!(
+                "{{\"id\":\"ing-{i}\",\"ts\":{},\"consumer\":\"ingested-co\",\"method\":\"GET\",\"path\":\"/pets/{i}\",\"status\":{},\"latency_ms\":4.5}}\n",
+                now - 1000,
+                if i == 4 { 503 } else { 200 }
+            )
+        })
+        .collect();
+    for _ in 0..2 {
+        let (status, _, answer) = send(
+            Method::POST,
+            &format!("http://{}/v1/events", server.admin),
+            &[
+                ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
+                ("content-type", "application/x-ndjson"),
+            ],
+            Some(Bytes::from(body.clone())),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 202, "{}", String::from_utf8_lossy(&answer));
+    }
+    let (status, text) = metrics_text(&server, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200);
+    for line in [
+        "clientele_consumer_requests_total{consumer=\"ingested-co\",status_class=\"2xx\"} 4",
+        "clientele_consumer_requests_total{consumer=\"ingested-co\",status_class=\"5xx\"} 1",
+        "clientele_events_stored_total 5",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    }
+}

@@ -9,6 +9,7 @@ mod exports;
 mod findings;
 mod gateway;
 mod governance;
+mod hardening;
 mod limits;
 mod support;
 mod ui;

@@ -47,7 +47,10 @@ pub async fn start_upstream() -> Upstream {
                     counter.fetch_add(1, Ordering::SeqCst);
                     upstream_handler(req)
                 });
+                // Above hyper's default of 100, so the gateway's own header limit is what tests
+                // of it meet.
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .max_headers(1024)
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
             });

@@ -1,0 +1,18 @@
+//! The application layer: what happens to an event after the gateway or ingest hands it over,
+//! written once.
+//!
+//! [`Pipeline::submit`] is the one path every source takes (the gateway's writer, `POST
+//! /v1/events`, `clientele import` through it): store, then fold the newly stored events into
+//! every [`EventObserver`] (the rollups, the contract usage table, and whatever is added next),
+//! then offer them to the exporters. [`rollups::restore`] replays the same observers at start-up,
+//! and [`rollups::archive_and_prune`] keeps the archive. The API and the dashboard call this
+//! crate; the binary only wires it.
+
+pub mod pipeline;
+pub mod rollups;
+pub mod writer;
+
+pub use pipeline::{EventObserver, Pipeline};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,168 @@
+//! The findings of the latency detector: per consumer, one per run of regressed hours outside
+//! the API's own regressions; and one per run of API-wide hours.
+
+use clientele_analytics::{HOUR_MS, Rollup};
+use clientele_core::finding::{Finding, FindingKind, Severity};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use serde_json::json;
+
+use super::{Baseline, Hourly, LatencyDetector, Obs};
+use crate::text::{count, millis, r3, times, ts, when};
+use crate::{EvalContext, new_finding_id, runs};
+
+/// Every judged consumer's rollups of one hour merged: what the API as a whole did.
+fn api_hour(hourly: &Hourly, hour: i64) -> Rollup {
+    let mut all = Rollup::default();
+    let i = (hour - hourly.from_hour) as usize;
+    for row in hourly.rows.values() {
+        if let Some(Some(r)) = row.get(i) {
+            all.merge(r);
+        }
+    }
+    all
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn write(
+    d: &LatencyDetector,
+    ctx: &EvalContext<'_>,
+    hourly: &Hourly,
+    baselines: &HashMap<u32, Baseline>,
+    global_base: &Rollup,
+    regressed: HashMap<u32, Vec<Obs>>,
+    api_hours: &HashSet<i64>,
+    judged: &HashMap<i64, usize>,
+    bad: &HashMap<i64, HashSet<u32>>,
+) -> Vec<Finding> {
+    let global_p95 = global_base.quantile(0.95).unwrap_or(0.0);
+    let mut out = Vec::new();
+    let mut consumers: Vec<_> = regressed.into_iter().collect();
+    consumers.sort_by_key(|(c, _)| *c);
+    for (c, list) in consumers {
+        let Some(b) = baselines.get(&c) else { continue };
+        let list: Vec<Obs> = list
+            .into_iter()
+            .filter(|o| !api_hours.contains(&o.hour))
+            .collect();
+        let hours: Vec<((), i64)> = list.iter().map(|o| ((), o.hour)).collect();
+        for ((), run) in runs(hours) {
+            let (Some(&first), Some(&last)) = (run.first(), run.last()) else {
+                continue;
+            };
+            let in_run: Vec<&Obs> = list
+                .iter()
+                .filter(|o| (first..=last).contains(&o.hour))
+                .collect();
+            let Some(worst) = in_run.iter().max_by(|a, b| a.p95.total_cmp(&b.p95)) else {
+                continue;
+            };
+            let Some(peak) = in_run.iter().max_by(|a, b| a.z.total_cmp(&b.z)) else {
+                continue;
+            };
+            let first_hour = in_run
+                .iter()
+                .map(|o| o.hour + 1 - o.window_hours)
+                .min()
+                .unwrap_or(first);
+            out.push(consumer_finding(
+                d, ctx, hourly, c, b, global_p95, first_hour, last, worst, peak,
+            ));
+        }
+    }
+    let mut hours: Vec<((), i64)> = api_hours.iter().map(|h| ((), *h)).collect();
+    hours.sort();
+    for ((), run) in runs(hours) {
+        let (Some(&first), Some(&last)) = (run.first(), run.last()) else {
+            continue;
+        };
+        let now = api_hour(hourly, last);
+        let now_p95 = now.quantile(0.95).unwrap_or(0.0);
+        let judged_n = judged.get(&last).copied().unwrap_or(0);
+        let bad_n = bad.get(&last).map_or(0, HashSet::len);
+        let first_seen = first * HOUR_MS;
+        let last_seen = ((last + 1) * HOUR_MS).min(ctx.now_ms);
+        out.push(Finding {
+            id: new_finding_id(),
+            kind: FindingKind::LatencyRegression,
+            consumer: None,
+            api: None,
+            route: None,
+            severity: if now_p95 >= 5.0 * global_p95 {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            },
+            first_seen_ms: first_seen,
+            last_seen_ms: last_seen,
+            summary: format!(
+                "The API slowed down for {bad_n} of {} consumers since {}: p95 is {} against a usual {}; this is an API problem, not a customer's.",
+                count(judged_n as f64),
+                when(first_seen),
+                millis(now_p95),
+                millis(global_p95)
+            ),
+            evidence: json!({
+                "window": {"from": ts(first_seen), "to": ts(last_seen)},
+                "observed": {"p95_ms": r3(now_p95), "consumers_regressed": bad_n, "consumers_judged": judged_n},
+                "baseline": {"p95_ms": r3(global_p95), "days": d.config.baseline_days},
+            }),
+        });
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn consumer_finding(
+    d: &LatencyDetector,
+    ctx: &EvalContext<'_>,
+    hourly: &Hourly,
+    c: u32,
+    b: &Baseline,
+    global_p95: f64,
+    first_hour: i64,
+    last: i64,
+    worst: &Obs,
+    peak: &Obs,
+) -> Finding {
+    let first_seen = first_hour * HOUR_MS;
+    let last_seen = ((last + 1) * HOUR_MS).min(ctx.now_ms);
+    let consumer = ctx.name(c);
+    let ratio = worst.p95 / b.p95.max(1e-3);
+    let others_now = api_hour(hourly, worst.hour).quantile(0.95).unwrap_or(0.0);
+    let window_from = (worst.hour + 1 - worst.window_hours) * HOUR_MS;
+    Finding {
+        id: new_finding_id(),
+        kind: FindingKind::LatencyRegression,
+        consumer: Some(consumer.to_string()),
+        api: None,
+        route: None,
+        severity: if ratio >= 5.0 {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        },
+        first_seen_ms: first_seen,
+        last_seen_ms: last_seen,
+        summary: format!(
+            "{consumer}'s p95 latency rose from {} to {} ({}) since {}, while the API as a whole is at {}; look at what its requests do differently (heavier queries, larger payloads, a slow route it started using).",
+            millis(b.p95),
+            millis(worst.p95),
+            times(ratio),
+            when(first_seen),
+            millis(others_now)
+        ),
+        evidence: json!({
+            "window": {"from": ts(first_seen), "to": ts(last_seen)},
+            "observed": {"p95_ms": r3(worst.p95), "requests": worst.n, "window_from": ts(window_from), "window_hours": worst.window_hours},
+            "baseline": {"p95_ms": r3(b.p95), "worst_day_p95_ms": r3(b.worst), "days": d.config.baseline_days, "method": "median of daily p95"},
+            "api_p95_ms": r3(others_now),
+            "api_baseline_p95_ms": r3(global_p95),
+            "test": {
+                "method": "binomial likelihood ratio on the share slower than the baseline p95",
+                "z": r3(peak.z),
+                "window_hours": peak.window_hours,
+                "significance_per_consumer_day": d.config.significance,
+            },
+        }),
+    }
+}

@@ -1,0 +1,149 @@
+//! The behaviour every store backend must show, one test per behaviour.
+//!
+//! A backend implements [`Backend`] (how to open it in an empty folder) and adds one line per
+//! trait it implements, for example in its own tests:
+//!
+//! ```ignore
+//! clientele_store::event_store_suite!(event_log, clientele_store::EventLog);
+//! ```
+//!
+//! which generates `event_log::duplicate_ids_are_ignored`, `event_log::prune_drops_whole_days`
+//! and so on, so a failure names the behaviour and the backend (quickwit's metastore suite).
+//! The behaviours are plain async functions here, each given a fresh, empty store.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+pub mod control;
+pub mod events;
+pub mod findings;
+
+pub use events::event;
+
+/// A store the suite can open in a folder of its own, and open again to check what survives.
+pub trait Backend: Sized + Send + Sync + 'static {
+    fn open_in(dir: &Path) -> Self;
+}
+
+/// A backend opened in a fresh temporary folder, removed when this is dropped.
+pub struct Fresh<S: Backend> {
+    store: Option<S>,
+    dir: PathBuf,
+}
+
+impl<S: Backend> Fresh<S> {
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "clientele-store-suite-{}",
+            clientele_core::event::random_id128()
+        ));
+        let store = Some(S::open_in(&dir));
+        Fresh { store, dir }
+    }
+
+    pub fn store(&self) -> &S {
+        self.store.as_ref().expect("the store is open")
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Closes the store and opens it again on the same folder, as a restart would.
+    pub fn reopen(&mut self) -> &S {
+        drop(self.store.take());
+        self.store = Some(S::open_in(&self.dir));
+        self.store()
+    }
+}
+
+impl<S: Backend> Default for Fresh<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S: Backend> Drop for Fresh<S> {
+    fn drop(&mut self) {
+        drop(self.store.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Generates one `#[tokio::test]` per named behaviour of `$suite`, in a module `$backend`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __store_suite_tests {
+    ($backend:ident, $ty:ty, $suite:ident: $($name:ident),+ $(,)?) => {
+        #[cfg(test)]
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let mut fresh = $crate::testsuite::Fresh::<$ty>::new();
+                    $crate::testsuite::$suite::$name(&mut fresh).await;
+                }
+            )+
+        }
+    };
+}
+
+/// Every `ControlStore` behaviour, as tests in a module named `$backend`.
+#[macro_export]
+macro_rules! control_store_suite {
+    ($backend:ident, $ty:ty) => {
+        $crate::__store_suite_tests!($backend, $ty, control:
+            spec_versions_are_recorded_once_per_hash,
+            consumers_are_created_once_and_bump_the_control_version,
+            updating_a_consumer_replaces_its_fields,
+            a_key_needs_a_consumer_and_a_unique_hash,
+            key_entries_carry_the_consumers_plan,
+            revoking_a_key_keeps_the_first_time,
+            deleting_a_consumer_revokes_its_keys,
+            per_consumer_limits_reach_the_key_entries,
+            quota_usage_replaces_what_was_stored,
+            the_key_secret_and_consumers_survive_a_reopen,
+        );
+    };
+}
+
+/// Every `EventStore` behaviour, as tests in a module named `$backend`.
+#[macro_export]
+macro_rules! event_store_suite {
+    ($backend:ident, $ty:ty) => {
+        $crate::__store_suite_tests!($backend, $ty, events:
+            append_returns_only_new_events,
+            duplicate_ids_are_ignored,
+            duplicates_within_one_batch_are_stored_once,
+            duplicates_of_back_dated_events_are_ignored,
+            duplicates_are_ignored_after_a_reopen,
+            every_field_round_trips,
+            scan_pages_through_events_from_a_time,
+            recent_events_are_newest_first_and_limited,
+            recent_events_filter_by_status_and_time,
+            recent_events_belong_to_one_consumer,
+            prune_drops_whole_days_before_the_cut,
+            events_survive_a_reopen,
+            archived_rollups_replace_and_move_the_watermark,
+            archived_rollups_are_pruned_by_tier,
+        );
+    };
+}
+
+/// Every `FindingStore` behaviour, as tests in a module named `$backend`.
+#[macro_export]
+macro_rules! finding_store_suite {
+    ($backend:ident, $ty:ty) => {
+        $crate::__store_suite_tests!($backend, $ty, findings:
+            a_persisting_condition_is_one_finding,
+            the_same_condition_a_day_later_is_a_new_finding,
+            findings_filter_by_consumer_kind_api_time_and_limit,
+            a_span_that_ends_before_it_starts_is_refused,
+            deliveries_are_listed_newest_first,
+            pruning_drops_findings_and_deliveries_before_the_cut,
+        );
+    };
+}
