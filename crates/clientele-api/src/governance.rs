@@ -198,7 +198,7 @@ pub struct ConsumerFeatures {
 /// The behavioural features kept for one consumer, or `None` when it has no traffic.
 pub fn consumer_features(state: &AppState, id: &str) -> Option<ConsumerFeatures> {
     let (days, _) = state.governance.consumer(id)?;
-    let r3 = |v: f64| (v * 1000.0).round() / 1000.0;
+    let r3 = clientele_governance::judge::round3;
     Some(ConsumerFeatures {
         consumer: id.to_string(),
         days: days

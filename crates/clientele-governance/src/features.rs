@@ -436,18 +436,19 @@ pub fn network_of(ip: &str) -> Option<u64> {
 /// parameter. Templates are relative to the API, paths may carry its prefix, so the two are
 /// aligned from the end.
 fn item_of(route: &str, path: &str) -> Option<ItemId> {
-    if !route.contains('{') {
-        return None;
-    }
+    // Runs for every event: no allocation, one pass over each string from the end.
+    let param = route.find('{')?;
     let path = path.split('?').next().unwrap_or(path);
-    let t: Vec<&str> = route.trim_matches('/').split('/').collect();
-    let p: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let offset = p.len().checked_sub(t.len())?;
-    let (i, _) = t
-        .iter()
-        .enumerate()
-        .find(|(_, s)| s.starts_with('{') && s.ends_with('}'))?;
-    let value = p.get(offset + i)?;
+    let path = path.trim_end_matches('/');
+    let route_t = route.trim_end_matches('/');
+    // Segments after the parameter's segment, counted in the template...
+    let after = route_t[param..].bytes().filter(|&b| b == b'/').count();
+    // ...are skipped from the end of the path, whose next segment is the value.
+    let mut segments = path.rsplit('/');
+    for _ in 0..after {
+        segments.next()?;
+    }
+    let value = segments.next().filter(|v| !v.is_empty())?;
     let route_hash = hash_bytes(route.as_bytes());
     Some(ItemId {
         route: route_hash,

@@ -636,7 +636,8 @@ impl Judging<'_> {
     }
 }
 
-fn round3(v: f64) -> f64 {
+/// Rounded to three decimals, for evidence and answers.
+pub fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
