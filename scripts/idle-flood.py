@@ -38,25 +38,6 @@ def raise_nofile():
     return hard
 
 
-def flood(n):
-    """Opens up to n idle connections; returns the sockets and how many the server refused."""
-    socks = []
-    host, port = hostport(GATEWAY)
-    failed = 0
-    for i in range(n):
-        src = "127.0.0.%d" % (2 + i // PER_ADDRESS)
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            s.bind((src, 0))
-            s.settimeout(5)
-            s.connect((host, port))
-            socks.append(s)
-        except OSError:
-            failed += 1
-            s.close()
-    return socks, failed
-
-
 def still_open(socks):
     """How many flood connections the server has not closed."""
     open_ = 0
@@ -128,22 +109,37 @@ def report(phase):
     print(" | ".join(row), flush=True)
 
 
+def hold(n, first):
+    """Holds n idle connections (the i-th from 127.0.0.(2 + (first + i) / PER_ADDRESS)), printing
+    how many the server still has open once a second, until stdin closes."""
+    raise_nofile()
+    global_index = first
+    socks, failed = [], 0
+    host, port = hostport(GATEWAY)
+    for i in range(n):
+        src = "127.0.0.%d" % (2 + (first + i) // PER_ADDRESS)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind((src, 0))
+            s.settimeout(5)
+            s.connect((host, port))
+            socks.append(s)
+        except OSError:
+            failed += 1
+            s.close()
+    print("opened %d (%d connect errors)" % (len(socks), failed), flush=True)
+    import select
+    while True:
+        r, _, _ = select.select([sys.stdin], [], [], 1.0)
+        if r and not sys.stdin.readline():
+            break
+        print("open %d" % still_open(socks), flush=True)
+
+
 def main():
-    hard = raise_nofile()
-    print("client descriptor limit %d; flood %d connections, %d per address" % (hard, FLOOD, PER_ADDRESS))
-    report("before flood")
-    t = time.time()
-    socks, failed = flood(FLOOD)
-    print("opened %d idle connections in %.1f s (%d connect errors)" % (len(socks), time.time() - t, failed))
-    time.sleep(1)
-    print("held open by the server: %d" % still_open(socks))
-    report("during flood")
-    wait = float(os.environ.get("WAIT_CLOSE", "12"))
-    time.sleep(wait)
-    print("after %.0f s, still open: %d" % (wait, still_open(socks)))
-    report("after first_byte_timeout")
-    for s in socks:
-        s.close()
+    if sys.argv[1:2] == ["hold"]:
+        return hold(int(sys.argv[2]), int(sys.argv[3]))
+    report(sys.argv[2] if len(sys.argv) > 2 else "now")
 
 
 if __name__ == "__main__":

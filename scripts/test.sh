@@ -19,27 +19,43 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-# The exports test decodes OTLP payloads with the official protobuf definitions (PyPI
-# opentelemetry-proto). Use the system Python if it has them, else a venv in the target
-# directory (CARGO_TARGET_DIR when set, so a clone sharing a build shares the venv too).
-if python3 -c 'import opentelemetry.proto' 2>/dev/null; then
+# Python packages from PyPI: the exports test decodes OTLP payloads with the official protobuf
+# definitions (opentelemetry-proto); the OTLP ingest test sends spans with the official SDK and
+# its OTLP/HTTP exporter; the WebSocket test's echo upstream and client are `websockets`. Use the system Python if it has them, else a venv in the target directory
+# (CARGO_TARGET_DIR when set, so a clone sharing a build shares the venv too).
+py_check='import opentelemetry.proto, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, websockets.asyncio.client'
+py_packages=(opentelemetry-proto opentelemetry-sdk opentelemetry-exporter-otlp-proto-http 'websockets>=13')
+if python3 -c "$py_check" 2>/dev/null; then
   export CLIENTELE_TEST_PYTHON=python3
 else
   venv=$target_dir/test-venv
-  if ! "$venv/bin/python" -c 'import opentelemetry.proto' 2>/dev/null; then
-    echo "installing opentelemetry-proto into $venv"
+  if ! "$venv/bin/python" -c "$py_check" 2>/dev/null; then
+    echo "installing ${py_packages[*]} into $venv"
     if ! python3 -m venv "$venv" 2>/dev/null; then
       if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
       $SUDO apt-get update -qq
       DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
       python3 -m venv "$venv"
     fi
-    "$venv/bin/python" -m pip install -q opentelemetry-proto
+    "$venv/bin/python" -m pip install -q "${py_packages[@]}"
   fi
   export CLIENTELE_TEST_PYTHON=$venv/bin/python
 fi
 
+# schemathesis (PyPI) checks the admin API against its own OpenAPI document; it lives in the
+# same venv as the OTLP decoder.
+st_venv=$target_dir/test-venv
+if ! [ -x "$st_venv/bin/schemathesis" ]; then
+  echo "installing schemathesis into $st_venv"
+  [ -x "$st_venv/bin/python" ] || python3 -m venv "$st_venv"
+  "$st_venv/bin/python" -m pip install -q schemathesis
+fi
+
 cargo test --workspace --all-targets "$@"
+
+# The admin API under schemathesis, on the debug binary the e2e tests just built: 0 server
+# errors, 0 response schema violations, within a bounded time (MAX_TIME, 90 s by default).
+SCHEMATHESIS="$st_venv/bin/schemathesis" bash scripts/schemathesis.sh
 
 # Browser tests of the dashboard and portal: Debian's Chromium driven by playwright-core (no
 # browser download), against the debug binary the e2e tests just built.

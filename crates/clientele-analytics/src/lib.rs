@@ -22,9 +22,7 @@ mod scan;
 pub use rollup::{Counters, Rollup, Sample};
 pub use scan::{ConsumerGrid, SeriesIds, detector_errors};
 
-pub const MINUTE_MS: i64 = 60_000;
-pub const HOUR_MS: i64 = 3_600_000;
-pub const DAY_MS: i64 = 86_400_000;
+pub use clientele_core::time::{DAY_MS, HOUR_MS, MINUTE_MS};
 
 /// The resolutions rollups are kept at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

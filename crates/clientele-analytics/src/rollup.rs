@@ -129,8 +129,7 @@ pub struct Sample {
 
 /// How many latencies a rollup keeps as plain values before it builds a sketch. Most rollups
 /// of a sparse tier (one consumer, one route, one minute) hold one or two requests, and a sketch
-/// costs allocations that dominate ingest; answers are identical either way because quantiles of
-/// the plain values are computed through a sketch built from them.
+/// costs allocations that dominate ingest. Quantiles of the plain values are exact.
 const INLINE_VALUES: usize = 4;
 
 #[derive(Clone)]
@@ -209,6 +208,35 @@ impl Digest {
     }
 }
 
+/// The 0-based index of the nearest-rank `q` quantile of `n` sorted values: `ceil(q * n) - 1`,
+/// at least 0. `None` for no values or a `q` outside 0..=1.
+pub fn nearest_rank(n: u64, q: f64) -> Option<u64> {
+    if n == 0 || !(0.0..=1.0).contains(&q) {
+        return None;
+    }
+    let x = q * n as f64;
+    // `q` is a decimal the caller wrote (0.95), not exactly representable: 0.95 * 20 may come out
+    // a hair above 19, which must still be rank 19, as DuckDB's exact decimal arithmetic says.
+    let k = (x - x * 1e-12).ceil() as u64;
+    Some(k.clamp(1, n) - 1)
+}
+
+/// The sketch's value at the nearest rank. DDSketch answers rank `floor(q' * (n - 1))`, so the
+/// wanted rank is asked for as a `q'` in the middle of that rank's interval; the first and last
+/// ranks are the exact minimum and maximum the sketch keeps.
+fn sketch_nearest_rank(sketch: &DDSketch, q: f64) -> Option<f64> {
+    let n = sketch.count() as u64;
+    let rank = nearest_rank(n, q)?;
+    let asked = if rank == 0 {
+        0.0
+    } else if rank + 1 >= n {
+        1.0
+    } else {
+        ((rank as f64 + 0.5) / (n - 1) as f64).min(1.0)
+    };
+    sketch.quantile(asked).ok().flatten()
+}
+
 /// Counters plus a mergeable latency sketch (DDSketch: relative-error guarantee, mergeable
 /// without loss, so an hour is exactly the merge of its minutes).
 #[derive(Clone, Default)]
@@ -252,9 +280,22 @@ impl Rollup {
         self.latency.merge(&o.latency);
     }
 
-    /// The latency at quantile `q` (0..=1), in milliseconds.
+    /// The latency at quantile `q` (0..=1), in milliseconds, by nearest rank: the smallest value
+    /// with at least `q` of the values at or below it (DuckDB's `quantile_disc`). Exact while the
+    /// rollup holds its values inline; within the sketch's relative error once it holds a sketch.
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        self.latency.to_sketch().quantile(q).ok().flatten()
+        let [v] = self.quantiles([q]);
+        v
+    }
+
+    /// The largest latency held, an upper bound of every quantile that costs no sketch.
+    pub fn max_latency(&self) -> Option<f64> {
+        match &self.latency {
+            Digest::Inline { len, values } => {
+                values[..*len as usize].iter().copied().reduce(f64::max)
+            }
+            Digest::Sketch(s) => s.max(),
+        }
     }
 
     /// How many latencies the rollup holds (its requests, unless it was built from samples).
@@ -265,10 +306,17 @@ impl Rollup {
         }
     }
 
-    /// Several quantiles at once, building the sketch of inline values only once.
+    /// Several quantiles at once, sorting the inline values only once.
     pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Option<f64>; N] {
-        let sketch = self.latency.to_sketch();
-        qs.map(|q| sketch.quantile(q).ok().flatten())
+        match &self.latency {
+            Digest::Inline { len, values } => {
+                let mut sorted = *values;
+                let sorted = &mut sorted[..*len as usize];
+                sorted.sort_by(f64::total_cmp);
+                qs.map(|q| nearest_rank(sorted.len() as u64, q).map(|i| sorted[i as usize]))
+            }
+            Digest::Sketch(sketch) => qs.map(|q| sketch_nearest_rank(sketch, q)),
+        }
     }
 
     /// The sketch encoded for persistence, configuration included. The crate's Java-compatible
@@ -320,9 +368,85 @@ mod tests {
         assert!(c.cost_usd.is_finite());
     }
 
+    /// Nearest rank computed the textbook way, independently of `nearest_rank`: the smallest
+    /// value with at least `q` of the values at or below it.
     fn exact_quantile(sorted: &[f64], q: f64) -> f64 {
-        // The sketch answers with the value of rank floor(q * (n - 1)), like DDSketch's reference.
-        sorted[((sorted.len() - 1) as f64 * q).floor() as usize]
+        let n = sorted.len();
+        *sorted
+            .iter()
+            .enumerate()
+            .find(|(i, _)| (i + 1) as f64 >= q * n as f64 - 1e-9)
+            .map(|(_, v)| v)
+            .unwrap()
+    }
+
+    fn lognormal_ish(n: usize) -> Vec<f64> {
+        // A deterministic long-tailed spread, like real latencies.
+        (0..n)
+            .map(|i| {
+                let u = ((i * 7919) % n) as f64 / n as f64;
+                3.0 + 2.0 * (6.0 * u).exp() + (i % 13) as f64 * 0.37
+            })
+            .collect()
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank_on_1700_values() {
+        let values = lognormal_ish(1700);
+        let mut r = Rollup::default();
+        for v in &values {
+            r.add(&Sample {
+                status: 200,
+                latency_ms: *v,
+                ..Default::default()
+            });
+        }
+        let mut sorted = values.clone();
+        sorted.sort_by(f64::total_cmp);
+        for q in [0.0, 0.01, 0.25, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0] {
+            let exact = exact_quantile(&sorted, q);
+            let got = r.quantile(q).unwrap();
+            assert!(
+                (got - exact).abs() <= exact * 0.01,
+                "q={q}: nearest rank is {exact}, the sketch said {got}"
+            );
+        }
+        // The old definition, rank floor(q(n-1)), reads a lower value at p99.9 here: rank 1697
+        // instead of 1698 of 0..1700. The test tells the two apart.
+        assert_eq!(nearest_rank(1700, 0.999), Some(1698));
+        let old = sorted[(1699.0f64 * 0.999).floor() as usize];
+        assert!(r.quantile(0.999).unwrap() > old * 1.0001, "{old}");
+    }
+
+    #[test]
+    fn inline_percentiles_are_exact_nearest_rank() {
+        for n in 1..=INLINE_VALUES {
+            let values: Vec<f64> = [40.0, 10.0, 30.0, 20.0][..n].to_vec();
+            let mut r = Rollup::default();
+            for v in &values {
+                r.add(&Sample {
+                    status: 200,
+                    latency_ms: *v,
+                    ..Default::default()
+                });
+            }
+            let mut sorted = values.clone();
+            sorted.sort_by(f64::total_cmp);
+            for q in [0.0, 0.2, 0.25, 0.5, 0.51, 0.75, 0.95, 1.0] {
+                assert_eq!(
+                    r.quantile(q),
+                    Some(exact_quantile(&sorted, q)),
+                    "n={n} q={q}"
+                );
+            }
+        }
+        assert_eq!(
+            nearest_rank(20, 0.95),
+            Some(18),
+            "0.95 * 20 is rank 19, not 20"
+        );
+        assert_eq!(nearest_rank(0, 0.5), None);
+        assert_eq!(nearest_rank(5, 1.5), None);
     }
 
     proptest! {

@@ -1023,7 +1023,7 @@ pub struct IngestResult {
 /// Valid events are stored in one transaction before the answer; each invalid one is listed
 /// with its reason. Unknown fields are ignored; events without `id` get one derived from their
 /// content, so resending a batch never double-counts.
-#[utoipa::path(post, path = "/v1/events", request_body(content = String, content_type = "application/x-ndjson"),
+#[utoipa::path(post, path = "/v1/events", request_body(content((Vec<Object> = "application/json"), (String = "application/x-ndjson"))),
     responses((status = 202, body = IngestResult), (status = 400, description = "nothing valid in the batch"), (status = 413, description = "body over [admin].max_body_bytes")),
     security(("admin_token" = [])))]
 pub async fn ingest_events(
@@ -1046,23 +1046,14 @@ pub async fn ingest_events(
             "send events as application/x-ndjson (one per line) or application/json (an array)",
         ));
     }
-    let now = now_ms();
-    let bounds = TimeBounds {
-        min_ms: (now - state.max_age_ms.min(state.engine.retention().day_ms)).max(
-            state
-                .archived_until
-                .load(std::sync::atomic::Ordering::Relaxed),
-        ),
-        max_ms: now + state.max_future_ms,
-    };
     let contracts = state.contracts.clone();
     let templates = |api: &str, method: &str, path: &str| {
         contracts
             .api(api)
             .and_then(|c| c.route_template(method, path))
     };
-    let (events, rejected) =
-        parse_batch_with(&body, ndjson, bounds, &templates).map_err(ApiError::bad_request)?;
+    let (events, rejected) = parse_batch_with(&body, ndjson, ingest_bounds(&state), &templates)
+        .map_err(ApiError::bad_request)?;
     if events.is_empty() {
         let mut err = ApiError::bad_request(if rejected.is_empty() {
             "the batch holds no events".to_string()
@@ -1076,19 +1067,41 @@ pub async fn ingest_events(
             .collect();
         return Err(err);
     }
-    ensure_consumers(&state, &events).await?;
-    let accepted = events.len();
-    // The same path as the gateway's events: stored, folded, exported. Durable when it returns.
-    let fresh = state.pipeline.submit(events).await?;
-    let duplicates = accepted - fresh;
     Ok((
         StatusCode::ACCEPTED,
-        Json(IngestResult {
-            accepted,
-            duplicates,
-            rejected,
-        }),
+        Json(submit_ingested(&state, events, rejected).await?),
     ))
+}
+
+/// The times an ingested event may carry: not past the clock skew allowed, not before the raw
+/// retention or the rollup archive.
+pub(crate) fn ingest_bounds(state: &AppState) -> TimeBounds {
+    let now = now_ms();
+    TimeBounds {
+        min_ms: (now - state.max_age_ms.min(state.engine.retention().day_ms)).max(
+            state
+                .archived_until
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ),
+        max_ms: now + state.max_future_ms,
+    }
+}
+
+/// Creates missing consumers and submits ingested events: the same path as the gateway's
+/// events (stored, folded, exported), durable when it returns.
+pub(crate) async fn submit_ingested(
+    state: &AppState,
+    events: Vec<Event>,
+    rejected: Vec<Rejected>,
+) -> Result<IngestResult, ApiError> {
+    ensure_consumers(state, &events).await?;
+    let accepted = events.len();
+    let fresh = state.pipeline.submit(events).await?;
+    Ok(IngestResult {
+        accepted,
+        duplicates: accepted - fresh,
+        rejected,
+    })
 }
 
 /// Creates the consumers a batch names that do not exist yet, with the plan, team and use

@@ -49,6 +49,24 @@ pub struct TimeBounds {
     pub max_ms: i64,
 }
 
+/// Validates events already made into JSON objects (from OTLP spans), each with an `id`, by the
+/// same rules as a batch. Rejections are indexed by position in `values`.
+pub fn parse_values(
+    values: &[Value],
+    bounds: TimeBounds,
+    templates: &TemplateOf<'_>,
+) -> (Vec<Event>, Vec<Rejected>) {
+    let mut events = Vec::new();
+    let mut rejected = Vec::new();
+    for (index, v) in values.iter().enumerate() {
+        match parse_event(v, &[], bounds, templates) {
+            Ok(e) => events.push(e),
+            Err(error) => rejected.push(Rejected { index, error }),
+        }
+    }
+    (events, rejected)
+}
+
 /// Splits a batch into valid events and rejections. `ndjson` selects one event per line;
 /// otherwise the body is a JSON array (or a single object).
 pub fn parse_batch(

@@ -26,6 +26,8 @@ pub mod handlers;
 pub mod ingest;
 pub mod limits;
 pub mod openapi;
+pub mod otlp;
+mod otlp_decode;
 
 pub use error::ApiError;
 
@@ -63,6 +65,8 @@ pub struct AppState {
     pub contracts: Arc<clientele_contract::Contracts>,
     /// Behavioural features per consumer (governance), fed from every stored event.
     pub governance: Arc<clientele_governance::FeatureStore>,
+    /// `[otlp_ingest]`: where OTLP spans carry the consumer.
+    pub otlp: clientele_core::config::OtlpIngestConfig,
 }
 
 impl AppState {
@@ -105,6 +109,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/stats/consumers/{id}", get(handlers::stats_consumer))
         .route("/v1/stats/routes", get(handlers::stats_routes))
         .route("/v1/events", axum::routing::post(handlers::ingest_events))
+        .route(
+            "/v1/otlp/v1/traces",
+            axum::routing::post(otlp::ingest_traces),
+        )
         .route("/v1/status", get(handlers::status))
         .route("/v1/findings", get(findings::list))
         .route(

@@ -6,8 +6,13 @@
 //! every [`EventObserver`] (the rollups, the contract usage table, and whatever is added next),
 //! then offer them to the exporters. [`rollups::restore`] replays the same observers at start-up,
 //! and [`rollups::archive_and_prune`] keeps the archive. The API and the dashboard call this
-//! crate; the binary only wires it.
+//! crate; the binary only wires it. [`findings::FindingsService`] runs the detectors and stores
+//! their findings; [`detection::run_periodic`] is the loop that runs it every interval, and [`alerts`] the webhook
+//! dispatcher its news goes to.
 
+pub mod alerts;
+pub mod detection;
+pub mod findings;
 pub mod pipeline;
 pub mod rollups;
 pub mod writer;

@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use clientele_core::event::Event;
-use tokio::sync::mpsc;
+use clientele_core::pipeline::EventReceiver;
 
 use crate::Pipeline;
 
@@ -15,7 +14,7 @@ pub const WRITE_BATCH: usize = 8192;
 pub const WRITE_LINGER: Duration = Duration::from_millis(50);
 
 /// Runs until every sink is dropped, then returns once the last batch is stored.
-pub async fn run(mut rx: mpsc::Receiver<Event>, pipeline: Pipeline) {
+pub async fn run(mut rx: EventReceiver, pipeline: Pipeline) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     // A full disk fails every batch: one line per interval with the count, not 20 a second.
     let store_failures = clientele_core::ratelog::Every::new(Duration::from_secs(10));
@@ -41,5 +40,8 @@ pub async fn run(mut rx: mpsc::Receiver<Event>, pipeline: Pipeline) {
                 "could not store events; they are dropped and counted"
             );
         }
+        // Stored, or counted as failed: the hand-off ring may reuse their room. A crash before
+        // this line replays the batch at the next start (the store ignores what it has).
+        rx.commit();
     }
 }

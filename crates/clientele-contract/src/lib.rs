@@ -17,6 +17,7 @@ use clientele_core::finding::{Finding, FindingKind, Severity};
 use serde::Serialize;
 use serde_json::json;
 
+pub mod first;
 mod load;
 mod sample;
 mod spec;

@@ -80,9 +80,16 @@ pub struct ValidationStats {
 pub struct SampleSender {
     tx: SyncSender<Sample>,
     contracts: Arc<Contracts>,
+    first: Arc<crate::first::FirstCalls>,
 }
 
 impl SampleSender {
+    /// Whether this exchange is among the first of its consumer and operation this hour, and
+    /// so checked in full whatever the sample rate (see [`crate::first`]). Counts it.
+    pub fn first_of_hour(&self, consumer: &str, op: &str, ts_ms: i64) -> bool {
+        self.first.admit(consumer, op, ts_ms)
+    }
+
     /// Hands a sample over without waiting; a full queue drops it and counts the drop.
     pub fn offer(&self, sample: Sample) {
         match self.tx.try_send(sample) {
@@ -149,6 +156,7 @@ impl Contracts {
         SampleSender {
             tx,
             contracts: self.clone(),
+            first: Arc::new(crate::first::FirstCalls::default()),
         }
     }
 

@@ -154,15 +154,6 @@ pub fn targets(
                 ));
             }
         }
-        if r.webhook.starts_with("https://") {
-            return Err(err(
-                key("webhook"),
-                format!(
-                    "{:?}: https webhooks are not supported yet; use an http:// receiver on your network (for Slack, a relay such as a small proxy)",
-                    r.webhook
-                ),
-            ));
-        }
         if let Err(reason) = parse_upstream(&r.webhook) {
             return Err(err(key("webhook"), reason));
         }
@@ -280,10 +271,7 @@ mod tests {
                 "plans = [\"gold\"]\nwebhook = \"http://h:1\"",
                 "alerts[0].plans",
             ),
-            (
-                "webhook = \"https://hooks.slack.com/x\"",
-                "alerts[0].webhook",
-            ),
+            ("webhook = \"ftp://hooks.slack.com/x\"", "alerts[0].webhook"),
             ("webhook = \"hooks\"", "alerts[0].webhook"),
             (
                 "webhook = \"http://h:1\"\nformat = \"xml\"",

@@ -30,6 +30,11 @@ pub struct Config {
     /// Where findings are sent (see [`crate::alert`]).
     pub alerts: Vec<crate::alert::AlertRule>,
     pub detection: crate::alert::DetectionConfig,
+    /// Trust and client certificate for everything Clientele connects to (webhooks, OTLP
+    /// collectors, log sinks, and upstreams without settings of their own).
+    pub outbound: OutboundTls,
+    /// How `POST /v1/otlp/v1/traces` finds the consumer of a span.
+    pub otlp_ingest: OtlpIngestConfig,
     /// Where the config came from (the file), for messages about it found after parsing.
     #[serde(skip)]
     pub origin: String,
@@ -239,6 +244,61 @@ pub struct ApiConfig {
     /// operation; a rate left out keeps the API's.
     #[serde(default)]
     pub sample_rates: BTreeMap<String, SampleRates>,
+    /// For an `https://` upstream: a PEM bundle of CAs trusted instead of `[outbound]`'s (or
+    /// the system's) roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// A PEM certificate chain and key presented to an upstream that requires mutual TLS.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+impl ApiConfig {
+    /// This API's TLS settings: its own where it has any, else `[outbound]`'s.
+    pub fn tls(&self, outbound: &OutboundTls) -> OutboundTls {
+        if self.ca_file.is_none() && self.client_cert.is_none() && self.client_key.is_none() {
+            return outbound.clone();
+        }
+        OutboundTls {
+            ca_file: self.ca_file.clone().or_else(|| outbound.ca_file.clone()),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+        }
+    }
+}
+
+/// `[otlp_ingest]`: OTLP HTTP server spans become events; the consumer is the first of these
+/// found on the span (or its resource).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpIngestConfig {
+    /// A span attribute naming the consumer (e.g. set by the gateway's auth plugin).
+    pub consumer_attribute: String,
+    /// A request header naming the consumer, captured on spans as the semantic conventions'
+    /// `http.request.header.<name>` attribute (e.g. Kong's `x-consumer-username`).
+    pub consumer_header: Option<String>,
+}
+
+impl Default for OtlpIngestConfig {
+    fn default() -> Self {
+        OtlpIngestConfig {
+            consumer_attribute: "enduser.id".into(),
+            consumer_header: None,
+        }
+    }
+}
+
+/// Where trust comes from for outbound TLS, and the certificate presented to servers that ask.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundTls {
+    /// A PEM bundle of CAs trusted instead of the system's roots (which honour `SSL_CERT_FILE`).
+    pub ca_file: Option<PathBuf>,
+    /// A PEM certificate chain presented to servers that ask for one (mTLS), with `client_key`.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 /// The share of one operation's requests and responses checked against the spec.
@@ -419,9 +479,24 @@ impl Config {
             resolve(p);
         }
         for api in &mut self.apis {
-            if let Some(p) = api.openapi.as_mut() {
+            for p in [
+                &mut api.openapi,
+                &mut api.ca_file,
+                &mut api.client_cert,
+                &mut api.client_key,
+            ]
+            .into_iter()
+            .flatten()
+            {
                 resolve(p);
             }
+        }
+        let o = &mut self.outbound;
+        for p in [&mut o.ca_file, &mut o.client_cert, &mut o.client_key]
+            .into_iter()
+            .flatten()
+        {
+            resolve(p);
         }
         self.exports.resolve_paths(base);
     }
@@ -436,6 +511,12 @@ impl Config {
                 "gateway.tls_cert",
                 "tls_cert and tls_key must be set together; set both to terminate TLS, or neither"
                     .into(),
+            );
+        }
+        if self.outbound.client_cert.is_some() != self.outbound.client_key.is_some() {
+            return err(
+                "outbound.client_cert",
+                "client_cert and client_key must be set together".into(),
             );
         }
         if self.gateway.max_header_bytes < 1024 {
@@ -752,24 +833,23 @@ fn http_header_name_invalid(name: &str) -> bool {
 /// An upstream URL split into what the proxy needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
-    /// `host:port`, used as the authority and to connect.
+    /// Whether it is `https://`.
+    pub tls: bool,
+    /// `host:port`, used as the authority and to connect (and the host for SNI).
     pub authority: String,
     /// Base path joined before the request path, without a trailing slash (may be empty).
     pub base_path: String,
 }
 
-/// Parses `http://host[:port][/base]`. HTTPS upstreams are refused with a clear message rather
-/// than silently spoken to in plaintext.
+/// Parses `http[s]://host[:port][/base]`; the port defaults to 80 or 443.
 pub fn parse_upstream(url: &str) -> Result<Upstream, String> {
-    let rest = if let Some(rest) = url.strip_prefix("http://") {
-        rest
-    } else if url.starts_with("https://") {
-        return Err(format!(
-            "{url:?}: https upstreams are not supported yet; use http:// on a private network, or put a TLS sidecar in front of the upstream"
-        ));
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        (false, rest)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (true, rest)
     } else {
         return Err(format!(
-            "{url:?} must be an http:// URL such as http://127.0.0.1:9000"
+            "{url:?} must be an http:// or https:// URL such as http://127.0.0.1:9000"
         ));
     };
     let (authority, path) = match rest.find('/') {
@@ -778,7 +858,7 @@ pub fn parse_upstream(url: &str) -> Result<Upstream, String> {
     };
     if authority.is_empty() || authority.contains('@') {
         return Err(format!(
-            "{url:?} has no host, or has credentials in it; use http://host:port"
+            "{url:?} has no host, or has credentials in it; use http://host:port or https://host:port"
         ));
     }
     let has_port = !authority.ends_with(']')
@@ -790,9 +870,10 @@ pub fn parse_upstream(url: &str) -> Result<Upstream, String> {
     } else if authority.contains(':') && !authority.starts_with('[') {
         return Err(format!("{url:?} has an invalid port"));
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{}", if tls { 443 } else { 80 })
     };
     Ok(Upstream {
+        tls,
         authority,
         base_path: path.trim_end_matches('/').to_string(),
     })
@@ -931,6 +1012,7 @@ mod tests {
         assert_eq!(
             parse_upstream("http://127.0.0.1:9000/v2/").unwrap(),
             Upstream {
+                tls: false,
                 authority: "127.0.0.1:9000".into(),
                 base_path: "/v2".into()
             }
@@ -939,7 +1021,12 @@ mod tests {
             parse_upstream("http://api.internal").unwrap().authority,
             "api.internal:80"
         );
-        assert!(parse_upstream("https://x").unwrap_err().contains("https"));
+        let https = parse_upstream("https://api.example.com/v1").unwrap();
+        assert!(https.tls);
+        assert_eq!(https.authority, "api.example.com:443");
+        assert_eq!(https.base_path, "/v1");
+        assert!(!parse_upstream("http://x").unwrap().tls);
+        assert!(parse_upstream("ftp://x").unwrap_err().contains("https://"));
         assert!(parse_upstream("ftp://x").is_err());
         assert!(parse_upstream("http://x:notaport").is_err());
         assert!(parse_upstream("http://u:p@x:1").is_err());

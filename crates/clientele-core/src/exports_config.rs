@@ -456,17 +456,13 @@ fn check_headers(h: &BTreeMap<String, String>) -> Result<(), (String, String)> {
     Ok(())
 }
 
-/// Exporters speak plain HTTP: TLS to a vendor is the job of a local collector or agent
-/// (OpenTelemetry Collector, Grafana Alloy, Vector), which is how these backends are usually
-/// fed, and which keeps a TLS client out of the gateway.
+/// `http://` or `https://` with a host; TLS trust comes from `[outbound]`.
 fn check_http_url(url: &str) -> Result<(), String> {
-    if url.starts_with("https://") {
-        return Err(format!(
-            "{url:?}: https is not supported; send to a local collector or agent over http:// and let it forward with TLS"
-        ));
-    }
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err(format!("{url:?} must be an http:// URL"));
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return Err(format!("{url:?} must be an http:// or https:// URL"));
     };
     let authority = rest.split('/').next().unwrap_or("");
     if authority.is_empty() || authority.contains('@') {
@@ -547,7 +543,7 @@ token = "abc"
                 "exports.prometheus.top_k",
             ),
             (
-                "[exports.otlp]\nendpoint = \"https://x\"\n",
+                "[exports.otlp]\nendpoint = \"grpc://x\"\n",
                 "exports.otlp.endpoint",
             ),
             (

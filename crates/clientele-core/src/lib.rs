@@ -19,6 +19,8 @@ pub mod pipeline;
 pub mod policy;
 pub mod problem;
 pub mod ratelog;
+pub mod record;
+pub mod ring;
 pub mod route;
 pub mod time;
 

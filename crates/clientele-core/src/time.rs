@@ -2,6 +2,10 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
+pub const MINUTE_MS: i64 = 60_000;
+pub const HOUR_MS: i64 = 3_600_000;
+pub const DAY_MS: i64 = 86_400_000;
+
 pub fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }

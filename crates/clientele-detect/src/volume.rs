@@ -247,9 +247,33 @@ impl VolumeDetector {
         let expected: Vec<f64> = (0..counts.len())
             .map(|i| model.expected(hist_start_hour + i as i64))
             .collect();
+        let young = model.seasonality != Seasonality::HourOfWeek;
         let cx = prefix(counts);
         let ce = prefix(&expected);
-        let young = model.seasonality != Seasonality::HourOfWeek;
+        // The consumer's noise only makes thresholds stricter (dispersion >= 1, ratios at least
+        // `spike_ratio` or at most `drop_ratio`), so a day none of whose windows passes the
+        // plain Poisson test at those ratios cannot be flagged, and its noise is not read.
+        let window = |idx: usize, w: usize, f: f64| {
+            let x = cx[idx + 1] - cx[idx + 1 - w];
+            let e = ce[idx] - ce[idx + 1 - w] + expected[idx] * f;
+            let ratio = x / e.max(MIN_EXPECTED * (w as f64 - 1.0 + f));
+            (x, e, ratio, poisson_z(x, e.max(MIN_MEAN)))
+        };
+        let candidate = windows.iter().any(|&w| {
+            g.hours.clone().any(|hour| {
+                let idx = (hour - hist_start_hour) as usize;
+                let f = ctx.elapsed_fraction(hour);
+                if idx + 1 < w || idx >= counts.len() || f < 1.0 / 6.0 {
+                    return false;
+                }
+                let (_, _, ratio, z) = window(idx, w, f);
+                (ratio >= cfg.spike_ratio && z >= z_crit)
+                    || (!young && ratio < cfg.drop_ratio && z <= -z_crit)
+            })
+        });
+        if !candidate {
+            return;
+        }
         for &w in windows {
             let noise = Noise::of(&past[start..], &expected[start..g.hist_end], w, z_crit);
             let bursty = noise.usual_burst * cfg.burst_margin > cfg.spike_ratio;
@@ -287,10 +311,8 @@ impl VolumeDetector {
                 if f < 1.0 / 6.0 {
                     continue;
                 }
-                let x = cx[idx + 1] - cx[idx + 1 - w];
-                let e = ce[idx] - ce[idx + 1 - w] + expected[idx] * f;
-                let ratio = x / e.max(MIN_EXPECTED * (w as f64 - 1.0 + f));
-                let z = poisson_z(x, e.max(MIN_MEAN)) / noise.dispersion.sqrt();
+                let (x, e, ratio, z) = window(idx, w, f);
+                let z = z / noise.dispersion.sqrt();
                 let flag = |threshold: f64| Flag {
                     hour,
                     window_hours: w,

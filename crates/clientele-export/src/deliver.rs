@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clientele_core::exports_config::DeliveryConfig;
+use clientele_http::{
+    ClientOptions, Failure, Outbound, Posted, RetryPolicy, Timeouts, TlsSettings,
+};
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 
 use crate::QueueStats;
@@ -111,12 +111,12 @@ where
     (queue, handle)
 }
 
-/// A small HTTP/1.1 client for pushing batches.
+/// Pushes batches through the shared outbound client (TLS for `https://` endpoints) with the
+/// shared retry policy.
 #[derive(Clone)]
 pub struct Poster {
-    client: Client<HttpConnector, Full<Bytes>>,
-    timeout: Duration,
-    max_retries: u32,
+    client: Outbound<Full<Bytes>>,
+    retry: RetryPolicy,
     headers: Arc<Vec<(http::HeaderName, http::HeaderValue)>>,
     /// A down endpoint fails every batch: one warning per interval, with the count.
     failures: Arc<clientele_core::ratelog::Every>,
@@ -127,10 +127,11 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Poster {
-    pub fn new(d: &DeliveryConfig, headers: &BTreeMap<String, String>) -> Result<Poster, String> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(d.timeout_ms)));
-        connector.set_nodelay(true);
+    pub fn new(
+        d: &DeliveryConfig,
+        headers: &BTreeMap<String, String>,
+        tls: &TlsSettings,
+    ) -> Result<Poster, String> {
         let mut parsed = Vec::new();
         for (k, v) in headers {
             let name =
@@ -139,39 +140,38 @@ impl Poster {
                 .map_err(|e| format!("header {k:?}: {e}"))?;
             parsed.push((name, value));
         }
+        let timeout = Duration::from_millis(d.timeout_ms);
+        let options = ClientOptions::new(Timeouts {
+            connect: timeout,
+            request: timeout,
+        })
+        .with_tls(tls.clone());
         Ok(Poster {
-            client: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .build(connector),
-            timeout: Duration::from_millis(d.timeout_ms),
-            max_retries: d.max_retries,
+            client: Outbound::new(&options)?,
+            retry: RetryPolicy::new(d.max_retries + 1, FIRST_BACKOFF, MAX_BACKOFF),
             headers: Arc::new(parsed),
             failures: Arc::new(clientele_core::ratelog::Every::new(Duration::from_secs(10))),
         })
     }
 
-    async fn post_once(&self, url: &str, content_type: &str, body: Bytes) -> Result<u16, String> {
+    async fn post_once(
+        &self,
+        url: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<Posted, Failure> {
         let mut req = http::Request::post(url).header(http::header::CONTENT_TYPE, content_type);
         for (k, v) in self.headers.iter() {
             req = req.header(k, v);
         }
-        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
-        let resp = tokio::time::timeout(self.timeout, self.client.request(req))
-            .await
-            .map_err(|_| "timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        // Drain the body so the connection can be reused; bounded by the same timeout.
-        let _ = tokio::time::timeout(
-            self.timeout,
-            http_body_util::BodyExt::collect(resp.into_body()),
-        )
-        .await;
-        Ok(status)
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| Failure::other(e.to_string()))?;
+        self.client.send_and_drain(req).await
     }
 
-    /// POSTs `body`, retrying connection errors, timeouts, 429 and 5xx with exponential
-    /// backoff and jitter. Returns whether the endpoint accepted it (2xx).
+    /// POSTs `body` with the retry policy (connection errors, timeouts, 408, 429 and 5xx, after
+    /// `Retry-After` when given). Returns whether the endpoint accepted it (2xx).
     pub async fn post(
         &self,
         exporter: &str,
@@ -180,33 +180,31 @@ impl Poster {
         body: Bytes,
         stats: &QueueStats,
     ) -> bool {
-        let mut backoff = FIRST_BACKOFF;
-        for attempt in 0..=self.max_retries {
-            let reason = match self.post_once(url, content_type, body.clone()).await {
-                Ok(s) if (200..300).contains(&s) => return true,
-                Ok(s) if s == 429 || s >= 500 => format!("status {s}"),
-                Ok(s) => {
-                    clientele_core::warn_every!(
-                        self.failures,
-                        exporter,
-                        url,
-                        status = s,
-                        "export refused; batch dropped"
-                    );
-                    return false;
+        let result = self
+            .retry
+            .run(|attempt| {
+                if attempt > 1 {
+                    stats.retries.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) => e,
-            };
-            if attempt == self.max_retries {
-                clientele_core::warn_every!(self.failures, exporter, url, error = %reason, attempts = attempt + 1, "export failed; batch dropped");
-                return false;
+                self.post_once(url, content_type, body.clone())
+            })
+            .await;
+        match result {
+            Ok(p) if (200..300).contains(&p.status) => true,
+            Ok(p) => {
+                clientele_core::warn_every!(
+                    self.failures,
+                    exporter,
+                    url,
+                    status = p.status,
+                    "export refused; batch dropped"
+                );
+                false
             }
-            stats.retries.fetch_add(1, Ordering::Relaxed);
-            let jitter =
-                clientele_core::event::fast_random_u64() % (backoff.as_millis() as u64 / 4 + 1);
-            tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            Err(e) => {
+                clientele_core::warn_every!(self.failures, exporter, url, error = %e, "export failed; batch dropped");
+                false
+            }
         }
-        false
     }
 }

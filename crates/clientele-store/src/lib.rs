@@ -3,8 +3,10 @@
 //! what detectors notice ([`FindingStore`]: findings and the alert delivery log).
 //!
 //! Callers hold `Arc<dyn ControlStore>` / `Arc<dyn EventStore>`, so a PostgreSQL control plane
-//! or a ClickHouse event store can be added beside [`sqlite::SqliteStore`] without touching
-//! them. Every backend must pass the shared suite in [`testsuite`].
+//! or a ClickHouse event store can be added beside the embedded ones without touching them:
+//! [`sqlite::SqliteStore`] (control plane, findings, the rollup archive) and [`log::EventLog`]
+//! (raw events in checksummed segment files). Every backend must pass the shared suite in
+//! [`testsuite`], one line per trait.
 
 use async_trait::async_trait;
 use clientele_core::consumer::{ApiKey, Consumer};
@@ -12,11 +14,13 @@ use clientele_core::event::Event;
 use clientele_core::keys::{KeyEntry, QuotaUsage};
 
 pub mod findings;
+pub mod log;
 pub mod sqlite;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 
 pub use findings::{Change, Delivery, DeliveryQuery, FindingQuery, FindingStore, Upserted};
+pub use log::EventLog;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +114,8 @@ pub struct StoredRollup {
     pub sketch: Vec<u8>,
 }
 
-/// Where a scan of events stopped.
+/// Where a scan of events stopped. Opaque: only the backend that returned it reads it, and only
+/// while it stays open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventCursor {
     pub ts_ms: i64,
@@ -135,9 +140,10 @@ pub trait EventStore: Send + Sync {
     /// that were new, so that derived state (rollups) counts each event exactly once. When it
     /// returns, the events are durable.
     async fn append_events(&self, events: Vec<Event>) -> Result<Vec<Event>>;
-    /// Reads stored events with `ts >= from_ms` in pages of `page` events, ordered by time, for
-    /// rebuilding derived state at start-up. `after` is the cursor returned by the previous
-    /// call (`None` first); the answer's cursor is `None` when done.
+    /// Reads stored events with `ts >= from_ms` in pages of at most `page` events, for
+    /// rebuilding derived state at start-up: every such event exactly once, ordered by UTC day
+    /// of event time (within a day, in the order the backend keeps). `after` is the cursor
+    /// returned by the previous call (`None` first); the answer's cursor is `None` when done.
     async fn scan_events(
         &self,
         from_ms: i64,
@@ -146,7 +152,9 @@ pub trait EventStore: Send + Sync {
     ) -> Result<(Vec<Event>, Option<EventCursor>)>;
     /// A consumer's raw events, newest first.
     async fn recent_events(&self, query: &EventQuery) -> Result<Vec<Event>>;
-    /// Deletes raw events older than `before_ms`; returns how many.
+    /// Deletes raw events of the UTC days that end at or before `before_ms`; returns how many.
+    /// Events of a day that `before_ms` falls inside may be kept until a later call (the
+    /// embedded log deletes whole day files); callers pass day boundaries.
     async fn prune_events(&self, before_ms: i64) -> Result<u64>;
     /// How many raw events are stored.
     async fn event_count(&self) -> Result<u64>;

@@ -4,29 +4,40 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
+use clientele_http::{ClientOptions, FailureKind, Outbound, Timeouts};
 use http::{Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use serde_json::Value;
+
+/// The CLI's client for the admin API (and the demo's for its own gateway): the shared outbound
+/// client with the system's roots (SSL_CERT_FILE names another bundle), for an admin API behind
+/// TLS, waiting `request` for each answer.
+pub fn http(request: Duration) -> Result<Outbound<Full<Bytes>>> {
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(10),
+        request,
+    };
+    Outbound::new(&ClientOptions::new(timeouts)).map_err(|e| anyhow!(e))
+}
 
 pub struct AdminClient {
     base: String,
     token: String,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Outbound<Full<Bytes>>,
 }
 
 impl AdminClient {
     pub fn new(base: &str, token: &str) -> Result<AdminClient> {
         let base = base.trim_end_matches('/').to_string();
-        if !base.starts_with("http://") {
-            bail!("--admin-url {base:?} must be an http:// URL such as http://127.0.0.1:8081");
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            bail!(
+                "--admin-url {base:?} must be an http:// or https:// URL such as http://127.0.0.1:8081"
+            );
         }
         Ok(AdminClient {
             base,
             token: token.to_string(),
-            http: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            http: http(Duration::from_secs(30))?,
         })
     }
 
@@ -41,17 +52,11 @@ impl AdminClient {
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(payload))
             .with_context(|| format!("invalid URL {url}"))?;
-        let resp = tokio::time::timeout(Duration::from_secs(30), self.http.request(req))
-            .await
-            .map_err(|_| anyhow!("{url} did not answer within 30 s"))?
-            .map_err(|e| anyhow!("cannot reach the admin API at {}: {e}; is `clientele serve` running? (set --admin-url or CLIENTELE_ADMIN_URL)", self.base))?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| anyhow!("reading the answer failed: {e}"))?
-            .to_bytes();
+        let (parts, bytes) = self.http.fetch(req).await.map_err(|e| match e.kind {
+            FailureKind::Timeout => anyhow!("{url}: {e}"),
+            _ => anyhow!("cannot reach the admin API at {}: {e}; is `clientele serve` running? (set --admin-url or CLIENTELE_ADMIN_URL)", self.base),
+        })?;
+        let status = parts.status;
         if status == StatusCode::NO_CONTENT {
             return Ok(Value::Null);
         }

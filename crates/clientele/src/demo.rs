@@ -3,8 +3,10 @@
 //! Starts a sample upstream (a small pet-shop API), the gateway and admin API in front of it,
 //! creates consumers with keys through the admin API, and sends synthetic traffic that contains
 //! the cases aggregate dashboards hide: an integration whose orders fail, a runaway loop on
-//! `/search`, a key shared across many machines, and a bursty AI agent. Every few seconds it
-//! prints the per-consumer table, read from the same API a user would query.
+//! `/search`, a key shared across many machines, and a bursty AI agent. Before live traffic it
+//! backfills two weeks of their history (`demo_history`), so every finding kind shows at once,
+//! each on the consumer that earned it. Every few seconds it prints the per-consumer table and
+//! the findings, read from the same API a user would query.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,13 +17,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::Args;
+use clientele_http::Outbound;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -84,7 +85,9 @@ const PERSONAS: &[Persona] = &[
         plan: "enterprise",
         team: "retail",
         use_case: "storefront",
-        behaviour: Behaviour::Steady { per_sec: 8.0 },
+        behaviour: Behaviour::Steady {
+            per_sec: 60.0 * 0.7 / 3600.0,
+        },
     },
     Persona {
         id: "globex",
@@ -92,7 +95,9 @@ const PERSONAS: &[Persona] = &[
         plan: "pro",
         team: "logistics",
         use_case: "inventory-sync",
-        behaviour: Behaviour::Steady { per_sec: 4.0 },
+        behaviour: Behaviour::Steady {
+            per_sec: 40.0 * 0.15 * 0.7 / 3600.0,
+        },
     },
     Persona {
         id: "initech",
@@ -100,7 +105,9 @@ const PERSONAS: &[Persona] = &[
         plan: "pro",
         team: "partners",
         use_case: "order-import",
-        behaviour: Behaviour::BrokenOrders { per_sec: 3.0 },
+        behaviour: Behaviour::BrokenOrders {
+            per_sec: 30.0 * 0.7 / 3600.0,
+        },
     },
     Persona {
         id: "umbrella",
@@ -116,7 +123,9 @@ const PERSONAS: &[Persona] = &[
         plan: "free",
         team: "self-serve",
         use_case: "mobile-app",
-        behaviour: Behaviour::SharedKey { per_sec: 3.0 },
+        behaviour: Behaviour::SharedKey {
+            per_sec: 30.0 * 0.7 / 3600.0,
+        },
     },
     Persona {
         id: "smith-agent",
@@ -129,10 +138,12 @@ const PERSONAS: &[Persona] = &[
     Persona {
         id: "stark",
         name: "Stark Industries",
-        plan: "enterprise",
+        plan: "starter",
         team: "retail",
         use_case: "b2b-portal",
-        behaviour: Behaviour::Steady { per_sec: 2.0 },
+        behaviour: Behaviour::Steady {
+            per_sec: 36.0 * 0.7 / 3600.0,
+        },
     },
     // Governance cases: they show on the Governance page within a minute.
     Persona {
@@ -217,6 +228,11 @@ burst = 200
 rate_per_second = 1000
 burst = 2000
 
+[plans.starter]
+rate_per_second = 10
+burst = 20
+quota_per_day = 700
+
 # The demo has minutes, not weeks: detectors run every 10 s so findings show up quickly.
 [detection]
 interval_secs = 10
@@ -258,6 +274,22 @@ interval_secs = 10
         keys.push((p, key));
     }
 
+    // Two weeks of history first, then one evaluation over the last day, so the findings are
+    // there before the first table.
+    let started = std::time::Instant::now();
+    let events = crate::demo_history::backfill(&admin, clientele_core::time::now_ms()).await?;
+    let evaluated = admin
+        .call(Method::POST, "/v1/findings/evaluate?lookback=1d", None)
+        .await?;
+    let conditions = evaluated
+        .get("findings")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    println!(
+        "backfilled {events} events of two weeks' history in {:.1} s; the detectors found {conditions} conditions",
+        started.elapsed().as_secs_f64()
+    );
+
     println!();
     println!("Clientele demo is running.");
     println!("  gateway     {gateway_url}   (sample pet-shop API behind it)");
@@ -298,8 +330,7 @@ interval_secs = 10
         args.report_every
     );
 
-    let http: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let http = crate::client::http(Duration::from_secs(30))?;
     let traffic: Vec<_> = keys
         .into_iter()
         .map(|(p, key)| tokio::spawn(drive(p.behaviour, key, gateway_url.clone(), http.clone())))
@@ -363,12 +394,7 @@ impl Rng {
     }
 }
 
-async fn drive(
-    behaviour: Behaviour,
-    key: String,
-    gateway: String,
-    http: Client<HttpConnector, Full<Bytes>>,
-) {
+async fn drive(behaviour: Behaviour, key: String, gateway: String, http: Outbound<Full<Bytes>>) {
     let mut rng = Rng::new();
     let send =
         |method: Method, path: String, body: Option<Value>, extra: Vec<(&'static str, String)>| {
@@ -483,7 +509,8 @@ async fn drive(
                     send(method, path, body, vec![("x-session-id", session.clone())]).await;
                     tokio::time::sleep(Duration::from_millis(50 + rng.below(100))).await;
                 }
-                tokio::time::sleep(Duration::from_secs(8 + rng.below(10))).await;
+                // An hour's worth of bursts is one to three, as in its history.
+                tokio::time::sleep(Duration::from_secs(20 * 60 + rng.below(40 * 60))).await;
             }
             Behaviour::SharedAcrossApps { per_sec } => {
                 // Each application runs on its own network (a /24 of its own).
@@ -569,8 +596,8 @@ async fn report(admin: AdminClient, every: u64) {
             ],
             &rows,
         );
-        // What the detectors noticed (they run every minute): one sentence each.
-        if let Ok(found) = admin.call(Method::GET, "/v1/findings?limit=5", None).await {
+        // What the detectors noticed: kind, consumer and one sentence each.
+        if let Ok(found) = admin.call(Method::GET, "/v1/findings?limit=30", None).await {
             let found = found
                 .get("findings")
                 .and_then(Value::as_array)
@@ -581,7 +608,9 @@ async fn report(admin: AdminClient, every: u64) {
                 for f in found {
                     let sev = f.get("severity").and_then(Value::as_str).unwrap_or("");
                     let summary = f.get("summary").and_then(Value::as_str).unwrap_or("");
-                    println!("  [{sev}] {summary}");
+                    let kind = f.get("kind").and_then(Value::as_str).unwrap_or("");
+                    let who = f.get("consumer").and_then(Value::as_str).unwrap_or("API");
+                    println!("  [{sev}] {kind} ({who}): {summary}");
                 }
             }
         }

@@ -12,11 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use clap::Args;
+use clientele_http::{Outbound, Posted, RetryPolicy};
 use http::{Request, StatusCode, header};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Map, Value, json};
 use tokio::task::JoinSet;
@@ -82,8 +80,7 @@ pub async fn run(args: ImportArgs) -> Result<()> {
     }
     let token = crate::cli::token(&args.remote)?;
     let base = args.remote.admin_url.trim_end_matches('/').to_string();
-    let http: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let http = crate::client::http(Duration::from_secs(120))?;
     let names: Vec<String> = args.files.iter().map(|p| p.display().to_string()).collect();
     let mut total_bytes = 0u64;
     for p in &args.files {
@@ -273,18 +270,18 @@ fn settle(
     Ok(())
 }
 
-/// Posts one batch, retrying connection failures and 503s with backoff. A 400 (nothing valid)
-/// is an answer, not a failure: its `errors` say why.
+/// Posts one batch with the shared retry policy (connection failures, timeouts, 429 and 5xx).
+/// A 400 (nothing valid) is an answer, not a failure: its `errors` say why.
 async fn send_batch(
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Outbound<Full<Bytes>>,
     base: String,
     token: String,
     batch: Batch,
 ) -> (Vec<Origin>, Result<Value, String>) {
     let body = Bytes::from(batch.body);
-    let mut last_error = String::new();
-    for delay in [0u64, 200, 1_000, 3_000] {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
+    let policy = RetryPolicy::new(4, Duration::from_millis(200), Duration::from_secs(3));
+    let mut attempt = 1;
+    loop {
         let req = match Request::post(format!("{base}/v1/events"))
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .header(header::CONTENT_TYPE, "application/x-ndjson")
@@ -293,56 +290,53 @@ async fn send_batch(
             Ok(r) => r,
             Err(e) => return (batch.origins, Err(format!("invalid admin URL {base}: {e}"))),
         };
-        let resp = match tokio::time::timeout(Duration::from_secs(120), http.request(req)).await {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => {
-                last_error = format!(
+        let (result, error) = match http.fetch(req).await {
+            Ok((parts, bytes)) => match answer(parts.status, &bytes) {
+                Ok(value) => return (batch.origins, Ok(value)),
+                Err((false, e)) => return (batch.origins, Err(e)),
+                Err((true, e)) => (
+                    Ok(Posted {
+                        status: parts.status.as_u16(),
+                        retry_after: clientele_http::parse_retry_after(&parts.headers),
+                    }),
+                    e,
+                ),
+            },
+            Err(e) => {
+                let text = format!(
                     "cannot reach the admin API at {base}: {e}; is `clientele serve` running?"
                 );
-                continue;
-            }
-            Err(_) => {
-                last_error = format!("{base} did not answer within 120 s");
-                continue;
+                (Err(e), text)
             }
         };
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let detail = value
-            .get("detail")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        match status {
-            StatusCode::ACCEPTED | StatusCode::BAD_REQUEST => return (batch.origins, Ok(value)),
-            StatusCode::SERVICE_UNAVAILABLE => {
-                last_error = format!("the server is unavailable: {detail}")
-            }
-            StatusCode::PAYLOAD_TOO_LARGE => {
-                return (
-                    batch.origins,
-                    Err("a batch is larger than the server accepts; lower --batch".into()),
-                );
-            }
-            StatusCode::UNAUTHORIZED => {
-                return (
-                    batch.origins,
-                    Err(
-                        "the admin API refused the token; set --token or CLIENTELE_ADMIN_TOKEN"
-                            .into(),
-                    ),
-                );
-            }
-            other => return (batch.origins, Err(format!("{} {detail}", other.as_u16()))),
+        match policy.next_delay(attempt, &result) {
+            Some(wait) => tokio::time::sleep(wait).await,
+            None => return (batch.origins, Err(error)),
         }
+        attempt += 1;
     }
-    (batch.origins, Err(last_error))
+}
+
+/// What an answer to a batch means: the report, or an error with whether to try again.
+fn answer(status: StatusCode, bytes: &[u8]) -> Result<Value, (bool, String)> {
+    let value: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    let detail = value.get("detail").and_then(Value::as_str).unwrap_or("");
+    match status {
+        StatusCode::ACCEPTED | StatusCode::BAD_REQUEST => Ok(value),
+        StatusCode::PAYLOAD_TOO_LARGE => Err((
+            false,
+            "a batch is larger than the server accepts; lower --batch".into(),
+        )),
+        StatusCode::UNAUTHORIZED => Err((
+            false,
+            "the admin API refused the token; set --token or CLIENTELE_ADMIN_TOKEN".into(),
+        )),
+        s if s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() => Err((
+            true,
+            format!("the server is unavailable ({}): {detail}", s.as_u16()),
+        )),
+        other => Err((false, format!("{} {detail}", other.as_u16()))),
+    }
 }
 
 /// Converts one log line into a Clientele event.

@@ -12,12 +12,11 @@ use clap::{Args, Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-mod alerts;
 mod cli;
 mod client;
 mod contract;
 mod demo;
-mod detection;
+mod demo_history;
 mod exports;
 mod findings_cli;
 mod logimport;

@@ -17,7 +17,7 @@ use clientele_core::keys::{KeyHasher, KeyIndex};
 use clientele_core::pipeline::{EventSink, PipelineStats};
 use clientele_gateway::limiter::Limiter;
 use clientele_gateway::{Gateway, GatewayOptions, ServeSettings, TlsFiles};
-use clientele_store::{ControlStore, EventStore, FindingStore, SqliteStore};
+use clientele_store::{ControlStore, EventLog, EventStore, FindingStore, SqliteStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -93,7 +93,7 @@ pub async fn start(config: Config) -> Result<Running> {
         clientele_api::contract::persist_spec_versions(&*control, contract).await;
     }
     let finding_store: Arc<dyn FindingStore> = Arc::new(store.clone());
-    let events: Arc<dyn EventStore> = Arc::new(store);
+    let events: Arc<dyn EventStore> = Arc::new(open_event_log(&data_dir, store).await?);
     let keys = Arc::new(KeyIndex::with_plans(
         KeyHasher::new(control.key_secret()),
         config.plans.clone(),
@@ -133,9 +133,9 @@ pub async fn start(config: Config) -> Result<Running> {
     governance.on_blocks(block_hook(keys.clone()));
 
     let stats = Arc::new(PipelineStats::default());
-    let (sink, rx) = EventSink::bounded(config.gateway.event_queue, stats.clone());
+    let (sink, rx) = open_hand_off(&data_dir, config.gateway.event_queue, stats.clone())?;
     let exporters = Arc::new(
-        clientele_export::Exporters::start(&config.exports, Some(stats.clone()))
+        clientele_export::Exporters::start(&config.exports, &config.outbound, Some(stats.clone()))
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
     register_limiter_gauges(&exporters, &limiter)?;
@@ -171,6 +171,7 @@ pub async fn start(config: Config) -> Result<Running> {
             end_user_header: config.gateway.end_user_header.clone(),
             max_request_body_bytes: config.gateway.max_request_body_bytes,
             hide_credentials: true,
+            outbound_tls: config.outbound.clone(),
         },
         keys.clone(),
         limiter.clone(),
@@ -214,8 +215,11 @@ pub async fn start(config: Config) -> Result<Running> {
 
     let alert_targets = clientele_core::alert::targets(&config.alerts, &config.plans, "config")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (alert_tx, alert_task) = crate::alerts::start(
+    let alert_http =
+        clientele_app::alerts::client(&config.outbound).map_err(|e| anyhow::anyhow!(e))?;
+    let (alert_tx, alert_task) = clientele_app::alerts::start(
         alert_targets,
+        alert_http,
         finding_store.clone(),
         control.clone(),
         wait_for(shutdown_rx.clone()),
@@ -223,7 +227,7 @@ pub async fn start(config: Config) -> Result<Running> {
     .await;
     tasks.extend(alert_task);
     let findings = Arc::new(
-        clientele_api::findings::FindingsService::new(
+        clientele_app::findings::FindingsService::new(
             clientele_detect::Registry::configured(&config.detection)
                 .with(crate::contract::ContractDetector(contracts.clone())),
             finding_store,
@@ -241,7 +245,7 @@ pub async fn start(config: Config) -> Result<Running> {
             })
         }),
     );
-    tasks.push(tokio::spawn(crate::detection::run_periodic(
+    tasks.push(tokio::spawn(clientele_app::detection::run_periodic(
         findings.clone(),
         Duration::from_secs(config.detection.interval_secs),
         config.detection.lookback_hours,
@@ -269,6 +273,7 @@ pub async fn start(config: Config) -> Result<Running> {
         findings,
         contracts: contracts.clone(),
         governance: governance.clone(),
+        otlp: config.otlp_ingest.clone(),
     };
     // The dashboard and portal share the admin listener; the API router keeps the fallback.
     let ui = clientele_ui::router(state.clone());
@@ -335,6 +340,60 @@ pub async fn start(config: Config) -> Result<Running> {
 
 async fn wait_for(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Room in the hand-off ring per event of `[gateway].event_queue`: gateway events encode to
+/// 150-300 bytes.
+const RING_BYTES_PER_EVENT: u64 = 512;
+
+/// The gateway → writer hand-off: a bounded queue whose events are also held in the
+/// memory-mapped ring `data_dir/events.ring`, so a crash of the process loses none of them.
+/// What the previous process left in the ring is handed to the writer first. A ring that cannot
+/// be created (a full disk at start) leaves the queue without it, said loudly.
+fn open_hand_off(
+    data_dir: &Path,
+    queue: usize,
+    stats: Arc<PipelineStats>,
+) -> Result<(EventSink, clientele_core::pipeline::EventReceiver)> {
+    let path = data_dir.join("events.ring");
+    let bytes = (queue as u64 * RING_BYTES_PER_EVENT).max(1 << 20);
+    match clientele_core::ring::Ring::open(&path, bytes) {
+        Ok((ring, replay)) => {
+            if let Some(at) = replay.damaged_at {
+                tracing::error!(file = %path.display(), offset = at, "the hand-off ring holds a damaged frame; replay stopped there");
+            }
+            if !replay.events.is_empty() {
+                tracing::info!(
+                    events = replay.events.len(),
+                    "replaying events the previous process handed over but had not stored"
+                );
+            }
+            Ok(EventSink::durable(queue, stats, ring, replay.events))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::ResourceBusy => bail!("storage.data_dir: {e}"),
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "cannot open the hand-off ring; serving without it, so a crash loses the events not yet stored");
+            Ok(EventSink::bounded(queue, stats))
+        }
+    }
+}
+
+/// Opens the event log in `data_dir/events`, the rollup archive staying in SQLite. Events an
+/// older release kept in SQLite's `events` table are moved into the log first.
+async fn open_event_log(data_dir: &Path, sqlite: SqliteStore) -> Result<EventLog> {
+    let log = EventLog::open(&data_dir.join("events"), sqlite.clone())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let moved = log
+        .adopt_sqlite_events(&sqlite)
+        .await
+        .map_err(|e| anyhow::anyhow!("moving events from SQLite into the event log: {e}"))?;
+    if moved > 0 {
+        tracing::info!(
+            events = moved,
+            "moved raw events from SQLite into the event log"
+        );
+    }
+    Ok(log)
 }
 
 /// Reads the admin token kept in the data dir, or makes one. Only the owner can read it.

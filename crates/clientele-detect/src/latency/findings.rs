@@ -1,24 +1,24 @@
 //! The findings of the latency detector: per consumer, one per run of regressed hours outside
 //! the API's own regressions; and one per run of API-wide hours.
 
-use clientele_analytics::{HOUR_MS, Rollup};
+use clientele_analytics::{HOUR_MS, Rollup, Tier};
 use clientele_core::finding::{Finding, FindingKind, Severity};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde_json::json;
 
-use super::{Baseline, Hourly, LatencyDetector, Obs};
+use super::{Baseline, LatencyDetector, Obs};
 use crate::text::{count, millis, r3, times, ts, when};
 use crate::{EvalContext, new_finding_id, runs};
 
-/// Every judged consumer's rollups of one hour merged: what the API as a whole did.
-fn api_hour(hourly: &Hourly, hour: i64) -> Rollup {
+/// Every consumer's rollups of one hour merged: what the API as a whole did.
+fn api_hour(ctx: &EvalContext<'_>, hour: i64) -> Rollup {
     let mut all = Rollup::default();
-    let i = (hour - hourly.from_hour) as usize;
-    for row in hourly.rows.values() {
-        if let Some(Some(r)) = row.get(i) {
-            all.merge(r);
-        }
-    }
+    ctx.engine.scan_consumers(
+        Tier::Hour,
+        hour * HOUR_MS,
+        (hour + 1) * HOUR_MS,
+        |_, _, r| all.merge(r),
+    );
     all
 }
 
@@ -26,7 +26,6 @@ fn api_hour(hourly: &Hourly, hour: i64) -> Rollup {
 pub(super) fn write(
     d: &LatencyDetector,
     ctx: &EvalContext<'_>,
-    hourly: &Hourly,
     baselines: &HashMap<u32, Baseline>,
     global_base: &Rollup,
     regressed: HashMap<u32, Vec<Obs>>,
@@ -65,7 +64,7 @@ pub(super) fn write(
                 .min()
                 .unwrap_or(first);
             out.push(consumer_finding(
-                d, ctx, hourly, c, b, global_p95, first_hour, last, worst, peak,
+                d, ctx, c, b, global_p95, first_hour, last, worst, peak,
             ));
         }
     }
@@ -75,7 +74,7 @@ pub(super) fn write(
         let (Some(&first), Some(&last)) = (run.first(), run.last()) else {
             continue;
         };
-        let now = api_hour(hourly, last);
+        let now = api_hour(ctx, last);
         let now_p95 = now.quantile(0.95).unwrap_or(0.0);
         let judged_n = judged.get(&last).copied().unwrap_or(0);
         let bad_n = bad.get(&last).map_or(0, HashSet::len);
@@ -115,7 +114,6 @@ pub(super) fn write(
 fn consumer_finding(
     d: &LatencyDetector,
     ctx: &EvalContext<'_>,
-    hourly: &Hourly,
     c: u32,
     b: &Baseline,
     global_p95: f64,
@@ -128,7 +126,7 @@ fn consumer_finding(
     let last_seen = ((last + 1) * HOUR_MS).min(ctx.now_ms);
     let consumer = ctx.name(c);
     let ratio = worst.p95 / b.p95.max(1e-3);
-    let others_now = api_hour(hourly, worst.hour).quantile(0.95).unwrap_or(0.0);
+    let others_now = api_hour(ctx, worst.hour).quantile(0.95).unwrap_or(0.0);
     let window_from = (worst.hour + 1 - worst.window_hours) * HOUR_MS;
     Finding {
         id: new_finding_id(),

@@ -53,10 +53,12 @@ struct Obs {
     z: f64,
 }
 
-/// Per consumer, the hourly rollups of its known routes from `from_hour`.
+/// Per consumer, the hourly rollups of its known routes from `from_hour` (only consumers that
+/// may have regressed), and in which hours each judged consumer called at all.
 struct Hourly {
     from_hour: i64,
     rows: HashMap<u32, Vec<Option<Rollup>>>,
+    present: HashMap<u32, Vec<bool>>,
 }
 
 impl Detector for LatencyDetector {
@@ -70,10 +72,19 @@ impl Detector for LatencyDetector {
         let windows: Vec<i64> = cfg.windows_hours.iter().map(|w| i64::from(*w)).collect();
         let longest = windows.iter().copied().max().unwrap_or(1);
         let (known, baselines, global_base) = self.baselines(ctx);
+        let thresholds: HashMap<u32, f64> = baselines
+            .iter()
+            .map(|(c, b)| {
+                let t = (cfg.factor * b.p95)
+                    .max(b.p95 + cfg.margin_ms)
+                    .max(cfg.worst_day_factor * b.worst);
+                (*c, t)
+            })
+            .collect();
         let hourly = hourly(
             ctx,
             &known,
-            &baselines,
+            &thresholds,
             slots.start + 1 - longest,
             slots.end,
         );
@@ -81,28 +92,40 @@ impl Detector for LatencyDetector {
         let mut regressed: HashMap<u32, Vec<Obs>> = HashMap::default();
         let mut judged: HashMap<i64, usize> = HashMap::default();
         let mut bad: HashMap<i64, HashSet<u32>> = HashMap::default();
+        for present in hourly.present.values() {
+            for hour in slots.clone() {
+                let end = (hour - hourly.from_hour) as usize;
+                if ctx.elapsed_fraction(hour) >= 1.0 / 6.0
+                    && present[end.saturating_sub(longest as usize - 1)..=end]
+                        .iter()
+                        .any(|p| *p)
+                {
+                    *judged.entry(hour).or_default() += 1;
+                }
+            }
+        }
         for (c, row) in &hourly.rows {
-            let Some(b) = baselines.get(c) else { continue };
-            let threshold = (cfg.factor * b.p95)
-                .max(b.p95 + cfg.margin_ms)
-                .max(cfg.worst_day_factor * b.worst);
+            let (Some(b), Some(&threshold)) = (baselines.get(c), thresholds.get(c)) else {
+                continue;
+            };
             // The p95 of a merged window is at most the largest p95 of its hours, so a window
             // none of whose hours passes the threshold cannot, and is not merged at all.
+            // The largest latency bounds the p95 and needs no sketch: most hours of most
+            // consumers are settled by it.
             let hour_p95: Vec<f64> = row
                 .iter()
-                .map(|r| r.as_ref().and_then(|r| r.quantile(0.95)).unwrap_or(0.0))
+                .map(|r| match r {
+                    Some(r) if r.max_latency().is_some_and(|m| m >= threshold) => {
+                        r.quantile(0.95).unwrap_or(0.0)
+                    }
+                    _ => 0.0,
+                })
                 .collect();
             for hour in slots.clone() {
                 if ctx.elapsed_fraction(hour) < 1.0 / 6.0 {
                     continue;
                 }
                 let end = (hour - hourly.from_hour) as usize;
-                if row[end.saturating_sub(longest as usize - 1)..=end]
-                    .iter()
-                    .any(Option::is_some)
-                {
-                    *judged.entry(hour).or_default() += 1;
-                }
                 for &w in &windows {
                     let start = (end + 1).saturating_sub(w as usize);
                     if !hour_p95[start..=end].iter().any(|p| *p >= threshold) {
@@ -131,7 +154,6 @@ impl Detector for LatencyDetector {
         findings::write(
             self,
             ctx,
-            &hourly,
             &baselines,
             &global_base,
             regressed,
@@ -223,29 +245,55 @@ impl LatencyDetector {
 
 /// The hourly rollups of each consumer with a baseline over its known routes. Hours in which it
 /// also called routes new to it are merged route by route; every other hour is its consumer
-/// rollup as it stands.
+/// rollup as it stands. Only consumers with an hour whose slowest request passes their
+/// threshold can regress (a window's p95 is at most its slowest request), so only theirs are
+/// copied; the others are recorded as present, for the API-wide share.
 fn hourly(
     ctx: &EvalContext<'_>,
     known: &HashSet<(u32, u32, u32, u32)>,
-    baselines: &HashMap<u32, Baseline>,
+    thresholds: &HashMap<u32, f64>,
     from_hour: i64,
     to_hour: i64,
 ) -> Hourly {
     let len = (to_hour - from_hour).max(0) as usize;
     let (from_ms, to_ms) = (from_hour * HOUR_MS, to_hour * HOUR_MS);
+    let mut present: HashMap<u32, Vec<bool>> = HashMap::default();
+    let mut suspicious: HashSet<u32> = HashSet::default();
+    ctx.engine
+        .scan_consumers(Tier::Hour, from_ms, to_ms, |start, c, r| {
+            let Some(t) = thresholds.get(&c) else { return };
+            let i = (start / HOUR_MS - from_hour) as usize;
+            if let Some(p) = present
+                .entry(c)
+                .or_insert_with(|| vec![false; len])
+                .get_mut(i)
+            {
+                *p = true;
+            }
+            if r.max_latency().is_some_and(|m| m >= *t) {
+                suspicious.insert(c);
+            }
+        });
+    let mut rows: HashMap<u32, Vec<Option<Rollup>>> = HashMap::default();
+    if suspicious.is_empty() {
+        return Hourly {
+            from_hour,
+            rows,
+            present,
+        };
+    }
     let mut mixed: HashSet<(u32, i64)> = Default::default();
     ctx.engine
         .scan_series(Tier::Hour, from_ms, to_ms, |start, k, _| {
-            if baselines.contains_key(&k.consumer)
+            if suspicious.contains(&k.consumer)
                 && !known.contains(&(k.consumer, k.api, k.method, k.route))
             {
                 mixed.insert((k.consumer, start / HOUR_MS));
             }
         });
-    let mut rows: HashMap<u32, Vec<Option<Rollup>>> = HashMap::default();
     ctx.engine
         .scan_consumers(Tier::Hour, from_ms, to_ms, |start, c, r| {
-            if baselines.contains_key(&c) && !mixed.contains(&(c, start / HOUR_MS)) {
+            if suspicious.contains(&c) && !mixed.contains(&(c, start / HOUR_MS)) {
                 let i = (start / HOUR_MS - from_hour) as usize;
                 if let Some(s) = rows.entry(c).or_insert_with(|| vec![None; len]).get_mut(i) {
                     *s = Some(r.clone());
@@ -265,5 +313,9 @@ fn hourly(
                 }
             });
     }
-    Hourly { from_hour, rows }
+    Hourly {
+        from_hour,
+        rows,
+        present,
+    }
 }

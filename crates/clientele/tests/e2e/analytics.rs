@@ -12,7 +12,7 @@ use crate::support::*;
 const HOUR: i64 = 3_600_000;
 
 /// Posts an NDJSON batch; returns status and body.
-async fn post_ndjson(server: &Server, lines: &[Value]) -> (u16, Value) {
+pub(crate) async fn post_ndjson(server: &Server, lines: &[Value]) -> (u16, Value) {
     let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
     post_raw(server, "application/x-ndjson", Bytes::from(body)).await
 }
@@ -35,9 +35,11 @@ async fn post_raw(server: &Server, content_type: &str, body: Bytes) -> (u16, Val
     )
 }
 
+/// Nearest rank: the smallest value with at least `q` of the values at or below it.
 fn exact_quantile(values: &mut [f64], q: f64) -> f64 {
     values.sort_by(f64::total_cmp);
-    values[((values.len() - 1) as f64 * q).floor() as usize]
+    let rank = (q * values.len() as f64 - 1e-9).ceil().max(1.0) as usize;
+    values[rank - 1]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

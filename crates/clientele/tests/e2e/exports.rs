@@ -78,7 +78,7 @@ async fn wait_for_path(got: &Received, path: &str, pred: impl Fn(&Bytes) -> bool
 
 /// The Python with `opentelemetry-proto`: `CLIENTELE_TEST_PYTHON` (set by scripts/test.sh), else
 /// python3.
-fn python() -> String {
+pub(crate) fn python() -> String {
     std::env::var("CLIENTELE_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
@@ -264,9 +264,12 @@ flush_interval_ms = 50
     ));
 
     // Traces: one span per request, decoded by the official schema.
+    // The two traced requests may land in different export batches: wait for the one holding
+    // the /status span.
     let traces = wait_for_path(&got, "/v1/traces", |b| {
         b.windows(16)
             .any(|w| w == hex_bytes("4bf92f3577b34da6a3ce929d0e0e4736"))
+            && b.windows(7).any(|w| w == b"/status")
     })
     .await;
     let doc = decode_otlp("traces", "protobuf", &traces, server.dir.path());

@@ -166,10 +166,23 @@ async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T
 async fn backfill_then_evaluate_finds_the_failing_integration_and_alerts_it() {
     let upstream = start_upstream().await;
     let receiver = start_receiver().await;
+    // A third receiver behind HTTPS (as Slack's webhooks are), trusted through [outbound].
+    let certs = tempfile::tempdir().unwrap();
+    let ca = clientele_http::testing::TestCa::new(certs.path());
+    let (cert, key) = ca.issue("localhost", "DNS:localhost", None, false);
+    let secure = clientele_http::testing::TlsServer::start(&cert, &key, None, 200).await;
     let alerts = format!(
         r#"
+[outbound]
+ca_file = "{ca_file}"
+
 [detection]
 interval_secs = 0
+
+[[alerts]]
+name = "secure"
+kinds = ["error_spike"]
+webhook = "https://localhost:{secure_port}/secure"
 
 [[alerts]]
 name = "oncall"
@@ -183,7 +196,9 @@ kinds = ["integration_errors"]
 webhook = "http://{addr}/slack"
 format = "slack"
 "#,
-        addr = receiver.addr
+        addr = receiver.addr,
+        ca_file = ca.ca_cert.display(),
+        secure_port = secure.addr.port(),
     );
     let server = Server::start(upstream.addr, &alerts).await;
     let now = clientele_core::time::now_ms();
@@ -329,6 +344,14 @@ format = "slack"
     assert_eq!(hooks[1]["event"], "new");
     assert_eq!(hooks[1]["finding"]["kind"], "error_spike");
     assert_eq!(hooks[1]["finding"]["id"], spike["id"]);
+    let secure_hook = wait_for("the https delivery", async || {
+        secure.requests().into_iter().find(|s| s.path == "/secure")
+    })
+    .await;
+    assert_eq!(secure_hook.method, "POST");
+    let body: Value = serde_json::from_slice(&secure_hook.body).unwrap();
+    assert_eq!(body["rule"], "secure");
+    assert_eq!(body["finding"]["id"], spike["id"]);
     let slack = wait_for("the slack delivery", async || {
         let got = receiver.got.lock().unwrap().clone();
         got.into_iter().find(|(p, _)| p == "/slack").map(|(_, v)| v)

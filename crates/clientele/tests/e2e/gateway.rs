@@ -943,10 +943,11 @@ fn the_demo_runs_and_shows_the_failing_integration() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_clientele"))
         .args([
             "demo",
+            // The backfill comes first; then 25 s of live traffic, two periodic evaluations.
             "--duration",
-            "7",
+            "25",
             "--report-every",
-            "3",
+            "5",
             "--gateway-listen",
             "127.0.0.1:0",
             "--admin-listen",
@@ -994,4 +995,43 @@ fn the_demo_runs_and_shows_the_failing_integration() {
         .expect("umbrella row");
     let limited: u64 = umbrella.split_whitespace().nth(6).unwrap().parse().unwrap();
     assert!(limited > 0, "{umbrella}");
+    // Two weeks of history are backfilled first, so every finding kind the detectors have
+    // shows in the printed findings, each on the consumer that earned it.
+    assert!(stdout.contains("events of two weeks' history"), "{stdout}");
+    let findings: std::collections::BTreeSet<(String, String)> = stdout
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let rest = l.strip_prefix('[')?.split_once("] ")?.1;
+            let (kind, rest) = rest.split_once(" (")?;
+            let (who, _) = rest.split_once("): ")?;
+            Some((kind.to_string(), who.to_string()))
+        })
+        .collect();
+    let expected: std::collections::BTreeSet<(String, String)> = [
+        ("new_endpoint", "acme"),
+        ("volume_drop", "globex"),
+        ("error_spike", "initech"),
+        ("integration_errors", "initech"),
+        ("volume_spike", "umbrella"),
+        ("rate_limited", "umbrella"),
+        ("latency_regression", "stark"),
+        ("quota_pressure", "stark"),
+        ("api_errors", "API"),
+    ]
+    .into_iter()
+    .map(|(k, c)| (k.to_string(), c.to_string()))
+    .collect();
+    let missing: Vec<_> = expected.difference(&findings).collect();
+    assert!(missing.is_empty(), "missing {missing:?}\n{stdout}");
+    // And nothing invented: no other finding, and in particular not the sample API's ordinary
+    // 404s on GET /pets/{id} taken for an API problem.
+    let invented: Vec<_> = findings.difference(&expected).collect();
+    assert!(invented.is_empty(), "invented {invented:?}\n{stdout}");
+    assert!(
+        !stdout
+            .lines()
+            .any(|l| l.contains("api_errors") && l.contains("/pets/{id}")),
+        "{stdout}"
+    );
 }

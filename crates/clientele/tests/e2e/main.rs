@@ -5,11 +5,15 @@
 
 mod analytics;
 mod contract;
+mod durability;
 mod exports;
 mod findings;
 mod gateway;
 mod governance;
 mod hardening;
+mod https;
 mod limits;
+mod otlp_ingest;
 mod support;
 mod ui;
+mod websocket;

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::findings::FindingsService;
 use clientele_analytics::HOUR_MS;
-use clientele_api::findings::FindingsService;
 use clientele_store::Change;
 
 /// How often findings past their retention are deleted.

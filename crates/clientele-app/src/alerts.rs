@@ -12,16 +12,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::findings::FindingOut;
 use bytes::Bytes;
-use clientele_api::findings::FindingOut;
 use clientele_core::alert::{AlertFormat, AlertTarget};
 use clientele_core::finding::{Finding, Severity};
+use clientele_http::{ClientOptions, Failure, Outbound, Posted, RetryPolicy, Timeouts};
 use clientele_store::{ControlStore, Delivery, DeliveryQuery, FindingStore, Upserted};
 use http::{Method, Request, header};
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -31,11 +29,22 @@ const QUEUE: usize = 64;
 /// Deliveries in flight at once, across rules.
 const CONCURRENCY: usize = 8;
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Backoff before retry n (1-based): BASE × 2^(n-1), capped.
+/// Backoff before retry n (1-based): about BASE × 2^(n-1) with jitter, capped.
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(60);
 
-type Http = Client<HttpConnector, Full<Bytes>>;
+pub type Http = Outbound<Full<Bytes>>;
+
+/// The webhook client: the shared outbound client with `[outbound]`'s trust (webhooks may be
+/// `https://`, as Slack's are).
+pub fn client(tls: &clientele_core::config::OutboundTls) -> Result<Http, String> {
+    let timeouts = Timeouts {
+        connect: ATTEMPT_TIMEOUT,
+        request: ATTEMPT_TIMEOUT,
+    };
+    Outbound::new(&ClientOptions::new(timeouts).with_tls(tls.clone()))
+        .map_err(|e| format!("outbound: {e}"))
+}
 
 /// What was last sent for one (rule, finding).
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +56,7 @@ struct Sent {
 /// Starts the dispatcher when any rule is configured. Returns the hand-off for detection.
 pub async fn start(
     targets: Vec<AlertTarget>,
+    http: Http,
     store: Arc<dyn FindingStore>,
     control: Arc<dyn ControlStore>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -81,12 +91,13 @@ pub async fn start(
         }
     }
     let (tx, rx) = mpsc::channel(QUEUE);
-    let task = tokio::spawn(run(targets, store, control, rx, sent, shutdown));
+    let task = tokio::spawn(run(targets, http, store, control, rx, sent, shutdown));
     (Some(tx), Some(task))
 }
 
 async fn run(
     targets: Vec<AlertTarget>,
+    http: Http,
     store: Arc<dyn FindingStore>,
     control: Arc<dyn ControlStore>,
     mut rx: mpsc::Receiver<Vec<Upserted>>,
@@ -94,7 +105,6 @@ async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let http: Http = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let slots = Arc::new(Semaphore::new(CONCURRENCY));
     let targets: Vec<Arc<AlertTarget>> = targets.into_iter().map(Arc::new).collect();
     loop {
@@ -135,7 +145,7 @@ async fn run(
                     // Re-sent after the cooldown only while the condition is still being seen.
                     Some(prev)
                         if now - prev.at_ms >= target.cooldown_ms
-                            && f.last_seen_ms >= now - clientele_api::findings::REOPEN_GAP_MS =>
+                            && f.last_seen_ms >= now - crate::findings::REOPEN_GAP_MS =>
                     {
                         "ongoing"
                     }
@@ -165,7 +175,7 @@ async fn run(
     }
 }
 
-/// Tries one delivery up to the rule's attempts, logging each.
+/// Tries one delivery up to the rule's attempts with the shared retry policy, logging each.
 async fn deliver(
     http: &Http,
     store: &dyn FindingStore,
@@ -173,20 +183,28 @@ async fn deliver(
     f: &Finding,
     body: Bytes,
 ) {
-    for attempt in 1..=target.max_attempts {
-        let (status, error) = match post(http, &target.webhook, body.clone()).await {
-            Ok(s) if (200..300).contains(&s) => (Some(s), None),
-            Ok(s) => (Some(s), Some(format!("the webhook answered {s}"))),
-            Err(e) => (None, Some(e)),
+    let policy = RetryPolicy::new(target.max_attempts, BACKOFF_BASE, BACKOFF_CAP);
+    let mut attempt = 1;
+    loop {
+        let result = post(http, &target.webhook, body.clone()).await;
+        let (status, error) = match &result {
+            Ok(p) if (200..300).contains(&p.status) => (Some(p.status), None),
+            Ok(p) => (
+                Some(p.status),
+                Some(format!("the webhook answered {}", p.status)),
+            ),
+            Err(e) => (None, Some(e.to_string())),
         };
         let delivered = error.is_none();
-        let last = attempt == target.max_attempts;
-        let outcome = if delivered {
-            "delivered"
-        } else if last {
-            "failed"
+        let wait = if delivered {
+            None
         } else {
-            "retrying"
+            policy.next_delay(attempt, &result)
+        };
+        let outcome = match (delivered, wait) {
+            (true, _) => "delivered",
+            (false, None) => "failed",
+            (false, Some(_)) => "retrying",
         };
         let entry = Delivery {
             id: 0,
@@ -205,33 +223,29 @@ async fn deliver(
         if let Err(e) = store.record_delivery(entry).await {
             tracing::warn!(error = %e, "cannot write the alert delivery log");
         }
-        if delivered {
+        let Some(wait) = wait else {
+            if !delivered {
+                tracing::warn!(rule = %target.name, finding = %f.id, error = error.as_deref().unwrap_or(""), attempts = attempt, "alert delivery failed; giving up");
+            }
             return;
-        }
-        if last {
-            tracing::warn!(rule = %target.name, finding = %f.id, error = error.as_deref().unwrap_or(""), attempts = attempt, "alert delivery failed; giving up");
-            return;
-        }
-        let backoff = BACKOFF_BASE
-            .saturating_mul(1u32 << (attempt - 1).min(16))
-            .min(BACKOFF_CAP);
-        tokio::time::sleep(backoff).await;
+        };
+        tokio::time::sleep(wait).await;
+        attempt += 1;
     }
 }
 
-async fn post(http: &Http, url: &str, body: Bytes) -> Result<u16, String> {
+async fn post(http: &Http, url: &str, body: Bytes) -> Result<Posted, Failure> {
     let req = Request::builder()
         .method(Method::POST)
         .uri(url)
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::USER_AGENT, "clientele-alerts")
         .body(Full::new(body))
-        .map_err(|e| format!("invalid webhook URL: {e}"))?;
-    match tokio::time::timeout(ATTEMPT_TIMEOUT, http.request(req)).await {
-        Err(_) => Err(format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs())),
-        Ok(Err(e)) => Err(format!("cannot reach the webhook: {e}")),
-        Ok(Ok(resp)) => Ok(resp.status().as_u16()),
-    }
+        .map_err(|e| Failure::other(format!("invalid webhook URL: {e}")))?;
+    http.send_and_drain(req).await.map_err(|e| Failure {
+        reason: format!("cannot reach the webhook: {e}"),
+        ..e
+    })
 }
 
 /// The webhook body for a finding, in the rule's format.

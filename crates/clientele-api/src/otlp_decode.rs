@@ -1,0 +1,312 @@
+//! OTLP trace payloads, read into [`Span`]s: protobuf (`application/x-protobuf`) by a small
+//! hand-written reader of the few messages needed, and OTLP JSON (`application/json`).
+//!
+//! A hand-written reader rather than prost + opentelemetry-proto: the request path needs six
+//! message types and a handful of fields; the generated crates would bring prost, its derive
+//! macros and every OTLP message into the build for that.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+/// An attribute value (`AnyValue`); kvlists and bytes are kept as absent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attr {
+    Str(String),
+    Int(i64),
+    Double(f64),
+    Bool(bool),
+    List(Vec<Attr>),
+}
+
+impl Attr {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Attr::Str(s) => Some(s),
+            // Header attributes are string arrays in the semantic conventions.
+            Attr::List(items) => items.first().and_then(Attr::as_str),
+            _ => None,
+        }
+    }
+
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Attr::Int(i) => Some(*i),
+            Attr::Str(s) => s.parse().ok(),
+            Attr::Double(d) if d.fract() == 0.0 => Some(*d as i64),
+            _ => None,
+        }
+    }
+}
+
+pub type Attrs = Vec<(String, Attr)>;
+
+/// One span with what the mapping needs, and its resource's attributes.
+#[derive(Debug, Clone, Default)]
+pub struct Span {
+    pub trace_id: Vec<u8>,
+    pub span_id: Vec<u8>,
+    pub name: String,
+    /// `SpanKind`: 2 is SERVER.
+    pub kind: i64,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub attrs: Attrs,
+    pub resource: Arc<Attrs>,
+}
+
+pub const KIND_SERVER: i64 = 2;
+
+// ---- protobuf -------------------------------------------------------------------------------
+
+enum Wire<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Bytes(&'a [u8]),
+    Fixed32,
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Reader<'a> {
+        Reader { buf, pos: 0 }
+    }
+
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *self.buf.get(self.pos).ok_or("truncated varint")?;
+            self.pos += 1;
+            value |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err("varint longer than 10 bytes".into())
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len());
+        let end = end.ok_or("a length runs past the end of the message")?;
+        let out = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    /// The next field, or `None` at the end.
+    fn field(&mut self) -> Result<Option<(u64, Wire<'a>)>, String> {
+        if self.pos >= self.buf.len() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let wire = match key & 7 {
+            0 => Wire::Varint(self.varint()?),
+            1 => {
+                let b = self.take(8)?;
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                Wire::Fixed64(u64::from_le_bytes(a))
+            }
+            2 => {
+                let n = usize::try_from(self.varint()?).map_err(|_| "length too large")?;
+                Wire::Bytes(self.take(n)?)
+            }
+            5 => {
+                self.take(4)?;
+                Wire::Fixed32
+            }
+            w => return Err(format!("unsupported wire type {w}")),
+        };
+        Ok(Some((key >> 3, wire)))
+    }
+}
+
+fn utf8(b: &[u8]) -> Result<String, String> {
+    String::from_utf8(b.to_vec()).map_err(|_| "a string is not UTF-8".into())
+}
+
+/// `ExportTraceServiceRequest` (= `TracesData`): field 1 is repeated `ResourceSpans`.
+pub fn traces_protobuf(body: &[u8]) -> Result<Vec<Span>, String> {
+    let mut spans = Vec::new();
+    let mut r = Reader::new(body);
+    while let Some((field, wire)) = r.field()? {
+        if let (1, Wire::Bytes(b)) = (field, wire) {
+            resource_spans(b, &mut spans)?;
+        }
+    }
+    Ok(spans)
+}
+
+fn resource_spans(buf: &[u8], out: &mut Vec<Span>) -> Result<(), String> {
+    let mut resource = Attrs::new();
+    let mut scopes: Vec<&[u8]> = Vec::new();
+    let mut r = Reader::new(buf);
+    while let Some((field, wire)) = r.field()? {
+        match (field, wire) {
+            // Resource { repeated KeyValue attributes = 1 }
+            (1, Wire::Bytes(b)) => {
+                let mut rr = Reader::new(b);
+                while let Some((f, w)) = rr.field()? {
+                    if let (1, Wire::Bytes(kv)) = (f, w) {
+                        resource.extend(key_value(kv)?);
+                    }
+                }
+            }
+            (2, Wire::Bytes(b)) => scopes.push(b),
+            _ => {}
+        }
+    }
+    let resource = Arc::new(resource);
+    for scope in scopes {
+        // ScopeSpans { scope = 1; repeated Span spans = 2 }
+        let mut r = Reader::new(scope);
+        while let Some((field, wire)) = r.field()? {
+            if let (2, Wire::Bytes(b)) = (field, wire) {
+                let mut span = span(b)?;
+                span.resource = resource.clone();
+                out.push(span);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn span(buf: &[u8]) -> Result<Span, String> {
+    let mut s = Span::default();
+    let mut r = Reader::new(buf);
+    while let Some((field, wire)) = r.field()? {
+        match (field, wire) {
+            (1, Wire::Bytes(b)) => s.trace_id = b.to_vec(),
+            (2, Wire::Bytes(b)) => s.span_id = b.to_vec(),
+            (5, Wire::Bytes(b)) => s.name = utf8(b)?,
+            (6, Wire::Varint(v)) => s.kind = v as i64,
+            (7, Wire::Fixed64(v)) => s.start_ns = v,
+            (8, Wire::Fixed64(v)) => s.end_ns = v,
+            (9, Wire::Bytes(b)) => s.attrs.extend(key_value(b)?),
+            _ => {}
+        }
+    }
+    Ok(s)
+}
+
+/// `KeyValue { key = 1; AnyValue value = 2 }`; `None` for values this does not keep.
+fn key_value(buf: &[u8]) -> Result<Option<(String, Attr)>, String> {
+    let (mut key, mut value) = (String::new(), None);
+    let mut r = Reader::new(buf);
+    while let Some((field, wire)) = r.field()? {
+        match (field, wire) {
+            (1, Wire::Bytes(b)) => key = utf8(b)?,
+            (2, Wire::Bytes(b)) => value = any_value(b)?,
+            _ => {}
+        }
+    }
+    Ok(value.map(|v| (key, v)))
+}
+
+fn any_value(buf: &[u8]) -> Result<Option<Attr>, String> {
+    let mut out = None;
+    let mut r = Reader::new(buf);
+    while let Some((field, wire)) = r.field()? {
+        out = match (field, wire) {
+            (1, Wire::Bytes(b)) => Some(Attr::Str(utf8(b)?)),
+            (2, Wire::Varint(v)) => Some(Attr::Bool(v != 0)),
+            (3, Wire::Varint(v)) => Some(Attr::Int(v as i64)),
+            (4, Wire::Fixed64(v)) => Some(Attr::Double(f64::from_bits(v))),
+            // ArrayValue { repeated AnyValue values = 1 }
+            (5, Wire::Bytes(b)) => {
+                let mut items = Vec::new();
+                let mut rr = Reader::new(b);
+                while let Some((f, w)) = rr.field()? {
+                    if let (1, Wire::Bytes(item)) = (f, w) {
+                        items.extend(any_value(item)?);
+                    }
+                }
+                Some(Attr::List(items))
+            }
+            _ => out,
+        };
+    }
+    Ok(out)
+}
+
+// ---- OTLP JSON ------------------------------------------------------------------------------
+
+/// OTLP JSON: lowerCamelCase fields, ids in hex, 64-bit integers as strings or numbers, enums
+/// as numbers or names.
+pub fn traces_json(body: &[u8]) -> Result<Vec<Span>, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("not valid JSON: {e}"))?;
+    let mut spans = Vec::new();
+    for rs in array(&v, "resourceSpans") {
+        let resource = Arc::new(json_attrs(&rs["resource"]["attributes"]));
+        for ss in array(rs, "scopeSpans") {
+            for s in array(ss, "spans") {
+                spans.push(Span {
+                    trace_id: hex_bytes(&s["traceId"]),
+                    span_id: hex_bytes(&s["spanId"]),
+                    name: s["name"].as_str().unwrap_or("").to_string(),
+                    kind: match &s["kind"] {
+                        Value::String(k) if k == "SPAN_KIND_SERVER" => KIND_SERVER,
+                        k => k.as_i64().unwrap_or(0),
+                    },
+                    start_ns: json_u64(&s["startTimeUnixNano"]),
+                    end_ns: json_u64(&s["endTimeUnixNano"]),
+                    attrs: json_attrs(&s["attributes"]),
+                    resource: resource.clone(),
+                });
+            }
+        }
+    }
+    Ok(spans)
+}
+
+fn array<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
+    v.get(key).and_then(Value::as_array).into_iter().flatten()
+}
+
+fn json_u64(v: &Value) -> u64 {
+    match v {
+        Value::String(s) => s.parse().unwrap_or(0),
+        v => v.as_u64().unwrap_or(0),
+    }
+}
+
+fn hex_bytes(v: &Value) -> Vec<u8> {
+    v.as_str()
+        .and_then(|s| hex::decode(s).ok())
+        .unwrap_or_default()
+}
+
+fn json_attrs(v: &Value) -> Attrs {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|kv| {
+            let key = kv["key"].as_str()?.to_string();
+            Some((key, json_any(&kv["value"])?))
+        })
+        .collect()
+}
+
+fn json_any(v: &Value) -> Option<Attr> {
+    if let Some(s) = v.get("stringValue").and_then(Value::as_str) {
+        return Some(Attr::Str(s.to_string()));
+    }
+    if let Some(i) = v.get("intValue") {
+        return match i {
+            Value::String(s) => s.parse().ok().map(Attr::Int),
+            i => i.as_i64().map(Attr::Int),
+        };
+    }
+    if let Some(d) = v.get("doubleValue").and_then(Value::as_f64) {
+        return Some(Attr::Double(d));
+    }
+    if let Some(b) = v.get("boolValue").and_then(Value::as_bool) {
+        return Some(Attr::Bool(b));
+    }
+    let items = v.get("arrayValue")?.get("values")?.as_array()?;
+    Some(Attr::List(items.iter().filter_map(json_any).collect()))
+}

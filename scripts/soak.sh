@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Soak (issue 19, defect 7): MINUTES (default 30) of traffic at about half the gateway's measured
+# capacity, from CONSUMERS (default 10,000) consumers over varied routes, sampling the server's
+# resident memory every SAMPLE_SECS (default 10). Then RSS for a minute after the load stops.
+# A benchmark, not a test: it reports the RSS slope after warm-up and never fails on a number.
+#
+# Usage: bash scripts/soak.sh     (env: MINUTES=30 CONSUMERS=10000 CONNS=32 SAMPLE_SECS=10
+#        WARMUP_FRACTION=0.2 BIN=path/to/clientele to skip the release build)
+# Output: one line per sample (elapsed s, RSS MiB, requests so far), the slope after warm-up in
+# MiB/min, and the change between the first and last post-warm-up samples; the samples are also
+# written to bench-results/soak-<timestamp>.csv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MINUTES="${MINUTES:-30}" CONSUMERS="${CONSUMERS:-10000}" CONNS="${CONNS:-32}"
+SAMPLE_SECS="${SAMPLE_SECS:-10}" WARMUP_FRACTION="${WARMUP_FRACTION:-0.2}"
+die() { echo "soak: $*" >&2; exit 1; }
+PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -p clientele
+  BIN="${CARGO_TARGET_DIR:-target}/release/clientele"
+fi
+source scripts/serve-lib.sh
+up_port=$(free_port) gw_port=$(free_port) admin_port=$(free_port)
+token="soak-admin-token-0123456789"
+
+# Upstream: nginx answering every path.
+mkdir -p "$dir/up"
+cat > "$dir/up/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $dir/up/nginx.pid;
+error_log $dir/up/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  client_body_temp_path $dir/up/cb; proxy_temp_path $dir/up/p; fastcgi_temp_path $dir/up/f;
+  uwsgi_temp_path $dir/up/u; scgi_temp_path $dir/up/s;
+  default_type application/json;
+  server { listen 127.0.0.1:$up_port; location / { return 200 '{"ok":true}'; } }
+}
+EOF
+nginx -p "$dir/up/" -e "$dir/up/error.log" -c "$dir/up/nginx.conf" </dev/null >/dev/null 2>&1 &
+pids+=($!)
+
+cat > "$dir/clientele.toml" <<EOF
+[gateway]
+listen = "127.0.0.1:$gw_port"
+[admin]
+listen = "127.0.0.1:$admin_port"
+token = "$token"
+max_body_bytes = 67108864
+[storage]
+data_dir = "$dir/data"
+[[apis]]
+name = "soak"
+upstream = "http://127.0.0.1:$up_port"
+prefix = "/"
+[plans.std]
+rate_per_second = 1000
+burst = 1000
+EOF
+start_clientele "$BIN" "$admin_port"
+
+echo "creating $CONSUMERS consumers with a key each..."
+python3 - "$admin_port" "$token" "$CONSUMERS" > "$dir/keys.txt" <<'PY'
+import http.client, json, sys
+port, token, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+h = {"authorization": "Bearer " + token, "content-type": "application/json"}
+def post(path, body):
+    c.request("POST", path, json.dumps(body), h)
+    r = c.getresponse()
+    data = r.read()
+    if r.status != 201:
+        sys.exit("POST %s: %d %s" % (path, r.status, data[:200]))
+    return json.loads(data)
+for i in range(n):
+    cid = "c%05d" % i
+    post("/v1/consumers", {"id": cid, "plan": "std", "team": "t%d" % (i % 50)})
+    print(post("/v1/consumers/%s/keys" % cid, {})["key"])
+PY
+
+# Varied routes: ids make each path distinct while templates stay few, like real traffic.
+cat > "$dir/soak.lua" <<'EOF'
+local keys = {}
+for line in io.lines(os.getenv("KEYS_FILE")) do keys[#keys + 1] = line end
+local routes = {"/pets/%d", "/users/%d/orders", "/search?q=%d", "/items/%d/reviews",
+  "/v2/accounts/%d", "/status/%d", "/carts/%d/items", "/missing/%d"}
+local d = tonumber(os.getenv("DELAY_MS") or "0")
+math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16) % 1000)
+request = function()
+  local k = keys[math.random(#keys)]
+  local path = string.format(routes[math.random(#routes)], math.random(1000000))
+  return wrk.format("GET", path, {["x-api-key"] = k})
+end
+function delay() return d end
+EOF
+export KEYS_FILE="$dir/keys.txt"
+
+echo "measuring capacity (10 s, $CONNS connections)..."
+cap=$(DELAY_MS=0 wrk -t2 -c"$CONNS" -d10s -s "$dir/soak.lua" "http://127.0.0.1:$gw_port/" | awk '/Requests\/sec/ {print int($2)}')
+[ "${cap:-0}" -gt 0 ] || die "capacity run served nothing"
+target=$((cap / 2))
+# wrk paces each connection with delay(): CONNS connections at DELAY_MS each give the target.
+delay_ms=$(( CONNS * 1000 / (target > 0 ? target : 1) ))
+echo "capacity ${cap} req/s; soaking at ~${target} req/s (delay ${delay_ms} ms per connection) for ${MINUTES} min"
+
+mkdir -p bench-results
+csv="bench-results/soak-$(date -u +%Y%m%dT%H%M%SZ).csv"
+echo "elapsed_s,rss_mib,phase" > "$csv"
+rss() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$server_pid/status"; }
+DELAY_MS=$delay_ms wrk -t2 -c"$CONNS" -d"$((MINUTES * 60))s" -s "$dir/soak.lua" "http://127.0.0.1:$gw_port/" > "$dir/wrk.out" 2>&1 &
+wrk_pid=$!
+pids+=($wrk_pid)
+start=$SECONDS
+while kill -0 "$wrk_pid" 2>/dev/null; do
+  sleep "$SAMPLE_SECS"
+  kill -0 "$wrk_pid" 2>/dev/null || break
+  line="$((SECONDS - start)),$(rss),load"
+  echo "$line" >> "$csv"
+  echo "$line"
+done
+grep -E 'Requests/sec|requests in' "$dir/wrk.out" || true
+for _ in 1 2 3 4 5 6; do
+  sleep 10
+  line="$((SECONDS - start)),$(rss),after"
+  echo "$line" >> "$csv"
+  echo "$line"
+done
+python3 - "$csv" "$WARMUP_FRACTION" <<'PY'
+import csv, sys
+rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["phase"] == "load"]
+if len(rows) < 4:
+    sys.exit("too few samples for a slope")
+rows = rows[int(len(rows) * float(sys.argv[2])):]
+xs = [float(r["elapsed_s"]) / 60 for r in rows]
+ys = [float(r["rss_mib"]) for r in rows]
+mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+change = (ys[-1] - ys[0]) / ys[0] * 100
+print("after warm-up: RSS %.1f -> %.1f MiB (%+.1f%%), slope %+.2f MiB/min over %.1f min"
+      % (ys[0], ys[-1], change, slope, xs[-1] - xs[0]))
+PY
+echo "samples: $csv"
