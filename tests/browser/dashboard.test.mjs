@@ -129,6 +129,9 @@ rate_per_second = 2
 burst = 4
 quota_per_day = 500
 
+[plans.free.policy]
+max_networks_per_day = 3
+
 [plans.pro]
 rate_per_second = 200
 burst = 400
@@ -173,6 +176,10 @@ quota_per_day = 100000
     const status = consumer === "gamma" && route === "/orders" ? 500 : i % 29 === 0 ? 404 : 200;
     const latency = 8 + (i % 13) * 4 + (i % 50 === 0 ? 400 : 0);
     lines.push(JSON.stringify({ id: `bt-${i}`, ts, consumer, api: "shop", method, path: route.replace("{id}", String(i)), route, status, latency_ms: latency }));
+  }
+  // beta's key used from five networks in the last hour: its free plan allows three a day.
+  for (let n = 0; n < 5; n++) {
+    lines.push(JSON.stringify({ id: `bt-net-${n}`, ts: now - 600_000 + n, consumer: "beta", api: "shop", method: "GET", path: "/pets/1", route: "/pets/{id}", status: 200, latency_ms: 5, client_ip: `198.51.${n}.9` }));
   }
   const ingest = await api("/v1/events", { method: "POST", body: lines.join("\n") });
   assert.equal(ingest.status, 202, ingest.text);
@@ -379,6 +386,32 @@ test("findings: the page lists what the API lists, on the overview and per consu
   await context.close();
 });
 
+test("governance: the riskiest consumers and their factors as the API scores them, and the policy finding", async () => {
+  const { context, page } = await signedIn();
+  await page.getByRole("link", { name: "Governance", exact: true }).click();
+  await page.waitForURL(/\/governance/);
+  const from = encodeURIComponent(new Date(Date.now() - 24 * 3600_000).toISOString());
+  const risk = (await api(`/v1/governance/risk?from=${from}`)).json.consumers;
+  assert.ok(risk.length >= 3, JSON.stringify(risk));
+  const rows = await page.locator("#risk tbody tr").evaluateAll((trs) =>
+    trs.map((r) => [r.dataset.consumer, Number(r.querySelector("[data-score]").dataset.score)]));
+  assert.deepEqual(rows, risk.map((r) => [r.consumer, r.score]));
+  // beta broke its plan's max_networks_per_day: the finding is listed with its numbers.
+  const found = (await api(`/v1/findings?kind=policy_violation&consumer=beta`)).json.findings;
+  assert.equal(found.length, 1, JSON.stringify(found));
+  assert.equal(found[0].evidence.rules[0].rule, "max_networks_per_day");
+  const row = page.locator(`tr[data-finding="${found[0].id}"]`);
+  assert.ok((await row.textContent()).includes(found[0].summary));
+  const betaRisk = risk.find((r) => r.consumer === "beta");
+  assert.ok(betaRisk.factors.some((f) => f.name === "governance_findings"), JSON.stringify(betaRisk));
+  await shot(page, "08-governance");
+  // The consumer's page shows its risk and its behaviour per day.
+  await page.goto(`${admin}/consumers/beta`);
+  assert.equal(await page.locator('[data-metric="risk_score"]').textContent(), String(Math.round(betaRisk.score)));
+  assert.ok((await page.locator("#features tbody tr").count()) >= 1);
+  await context.close();
+});
+
 test("keyboard: skip link, navigation by Tab and Enter, visible time-range picker", async () => {
   const { context, page } = await signedIn();
   await page.keyboard.press("Tab");
@@ -421,7 +454,7 @@ test("accessibility: no WCAG 2.1 A/AA violations on any page (axe-core)", async 
   await page.getByLabel("Admin token").fill(ADMIN_TOKEN);
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.waitForURL(`${admin}/`);
-  for (const path of ["/", "/consumers", "/consumers/alpha", "/consumers/beta", "/routes", "/findings", "/deprecations"]) {
+  for (const path of ["/", "/consumers", "/consumers/alpha", "/consumers/beta", "/routes", "/findings", "/governance", "/deprecations"]) {
     await page.goto(admin + path);
     problems[path] = await axe(page);
   }

@@ -194,6 +194,7 @@ pub struct EventOut {
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
     pub session_id: Option<String>,
+    pub end_user: Option<String>,
     pub trace_id: Option<String>,
     pub outcome: String,
 }
@@ -217,6 +218,7 @@ impl From<Event> for EventOut {
             client_ip: e.client_ip,
             user_agent: e.user_agent,
             session_id: e.session_id,
+            end_user: e.end_user,
             trace_id: e.trace_id,
             outcome: e.outcome.as_str().to_string(),
         }

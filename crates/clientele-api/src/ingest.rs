@@ -206,6 +206,13 @@ fn parse_event(
         client_ip: opt_str(obj, "client_ip")?.map(str::to_string),
         user_agent: opt_str(obj, "user_agent")?.map(|s| s.chars().take(512).collect()),
         session_id: opt_str(obj, "session_id")?.map(str::to_string),
+        // `user` is the OpenAI-style name for the same thing, so chat logs import as they are.
+        end_user: match opt_str(obj, "end_user")? {
+            Some(u) => Some(u),
+            None => opt_str(obj, "user")?,
+        }
+        .filter(|u| !u.is_empty())
+        .map(|u| u.chars().take(256).collect()),
         trace_id: opt_str(obj, "trace_id")?.map(str::to_string),
         outcome: Outcome::Ingested,
         plan: opt_str(obj, "plan")?.map(str::to_string),

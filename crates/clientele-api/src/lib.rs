@@ -21,6 +21,7 @@ use clientele_store::{ControlStore, EventStore};
 pub mod contract;
 pub mod error;
 pub mod findings;
+pub mod governance;
 pub mod handlers;
 pub mod ingest;
 pub mod limits;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub findings: Arc<findings::FindingsService>,
     /// Every API's OpenAPI contract and the usage drift is judged from.
     pub contracts: Arc<clientele_contract::Contracts>,
+    /// Behavioural features per consumer (governance), fed from every stored event.
+    pub governance: Arc<clientele_governance::FeatureStore>,
     /// `[otlp_ingest]`: where OTLP spans carry the consumer.
     pub otlp: clientele_core::config::OtlpIngestConfig,
 }
@@ -123,6 +126,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             axum::routing::post(contract::reload),
         )
         .route("/v1/deprecations", get(contract::deprecations))
+        .route("/v1/governance/risk", get(governance::risk))
+        .route("/v1/governance/consumers/{id}", get(governance::features))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/healthz", get(handlers::healthz))

@@ -4,11 +4,11 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{contract, findings, handlers, limits};
+use crate::{contract, findings, governance, handlers, limits};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Clientele admin and query API", description = "Consumers, keys, events, per-consumer statistics, findings and alerts, OpenAPI contracts and deprecations."),
+    info(title = "Clientele admin and query API", description = "Consumers, keys, events, per-consumer statistics, findings and alerts, OpenAPI contracts and deprecations, governance risk."),
     paths(
         handlers::healthz,
         handlers::status,
@@ -35,6 +35,8 @@ use crate::{contract, findings, handlers, limits};
         contract::spec,
         contract::reload,
         contract::deprecations,
+        governance::risk,
+        governance::features,
     ),
     modifiers(&AdminToken, &StandardErrors)
 )]

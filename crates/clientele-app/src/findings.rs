@@ -33,6 +33,8 @@ pub struct FindingsService {
     alerts: Option<mpsc::Sender<Vec<Upserted>>>,
     /// Told of every new or escalated finding (e.g. the OTLP log exporter). Must not block.
     observers: Vec<FindingObserver>,
+    /// The behavioural features the governance detector reads.
+    governance: Option<Arc<clientele_governance::FeatureStore>>,
     running: tokio::sync::Mutex<()>,
 }
 
@@ -66,6 +68,7 @@ impl FindingsService {
             plans: Arc::new(plans),
             alerts,
             observers: Vec::new(),
+            governance: None,
             running: tokio::sync::Mutex::new(()),
         }
     }
@@ -73,6 +76,15 @@ impl FindingsService {
     /// Adds a callback told of every new or escalated finding after it is stored.
     pub fn observe(mut self, observer: FindingObserver) -> FindingsService {
         self.observers.push(observer);
+        self
+    }
+
+    /// Gives the detectors the governance feature store.
+    pub fn governance(
+        mut self,
+        features: Arc<clientele_governance::FeatureStore>,
+    ) -> FindingsService {
+        self.governance = Some(features);
         self
     }
 
@@ -86,14 +98,18 @@ impl FindingsService {
         let _one_at_a_time = self.running.lock().await;
         let started = Instant::now();
         let consumers = self.control.list_consumers().await?;
-        let (registry, engine, plans) = (
+        let (registry, engine, plans, governance) = (
             self.registry.clone(),
             self.engine.clone(),
             self.plans.clone(),
+            self.governance.clone(),
         );
         // Detectors are CPU work over the engine: off the async workers.
         let (found, timings) = tokio::task::spawn_blocking(move || {
-            let ctx = EvalContext::new(&engine, at_ms, lookback_ms, &consumers, &plans);
+            let mut ctx = EvalContext::new(&engine, at_ms, lookback_ms, &consumers, &plans);
+            if let Some(features) = &governance {
+                ctx = ctx.with_governance(features);
+            }
             registry.evaluate(&ctx)
         })
         .await

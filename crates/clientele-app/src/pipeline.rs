@@ -32,6 +32,13 @@ impl EventObserver for Contracts {
     }
 }
 
+impl EventObserver for clientele_governance::FeatureStore {
+    fn observe(&self, events: &[Event]) {
+        // Behaviour per consumer-hour: networks, agents, end users, id walks (governance).
+        clientele_governance::FeatureStore::observe(self, events);
+    }
+}
+
 /// Store → every [`EventObserver`] → exporters. Cheap to clone; every source holds one.
 #[derive(Clone)]
 pub struct Pipeline {

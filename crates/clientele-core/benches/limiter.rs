@@ -38,6 +38,7 @@ fn plans() -> BTreeMap<String, PlanConfig> {
             quota_per_day: Some(u64::MAX >> 30),
             quota_per_month: None,
             routes: BTreeMap::new(),
+            policy: None,
         },
     )])
 }

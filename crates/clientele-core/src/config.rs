@@ -54,6 +54,9 @@ pub struct GatewayConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// Request header carrying a client session id, recorded on each event.
     pub session_header: String,
+    /// Request header naming the end user behind a call (`X-End-User-Id` by default), recorded
+    /// on each event: how many end users a key serves is what tells reselling from an app.
+    pub end_user_header: String,
     /// Largest request head (request line plus headers) accepted, in bytes.
     pub max_header_bytes: usize,
     /// Largest request body forwarded upstream, in bytes; 0 means no limit. Bodies stream
@@ -92,6 +95,7 @@ impl Default for GatewayConfig {
             tls_key: None,
             trusted_proxies: Vec::new(),
             session_header: "x-session-id".to_string(),
+            end_user_header: "x-end-user-id".to_string(),
             max_header_bytes: 64 * 1024,
             max_request_body_bytes: 64 * 1024 * 1024,
             shutdown_grace_secs: 30,
@@ -422,6 +426,9 @@ pub struct PlanConfig {
     /// Per-route limits for every consumer on the plan, keyed `"GET /search"` or `"/search"`.
     #[serde(default)]
     pub routes: BTreeMap<String, crate::limits::RouteLimit>,
+    /// Governance rules for every consumer on the plan (`[plans.X.policy]`).
+    #[serde(default)]
+    pub policy: Option<crate::policy::PlanPolicy>,
 }
 
 impl Config {
@@ -541,6 +548,17 @@ impl Config {
                 format!(
                     "{:?} is not a valid HTTP header name",
                     self.gateway.session_header
+                ),
+            );
+        }
+        if self.gateway.end_user_header.is_empty()
+            || http_header_name_invalid(&self.gateway.end_user_header)
+        {
+            return err(
+                "gateway.end_user_header",
+                format!(
+                    "{:?} is not a valid HTTP header name",
+                    self.gateway.end_user_header
                 ),
             );
         }
@@ -734,6 +752,11 @@ impl Config {
                 }
                 if let Err(e) = crate::limits::check_route_limit(limit) {
                     return err(&rkey, e);
+                }
+            }
+            if let Some(policy) = &plan.policy {
+                if let Err((pkey, why)) = policy.validate(&format!("{key}.policy")) {
+                    return err(&pkey, why);
                 }
             }
         }

@@ -39,6 +39,9 @@ pub enum Outcome {
     ClientAborted,
     /// Sent through the ingest API rather than seen by the gateway.
     Ingested,
+    /// Refused (403) because the consumer broke a rule of its plan's policy whose action is
+    /// `block`.
+    PolicyBlocked,
 }
 
 impl Outcome {
@@ -60,6 +63,7 @@ impl Outcome {
             Outcome::UpstreamAborted => "upstream_aborted",
             Outcome::ClientAborted => "client_aborted",
             Outcome::Ingested => "ingested",
+            Outcome::PolicyBlocked => "policy_blocked",
         }
     }
 
@@ -81,6 +85,7 @@ impl Outcome {
             "upstream_aborted" => Outcome::UpstreamAborted,
             "client_aborted" => Outcome::ClientAborted,
             "ingested" => Outcome::Ingested,
+            "policy_blocked" => Outcome::PolicyBlocked,
             _ => return None,
         })
     }
@@ -114,6 +119,11 @@ pub struct Event {
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
     pub session_id: Option<String>,
+    /// The end user behind the call, as the client names it (the gateway's
+    /// `end_user_header`, `X-End-User-Id` by default, or the ingest field `end_user`): what
+    /// tells one application from a reseller serving many.
+    #[serde(default)]
+    pub end_user: Option<String>,
     /// W3C trace id (32 lowercase hex), propagated from `traceparent` or created.
     pub trace_id: Option<String>,
     pub outcome: Outcome,

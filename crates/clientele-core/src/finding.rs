@@ -27,12 +27,13 @@ pub enum FindingKind {
     KeySharing,
     Scraping,
     Reselling,
+    PolicyViolation,
     AgentLoop,
     BudgetExceeded,
 }
 
 impl FindingKind {
-    pub const ALL: [FindingKind; 18] = [
+    pub const ALL: [FindingKind; 19] = [
         FindingKind::VolumeSpike,
         FindingKind::VolumeDrop,
         FindingKind::NewEndpoint,
@@ -49,6 +50,7 @@ impl FindingKind {
         FindingKind::KeySharing,
         FindingKind::Scraping,
         FindingKind::Reselling,
+        FindingKind::PolicyViolation,
         FindingKind::AgentLoop,
         FindingKind::BudgetExceeded,
     ];
@@ -72,6 +74,7 @@ impl FindingKind {
             FindingKind::KeySharing => "key_sharing",
             FindingKind::Scraping => "scraping",
             FindingKind::Reselling => "reselling",
+            FindingKind::PolicyViolation => "policy_violation",
             FindingKind::AgentLoop => "agent_loop",
             FindingKind::BudgetExceeded => "budget_exceeded",
         }

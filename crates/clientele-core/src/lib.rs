@@ -16,6 +16,7 @@ pub mod finding;
 pub mod keys;
 pub mod limits;
 pub mod pipeline;
+pub mod policy;
 pub mod problem;
 pub mod ratelog;
 pub mod record;

@@ -507,6 +507,10 @@ pub struct LimitSlot {
     /// Set when a quota count changed since the persister last looked; the flag shares the
     /// cache line the count just dirtied, so setting it is nearly free.
     dirty: AtomicBool,
+    /// The plan-policy rule (a [`crate::policy::PolicyRule`] code, 0 = none) that blocks this
+    /// consumer, set by the governance evaluation. The gateway only loads it: judging happens
+    /// off the hot path.
+    policy_block: std::sync::atomic::AtomicU8,
 }
 
 impl std::fmt::Debug for LimitSlot {
@@ -536,6 +540,7 @@ impl LimitSlot {
             day: QuotaCounter::default(),
             month: QuotaCounter::default(),
             dirty: AtomicBool::new(false),
+            policy_block: std::sync::atomic::AtomicU8::new(0),
         }
     }
 
@@ -545,7 +550,21 @@ impl LimitSlot {
         let next = LimitSlot::new(policy);
         next.day.0.store(self.day.load_raw(), Ordering::Release);
         next.month.0.store(self.month.load_raw(), Ordering::Release);
+        // A changed rate is no reason to lift a block; the next evaluation decides.
+        next.policy_block
+            .store(self.policy_block.load(Ordering::Relaxed), Ordering::Relaxed);
         next
+    }
+
+    /// The plan-policy rule currently blocking this consumer, if any.
+    pub fn policy_block(&self) -> Option<crate::policy::PolicyRule> {
+        crate::policy::PolicyRule::from_code(self.policy_block.load(Ordering::Relaxed))
+    }
+
+    /// Sets (or with `None` lifts) the block; called by the governance evaluation.
+    pub fn set_policy_block(&self, rule: Option<crate::policy::PolicyRule>) {
+        self.policy_block
+            .store(rule.map_or(0, |r| r.code()), Ordering::Relaxed);
     }
 
     /// Whether a quota count changed since the last call (and clears the flag).
@@ -693,6 +712,7 @@ mod tests {
             quota_per_day: day,
             quota_per_month: None,
             routes: BTreeMap::new(),
+            policy: None,
         }
     }
 

@@ -199,6 +199,7 @@ mod tests {
             client_ip: None,
             user_agent: None,
             session_id: None,
+            end_user: None,
             trace_id: None,
             outcome: crate::event::Outcome::Proxied,
             plan: None,

@@ -38,7 +38,7 @@ pub enum RecordError {
 }
 
 /// Outcomes by their one-byte code. Append only: the position is the stored code.
-const OUTCOMES: [Outcome; 16] = [
+const OUTCOMES: [Outcome; 17] = [
     Outcome::Proxied,
     Outcome::MissingKey,
     Outcome::UnknownKey,
@@ -55,6 +55,7 @@ const OUTCOMES: [Outcome; 16] = [
     Outcome::ClientAborted,
     Outcome::Ingested,
     Outcome::BadRequest,
+    Outcome::PolicyBlocked,
 ];
 
 /// The stored code of `o`. An exhaustive match, so a new `Outcome` does not compile until it has
@@ -77,6 +78,7 @@ fn outcome_code(o: Outcome) -> u8 {
         Outcome::ClientAborted => 13,
         Outcome::Ingested => 14,
         Outcome::BadRequest => 15,
+        Outcome::PolicyBlocked => 16,
     }
 }
 
@@ -125,6 +127,9 @@ const MODEL: u32 = 1 << 11;
 const TOKENS_IN: u32 = 1 << 12;
 const TOKENS_OUT: u32 = 1 << 13;
 const COST: u32 = 1 << 14;
+/// Added after the first records were written: it goes last, so older payloads (without the
+/// bit) read as they always did.
+const END_USER: u32 = 1 << 15;
 
 fn present(e: &Event) -> u32 {
     let flags = [
@@ -143,6 +148,7 @@ fn present(e: &Event) -> u32 {
         (e.tokens_in.is_some(), TOKENS_IN),
         (e.tokens_out.is_some(), TOKENS_OUT),
         (e.cost_usd.is_some(), COST),
+        (e.end_user.is_some(), END_USER),
     ];
     flags.iter().filter(|(on, _)| *on).map(|(_, bit)| bit).sum()
 }
@@ -186,6 +192,7 @@ pub fn encode(e: &Event, out: &mut Vec<u8>) {
     if let Some(v) = e.cost_usd {
         out.extend_from_slice(&v.to_le_bytes());
     }
+    opt(out, &e.end_user);
 }
 
 /// Reads an event back from a payload written by [`encode`].
@@ -217,6 +224,7 @@ pub fn decode(payload: &[u8]) -> Result<Event, RecordError> {
     let tokens_in = r.has(TOKENS_IN).then(|| r.varint()).transpose()?;
     let tokens_out = r.has(TOKENS_OUT).then(|| r.varint()).transpose()?;
     let cost_usd = r.has(COST).then(|| r.f64()).transpose()?;
+    let end_user = r.opt_string(END_USER)?;
     if !r.rest.is_empty() {
         return Err(RecordError::Malformed("trailing bytes"));
     }
@@ -237,6 +245,7 @@ pub fn decode(payload: &[u8]) -> Result<Event, RecordError> {
         client_ip,
         user_agent,
         session_id,
+        end_user,
         trace_id,
         outcome,
         plan,
@@ -395,6 +404,7 @@ mod tests {
             client_ip: None,
             user_agent: Some("ü".into()),
             session_id: None,
+            end_user: Some("end user ✓".into()),
             trace_id: None,
             outcome: Outcome::Ingested,
             plan: None,

@@ -296,6 +296,7 @@ mod tests {
             client_ip: None,
             user_agent: None,
             session_id: None,
+            end_user: None,
             trace_id: None,
             outcome: Outcome::Proxied,
             plan: None,

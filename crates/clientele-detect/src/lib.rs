@@ -28,6 +28,7 @@ use clientele_core::finding::Finding;
 use rustc_hash::FxHashMap as HashMap;
 
 mod errors;
+mod governance;
 mod latency;
 mod limits;
 mod new_endpoint;
@@ -37,6 +38,7 @@ mod text;
 mod volume;
 
 pub use errors::ErrorDetector;
+pub use governance::GovernanceDetector;
 pub use latency::LatencyDetector;
 pub use limits::LimitDetector;
 pub use new_endpoint::NewEndpointDetector;
@@ -67,6 +69,8 @@ pub struct EvalContext<'a> {
     pub consumers: &'a [Consumer],
     /// The config's plans, by name.
     pub plans: &'a BTreeMap<String, PlanConfig>,
+    /// The behavioural features governance detectors read; `None` when not kept.
+    pub governance: Option<&'a clientele_governance::FeatureStore>,
     names: OnceLock<Vec<Arc<str>>>,
     by_id: OnceLock<HashMap<&'a str, &'a Consumer>>,
 }
@@ -85,9 +89,19 @@ impl<'a> EvalContext<'a> {
             lookback_ms: lookback_ms.max(HOUR_MS),
             consumers,
             plans,
+            governance: None,
             names: OnceLock::new(),
             by_id: OnceLock::new(),
         }
+    }
+
+    /// The same context with the governance feature store.
+    pub fn with_governance(
+        mut self,
+        features: &'a clientele_governance::FeatureStore,
+    ) -> EvalContext<'a> {
+        self.governance = Some(features);
+        self
     }
 
     /// The name behind an engine name id (see `clientele_analytics::SeriesIds`).
@@ -159,6 +173,7 @@ impl Registry {
             .with(ErrorDetector::new(config.errors.clone()))
             .with(LatencyDetector::new(config.latency.clone()))
             .with(LimitDetector::default())
+            .with(GovernanceDetector)
     }
 
     pub fn with(mut self, detector: impl Detector + 'static) -> Registry {

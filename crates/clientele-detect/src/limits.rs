@@ -525,6 +525,7 @@ mod tests {
                 quota_per_day: Some(1000),
                 quota_per_month: None,
                 routes: BTreeMap::new(),
+                policy: None,
             },
         )])
     }

@@ -407,6 +407,7 @@ pub(crate) mod testutil {
             client_ip: Some("127.0.0.1".into()),
             user_agent: Some("test/1".into()),
             session_id: None,
+            end_user: None,
             trace_id: Some(clientele_core::event::random_id128()),
             outcome: Outcome::Proxied,
             plan: Some("pro".into()),

@@ -31,6 +31,8 @@ use crate::limiter::{Limiter, Verdict};
 pub struct GatewayOptions {
     pub trusted_proxies: Vec<IpNet>,
     pub session_header: String,
+    /// Request header naming the end user behind a call, recorded on the event.
+    pub end_user_header: String,
     /// 0 = no limit.
     pub max_request_body_bytes: u64,
     /// Remove the credential that carried the Clientele key before forwarding, so upstreams
@@ -80,6 +82,7 @@ pub struct Gateway {
     sink: EventSink,
     options: GatewayOptions,
     session_header: Option<HeaderName>,
+    end_user_header: Option<HeaderName>,
     /// Whether connections arrive over TLS, for `X-Forwarded-Proto`.
     tls: AtomicBool,
     in_flight: AtomicU64,
@@ -149,6 +152,7 @@ impl Gateway {
         }
         built.sort_by_key(|api| std::cmp::Reverse(api.prefix.len()));
         let session_header = HeaderName::from_bytes(options.session_header.as_bytes()).ok();
+        let end_user_header = HeaderName::from_bytes(options.end_user_header.as_bytes()).ok();
         Ok(Gateway {
             apis: built,
             keys,
@@ -156,6 +160,7 @@ impl Gateway {
             sink,
             options,
             session_header,
+            end_user_header,
             tls: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
             samples: None,
@@ -333,6 +338,7 @@ impl Gateway {
                 client_ip: Some(client_ip.to_string()),
                 user_agent: header_str(&header::USER_AGENT),
                 session_id: self.session_header.as_ref().and_then(header_str),
+                end_user: self.end_user_header.as_ref().and_then(header_str),
                 trace_id: Some(trace.trace_id.clone()),
                 outcome: Outcome::Proxied,
                 plan: None,
@@ -444,8 +450,12 @@ impl Gateway {
             );
         };
 
-        // Phase 3: is the consumer within its limits? Refused requests never reach the
-        // upstream, and are recorded like any other.
+        // Phase 3: is the consumer within its plan's policy and its limits? Refused requests
+        // never reach the upstream, and are recorded like any other. The policy verdict was
+        // judged off the hot path; here it is one atomic load.
+        if let Some(rule) = entry.slot.as_ref().and_then(|s| s.policy_block()) {
+            return self.refuse_policy(seen, rule);
+        }
         let mut limit_status = None;
         if let Some(slot) = &entry.slot {
             let verdict = self
@@ -815,6 +825,26 @@ impl Gateway {
         insert_limit_headers(headers, &status);
         headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_secs));
         resp
+    }
+
+    /// 403 for a consumer blocked by its plan's policy, naming the rule it broke.
+    fn refuse_policy(
+        &self,
+        seen: Seen,
+        rule: clientele_core::policy::PolicyRule,
+    ) -> Response<ResponseBody> {
+        let detail = format!(
+            "this consumer broke the rule {} of its plan's policy, whose action is block; ask the API's owner to review the policy_violation finding",
+            rule.as_str()
+        );
+        self.refuse(
+            seen,
+            StatusCode::FORBIDDEN,
+            Outcome::PolicyBlocked,
+            "policy-violation",
+            "Blocked by plan policy",
+            detail,
+        )
     }
 
     /// Answers with a problem+json made by the gateway, emitting the event when sent.

@@ -33,6 +33,7 @@ fn event(i: u64, ts_ms: i64) -> Event {
         client_ip: Some(format!("10.0.{}.{}", consumer / 250, consumer % 250)),
         user_agent: Some("bench/1.0".into()),
         session_id: None,
+        end_user: None,
         trace_id: None,
         outcome: Outcome::Proxied,
         plan: Some("pro".into()),

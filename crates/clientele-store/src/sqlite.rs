@@ -22,7 +22,7 @@ use crate::{ControlStore, EventCursor, EventQuery, EventStore, Result, StoreErro
 mod findings;
 
 /// 2 added `consumers.limits` and `quota_usage`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
@@ -91,7 +91,8 @@ CREATE TABLE IF NOT EXISTS events (
     model TEXT,
     tokens_in INTEGER,
     tokens_out INTEGER,
-    cost_usd REAL
+    cost_usd REAL,
+    end_user TEXT
 );
 CREATE INDEX IF NOT EXISTS events_consumer_ts ON events(consumer, ts);
 CREATE TABLE IF NOT EXISTS rollups (
@@ -170,11 +171,15 @@ impl SqliteStore {
                 )?;
             }
             Some(Ok(v)) if v == SCHEMA_VERSION => {}
-            Some(Ok(1)) => {
-                // Version 1 had no per-consumer limits; the new table was created above.
+            Some(Ok(v @ (1 | 2))) => {
+                // Version 1 had no per-consumer limits (the new table was created above);
+                // version 2 no end user on events. Each step is one ALTER, data untouched.
+                if v == 1 {
+                    writer.execute_batch("ALTER TABLE consumers ADD COLUMN limits TEXT;")?;
+                }
                 writer.execute_batch(
-                    "ALTER TABLE consumers ADD COLUMN limits TEXT;
-                     UPDATE meta SET v = '2' WHERE k = 'schema_version';",
+                    "ALTER TABLE events ADD COLUMN end_user TEXT;
+                     UPDATE meta SET v = '3' WHERE k = 'schema_version';",
                 )?;
             }
             Some(other) => {
@@ -661,7 +666,7 @@ fn parse_hash(text: &str) -> Option<[u8; 32]> {
 const EVENT_COLUMNS: &str =
     "id, ts, consumer, key_id, api, method, path, route, status, latency_ms,
     upstream_latency_ms, request_bytes, response_bytes, client_ip, user_agent, session_id,
-    trace_id, outcome, plan, team, use_case, model, tokens_in, tokens_out, cost_usd";
+    trace_id, outcome, plan, team, use_case, model, tokens_in, tokens_out, cost_usd, end_user";
 
 fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
     let outcome: String = r.get(17)?;
@@ -682,6 +687,7 @@ fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
         client_ip: r.get(13)?,
         user_agent: r.get(14)?,
         session_id: r.get(15)?,
+        end_user: r.get(25)?,
         trace_id: r.get(16)?,
         outcome: Outcome::parse(&outcome).unwrap_or(Outcome::Ingested),
         plan: r.get(18)?,
@@ -712,7 +718,7 @@ impl EventStore for SqliteStore {
                 let mut stmt = tx.prepare_cached(&format!(
                     "INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) VALUES
                      (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                      ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)"
+                      ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)"
                 ))?;
                 for e in events {
                     let n = stmt.execute(params![
@@ -740,7 +746,8 @@ impl EventStore for SqliteStore {
                         e.model,
                         e.tokens_in.map(sql_u64),
                         e.tokens_out.map(sql_u64),
-                        e.cost_usd
+                        e.cost_usd,
+                        e.end_user
                     ])?;
                     if n == 1 {
                         fresh.push(e);
@@ -768,7 +775,7 @@ impl EventStore for SqliteStore {
             ))?;
             let mut cursor = None;
             let rows = stmt.query_map(params![from_ms, ts, rowid, page as i64], |r| {
-                Ok((event_from_row(r)?, r.get::<_, i64>(25)?))
+                Ok((event_from_row(r)?, r.get::<_, i64>(26)?))
             })?;
             let mut out = Vec::with_capacity(page);
             for row in rows {

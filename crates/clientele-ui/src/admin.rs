@@ -1051,6 +1051,7 @@ pub async fn consumer(
         error_tabs(&ctx, class),
         errors_table(&errors, true)
     );
+    body.push_str(&crate::governance::consumer_section(&ui, &ctx, &id).await?);
     let found = crate::findings::load(&ui, r, None, Some(id.clone()), None, 100).await?;
     let _ = write!(
         body,

@@ -26,6 +26,7 @@ mod assets;
 mod chart;
 mod deprecations;
 mod findings;
+mod governance;
 mod html;
 mod page;
 mod portal;
@@ -61,6 +62,7 @@ pub fn router(app: AppState) -> Router {
         .route("/routes", get(admin::routes))
         .route("/findings", get(findings::page))
         .route("/deprecations", get(deprecations::page))
+        .route("/governance", get(governance::page))
         .route("/portal", get(portal::home))
         .route("/portal/", get(portal::home))
         .route("/portal/login", get(portal::login_form).post(portal::login))

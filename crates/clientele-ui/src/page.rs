@@ -267,6 +267,7 @@ pub fn layout(ctx: &Ctx, title: &str, active: &str, body: &str) -> String {
                 ("/consumers", "Consumers"),
                 ("/routes", "Routes"),
                 ("/findings", "Findings"),
+                ("/governance", "Governance"),
                 ("/deprecations", "Deprecations"),
             ],
             "/logout",

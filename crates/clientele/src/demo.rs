@@ -70,6 +70,12 @@ enum Behaviour {
     SharedKey { per_sec: f64 },
     /// Silence, then dozens of calls in seconds.
     Agent,
+    /// Governance: one key used by several applications on many networks.
+    SharedAcrossApps { per_sec: f64 },
+    /// Governance: walks /pets/{id} in sequence, far past the ids that exist.
+    Scraper { per_sec: f64 },
+    /// Governance: serves its own customers through its key (many end users).
+    Reseller { per_sec: f64 },
 }
 
 const PERSONAS: &[Persona] = &[
@@ -139,6 +145,31 @@ const PERSONAS: &[Persona] = &[
             per_sec: 36.0 * 0.7 / 3600.0,
         },
     },
+    // Governance cases: they show on the Governance page within a minute.
+    Persona {
+        id: "wayne",
+        name: "Wayne Enterprises",
+        plan: "trial",
+        team: "self-serve",
+        use_case: "internal dashboard",
+        behaviour: Behaviour::SharedAcrossApps { per_sec: 2.0 },
+    },
+    Persona {
+        id: "cyberdyne",
+        name: "Cyberdyne",
+        plan: "pro",
+        team: "partners",
+        use_case: "web app",
+        behaviour: Behaviour::Scraper { per_sec: 10.0 },
+    },
+    Persona {
+        id: "tyrell",
+        name: "Tyrell Corp",
+        plan: "free",
+        team: "self-serve",
+        use_case: "internal dashboard",
+        behaviour: Behaviour::Reseller { per_sec: 4.0 },
+    },
 ];
 
 pub async fn run(args: DemoArgs) -> Result<()> {
@@ -175,6 +206,19 @@ prefix = "/"
 rate_per_second = 5
 burst = 10
 quota_per_day = 10000
+
+[plans.free.policy]
+max_end_users = 50
+resale = "forbidden"
+
+# A trial key is for one application: a key used from many networks is refused (403).
+[plans.trial]
+rate_per_second = 20
+burst = 40
+
+[plans.trial.policy]
+max_networks_per_day = 3
+action = "block"
 
 [plans.pro]
 rate_per_second = 100
@@ -374,6 +418,8 @@ async fn drive(behaviour: Behaviour, key: String, gateway: String, http: Outboun
             }
         };
     let pace = |per_sec: f64| Duration::from_secs_f64(1.0 / per_sec);
+    // The scraper's position in the id space.
+    let mut walked: u64 = 0;
     loop {
         match behaviour {
             Behaviour::Steady { per_sec } => {
@@ -465,6 +511,40 @@ async fn drive(behaviour: Behaviour, key: String, gateway: String, http: Outboun
                 }
                 // An hour's worth of bursts is one to three, as in its history.
                 tokio::time::sleep(Duration::from_secs(20 * 60 + rng.below(40 * 60))).await;
+            }
+            Behaviour::SharedAcrossApps { per_sec } => {
+                // Each application runs on its own network (a /24 of its own).
+                let app = rng.below(12);
+                let ip = format!("203.0.{}.{}", 10 + app, 1 + rng.below(200));
+                let ua = format!("wayne-app-{}/1.0", app % 5);
+                let path = format!("/pets/{}", rng.below(45) + 1);
+                send(
+                    Method::GET,
+                    path,
+                    None,
+                    vec![("x-forwarded-for", ip), ("user-agent", ua)],
+                )
+                .await;
+                tokio::time::sleep(pace(per_sec)).await;
+            }
+            Behaviour::Scraper { per_sec } => {
+                // Every id in turn, at a machine's fixed pace: most of them do not exist.
+                walked += 1;
+                let id = walked;
+                send(
+                    Method::GET,
+                    format!("/pets/{id}"),
+                    None,
+                    vec![("user-agent", "crawler/0.1".into())],
+                )
+                .await;
+                tokio::time::sleep(pace(per_sec)).await;
+            }
+            Behaviour::Reseller { per_sec } => {
+                let customer = format!("tyrell-customer-{}", rng.below(400));
+                let path = format!("/pets/{}", rng.below(45) + 1);
+                send(Method::GET, path, None, vec![("x-end-user-id", customer)]).await;
+                tokio::time::sleep(pace(per_sec)).await;
             }
         }
     }

@@ -132,6 +132,10 @@ pub async fn start(config: Config) -> Result<Running> {
         hour_ms: i64::from(a.hour_retention_days) * DAY_MS,
         day_ms: i64::from(a.day_retention_days) * DAY_MS,
     }));
+    // Governance features are rebuilt from the raw events the replay below reads: they hold
+    // at most five weeks, which the raw retention covers by default.
+    let governance = Arc::new(clientele_governance::FeatureStore::new());
+    governance.on_blocks(block_hook(keys.clone()));
 
     let stats = Arc::new(PipelineStats::default());
     let (sink, rx) = open_hand_off(&event_dir, config.gateway.event_queue, stats.clone())?;
@@ -145,6 +149,7 @@ pub async fn start(config: Config) -> Result<Running> {
     let pipeline = Pipeline::new(events.clone(), stats.clone())
         .with_observer(engine.clone())
         .with_observer(contracts.clone())
+        .with_observer(governance.clone())
         .with_exporters(exporters.clone());
     let archived_until = Arc::new(std::sync::atomic::AtomicI64::new(
         clientele_app::rollups::restore(&pipeline, &engine)
@@ -168,6 +173,7 @@ pub async fn start(config: Config) -> Result<Running> {
         GatewayOptions {
             trusted_proxies: config.gateway.trusted_proxies.clone(),
             session_header: config.gateway.session_header.clone(),
+            end_user_header: config.gateway.end_user_header.clone(),
             max_request_body_bytes: config.gateway.max_request_body_bytes,
             hide_credentials: true,
             outbound_tls: config.outbound.clone(),
@@ -235,6 +241,7 @@ pub async fn start(config: Config) -> Result<Running> {
             config.plans.clone(),
             alert_tx,
         )
+        .governance(governance.clone())
         .observe({
             // New and escalated findings become OTLP log records when `[exports.otlp]` has logs on.
             let export = exporters.findings();
@@ -270,6 +277,7 @@ pub async fn start(config: Config) -> Result<Running> {
         limiter_mode: limiter.mode(),
         findings,
         contracts: contracts.clone(),
+        governance: governance.clone(),
         otlp: config.otlp_ingest.clone(),
     };
     // The dashboard and portal share the admin listener; the API router keeps the fallback.
@@ -423,6 +431,19 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     let mut f = opts.open(path)?;
     f.write_all(contents.as_bytes())?;
     f.write_all(b"\n")
+}
+
+/// Where the governance evaluation's block verdicts go: onto each consumer's limit slot, where
+/// the gateway reads them with one atomic load. The list is complete, so a consumer missing
+/// from it is unblocked.
+fn block_hook(keys: Arc<KeyIndex>) -> clientele_governance::features::BlockHook {
+    Box::new(move |blocks| {
+        let by_consumer: std::collections::HashMap<&str, _> =
+            blocks.iter().map(|(c, r)| (c.as_str(), *r)).collect();
+        for (consumer, slot) in keys.slots() {
+            slot.set_policy_block(by_consumer.get(consumer.as_ref()).copied());
+        }
+    })
 }
 
 /// Keeps the key index in step with the store, for changes made by other nodes or processes.

@@ -27,6 +27,7 @@ pub fn event(id: &str, consumer: &str, ts_ms: i64, status: u16) -> Event {
         client_ip: Some("127.0.0.1".into()),
         user_agent: None,
         session_id: None,
+        end_user: None,
         trace_id: None,
         outcome: Outcome::Proxied,
         plan: Some("pro".into()),
@@ -163,6 +164,7 @@ pub async fn every_field_round_trips<S: Backend + EventStore>(fresh: &mut Fresh<
         client_ip: Some("2001:db8::1".into()),
         user_agent: Some("curl/8".into()),
         session_id: Some("sess-1".into()),
+        end_user: Some("end user ✓".into()),
         trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
         outcome: Outcome::UpstreamTimeout,
         plan: Some("pro".into()),
@@ -177,6 +179,7 @@ pub async fn every_field_round_trips<S: Backend + EventStore>(fresh: &mut Fresh<
     bare.api = None;
     bare.upstream_latency_ms = None;
     bare.client_ip = None;
+    bare.end_user = None;
     bare.plan = None;
     bare.outcome = Outcome::Ingested;
     let mut anonymous = event("ev_anon", "x", DAY + 125, 401);

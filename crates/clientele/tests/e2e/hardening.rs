@@ -217,12 +217,10 @@ async fn a_malformed_chunked_body_is_the_clients_error() {
         assert_eq!(problem["status"], 400, "{what}: {problem}");
     }
     let events = server.wait_events("acme", "", |e| e.len() >= 3).await;
-    // Recorded as the client's 400, never as an upstream 5xx. (Before the merge of the new
-    // upstream client the outcome was `bad_request`; since it, the event reads `proxied`: to
-    // be followed up, see the issue-19 report.)
+    // Recorded as the client's 400, never as an upstream 5xx.
     for e in &events {
         assert_eq!(e["status"], 400, "{e}");
-        assert_ne!(e["outcome"], "upstream_unreachable", "{e}");
+        assert_eq!(e["outcome"], "bad_request", "{e}");
     }
 }
 

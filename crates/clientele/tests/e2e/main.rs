@@ -9,6 +9,7 @@ mod durability;
 mod exports;
 mod findings;
 mod gateway;
+mod governance;
 mod hardening;
 mod https;
 mod limits;
