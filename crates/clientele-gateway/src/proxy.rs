@@ -868,7 +868,6 @@ impl Gateway {
         )
     }
 
-    #[allow(clippy::too_many_arguments)]
     /// The client's body failed on its way upstream: its error, answered and recorded as such,
     /// whatever the upstream made of the part it received.
     fn refuse_body(
@@ -901,6 +900,7 @@ impl Gateway {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn refuse_counted(
         &self,
         mut seen: Seen,
