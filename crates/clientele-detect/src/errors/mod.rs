@@ -12,7 +12,8 @@
 //! Then the route is classified, pooling its consumers over the same windows:
 //!
 //! - the route's errors clearly above what its callers' baselines predict (a Poisson
-//!   likelihood-ratio test on the pool), spread over `api_min_consumers` or more consumers with
+//!   likelihood-ratio test on the pool), spread over `api_min_consumers` or more consumers (and
+//!   at least half of the route's callers) with
 //!   no one of them owning `concentration` of the excess: `api_errors`, consumer null. Ten quiet
 //!   consumers together are a clear signal even when none of them is alone. An API-wide
 //!   incident is never blamed on one integration: per-consumer flags overlapping it are folded
@@ -510,7 +511,11 @@ impl ErrorDetector {
         rest.sub(*top_count);
         let rest_elevated =
             self.elevated(rest, (expected - top_count.n as f64 * top_b).max(0.0), 3.0);
+        // And spread means most callers see it: a scraper's 404s and a blocked key's 403s are
+        // two consumers' doing, not the API's, even on a route nine consumers call.
+        let spread = 2 * affected >= per.len();
         (affected >= self.config.api_min_consumers as usize
+            && spread
             && (share < self.config.concentration || rest_elevated))
             .then_some((affected, per.len()))
     }
