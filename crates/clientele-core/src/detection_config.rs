@@ -25,6 +25,13 @@ fn default_windows() -> Vec<u32> {
     vec![1, 6, 24]
 }
 
+/// Errors add a two-hour window: an incident of two hours on a route that quiet consumers call
+/// is found in it and in neither the one-hour window (too few calls) nor the six-hour one
+/// (diluted by four ordinary hours).
+fn default_error_windows() -> Vec<u32> {
+    vec![1, 2, 6, 24]
+}
+
 /// `[detection.volume]`: `volume_spike` and `volume_drop`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -85,7 +92,7 @@ impl Default for ErrorsConfig {
     fn default() -> Self {
         ErrorsConfig {
             significance: SIGNIFICANCE,
-            windows_hours: default_windows(),
+            windows_hours: default_error_windows(),
             baseline_days: 7,
             min_rate: 0.08,
             spike_factor: 3.0,

@@ -115,6 +115,21 @@ fn labelled_scenario_recall_and_false_positives() {
             "  false positive: {} {:?} ({shape}) {:?}: {}\n    evidence: {}",
             f.kind, f.consumer, f.route, f.summary, f.evidence
         );
+        println!(
+            "    seen hours {}..{}",
+            f.first_seen_ms / HOUR_MS,
+            f.last_seen_ms / HOUR_MS
+        );
+        for l in world.labels.iter().filter(|l| l.consumer == f.consumer) {
+            println!(
+                "    its label: {} {:?} {} (hours {}..{})",
+                l.kind,
+                l.route,
+                l.note,
+                l.from_ms / HOUR_MS,
+                l.to_ms / HOUR_MS
+            );
+        }
     }
     println!(
         "recall {:.0}% ({}/{}), false positives {} over {consumer_days} consumer-days = {fp_per_1000:.2} per 1,000",
@@ -227,9 +242,8 @@ fn score(findings: &[Finding], labels: &[synth::Label], consumer_days: f64) -> (
 
 /// Other worlds than the committed one: the same targets should hold on them.
 #[test]
-#[ignore = "open: on seed 0xc11e47e140 the quiet API-wide incident is missed and one api_errors false positive is reported (0.46 per 1,000); run with --ignored"]
 fn other_seeds_meet_the_same_targets() {
-    for seed in [SEED ^ 0xA5, SEED ^ 0x5A00] {
+    for seed in [SEED ^ 0x5A00, SEED ^ 0xA5] {
         let world = synth::build(250, seed, NOW_MS, 28, 7);
         let plans = Default::default();
         let ctx = EvalContext::new(
@@ -254,7 +268,18 @@ fn other_seeds_meet_the_same_targets() {
             .iter()
             .filter(|l| !findings.iter().any(|f| matches(f, l)))
         {
-            println!("  MISSED {} {:?} {}", l.kind, l.consumer, l.note);
+            println!(
+                "  MISSED {} {:?} {:?} {} (hours {}..{})",
+                l.kind,
+                l.consumer,
+                l.route,
+                l.note,
+                l.from_ms / HOUR_MS,
+                l.to_ms / HOUR_MS
+            );
+            for f in findings.iter().filter(|f| f.consumer == l.consumer) {
+                println!("    about it: {} {:?} {}", f.kind, f.route, f.summary);
+            }
         }
         for f in findings
             .iter()
@@ -279,7 +304,7 @@ fn other_seeds_meet_the_same_targets() {
 /// Event time: evaluating every hour as the server would have (3-hour lookback) finds the same
 /// conditions as one evaluation over the whole day afterwards, as after a backfill.
 #[test]
-#[ignore = "open: since windows of up to 24 h, hourly live evaluations and one batch evaluation disagree on a few error conditions; run with --ignored"]
+#[ignore = "open: since windows of up to 24 h, hourly live evaluations find one error_spike (c00018, POST /orders) that one batch evaluation does not; run with --ignored"]
 fn live_hourly_evaluations_agree_with_one_evaluation_after_a_backfill() {
     // A Wednesday, so the two judged days are weekdays with behaviours injected.
     let now = NOW_MS + 2 * DAY_MS;

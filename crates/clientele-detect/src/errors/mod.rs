@@ -1,7 +1,7 @@
 //! Errors, per consumer and per route: `error_spike`, `integration_errors` and `api_errors`.
 //!
 //! Every consumer's errors on every route are judged over sliding windows (`[detection.errors]
-//! windows_hours`, by default 1, 6 and 24 hours) against its own baseline on that route: the
+//! windows_hours`, by default 1, 2, 6 and 24 hours) against its own baseline on that route: the
 //! median of its daily error rates over the previous week (pooled when it has few days, the
 //! route's own baseline when it is new to the route). A window is flagged when its rate is
 //! clearly above the baseline (`min_rate`, `spike_factor`, `spike_margin`) and a binomial
@@ -353,8 +353,13 @@ impl ErrorDetector {
     ) {
         let cfg = &self.config;
         // Bonferroni per route-day for the pool; per consumer-day (over its routes) for each
-        // consumer, which calls few routes in the window.
-        let route_z = critical_z(cfg.significance / (windows.len() * 24) as f64);
+        // consumer, which calls few routes in the window. The budget is per consumer-day, and
+        // one false API-wide finding is one false finding for all the route's callers: so the
+        // route's pool may spend its callers' budgets together (capped, so a route with
+        // thousands of callers still needs clear evidence). That is what lets ten quiet
+        // consumers' two-hour incident be found at all.
+        let route_budget = (cfg.significance * consumers.len().max(1) as f64).min(0.01);
+        let route_z = critical_z(route_budget / (windows.len() * 24) as f64);
         let routes_of = |c: u32| -> usize {
             observed
                 .pairs
@@ -526,9 +531,15 @@ impl ErrorDetector {
             let Some(api) = flags.api.get(route) else {
                 continue;
             };
+            // An API-wide window explains a consumer's window of about its length. A 24-hour
+            // window of the route stays elevated for a day after a two-hour incident, and must
+            // not swallow an integration's own three-hour spike hours later.
             list.retain(|f| {
-                !api.iter()
-                    .any(|(a, ..)| f.first_hour() <= a.hour && a.first_hour() <= f.hour)
+                !api.iter().any(|(a, ..)| {
+                    f.first_hour() <= a.hour
+                        && a.first_hour() <= f.hour
+                        && a.window_hours <= 2 * f.window_hours
+                })
             });
         }
         flags.spikes.retain(|_, l| !l.is_empty());
