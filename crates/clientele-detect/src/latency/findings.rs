@@ -6,6 +6,7 @@ use clientele_core::finding::{Finding, FindingKind, Severity};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde_json::json;
 
+use super::routes::RouteRun;
 use super::{Baseline, LatencyDetector, Obs};
 use crate::text::{count, millis, r3, times, ts, when};
 use crate::{EvalContext, new_finding_id, runs};
@@ -29,6 +30,7 @@ pub(super) fn write(
     baselines: &HashMap<u32, Baseline>,
     global_base: &Rollup,
     regressed: HashMap<u32, Vec<Obs>>,
+    route_runs: &[RouteRun],
     api_hours: &HashSet<i64>,
     judged: &HashMap<i64, usize>,
     bad: &HashMap<i64, HashSet<u32>>,
@@ -63,6 +65,9 @@ pub(super) fn write(
                 d, ctx, c, b, global_p95, first_hour, last, worst, peak,
             ));
         }
+    }
+    for run in route_runs {
+        out.push(route_finding(d, ctx, run));
     }
     let mut hours: Vec<((), i64)> = api_hours.iter().map(|h| ((), *h)).collect();
     hours.sort();
@@ -156,6 +161,50 @@ fn consumer_finding(
                 "z": r3(peak.z),
                 "window_hours": peak.window_hours,
                 "significance_per_consumer_day": d.config.significance,
+            },
+        }),
+    }
+}
+
+/// A route slowed down for most of its callers: one finding, consumer null, on the route.
+fn route_finding(d: &LatencyDetector, ctx: &EvalContext<'_>, run: &RouteRun) -> Finding {
+    let (api, method, route) = run.route;
+    let op = format!("{} {}", ctx.name(method), ctx.name(route));
+    let first_seen = run.first_hour * HOUR_MS;
+    let last_seen = ((run.last_hour + 1) * HOUR_MS).min(ctx.now_ms);
+    let ratio = run.worst.p95 / run.base_p95.max(1e-3);
+    Finding {
+        id: new_finding_id(),
+        kind: FindingKind::LatencyRegression,
+        consumer: None,
+        api: Some(ctx.name(api).to_string()).filter(|a| !a.is_empty()),
+        route: Some(op.clone()),
+        severity: if ratio >= 5.0 {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        },
+        first_seen_ms: first_seen,
+        last_seen_ms: last_seen,
+        summary: format!(
+            "{op} slowed down for {} of the {} consumers calling it since {}: p95 {} against a usual {} ({}); this is the API, not a customer's integration.",
+            run.affected,
+            run.calling,
+            when(first_seen),
+            millis(run.worst.p95),
+            millis(run.base_p95),
+            times(ratio)
+        ),
+        evidence: json!({
+            "window": {"from": ts(first_seen), "to": ts(last_seen)},
+            "observed": {"p95_ms": r3(run.worst.p95), "requests": run.worst.n, "window_hours": run.worst.window_hours},
+            "baseline": {"p95_ms": r3(run.base_p95), "days": d.config.baseline_days, "method": "median of the route's daily p95"},
+            "consumers": {"affected": run.affected, "calling": run.calling},
+            "test": {
+                "method": "binomial likelihood ratio on the share slower than the route's baseline p95, callers pooled",
+                "z": r3(run.peak.z),
+                "window_hours": run.peak.window_hours,
+                "significance_per_route_day": d.config.significance,
             },
         }),
     }

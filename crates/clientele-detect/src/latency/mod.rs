@@ -10,9 +10,12 @@
 //! over the tests of a consumer-day. Twenty requests an hour five times slower than usual are
 //! clear within the hour; no per-hour request floor applies.
 //!
-//! When `api_share` of the consumers judged in an hour (at least `api_min_consumers`) regress
-//! together, it is the API that regressed: one finding with consumer null, instead of one per
-//! consumer.
+//! API-wide, two ways, each one finding with consumer null instead of one per consumer:
+//! - a route's callers pooled (`routes`): a route slower for most of its callers, judged on
+//!   all their requests together, so ten quiet consumers make a clear signal; the callers' own
+//!   windows over those hours fold into it;
+//! - when `api_share` of the consumers judged in an hour (at least `api_min_consumers`)
+//!   regress together, the whole API regressed.
 
 use clientele_analytics::{HOUR_MS, Rollup, Tier};
 use clientele_core::detection_config::LatencyConfig;
@@ -23,6 +26,7 @@ use crate::stats::{binomial_z, critical_z, median};
 use crate::{Detector, EvalContext};
 
 mod findings;
+mod routes;
 
 #[derive(Debug, Clone, Default)]
 pub struct LatencyDetector {
@@ -146,6 +150,27 @@ impl Detector for LatencyDetector {
                 }
             }
         }
+        // A route that slowed down for most of its callers is one finding: its callers' own
+        // windows over the same hours fold into it.
+        let route_runs = routes::regressions(cfg, ctx, &windows, slots.start + 1 - longest);
+        if !route_runs.is_empty() {
+            let folded: HashMap<u32, Vec<(i64, i64)>> = route_runs
+                .iter()
+                .flat_map(|r| r.folded.iter())
+                .fold(HashMap::default(), |mut m, (c, from, to)| {
+                    m.entry(*c).or_default().push((*from, *to));
+                    m
+                });
+            for (c, list) in regressed.iter_mut() {
+                if let Some(spans) = folded.get(c) {
+                    list.retain(|o| {
+                        let from = o.hour + 1 - o.window_hours;
+                        !spans.iter().any(|(f, t)| from <= *t && *f <= o.hour)
+                    });
+                }
+            }
+            regressed.retain(|_, l| !l.is_empty());
+        }
         let api_hours: HashSet<i64> = bad
             .iter()
             .filter(|(h, set)| {
@@ -161,6 +186,7 @@ impl Detector for LatencyDetector {
             &baselines,
             &global_base,
             regressed,
+            &route_runs,
             &api_hours,
             &judged,
             &bad,

@@ -210,6 +210,13 @@ enum Injection {
     },
     /// Latency times `factor` over `[from, to)`.
     Latency { from: i64, to: i64, factor: f64 },
+    /// Latency on `route` only, times `factor` over `[from, to)`.
+    RouteLatency {
+        route: usize,
+        from: i64,
+        to: i64,
+        factor: f64,
+    },
     /// Starts calling `route` at `from`, `per_hour` requests an hour.
     NewRoute {
         route: usize,
@@ -784,6 +791,35 @@ pub fn build_with(
             quiet_route_callers.len()
         ),
     });
+    // A quiet API-wide slowdown: the same route four times slower for three hours, on a day
+    // of its own. Each caller sends a few requests an hour to it: only pooled are they clear.
+    let mut quiet_slowdown = weekday_at(&mut rng, 10);
+    for _ in 0..50 {
+        let day = quiet_slowdown.div_euclid(24);
+        if day != incident.div_euclid(24) && day != quiet_incident.div_euclid(24) {
+            break;
+        }
+        quiet_slowdown = weekday_at(&mut rng, 10);
+    }
+    for &i in &quiet_route_callers {
+        specs[i].injections.push(Injection::RouteLatency {
+            route: QUIET_ROUTE,
+            from: quiet_slowdown,
+            to: quiet_slowdown + 3,
+            factor: 4.0,
+        });
+    }
+    labels.push(Label {
+        kind: FindingKind::LatencyRegression,
+        consumer: None,
+        route: Some(op(QUIET_ROUTE)),
+        from_ms: hour_ms(quiet_slowdown),
+        to_ms: hour_ms(quiet_slowdown + 3),
+        note: format!(
+            "quiet API slowdown: 4x latency for 3 h across the {} consumers of the route",
+            quiet_route_callers.len()
+        ),
+    });
 
     // Traffic.
     let engine = Engine::new(Retention {
@@ -828,6 +864,7 @@ pub fn build_with(
             let mut latency_factor = s.latency_factor;
             let mut error_override: Option<(usize, f64, f64)> = None;
             let mut extra_route: Option<(usize, f64)> = None;
+            let mut route_latency: Option<(usize, f64)> = None;
             for inj in &s.injections {
                 match *inj {
                     Injection::Volume { from, to, factor } if (from..to).contains(&hour) => {
@@ -849,6 +886,14 @@ pub fn build_with(
                     }
                     Injection::Latency { from, to, factor } if (from..to).contains(&hour) => {
                         latency_factor *= factor;
+                    }
+                    Injection::RouteLatency {
+                        route,
+                        from,
+                        to,
+                        factor,
+                    } if (from..to).contains(&hour) => {
+                        route_latency = Some((route, factor));
                     }
                     Injection::NewRoute {
                         route,
@@ -892,8 +937,14 @@ pub fn build_with(
                     }
                     let mut rollup = Rollup::default();
                     for _ in 0..count.min(options.latency_samples) {
-                        let latency =
-                            ROUTES[r].latency_ms * latency_factor * (0.4 * rng.normal()).exp();
+                        let route_factor = match route_latency {
+                            Some((lr, f)) if lr == r => f,
+                            _ => 1.0,
+                        };
+                        let latency = ROUTES[r].latency_ms
+                            * latency_factor
+                            * route_factor
+                            * (0.4 * rng.normal()).exp();
                         rollup.add(&Sample {
                             status: u16::from(class) * 100,
                             latency_ms: latency,
