@@ -35,6 +35,30 @@ seed import_kong "$kong" 1
 seed import_envoy "$envoy" 1
 seed import_detect "$nginx" 1; seed import_detect "$kong" 2; seed import_detect "$envoy" 3
 seed import_detect '{"ts":1791640536000,"consumer":"acme","method":"GET","path":"/a","status":200,"latency_ms":1.5}' 4
+# OTLP traces: one HTTP server span, as JSON and as protobuf (written by python: NUL bytes).
+seed otlp_json '{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"pets"}}]},"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"GET /pets/{id}","kind":2,"startTimeUnixNano":"1791640536000000000","endTimeUnixNano":"1791640536012000000","attributes":[{"key":"http.request.method","value":{"stringValue":"GET"}},{"key":"url.path","value":{"stringValue":"/pets/1"}},{"key":"http.response.status_code","value":{"intValue":"200"}},{"key":"tags","value":{"arrayValue":{"values":[{"boolValue":true},{"doubleValue":1.5}]}}}]}]}]}]}' 1
+mkdir -p corpus/otlp_protobuf
+python3 - corpus/otlp_protobuf/seed-1 <<'PY'
+import struct, sys
+def v(n):
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        if not n:
+            return out + bytes([b])
+        out += bytes([b | 0x80])
+def f(tag, body): return v(tag << 3 | 2) + v(len(body)) + body
+def kv(k, val): return f(1, k.encode()) + f(2, val)
+s = lambda t: f(1, t.encode())
+span = (f(1, bytes(range(1, 17))) + f(2, bytes(range(1, 9))) + f(5, b"GET /pets/{id}")
+        + v(6 << 3) + v(2) + v(7 << 3 | 1) + struct.pack("<Q", 1791640536000000000)
+        + v(8 << 3 | 1) + struct.pack("<Q", 1791640536012000000)
+        + f(9, kv("http.request.method", s("GET"))) + f(9, kv("url.path", s("/pets/1")))
+        + f(9, kv("http.response.status_code", v(3 << 3) + v(200)))
+        + f(9, kv("tags", f(5, f(1, v(2 << 3) + v(1)) + f(1, v(4 << 3 | 1) + struct.pack("<d", 1.5))))))
+rs = f(1, f(1, kv("service.name", s("pets")))) + f(2, f(2, span))
+open(sys.argv[1], "wb").write(f(1, rs))
+PY
 mkdir -p corpus/config_file corpus/openapi_load
 sed -n '/^```toml$/,/^```$/p' ../README.md | sed '1d;$d' > corpus/config_file/seed-readme
 cp ../crates/clientele-contract/tests/fixtures/kennel.yaml corpus/openapi_load/seed-kennel.yaml
