@@ -6,7 +6,8 @@
 # what it measured and never fails on a number.
 #
 # Usage: bash scripts/idle-flood.sh     (env: FLOOD=20000 PER_ADDRESS=1000 SAMPLES=200
-#        BIN=path/to/clientele to skip the release build)
+#        BIN=path/to/clientele to skip the release build, FIRST_BYTE_SECS=10: the server's
+#        [gateway].first_byte_timeout_secs; raise it to hold the whole flood at once)
 # The flood comes from 127.0.0.2, 127.0.0.3, ... (PER_ADDRESS each), under the per-address cap,
 # so it meets the global cap: with this machine's descriptor limit of 20,000 the gateway holds
 # 20,000 - reserved_fds = 18,976 connections, and the rest of the flood makes room by closing the
@@ -15,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 FLOOD="${FLOOD:-20000}"
 export PER_ADDRESS="${PER_ADDRESS:-1000}" SAMPLES="${SAMPLES:-200}"
+FIRST_BYTE_SECS="${FIRST_BYTE_SECS:-10}"
 if [ -z "${BIN:-}" ]; then
   cargo build --release -p clientele
   BIN="${CARGO_TARGET_DIR:-target}/release/clientele"
@@ -43,6 +45,7 @@ pids+=($!)
 cat > "$dir/clientele.toml" <<TOML
 [gateway]
 listen = "127.0.0.1:$gw_port"
+first_byte_timeout_secs = $FIRST_BYTE_SECS
 [admin]
 listen = "127.0.0.1:$admin_port"
 token = "$token"
@@ -62,6 +65,12 @@ export GATEWAY="127.0.0.1:$gw_port" ADMIN="127.0.0.1:$admin_port" KEY
 echo "server descriptor limit: $(awk '/Max open files/ {print $4}' /proc/$server_pid/limits)"
 python3 scripts/idle-flood.py measure "before flood"
 half=$((FLOOD / 2))
+# Each holder raises its soft descriptor limit to the hard one; below half the flood it cannot
+# open its share (its connects fail with EMFILE, counted as connect errors), so say so up front.
+hard=$(ulimit -Hn)
+if [ "$hard" != unlimited ] && [ "$hard" -lt $((FLOOD - half + 64)) ]; then
+  echo "warning: hard descriptor limit $hard < $((FLOOD - half + 64)): each holder opens fewer than its $((FLOOD - half)); raise it (ulimit -Hn) for the full flood" >&2
+fi
 mkfifo "$dir/h1" "$dir/h2"
 python3 scripts/idle-flood.py hold "$half" 0 < "$dir/h1" > "$dir/h1.out" &
 pids+=($!)
@@ -79,8 +88,8 @@ held() { echo $(( $(tail -n1 "$dir/h1.out" | awk '{print $2}') + $(tail -n1 "$di
 echo "flood connections still open: $(held); server RSS $(awk '/VmRSS/ {print $2, $3}' /proc/$server_pid/status); server descriptors $(ls /proc/$server_pid/fd | wc -l)"
 python3 scripts/idle-flood.py measure "during flood"
 echo "flood connections still open after the measurement: $(held)"
-sleep 12
-echo "after first_byte_timeout_secs (10 s): flood connections still open: $(held)"
+sleep $((FIRST_BYTE_SECS + 2))
+echo "after first_byte_timeout_secs ($FIRST_BYTE_SECS s): flood connections still open: $(held)"
 python3 scripts/idle-flood.py measure "after timeout"
 exec 7>&- 8>&-
 echo "server log lines: $(wc -l < "$dir/server.log") (of which 'refused'/'accept failed': $(grep -c -E 'refused|accept failed' "$dir/server.log" || true))"

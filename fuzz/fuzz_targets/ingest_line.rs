@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(e.request_bytes <= MAX_BYTES && e.response_bytes <= MAX_BYTES);
             assert!((100..=599).contains(&e.status));
             assert!(e.latency_ms.is_finite());
-            assert!(e.cost_usd.is_none_or(|c| c.is_finite() && c <= MAX_COST_USD));
+            assert!(
+                e.cost_usd
+                    .is_none_or(|c| c.is_finite() && c <= MAX_COST_USD)
+            );
             assert!(!e.path.contains('\0'));
         }
     }

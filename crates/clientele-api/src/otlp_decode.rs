@@ -200,14 +200,24 @@ fn key_value(buf: &[u8]) -> Result<Option<(String, Attr)>, String> {
     while let Some((field, wire)) = r.field()? {
         match (field, wire) {
             (1, Wire::Bytes(b)) => key = utf8(b)?,
-            (2, Wire::Bytes(b)) => value = any_value(b)?,
+            (2, Wire::Bytes(b)) => value = any_value(b, 0)?,
             _ => {}
         }
     }
     Ok(value.map(|v| (key, v)))
 }
 
-fn any_value(buf: &[u8]) -> Result<Option<Attr>, String> {
+/// How deep attribute arrays may nest. Each level is a few bytes of protobuf, so without a bound
+/// one admin-sized body (16 MiB) nests deep enough to overflow the stack of the recursive
+/// reader and abort the whole process; real attributes nest one or two levels.
+pub const MAX_ARRAY_DEPTH: usize = 32;
+
+fn any_value(buf: &[u8], depth: usize) -> Result<Option<Attr>, String> {
+    if depth > MAX_ARRAY_DEPTH {
+        return Err(format!(
+            "attribute arrays nested deeper than {MAX_ARRAY_DEPTH} levels"
+        ));
+    }
     let mut out = None;
     let mut r = Reader::new(buf);
     while let Some((field, wire)) = r.field()? {
@@ -222,7 +232,7 @@ fn any_value(buf: &[u8]) -> Result<Option<Attr>, String> {
                 let mut rr = Reader::new(b);
                 while let Some((f, w)) = rr.field()? {
                     if let (1, Wire::Bytes(item)) = (f, w) {
-                        items.extend(any_value(item)?);
+                        items.extend(any_value(item, depth + 1)?);
                     }
                 }
                 Some(Attr::List(items))
@@ -309,4 +319,76 @@ fn json_any(v: &Value) -> Option<Attr> {
     }
     let items = v.get("arrayValue")?.get("values")?.as_array()?;
     Some(Attr::List(items.iter().filter_map(json_any).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A protobuf message built from the inside out: `rev` holds it reversed, so wrapping it in
+    /// a length-delimited field is a push, not a copy of everything inside.
+    struct Inside {
+        rev: Vec<u8>,
+    }
+
+    impl Inside {
+        fn new(innermost: &[u8]) -> Inside {
+            Inside {
+                rev: innermost.iter().rev().copied().collect(),
+            }
+        }
+
+        fn wrap(&mut self, tag: u8) {
+            let mut len = Vec::new();
+            let mut n = self.rev.len() as u64;
+            loop {
+                let b = (n & 0x7f) as u8;
+                n >>= 7;
+                if n == 0 {
+                    len.push(b);
+                    break;
+                }
+                len.push(b | 0x80);
+            }
+            self.rev.extend(len.iter().rev());
+            self.rev.push(tag);
+        }
+
+        /// `levels` arrays around a string, as the value of one span attribute `k`.
+        fn request(levels: usize) -> Vec<u8> {
+            // AnyValue { string_value = 1: "x" }
+            let mut m = Inside::new(&[0x0a, 0x01, b'x']);
+            for _ in 0..levels {
+                m.wrap(0x0a); // ArrayValue { repeated AnyValue values = 1 }
+                m.wrap(0x2a); // AnyValue { ArrayValue array_value = 5 }
+            }
+            m.wrap(0x12); // KeyValue { AnyValue value = 2 }
+            m.rev.extend([b'k', 0x01, 0x0a].iter()); // KeyValue { key = 1: "k" } (reversed)
+            m.wrap(0x4a); // Span { repeated KeyValue attributes = 9 }
+            m.wrap(0x12); // ScopeSpans { repeated Span spans = 2 }
+            m.wrap(0x12); // ResourceSpans { repeated ScopeSpans scope_spans = 2 }
+            m.wrap(0x0a); // ExportTraceServiceRequest { repeated ResourceSpans = 1 }
+            m.rev.reverse();
+            m.rev
+        }
+    }
+
+    #[test]
+    fn nested_attribute_arrays_within_the_bound_are_read() {
+        let spans = traces_protobuf(&Inside::request(2)).unwrap();
+        let want = Attr::List(vec![Attr::List(vec![Attr::Str("x".into())])]);
+        assert_eq!(spans[0].attrs, vec![("k".to_string(), want)]);
+        assert!(traces_protobuf(&Inside::request(MAX_ARRAY_DEPTH)).is_ok());
+    }
+
+    /// 100,000 nested arrays (under 1 MiB, well inside the admin body limit) overflowed the
+    /// recursive reader's stack and aborted the process before the bound.
+    #[test]
+    fn deeply_nested_attribute_arrays_are_refused_not_a_stack_overflow() {
+        for levels in [100_000, MAX_ARRAY_DEPTH + 1] {
+            let body = Inside::request(levels);
+            let err = traces_protobuf(&body).unwrap_err();
+            assert!(err.contains("nested deeper than 32"), "{err}");
+        }
+    }
 }
