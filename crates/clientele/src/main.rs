@@ -19,6 +19,7 @@ mod demo;
 mod demo_history;
 mod exports;
 mod findings_cli;
+mod follow;
 mod logimport;
 mod server;
 

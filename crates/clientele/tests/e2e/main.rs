@@ -8,6 +8,7 @@ mod contract;
 mod durability;
 mod exports;
 mod findings;
+mod follow;
 mod gateway;
 mod governance;
 mod hardening;
