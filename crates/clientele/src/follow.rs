@@ -413,7 +413,9 @@ fn save(f: &Follow, cur: &Cursor) -> Result<()> {
         ino: cur.id.ino,
         offset: cur.offset,
     };
-    let tmp = f.state.with_extension("tmp");
+    let mut tmp = f.state.clone().into_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let write = || -> std::io::Result<()> {
         let mut file = File::create(&tmp)?;
         // Serializing this struct cannot fail.
