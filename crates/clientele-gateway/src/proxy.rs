@@ -729,6 +729,7 @@ impl Gateway {
         if self.options.hide_credentials {
             match source {
                 KeySource::XApiKey => headers.remove(&h::X_API_KEY),
+                KeySource::ApiKey => headers.remove(&h::APIKEY),
                 KeySource::Bearer => headers.remove(header::AUTHORIZATION),
             };
         }

@@ -74,7 +74,17 @@ async fn kong_consumers_and_keys_keep_working_through_the_gateway() {
             .0,
         200
     );
-    server.wait_events("acme", "", |e| e.len() == 2).await;
+    // As Kong clients send it (key-auth's default `apikey` header).
+    let (status, _, _) = send(
+        Method::GET,
+        &server.gw("/pets/4"),
+        &[("apikey", "acme-live-4f1c9a7e2b6d8031")],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    server.wait_events("acme", "", |e| e.len() == 3).await;
     let g = server.wait_events("globex", "", |e| e.len() == 1).await;
     assert_eq!(g[0]["path"], "/pets/2");
     // The store holds hashes: a wrong key is still refused.
