@@ -197,6 +197,9 @@ pub struct EventOut {
     pub end_user: Option<String>,
     pub trace_id: Option<String>,
     pub outcome: String,
+    /// WebSocket connections: the first Close frame's code (1000 normal, 1001 going away, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_code: Option<u16>,
 }
 
 impl From<Event> for EventOut {
@@ -221,6 +224,7 @@ impl From<Event> for EventOut {
             end_user: e.end_user,
             trace_id: e.trace_id,
             outcome: e.outcome.as_str().to_string(),
+            close_code: e.close_code,
         }
     }
 }

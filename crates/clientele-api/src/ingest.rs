@@ -222,6 +222,7 @@ fn parse_event(
         tokens_in: opt_u64(obj, "tokens_in", MAX_TOKENS)?,
         tokens_out: opt_u64(obj, "tokens_out", MAX_TOKENS)?,
         cost_usd: opt_f64(obj, "cost_usd", MAX_COST_USD)?,
+        close_code: None,
     })
 }
 

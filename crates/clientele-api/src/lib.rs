@@ -113,6 +113,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             "/v1/otlp/v1/traces",
             axum::routing::post(otlp::ingest_traces),
         )
+        .route("/v1/otlp/v1/logs", axum::routing::post(otlp::ingest_logs))
         .route("/v1/status", get(handlers::status))
         .route("/v1/findings", get(findings::list))
         .route(

@@ -4,7 +4,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{contract, findings, governance, handlers, limits};
+use crate::{contract, findings, governance, handlers, limits, otlp};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,6 +25,8 @@ use crate::{contract, findings, governance, handlers, limits};
         handlers::stats_consumer,
         handlers::stats_routes,
         handlers::ingest_events,
+        otlp::ingest_traces,
+        otlp::ingest_logs,
         limits::get_limits,
         limits::put_limits,
         limits::delete_limits,

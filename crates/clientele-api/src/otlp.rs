@@ -1,7 +1,10 @@
-//! `POST /v1/otlp/v1/traces`: OTLP/HTTP traces (protobuf or JSON) from a gateway or service
-//! that already emits OpenTelemetry, so it feeds Clientele without Clientele in the request
-//! path. Each HTTP server span becomes one event, validated like `POST /v1/events`; other
-//! spans are skipped.
+//! `POST /v1/otlp/v1/traces` and `POST /v1/otlp/v1/logs`: OTLP/HTTP traces and logs (protobuf
+//! or JSON) from a gateway or service that already emits OpenTelemetry, so it feeds Clientele
+//! without Clientele in the request path. Each HTTP server span, and each HTTP access log
+//! record (a record with a request method), becomes one event, validated like `POST
+//! /v1/events`; other spans and records are skipped. Log records take the same attributes as
+//! spans (and the fields of a `kvlist` body), their time as the start and the duration from
+//! an attribute (see `otlp_decode::log_duration_ns`).
 //!
 //! Attributes read (current semantic conventions first, then the older names):
 //! `http.request.method`/`http.method`, `url.path` + `url.query`/`http.target`/`url.full`/
@@ -20,13 +23,55 @@ use crate::AppState;
 use crate::error::ApiError;
 use crate::handlers::{ingest_bounds, submit_ingested};
 use crate::ingest::{Rejected, parse_values};
-use crate::otlp_decode::{Attr, KIND_SERVER, Span, traces_json, traces_protobuf};
+use crate::otlp_decode::{
+    Attr, KIND_SERVER, Span, logs_json, logs_protobuf, traces_json, traces_protobuf,
+};
 
+#[derive(Clone, Copy, PartialEq)]
+enum Signal {
+    Traces,
+    Logs,
+}
+
+#[utoipa::path(post, path = "/v1/otlp/v1/traces",
+    request_body(description = "An OTLP ExportTraceServiceRequest", content((String = "application/x-protobuf"), (Object = "application/json"))),
+    responses((status = 200, description = "ExportTraceServiceResponse; partial_success counts the HTTP server spans refused, with the first reason",
+        content((Object = "application/json"), (String = "application/x-protobuf"))),
+        (status = 400, description = "not an OTLP trace export")),
+    security(("admin_token" = [])))]
 pub async fn ingest_traces(
-    State(state): State<AppState>,
+    state: State<AppState>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
+    ingest(state, headers, body, Signal::Traces).await
+}
+
+#[utoipa::path(post, path = "/v1/otlp/v1/logs",
+    request_body(description = "An OTLP ExportLogsServiceRequest", content((String = "application/x-protobuf"), (Object = "application/json"))),
+    responses((status = 200, description = "ExportLogsServiceResponse; partial_success counts the HTTP access log records refused, with the first reason",
+        content((Object = "application/json"), (String = "application/x-protobuf"))),
+        (status = 400, description = "not an OTLP log export")),
+    security(("admin_token" = [])))]
+pub async fn ingest_logs(
+    state: State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    ingest(state, headers, body, Signal::Logs).await
+}
+
+async fn ingest(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+    signal: Signal,
+) -> Result<Response, ApiError> {
+    let what = if signal == Signal::Traces {
+        "traces"
+    } else {
+        "logs"
+    };
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -37,15 +82,23 @@ pub async fn ingest_traces(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported-media-type",
             "Unsupported media type",
-            "send OTLP traces as application/x-protobuf or application/json",
+            format!("send OTLP {what} as application/x-protobuf or application/json"),
         ));
     }
-    let spans = if json {
-        traces_json(&body)
-    } else {
-        traces_protobuf(&body)
+    let spans = match (signal, json) {
+        (Signal::Traces, true) => traces_json(&body),
+        (Signal::Traces, false) => traces_protobuf(&body),
+        (Signal::Logs, true) => logs_json(&body),
+        (Signal::Logs, false) => logs_protobuf(&body),
     }
-    .map_err(|e| ApiError::bad_request(format!("not an OTLP ExportTraceServiceRequest: {e}")))?;
+    .map_err(|e| {
+        let message = if signal == Signal::Traces {
+            "ExportTraceServiceRequest"
+        } else {
+            "ExportLogsServiceRequest"
+        };
+        ApiError::bad_request(format!("not an OTLP {message}: {e}"))
+    })?;
 
     let mut values = Vec::new();
     let mut invalid = Vec::new();
@@ -68,19 +121,24 @@ pub async fn ingest_traces(
     if !events.is_empty() {
         submit_ingested(&state, events, Vec::new()).await?;
     }
-    Ok(answer(json, errors))
+    Ok(answer(json, errors, signal))
 }
 
 /// The OTLP answer: 200 with `partial_success` naming how many spans were refused and the first
 /// reason (an exporter logs it; retrying would not help).
-fn answer(json: bool, errors: Vec<String>) -> Response {
+fn answer(json: bool, errors: Vec<String>, signal: Signal) -> Response {
     let message = errors.first().cloned().unwrap_or_default();
     let rejected = errors.len() as u64;
     if json {
         let body = if rejected == 0 {
             json!({})
         } else {
-            json!({"partialSuccess": {"rejectedSpans": rejected.to_string(), "errorMessage": message}})
+            let field = if signal == Signal::Traces {
+                "rejectedSpans"
+            } else {
+                "rejectedLogRecords"
+            };
+            json!({"partialSuccess": {field: rejected.to_string(), "errorMessage": message}})
         };
         return (
             [(header::CONTENT_TYPE, "application/json")],
@@ -89,7 +147,8 @@ fn answer(json: bool, errors: Vec<String>) -> Response {
             .into_response();
     }
     // ExportTraceServiceResponse { ExportTracePartialSuccess partial_success = 1 { int64
-    // rejected_spans = 1; string error_message = 2 } }
+    // rejected_spans = 1; string error_message = 2 } }; ExportLogsServiceResponse has the same
+    // shape (rejected_log_records = 1).
     let mut inner = Vec::new();
     if rejected > 0 {
         inner.push(0x08);
@@ -140,9 +199,14 @@ fn span_event(span: &Span, cfg: &OtlpIngestConfig) -> Result<Option<Value>, Stri
         return Ok(None);
     }
     let name = &span.name;
+    let label = if span.record_id.is_some() {
+        format!("log record {name:?}")
+    } else {
+        format!("span {name:?}")
+    };
     let status = attr(span, &["http.response.status_code", "http.status_code"])
         .and_then(Attr::as_i64)
-        .ok_or_else(|| format!("span {name:?}: no http.response.status_code"))?;
+        .ok_or_else(|| format!("{label}: no http.response.status_code"))?;
     let consumer = consumer_of(span, cfg).ok_or_else(|| {
         let header = cfg
             .consumer_header
@@ -150,17 +214,30 @@ fn span_event(span: &Span, cfg: &OtlpIngestConfig) -> Result<Option<Value>, Stri
             .map(|h| format!(" or http.request.header.{}", h.to_ascii_lowercase()))
             .unwrap_or_default();
         format!(
-            "span {name:?}: no consumer: set the {}{header} attribute, or change [otlp_ingest]",
+            "{label}: no consumer: set the {}{header} attribute, or change [otlp_ingest]",
             cfg.consumer_attribute
         )
     })?;
-    let path = path_of(span).ok_or_else(|| format!("span {name:?}: no url.path or http.target"))?;
-    if span.end_ns < span.start_ns || span.start_ns == 0 {
-        return Err(format!("span {name:?}: no valid start and end times"));
+    let path = path_of(span).ok_or_else(|| format!("{label}: no url.path or http.target"))?;
+    if span.record_id.is_some() && span.end_ns == 0 && span.start_ns != 0 {
+        return Err(format!(
+            "{label}: no duration: add an http.server.request.duration (s) or duration_ms attribute"
+        ));
     }
+    if span.end_ns < span.start_ns || span.start_ns == 0 {
+        return Err(format!("{label}: no valid start and end times"));
+    }
+    // Stable across resends, so a retried export stores each span or record once.
+    let id = match &span.record_id {
+        Some(digest) => format!("otlp-log-{digest}"),
+        None => format!(
+            "otlp-{}-{}",
+            hex::encode(&span.trace_id),
+            hex::encode(&span.span_id)
+        ),
+    };
     let mut event = json!({
-        // Stable across resends, so a retried export stores each span once.
-        "id": format!("otlp-{}-{}", hex::encode(&span.trace_id), hex::encode(&span.span_id)),
+        "id": id,
         "ts": (span.start_ns / 1_000_000) as i64,
         "consumer": consumer,
         "method": method,

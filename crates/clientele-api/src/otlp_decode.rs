@@ -53,6 +53,8 @@ pub struct Span {
     pub end_ns: u64,
     pub attrs: Attrs,
     pub resource: Arc<Attrs>,
+    /// Log records: an id from the record's content (they need not carry trace or span ids).
+    pub record_id: Option<String>,
 }
 
 pub const KIND_SERVER: i64 = 2;
@@ -142,6 +144,28 @@ pub fn traces_protobuf(body: &[u8]) -> Result<Vec<Span>, String> {
 }
 
 fn resource_spans(buf: &[u8], out: &mut Vec<Span>) -> Result<(), String> {
+    resource_records(buf, out, span)
+}
+
+/// `ExportLogsServiceRequest` (= `LogsData`): field 1 is repeated `ResourceLogs`, shaped like
+/// `ResourceSpans` (resource = 1, scope_logs = 2 { scope = 1, log_records = 2 }).
+pub fn logs_protobuf(body: &[u8]) -> Result<Vec<Span>, String> {
+    let mut records = Vec::new();
+    let mut r = Reader::new(body);
+    while let Some((field, wire)) = r.field()? {
+        if let (1, Wire::Bytes(b)) = (field, wire) {
+            resource_records(b, &mut records, log_record)?;
+        }
+    }
+    Ok(records)
+}
+
+/// `ResourceSpans` or `ResourceLogs`: the resource's attributes, then each scope's records.
+fn resource_records(
+    buf: &[u8],
+    out: &mut Vec<Span>,
+    record: fn(&[u8]) -> Result<Span, String>,
+) -> Result<(), String> {
     let mut resource = Attrs::new();
     let mut scopes: Vec<&[u8]> = Vec::new();
     let mut r = Reader::new(buf);
@@ -166,7 +190,7 @@ fn resource_spans(buf: &[u8], out: &mut Vec<Span>) -> Result<(), String> {
         let mut r = Reader::new(scope);
         while let Some((field, wire)) = r.field()? {
             if let (2, Wire::Bytes(b)) = (field, wire) {
-                let mut span = span(b)?;
+                let mut span = record(b)?;
                 span.resource = resource.clone();
                 out.push(span);
             }
@@ -191,6 +215,93 @@ fn span(buf: &[u8]) -> Result<Span, String> {
         }
     }
     Ok(s)
+}
+
+/// A log record as a span-like record: `time_unix_nano` (else `observed_time_unix_nano`) is
+/// the start, the duration comes from its attributes ([`log_duration_ns`]), a `kvlist` body's
+/// fields count as attributes (after the record's own), and `id` is the record's digest, so a
+/// re-sent export is stored once.
+fn log_record(buf: &[u8]) -> Result<Span, String> {
+    let mut s = Span {
+        name: String::new(),
+        ..Span::default()
+    };
+    let (mut time, mut observed) = (0, 0);
+    let mut body = Attrs::new();
+    let mut r = Reader::new(buf);
+    while let Some((field, wire)) = r.field()? {
+        match (field, wire) {
+            (1, Wire::Fixed64(v)) => time = v,
+            (11, Wire::Fixed64(v)) => observed = v,
+            (5, Wire::Bytes(b)) => body = kvlist_of(b)?,
+            (6, Wire::Bytes(b)) => s.attrs.extend(key_value(b)?),
+            (9, Wire::Bytes(b)) => s.trace_id = b.to_vec(),
+            (10, Wire::Bytes(b)) => s.span_id = b.to_vec(),
+            (12, Wire::Bytes(b)) if !b.is_empty() => s.name = utf8(b)?,
+            _ => {}
+        }
+    }
+    s.attrs.extend(body);
+    finish_log(&mut s, if time != 0 { time } else { observed });
+    s.record_id = Some(digest(buf));
+    Ok(s)
+}
+
+/// The fields of an `AnyValue` that is a `kvlist_value` (field 6: `KeyValueList { repeated
+/// KeyValue values = 1 }`); empty for any other body (a string body is a message, not fields).
+fn kvlist_of(buf: &[u8]) -> Result<Attrs, String> {
+    let mut out = Attrs::new();
+    let mut r = Reader::new(buf);
+    while let Some((field, wire)) = r.field()? {
+        if let (6, Wire::Bytes(b)) = (field, wire) {
+            let mut rr = Reader::new(b);
+            while let Some((f, w)) = rr.field()? {
+                if let (1, Wire::Bytes(kv)) = (f, w) {
+                    out.extend(key_value(kv)?);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Start and end from the record's time and duration; `end_ns` stays 0 when no duration is
+/// given, which the mapping reports.
+fn finish_log(s: &mut Span, time: u64) {
+    s.start_ns = time;
+    if let Some(d) = log_duration_ns(&s.attrs) {
+        s.end_ns = time.saturating_add(d);
+    }
+}
+
+/// Access-log durations under the names exporters use: `http.server.request.duration` (seconds,
+/// the semantic conventions' metric name), `duration_ms`/`latency_ms`/`request_time_ms`
+/// (milliseconds), `duration` (milliseconds, as Envoy's `%DURATION%`), `request_time`
+/// (seconds, as nginx's `$request_time`).
+pub fn log_duration_ns(attrs: &Attrs) -> Option<u64> {
+    let number = |a: &Attr| match a {
+        Attr::Int(i) => Some(*i as f64),
+        Attr::Double(d) => Some(*d),
+        Attr::Str(s) => s.trim().parse().ok(),
+        _ => None,
+    };
+    let find = |name: &str| {
+        attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| number(v))
+    };
+    let seconds = ["http.server.request.duration", "request_time"];
+    let millis = ["duration_ms", "latency_ms", "request_time_ms", "duration"];
+    let ns = seconds
+        .iter()
+        .find_map(|n| find(n).map(|s| s * 1e9))
+        .or_else(|| millis.iter().find_map(|n| find(n).map(|ms| ms * 1e6)))?;
+    (ns.is_finite() && ns >= 0.0).then_some(ns as u64)
+}
+
+fn digest(bytes: &[u8]) -> String {
+    clientele_core::event::content_id(bytes).replacen("ev_", "", 1)
 }
 
 /// `KeyValue { key = 1; AnyValue value = 2 }`; `None` for values this does not keep.
@@ -266,11 +377,43 @@ pub fn traces_json(body: &[u8]) -> Result<Vec<Span>, String> {
                     end_ns: json_u64(&s["endTimeUnixNano"]),
                     attrs: json_attrs(&s["attributes"]),
                     resource: resource.clone(),
+                    record_id: None,
                 });
             }
         }
     }
     Ok(spans)
+}
+
+/// OTLP JSON logs: `resourceLogs[].scopeLogs[].logRecords[]`.
+pub fn logs_json(body: &[u8]) -> Result<Vec<Span>, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("not valid JSON: {e}"))?;
+    let mut records = Vec::new();
+    for rl in array(&v, "resourceLogs") {
+        let resource = Arc::new(json_attrs(&rl["resource"]["attributes"]));
+        for sl in array(rl, "scopeLogs") {
+            for r in array(sl, "logRecords") {
+                let mut attrs = json_attrs(&r["attributes"]);
+                attrs.extend(json_attrs(&r["body"]["kvlistValue"]["values"]));
+                let mut s = Span {
+                    trace_id: hex_bytes(&r["traceId"]),
+                    span_id: hex_bytes(&r["spanId"]),
+                    name: r["eventName"].as_str().unwrap_or("").to_string(),
+                    attrs,
+                    resource: resource.clone(),
+                    record_id: Some(digest(r.to_string().as_bytes())),
+                    ..Span::default()
+                };
+                let time = match json_u64(&r["timeUnixNano"]) {
+                    0 => json_u64(&r["observedTimeUnixNano"]),
+                    t => t,
+                };
+                finish_log(&mut s, time);
+                records.push(s);
+            }
+        }
+    }
+    Ok(records)
 }
 
 fn array<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {

@@ -134,6 +134,10 @@ pub struct Event {
     pub tokens_in: Option<u64>,
     pub tokens_out: Option<u64>,
     pub cost_usd: Option<f64>,
+    /// WebSocket connections: the close code of the first Close frame either side sent (1000
+    /// normal, 1001 going away, ...); `None` when the connection ended without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_code: Option<u16>,
 }
 
 /// A fresh random 128-bit id in lowercase hex, for events and trace ids.

@@ -209,6 +209,7 @@ mod tests {
             tokens_in: None,
             tokens_out: None,
             cost_usd: None,
+            close_code: None,
         }
     }
 

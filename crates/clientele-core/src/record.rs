@@ -130,6 +130,8 @@ const COST: u32 = 1 << 14;
 /// Added after the first records were written: it goes last, so older payloads (without the
 /// bit) read as they always did.
 const END_USER: u32 = 1 << 15;
+/// Added after END_USER, the same way.
+const CLOSE_CODE: u32 = 1 << 16;
 
 fn present(e: &Event) -> u32 {
     let flags = [
@@ -149,6 +151,7 @@ fn present(e: &Event) -> u32 {
         (e.tokens_out.is_some(), TOKENS_OUT),
         (e.cost_usd.is_some(), COST),
         (e.end_user.is_some(), END_USER),
+        (e.close_code.is_some(), CLOSE_CODE),
     ];
     flags.iter().filter(|(on, _)| *on).map(|(_, bit)| bit).sum()
 }
@@ -193,6 +196,9 @@ pub fn encode(e: &Event, out: &mut Vec<u8>) {
         out.extend_from_slice(&v.to_le_bytes());
     }
     opt(out, &e.end_user);
+    if let Some(code) = e.close_code {
+        put_varint(out, u64::from(code));
+    }
 }
 
 /// Reads an event back from a payload written by [`encode`].
@@ -225,6 +231,12 @@ pub fn decode(payload: &[u8]) -> Result<Event, RecordError> {
     let tokens_out = r.has(TOKENS_OUT).then(|| r.varint()).transpose()?;
     let cost_usd = r.has(COST).then(|| r.f64()).transpose()?;
     let end_user = r.opt_string(END_USER)?;
+    let close_code = r
+        .has(CLOSE_CODE)
+        .then(|| r.varint())
+        .transpose()?
+        .map(|c| u16::try_from(c).map_err(|_| RecordError::Malformed("close code")))
+        .transpose()?;
     if !r.rest.is_empty() {
         return Err(RecordError::Malformed("trailing bytes"));
     }
@@ -255,6 +267,7 @@ pub fn decode(payload: &[u8]) -> Result<Event, RecordError> {
         tokens_in,
         tokens_out,
         cost_usd,
+        close_code,
     })
 }
 
@@ -414,6 +427,7 @@ mod tests {
             tokens_in: Some(u64::MAX),
             tokens_out: None,
             cost_usd: Some(-0.0),
+            close_code: Some(1001),
         }
     }
 

@@ -347,6 +347,7 @@ fn event(
         tokens_in: None,
         tokens_out: None,
         cost_usd: None,
+        close_code: None,
     }
 }
 

@@ -417,6 +417,7 @@ pub(crate) mod testutil {
             tokens_in: None,
             tokens_out: None,
             cost_usd: None,
+            close_code: None,
         }
     }
 }

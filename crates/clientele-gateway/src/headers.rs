@@ -8,6 +8,9 @@ use http::header::{self, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+/// Kong key-auth's default key name: read too, so clients migrated from Kong keep sending
+/// their keys as they did.
+pub static APIKEY: HeaderName = HeaderName::from_static("apikey");
 pub static X_CONSUMER_ID: HeaderName = HeaderName::from_static("x-consumer-id");
 pub static X_CONSUMER_PLAN: HeaderName = HeaderName::from_static("x-consumer-plan");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -23,6 +26,8 @@ pub static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-rese
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeySource {
     XApiKey,
+    /// Kong's `apikey` header.
+    ApiKey,
     Bearer,
 }
 
@@ -35,7 +40,7 @@ pub enum PresentedKey<'a> {
     Key(&'a str, KeySource),
 }
 
-/// `X-API-Key` wins; otherwise `Authorization: Bearer`. An `Authorization` of another scheme is
+/// `X-API-Key` wins, then Kong's `apikey`; otherwise `Authorization: Bearer`. An `Authorization` of another scheme is
 /// left alone: it may be meant for the upstream.
 pub fn presented_key(headers: &HeaderMap) -> PresentedKey<'_> {
     if let Some(v) = headers.get(&X_API_KEY) {
@@ -44,6 +49,14 @@ pub fn presented_key(headers: &HeaderMap) -> PresentedKey<'_> {
                 PresentedKey::Key(s.trim(), KeySource::XApiKey)
             }
             _ => PresentedKey::Malformed(KeySource::XApiKey),
+        };
+    }
+    if let Some(v) = headers.get(&APIKEY) {
+        return match v.to_str() {
+            Ok(s) if clientele_core::keys::key_syntax_ok(s.trim()) => {
+                PresentedKey::Key(s.trim(), KeySource::ApiKey)
+            }
+            _ => PresentedKey::Malformed(KeySource::ApiKey),
         };
     }
     if let Some(v) = headers.get(header::AUTHORIZATION) {
@@ -193,6 +206,13 @@ mod tests {
                 ("authorization", "Bearer ck_y")
             ])),
             PresentedKey::Key("ck_x", KeySource::XApiKey)
+        );
+        assert_eq!(
+            presented_key(&headers(&[
+                ("apikey", "kong_key"),
+                ("authorization", "Bearer upstream-token")
+            ])),
+            PresentedKey::Key("kong_key", KeySource::ApiKey)
         );
         assert_eq!(
             presented_key(&headers(&[("authorization", "Basic dXNlcg==")])),

@@ -348,6 +348,7 @@ impl Gateway {
                 tokens_in: None,
                 tokens_out: None,
                 cost_usd: None,
+                close_code: None,
             },
         };
 
@@ -602,6 +603,11 @@ impl Gateway {
         if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_side)) =
             (response.status(), client_side)
         {
+            let websocket = response
+                .headers()
+                .get(http::header::UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
             let upstream_side = hyper::upgrade::on(&mut response);
             crate::upgrade::tunnel(
                 client_side,
@@ -609,6 +615,7 @@ impl Gateway {
                 seen.event,
                 seen.started,
                 self.sink.clone(),
+                websocket,
             );
             let (parts, _) = response.into_parts();
             return Response::from_parts(parts, ResponseBody::local(Bytes::new()));
@@ -722,6 +729,7 @@ impl Gateway {
         if self.options.hide_credentials {
             match source {
                 KeySource::XApiKey => headers.remove(&h::X_API_KEY),
+                KeySource::ApiKey => headers.remove(&h::APIKEY),
                 KeySource::Bearer => headers.remove(header::AUTHORIZATION),
             };
         }

@@ -43,6 +43,7 @@ fn event(i: u64, ts_ms: i64) -> Event {
         tokens_in: None,
         tokens_out: None,
         cost_usd: None,
+        close_code: None,
     }
 }
 

@@ -22,7 +22,7 @@ use crate::{ControlStore, EventCursor, EventQuery, EventStore, Result, StoreErro
 mod findings;
 
 /// 2 added `consumers.limits` and `quota_usage`.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
@@ -92,7 +92,8 @@ CREATE TABLE IF NOT EXISTS events (
     tokens_in INTEGER,
     tokens_out INTEGER,
     cost_usd REAL,
-    end_user TEXT
+    end_user TEXT,
+    close_code INTEGER
 );
 CREATE INDEX IF NOT EXISTS events_consumer_ts ON events(consumer, ts);
 CREATE TABLE IF NOT EXISTS rollups (
@@ -171,15 +172,19 @@ impl SqliteStore {
                 )?;
             }
             Some(Ok(v)) if v == SCHEMA_VERSION => {}
-            Some(Ok(v @ (1 | 2))) => {
+            Some(Ok(v @ (1..=3))) => {
                 // Version 1 had no per-consumer limits (the new table was created above);
-                // version 2 no end user on events. Each step is one ALTER, data untouched.
+                // version 2 no end user on events; version 3 no WebSocket close code. Each
+                // step is one ALTER, data untouched.
                 if v == 1 {
                     writer.execute_batch("ALTER TABLE consumers ADD COLUMN limits TEXT;")?;
                 }
+                if v <= 2 {
+                    writer.execute_batch("ALTER TABLE events ADD COLUMN end_user TEXT;")?;
+                }
                 writer.execute_batch(
-                    "ALTER TABLE events ADD COLUMN end_user TEXT;
-                     UPDATE meta SET v = '3' WHERE k = 'schema_version';",
+                    "ALTER TABLE events ADD COLUMN close_code INTEGER;
+                     UPDATE meta SET v = '4' WHERE k = 'schema_version';",
                 )?;
             }
             Some(other) => {
@@ -666,7 +671,8 @@ fn parse_hash(text: &str) -> Option<[u8; 32]> {
 const EVENT_COLUMNS: &str =
     "id, ts, consumer, key_id, api, method, path, route, status, latency_ms,
     upstream_latency_ms, request_bytes, response_bytes, client_ip, user_agent, session_id,
-    trace_id, outcome, plan, team, use_case, model, tokens_in, tokens_out, cost_usd, end_user";
+    trace_id, outcome, plan, team, use_case, model, tokens_in, tokens_out, cost_usd, end_user,
+    close_code";
 
 fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
     let outcome: String = r.get(17)?;
@@ -697,6 +703,7 @@ fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
         tokens_in: r.get::<_, Option<i64>>(22)?.map(|v| v.max(0) as u64),
         tokens_out: r.get::<_, Option<i64>>(23)?.map(|v| v.max(0) as u64),
         cost_usd: r.get(24)?,
+        close_code: r.get(26)?,
     })
 }
 
@@ -718,7 +725,7 @@ impl EventStore for SqliteStore {
                 let mut stmt = tx.prepare_cached(&format!(
                     "INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) VALUES
                      (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                      ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)"
+                      ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)"
                 ))?;
                 for e in events {
                     let n = stmt.execute(params![
@@ -747,7 +754,8 @@ impl EventStore for SqliteStore {
                         e.tokens_in.map(sql_u64),
                         e.tokens_out.map(sql_u64),
                         e.cost_usd,
-                        e.end_user
+                        e.end_user,
+                        e.close_code
                     ])?;
                     if n == 1 {
                         fresh.push(e);
@@ -775,7 +783,7 @@ impl EventStore for SqliteStore {
             ))?;
             let mut cursor = None;
             let rows = stmt.query_map(params![from_ms, ts, rowid, page as i64], |r| {
-                Ok((event_from_row(r)?, r.get::<_, i64>(26)?))
+                Ok((event_from_row(r)?, r.get::<_, i64>(27)?))
             })?;
             let mut out = Vec::with_capacity(page);
             for row in rows {

@@ -26,27 +26,38 @@ use crate::logformat::{Format, convert_line};
 pub struct ImportArgs {
     /// NDJSON files: Clientele events, or nginx/Kong/Envoy JSON access logs.
     #[arg(required = true, value_name = "FILE")]
-    files: Vec<PathBuf>,
+    pub(crate) files: Vec<PathBuf>,
     /// Events per request.
     #[arg(long, default_value_t = 5000)]
-    batch: usize,
+    pub(crate) batch: usize,
     /// The shape of every line; detected per line when absent.
     #[arg(long, value_enum)]
-    format: Option<Format>,
+    pub(crate) format: Option<Format>,
+    /// Keep following FILE as it grows, across logrotate's rename and copytruncate rotations,
+    /// until interrupted. Exactly once across restarts: the offset is saved after each batch the
+    /// server accepted.
+    #[arg(long)]
+    follow: bool,
+    /// With --follow: where the offset is kept (default: `.NAME.clientele-follow` beside FILE).
+    #[arg(long, value_name = "PATH", requires = "follow")]
+    state: Option<PathBuf>,
+    /// With --follow: how often to look for new lines and rotations, in milliseconds.
+    #[arg(long, default_value_t = 250, value_name = "MS")]
+    poll_ms: u64,
     #[command(flatten)]
     remote: Remote,
 }
 
 /// Where a line came from, for messages.
 #[derive(Debug, Clone)]
-struct Origin {
-    file: usize,
-    line: usize,
+pub(crate) struct Origin {
+    pub(crate) file: usize,
+    pub(crate) line: usize,
 }
 
-struct Batch {
-    body: Vec<u8>,
-    origins: Vec<Origin>,
+pub(crate) struct Batch {
+    pub(crate) body: Vec<u8>,
+    pub(crate) origins: Vec<Origin>,
 }
 
 #[derive(Debug, Default)]
@@ -74,6 +85,27 @@ pub async fn run(args: ImportArgs) -> Result<()> {
     let token = crate::cli::token(&args.remote)?;
     let base = args.remote.admin_url.trim_end_matches('/').to_string();
     let http = crate::client::http(Duration::from_secs(120))?;
+    if args.follow {
+        let [file] = args.files.as_slice() else {
+            bail!("--follow takes exactly one FILE; run one follower per log");
+        };
+        let state = match &args.state {
+            Some(p) => p.clone(),
+            None => crate::follow::default_state_path(file),
+        };
+        return crate::follow::run(crate::follow::Follow {
+            path: file.clone(),
+            state,
+            batch: args.batch,
+            format: args.format,
+            poll: Duration::from_millis(args.poll_ms.clamp(10, 60_000)),
+            json: args.remote.json,
+            http,
+            base,
+            token,
+        })
+        .await;
+    }
     let names: Vec<String> = args.files.iter().map(|p| p.display().to_string()).collect();
     let mut total_bytes = 0u64;
     for p in &args.files {
@@ -94,7 +126,7 @@ pub async fn run(args: ImportArgs) -> Result<()> {
     // A fatal error (token refused, server gone) still prints how far the import got; a
     // re-run is safe, since every line keeps its id.
     let outcome: Result<()> = async {
-        let mut in_flight: JoinSet<(Vec<Origin>, Result<Value, String>)> = JoinSet::new();
+        let mut in_flight: JoinSet<(Vec<Origin>, Result<Value, SendError>)> = JoinSet::new();
         let mut batch = Batch {
             body: Vec::new(),
             origins: Vec::new(),
@@ -207,7 +239,7 @@ pub async fn run(args: ImportArgs) -> Result<()> {
     Ok(())
 }
 
-fn trim_line(line: &[u8]) -> &[u8] {
+pub(crate) fn trim_line(line: &[u8]) -> &[u8] {
     let end = line
         .iter()
         .rposition(|b| !b.is_ascii_whitespace())
@@ -234,12 +266,12 @@ impl<R: Read> Read for CountingReader<R> {
 }
 
 fn settle(
-    done: std::result::Result<(Vec<Origin>, Result<Value, String>), tokio::task::JoinError>,
+    done: std::result::Result<(Vec<Origin>, Result<Value, SendError>), tokio::task::JoinError>,
     totals: &mut Totals,
     names: &[String],
 ) -> Result<()> {
     let (origins, result) = done.map_err(|e| anyhow!("a batch task failed: {e}"))?;
-    let answer = result.map_err(|e| anyhow!(e))?;
+    let answer = result.map_err(|e| anyhow!(e.message))?;
     totals.accepted += answer.get("accepted").and_then(Value::as_u64).unwrap_or(0);
     totals.duplicates += answer
         .get("duplicates")
@@ -263,14 +295,22 @@ fn settle(
     Ok(())
 }
 
+/// Why a batch was not answered; `retry` says whether the same batch may succeed later
+/// (server unavailable) or never will (token refused, batch too large).
+#[derive(Debug)]
+pub(crate) struct SendError {
+    pub(crate) retry: bool,
+    pub(crate) message: String,
+}
+
 /// Posts one batch with the shared retry policy (connection failures, timeouts, 429 and 5xx).
 /// A 400 (nothing valid) is an answer, not a failure: its `errors` say why.
-async fn send_batch(
+pub(crate) async fn send_batch(
     http: Outbound<Full<Bytes>>,
     base: String,
     token: String,
     batch: Batch,
-) -> (Vec<Origin>, Result<Value, String>) {
+) -> (Vec<Origin>, Result<Value, SendError>) {
     let body = Bytes::from(batch.body);
     let policy = RetryPolicy::new(4, Duration::from_millis(200), Duration::from_secs(3));
     let mut attempt = 1;
@@ -281,12 +321,29 @@ async fn send_batch(
             .body(Full::new(body.clone()))
         {
             Ok(r) => r,
-            Err(e) => return (batch.origins, Err(format!("invalid admin URL {base}: {e}"))),
+            Err(e) => {
+                let message = format!("invalid admin URL {base}: {e}");
+                return (
+                    batch.origins,
+                    Err(SendError {
+                        retry: false,
+                        message,
+                    }),
+                );
+            }
         };
         let (result, error) = match http.fetch(req).await {
             Ok((parts, bytes)) => match answer(parts.status, &bytes) {
                 Ok(value) => return (batch.origins, Ok(value)),
-                Err((false, e)) => return (batch.origins, Err(e)),
+                Err((false, message)) => {
+                    return (
+                        batch.origins,
+                        Err(SendError {
+                            retry: false,
+                            message,
+                        }),
+                    );
+                }
                 Err((true, e)) => (
                     Ok(Posted {
                         status: parts.status.as_u16(),
@@ -304,7 +361,16 @@ async fn send_batch(
         };
         match policy.next_delay(attempt, &result) {
             Some(wait) => tokio::time::sleep(wait).await,
-            None => return (batch.origins, Err(error)),
+            None => {
+                let message = error;
+                return (
+                    batch.origins,
+                    Err(SendError {
+                        retry: true,
+                        message,
+                    }),
+                );
+            }
         }
         attempt += 1;
     }

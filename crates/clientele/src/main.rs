@@ -14,11 +14,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod cli;
 mod client;
+mod consumers_import;
 mod contract;
 mod demo;
 mod demo_history;
 mod exports;
 mod findings_cli;
+mod follow;
 mod logformat;
 mod logimport;
 mod server;
@@ -54,6 +56,8 @@ enum Command {
     Keys(cli::KeysCmd),
     /// Send access logs (Clientele NDJSON, nginx, Kong or Envoy JSON) to a running server.
     Import(logimport::ImportArgs),
+    /// Import consumers, their existing keys (stored hashed) and limits from Kong's kong.yaml or a CSV.
+    ImportConsumers(consumers_import::ImportConsumersArgs),
     /// List what the detectors noticed: anomalies per consumer, error concentration, ...
     Findings(findings_cli::FindingsArgs),
 }
@@ -123,6 +127,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Consumers(cmd) => cli::consumers(cmd).await,
         Command::Keys(cmd) => cli::keys(cmd).await,
         Command::Import(args) => logimport::run(args).await,
+        Command::ImportConsumers(args) => consumers_import::run(args).await,
         Command::Findings(args) => findings_cli::run(args).await,
     }
 }

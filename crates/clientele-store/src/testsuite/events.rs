@@ -37,6 +37,7 @@ pub fn event(id: &str, consumer: &str, ts_ms: i64, status: u16) -> Event {
         tokens_in: None,
         tokens_out: None,
         cost_usd: None,
+        close_code: None,
     }
 }
 
@@ -174,6 +175,7 @@ pub async fn every_field_round_trips<S: Backend + EventStore>(fresh: &mut Fresh<
         tokens_in: Some(1_000_000),
         tokens_out: Some(0),
         cost_usd: Some(0.0123),
+        close_code: Some(4001),
     };
     let mut bare = event("ev_bare", "acme", DAY + 124, 200);
     bare.api = None;

@@ -4,10 +4,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod analytics;
+mod consumers_import;
 mod contract;
 mod durability;
 mod exports;
 mod findings;
+mod follow;
 mod gateway;
 mod governance;
 mod hardening;

@@ -138,3 +138,95 @@ async fn spans_from_the_opentelemetry_sdk_become_events_per_consumer() {
     .unwrap();
     assert_eq!(status, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_records_from_the_opentelemetry_sdk_become_events() {
+    let up = start_upstream().await;
+    let server = Server::start(
+        up.addr,
+        "[otlp_ingest]\nconsumer_attribute = \"enduser.id\"\nconsumer_header = \"X-Consumer-Username\"",
+    )
+    .await;
+    let endpoint = format!("http://{}/v1/otlp/v1/logs", server.admin);
+    let python = crate::exports::python();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/otel_logs.py");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .args([script, &endpoint, ADMIN_TOKEN])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "the SDK script failed (needs PyPI opentelemetry-sdk and opentelemetry-exporter-otlp-proto-http; scripts/test.sh installs them): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = server.wait_events("umbrella", "", |e| e.len() >= 4).await;
+    assert_eq!(
+        events.len(),
+        4,
+        "the non-HTTP record is skipped: {events:?}"
+    );
+    for e in &events {
+        assert_eq!(e["method"], "GET");
+        assert_eq!(e["route"], "/pets/{id}");
+        assert_eq!(e["api"], "petstore");
+        assert_eq!(e["client_ip"], "198.51.100.8");
+        assert_eq!(e["user_agent"], "otel-logs/1.0");
+        assert!(
+            (e["latency_ms"].as_f64().unwrap() - 25.0).abs() < 1e-6,
+            "{e}"
+        );
+    }
+    assert_eq!(events.iter().filter(|e| e["status"] == 500).count(), 1);
+
+    // OTLP JSON, fields in a kvlist body (as Envoy's OpenTelemetry access logger can send them),
+    // the consumer from a captured header; sent twice, stored once. A record without a
+    // duration is refused, saying which attribute to add.
+    let now_ns = clientele_core::time::now_ms() as u64 * 1_000_000;
+    let kv = |k: &str, v: serde_json::Value| serde_json::json!({"key": k, "value": v});
+    let doc = serde_json::json!({"resourceLogs": [{
+        "resource": {"attributes": [kv("service.name", serde_json::json!({"stringValue": "petstore"}))]},
+        "scopeLogs": [{"logRecords": [
+            {"timeUnixNano": now_ns.to_string(),
+             "body": {"kvlistValue": {"values": [
+                kv("http.request.method", serde_json::json!({"stringValue": "POST"})),
+                kv("url.path", serde_json::json!({"stringValue": "/orders"})),
+                kv("http.response.status_code", serde_json::json!({"intValue": "201"})),
+                kv("duration_ms", serde_json::json!({"doubleValue": 12.5})),
+                kv("http.request.header.x-consumer-username", serde_json::json!({"arrayValue": {"values": [{"stringValue": "hooli"}]}}))]}}},
+            {"timeUnixNano": now_ns.to_string(),
+             "attributes": [
+                kv("http.request.method", serde_json::json!({"stringValue": "GET"})),
+                kv("url.path", serde_json::json!({"stringValue": "/pets"})),
+                kv("http.response.status_code", serde_json::json!({"intValue": 200})),
+                kv("enduser.id", serde_json::json!({"stringValue": "hooli"}))]}
+        ]}]
+    }]});
+    for _ in 0..2 {
+        let (status, body) = server
+            .admin(Method::POST, "/v1/otlp/v1/logs", Some(doc.clone()))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["partialSuccess"]["rejectedLogRecords"], "1", "{body}");
+        let message = body["partialSuccess"]["errorMessage"].as_str().unwrap();
+        assert!(message.contains("no duration"), "{message}");
+    }
+    server.wait_events("hooli", "", |e| !e.is_empty()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let hooli = server.wait_events("hooli", "", |e| !e.is_empty()).await;
+    assert_eq!(hooli.len(), 1, "{hooli:?}");
+    assert_eq!(
+        (hooli[0]["path"].as_str(), hooli[0]["status"].as_u64()),
+        (Some("/orders"), Some(201))
+    );
+    assert_eq!(hooli[0]["latency_ms"], 12.5);
+
+    // Both OTLP endpoints are in the admin API's OpenAPI document.
+    let (_, doc) = server.admin(Method::GET, "/v1/openapi.json", None).await;
+    for path in ["/v1/otlp/v1/traces", "/v1/otlp/v1/logs"] {
+        assert!(doc["paths"][path]["post"].is_object(), "{path} missing");
+    }
+}

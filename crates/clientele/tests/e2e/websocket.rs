@@ -107,6 +107,8 @@ async fn websocket_echo_through_the_gateway_is_one_event_with_bytes_both_ways() 
         "masked client frames are longer: {e}"
     );
     assert!(e["latency_ms"].as_f64().unwrap() >= e["upstream_latency_ms"].as_f64().unwrap());
+    // The client's Close frame (masked, code 4001) is the connection's close code.
+    assert_eq!(e["close_code"], 4001, "{e}");
 
     // Without a key the handshake is refused like any request.
     let (status, _, _) = send(
