@@ -251,7 +251,10 @@ pub struct ConsumerStats {
     pub response_bytes: u64,
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// The cost of the priced requests; those of models without a price are counted in
+    /// `unpriced_requests` instead of being taken as free.
     pub cost_usd: f64,
+    pub unpriced_requests: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -719,6 +722,7 @@ fn consumer_stats(id: String, c: Option<&Consumer>, r: &Rollup) -> ConsumerStats
         tokens_in: k.tokens_in,
         tokens_out: k.tokens_out,
         cost_usd: k.cost_usd,
+        unpriced_requests: k.unpriced,
     }
 }
 
@@ -751,6 +755,71 @@ pub async fn stats_consumers(
         from: format_ts(from_ms),
         to: format_ts(to_ms),
         consumers,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ModelStatsQuery {
+    /// RFC 3339 or epoch ms; default 24 h before `to`. Counted by whole hours.
+    pub from: Option<String>,
+    /// RFC 3339 or epoch ms; default now.
+    pub to: Option<String>,
+    /// Only this consumer's rows.
+    pub consumer: Option<String>,
+}
+
+/// One model's use by one consumer in the window.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelStats {
+    pub model: String,
+    pub consumer: String,
+    pub requests: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// `null` when the model has no price (see `unpriced_requests`): unknown, not free.
+    pub cost_usd: Option<f64>,
+    /// Requests whose model had no price, so their cost is not in `cost_usd`.
+    pub unpriced_requests: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelStatsList {
+    pub from: String,
+    pub to: String,
+    pub models: Vec<ModelStats>,
+}
+
+#[utoipa::path(get, path = "/v1/stats/models", params(ModelStatsQuery),
+    responses((status = 200, body = ModelStatsList), (status = 400)), security(("admin_token" = [])))]
+pub async fn stats_models(
+    State(state): State<AppState>,
+    Query(q): Query<ModelStatsQuery>,
+) -> Result<Json<ModelStatsList>, ApiError> {
+    let (from_ms, to_ms) = window(&q.from, &q.to)?;
+    let engine = state.engine.clone();
+    let consumer = q.consumer.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        engine.models.query(from_ms, to_ms, consumer.as_deref())
+    })
+    .await
+    .map_err(|e| ApiError::bad_request(format!("query failed: {e}")))?;
+    let models = rows
+        .into_iter()
+        .map(|(model, consumer, u)| ModelStats {
+            model,
+            consumer,
+            requests: u.requests,
+            tokens_in: u.tokens_in,
+            tokens_out: u.tokens_out,
+            cost_usd: u.cost_usd,
+            unpriced_requests: u.unpriced_requests,
+        })
+        .collect();
+    Ok(Json(ModelStatsList {
+        from: format_ts(from_ms),
+        to: format_ts(to_ms),
+        models,
     }))
 }
 

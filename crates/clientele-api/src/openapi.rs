@@ -24,6 +24,7 @@ use crate::{contract, findings, governance, handlers, limits};
         handlers::stats_consumers,
         handlers::stats_consumer,
         handlers::stats_routes,
+        handlers::stats_models,
         handlers::ingest_events,
         limits::get_limits,
         limits::put_limits,
