@@ -197,6 +197,12 @@ pub struct EventOut {
     pub end_user: Option<String>,
     pub trace_id: Option<String>,
     pub outcome: String,
+    /// For LLM traffic: the model that answered, the tokens it reported, and their cost
+    /// (`null` when the model has no price).
+    pub model: Option<String>,
+    pub tokens_in: Option<u64>,
+    pub tokens_out: Option<u64>,
+    pub cost_usd: Option<f64>,
 }
 
 impl From<Event> for EventOut {
@@ -221,6 +227,10 @@ impl From<Event> for EventOut {
             end_user: e.end_user,
             trace_id: e.trace_id,
             outcome: e.outcome.as_str().to_string(),
+            model: e.model,
+            tokens_in: e.tokens_in,
+            tokens_out: e.tokens_out,
+            cost_usd: e.cost_usd,
         }
     }
 }
