@@ -580,6 +580,11 @@ impl Gateway {
             Some(LlmMode::Anthropic) => Some(Flavor::Anthropic),
             None => flavor_of_path(relative),
         };
+        if llm.is_some() {
+            // Usage is read from the bytes as they pass: ask the provider for an uncompressed
+            // answer (the client still gets the same answer, only the upstream leg is larger).
+            parts.headers.remove(header::ACCEPT_ENCODING);
+        }
         let mut pending = self.sampling(api, &parts, relative, &seen.event);
         let counted = Arc::new(AtomicU64::new(0));
         let fault = Arc::new(BodyFault::default());
@@ -666,7 +671,12 @@ impl Gateway {
                 .and_then(|t| t.split(';').next())
                 .map(str::trim);
             let sse = media.is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"));
-            if sse || media.is_some_and(|t| t.ends_with("json")) {
+            // An upstream that compresses anyway is not read: its bytes are not JSON.
+            let plain = resp_parts
+                .headers
+                .get(header::CONTENT_ENCODING)
+                .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
+            if plain && (sse || media.is_some_and(|t| t.ends_with("json"))) {
                 body = body.with_usage(
                     crate::llm::UsageScanner::new(flavor, sse),
                     self.options.prices.clone(),

@@ -26,7 +26,7 @@ type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 const PROMPT_TOKENS: u64 = 42;
 const CHUNKS: &[&str] = &["one", " two", " three", " four", " five"];
 
-/// The authorization headers the mock provider received.
+/// The authorization headers the mock provider received (and any `Accept-Encoding`).
 type Seen = Arc<Mutex<Vec<String>>>;
 
 async fn provider(req: Request<Incoming>, seen: Seen) -> Result<Response<UpBody>, Infallible> {
@@ -37,6 +37,12 @@ async fn provider(req: Request<Incoming>, seen: Seen) -> Result<Response<UpBody>
         .unwrap_or("")
         .to_string();
     seen.lock().unwrap().push(auth);
+    // The SDK asks for gzip; the gateway must not pass that on, or it could not read usage.
+    if let Some(enc) = req.headers().get("accept-encoding") {
+        seen.lock()
+            .unwrap()
+            .push(format!("accept-encoding: {enc:?}"));
+    }
     let body = req.into_body().collect().await.unwrap().to_bytes();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = body["model"].as_str().unwrap_or("gpt-4o-mini");
