@@ -43,7 +43,26 @@ async fn provider(req: Request<Incoming>, seen: Seen) -> Result<Response<UpBody>
             .unwrap()
             .push(format!("accept-encoding: {enc:?}"));
     }
+    let anthropic = req.uri().path().ends_with("/v1/messages");
     let body = req.into_body().collect().await.unwrap().to_bytes();
+    if anthropic {
+        // The golden Anthropic stream (with cache tokens), one frame per event.
+        let golden =
+            include_str!("../../../clientele-gateway/tests/llm/anthropic_messages_stream.sse");
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            for event in golden.split_inclusive("\n\n") {
+                if tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let resp = Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(StreamBody::new(ReceiverStream(rx)).boxed())
+            .unwrap();
+        return Ok(resp);
+    }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = body["model"].as_str().unwrap_or("gpt-4o-mini");
     let answer_model = match model {
@@ -144,6 +163,9 @@ async fn start() -> (Server, Seen) {
                 "[[apis]]\nname = \"ai\"\nupstream = \"http://{provider}\"\nprefix = \"/ai\"\n\
                  strip_prefix = true\n\
                  upstream_headers = {{ Authorization = \"Bearer sk-provider-secret\" }}\n\n\
+                 [[apis]]\nname = \"claude\"\nupstream = \"http://{provider}\"\nprefix = \"/claude\"\n\
+                 strip_prefix = true\n\
+                 upstream_headers = {{ x-api-key = \"sk-ant-provider-secret\" }}\n\n\
                  [prices.\"my-local-model\"]\ninput = 1.0\noutput = 2.0\n\n[plans.free]"
             ),
         )
@@ -312,5 +334,46 @@ async fn a_configured_price_prices_a_local_model() {
         (events[0]["cost_usd"].as_f64().unwrap() - want).abs() < 1e-12,
         "{}",
         events[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_sdk_stream_with_cache_tokens_is_priced_per_kind() {
+    let (server, _) = start().await;
+    let (_, key) = server.consumer_with_key("agent-d", Some("pro")).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/llm_messages.py");
+    let python = crate::exports::python();
+    let base = server.gw("/claude");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(&python)
+            .args([script, &base, &key])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {python}: {e}; run scripts/test.sh"))
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "the anthropic SDK failed (pip install anthropic, or run scripts/test.sh):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sdk: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sdk["text"], "Hello! How can I help?");
+    // What the provider reported: fresh input, cache read, cache write, output.
+    assert_eq!(sdk["usage"], json!([25, 2048, 512, 15]));
+    let events = server
+        .wait_events("agent-d", "", |evs| {
+            evs.len() == 1 && evs[0]["tokens_in"].is_u64()
+        })
+        .await;
+    let e = &events[0];
+    assert_eq!(e["tokens_in"], 25 + 2048 + 512, "{e}");
+    assert_eq!(e["tokens_out"], 15, "{e}");
+    assert_eq!(e["model"], "claude-sonnet-4-5-20250929");
+    // claude-sonnet-4-5: $3 in, $0.30 cache read, $3.75 cache write, $15 out per million.
+    let want = (25.0 * 3.0 + 2048.0 * 0.30 + 512.0 * 3.75 + 15.0 * 15.0) / 1e6;
+    assert!(
+        (e["cost_usd"].as_f64().unwrap() - want).abs() < 1e-12,
+        "{e}"
     );
 }
