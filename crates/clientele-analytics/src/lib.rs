@@ -19,6 +19,7 @@ use rustc_hash::FxHashMap as HashMap;
 pub mod models;
 pub mod rollup;
 mod scan;
+pub mod sessions;
 
 pub use rollup::{Counters, Rollup, Sample};
 pub use scan::{ConsumerGrid, SeriesIds, detector_errors};
@@ -207,6 +208,8 @@ pub struct Engine {
     retention: Retention,
     /// Tokens and cost per hour, consumer and model (LLM traffic only).
     pub models: models::ModelTable,
+    /// Sessions (the client's header or idle gaps), for `GET /v1/sessions`.
+    pub sessions: sessions::SessionTable,
 }
 
 impl Default for Engine {
@@ -233,6 +236,7 @@ impl Engine {
             state: RwLock::new(State::default()),
             retention,
             models: models::ModelTable::default(),
+            sessions: sessions::SessionTable::default(),
         }
     }
 
@@ -289,6 +293,7 @@ impl Engine {
     pub fn ingest_events(&self, events: &[Event]) {
         self.ingest(events.iter().filter_map(EventRef::from_event));
         self.models.ingest(events);
+        self.sessions.ingest(events);
     }
 
     /// Drops buckets past each tier's retention.
@@ -302,6 +307,7 @@ impl Engine {
         }
         drop(state);
         self.models.prune(now_ms - self.retention.hour_ms);
+        self.sessions.prune(now_ms - self.retention.hour_ms);
     }
 
     /// Splits `[from, to)` into the coarsest aligned buckets that tile it, using no tier

@@ -835,6 +835,81 @@ pub async fn stats_models(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+pub struct SessionsQuery {
+    /// RFC 3339 or epoch ms; default 24 h before `to`.
+    pub from: Option<String>,
+    /// RFC 3339 or epoch ms; default now.
+    pub to: Option<String>,
+    pub consumer: Option<String>,
+    /// 1-1000, default 100.
+    pub limit: Option<usize>,
+}
+
+/// One session: the client's session header, or inferred from 30-minute idle gaps.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionOut {
+    pub session_id: String,
+    pub consumer: String,
+    pub started: String,
+    pub ended: String,
+    pub requests: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// `null` while no request of the session had a price.
+    pub cost_usd: Option<f64>,
+    /// Distinct calls (method and path) repeated 5 times or more in the session.
+    pub loops: u32,
+    /// Whether the id was inferred from idle gaps.
+    pub inferred: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionList {
+    pub sessions: Vec<SessionOut>,
+}
+
+#[utoipa::path(get, path = "/v1/sessions", params(SessionsQuery),
+    responses((status = 200, body = SessionList), (status = 400)), security(("admin_token" = [])))]
+pub async fn sessions(
+    State(state): State<AppState>,
+    Query(q): Query<SessionsQuery>,
+) -> Result<Json<SessionList>, ApiError> {
+    let (from_ms, to_ms) = window(&q.from, &q.to)?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and 1000, got {limit}"
+        )));
+    }
+    let engine = state.engine.clone();
+    let consumer = q.consumer.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        engine
+            .sessions
+            .query(from_ms, to_ms, consumer.as_deref(), limit)
+    })
+    .await
+    .map_err(|e| ApiError::bad_request(format!("query failed: {e}")))?;
+    let sessions = rows
+        .into_iter()
+        .map(|s| SessionOut {
+            session_id: s.session_id,
+            consumer: s.consumer,
+            started: format_ts(s.started_ms),
+            ended: format_ts(s.ended_ms),
+            requests: s.requests,
+            tokens_in: s.tokens_in,
+            tokens_out: s.tokens_out,
+            cost_usd: s.cost_usd,
+            loops: s.loops,
+            inferred: s.inferred,
+        })
+        .collect();
+    Ok(Json(SessionList { sessions }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct ConsumerStatsQuery {
     pub from: Option<String>,
     pub to: Option<String>,

@@ -25,6 +25,7 @@ use crate::{contract, findings, governance, handlers, limits};
         handlers::stats_consumer,
         handlers::stats_routes,
         handlers::stats_models,
+        handlers::sessions,
         handlers::ingest_events,
         limits::get_limits,
         limits::put_limits,

@@ -377,3 +377,64 @@ async fn anthropic_sdk_stream_with_cache_tokens_is_priced_per_kind() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_from_the_header_with_a_loop_and_inferred_ones() {
+    let (server, _) = start().await;
+    let (_, key) = server.consumer_with_key("agent-e", Some("pro")).await;
+    let body = Bytes::from(json!({"model": "gpt-4o-mini", "messages": []}).to_string());
+    let auth = format!("Bearer {key}");
+    // Six identical calls in the client's session "run-1": a loop; one call without a header.
+    for session in ["run-1"; 6].iter().map(Some).chain([None]) {
+        let mut headers = vec![
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ];
+        if let Some(s) = session {
+            headers.push(("x-session-id", s));
+        }
+        let (status, _, _) = crate::support::send(
+            Method::POST,
+            &server.gw("/ai/v1/chat/completions"),
+            &headers,
+            Some(body.clone()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200);
+    }
+    server
+        .wait_events("agent-e", "", |evs| evs.len() == 7)
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let sessions = loop {
+        let (status, body) = server
+            .admin(Method::GET, "/v1/sessions?consumer=agent-e", None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let total: u64 = body["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["requests"].as_u64().unwrap())
+            .sum();
+        if total == 7 || std::time::Instant::now() > deadline {
+            break body["sessions"].as_array().unwrap().clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let run = sessions
+        .iter()
+        .find(|s| s["session_id"] == "run-1")
+        .expect("the header's session");
+    assert_eq!(run["requests"], 6, "{run}");
+    assert_eq!(run["loops"], 1, "{run}");
+    assert_eq!(run["tokens_in"], 6 * PROMPT_TOKENS, "{run}");
+    let inferred: Vec<_> = sessions.iter().filter(|s| s["inferred"] == true).collect();
+    assert_eq!(inferred.len(), 1, "{sessions:?}");
+    assert_eq!(inferred[0]["requests"], 1);
+    let (status, _) = server
+        .admin(Method::GET, "/v1/sessions?limit=0", None)
+        .await;
+    assert_eq!(status, 400);
+}
