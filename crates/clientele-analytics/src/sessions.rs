@@ -37,6 +37,9 @@ pub struct Session {
     pub loops: u32,
     /// Whether the id was inferred from idle gaps rather than sent by the client.
     pub inferred: bool,
+    /// The calls repeated at least [`LOOP_REPEATS`] times, with their counts (filled by
+    /// [`SessionTable::query`]).
+    pub repeated: Vec<(String, u32)>,
     calls: HashMap<String, u32>,
 }
 
@@ -125,9 +128,21 @@ impl SessionTable {
                 .values()
                 .filter(|s| s.ended_ms >= from_ms && s.started_ms < to_ms)
                 .filter(|s| consumer.is_none_or(|c| c == s.consumer))
-                .map(|s| Session {
-                    calls: HashMap::new(),
-                    ..s.clone()
+                .map(|s| {
+                    let mut repeated: Vec<(String, u32)> = s
+                        .calls
+                        .iter()
+                        .filter(|(_, n)| **n >= LOOP_REPEATS)
+                        .map(|(c, n)| (c.clone(), *n))
+                        .collect();
+                    repeated.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                    Session {
+                        session_id: s.session_id.clone(),
+                        consumer: s.consumer.clone(),
+                        repeated,
+                        calls: HashMap::new(),
+                        ..*s
+                    }
                 })
                 .collect()
         };
@@ -185,6 +200,7 @@ mod tests {
         assert_eq!(all.len(), 3, "{all:?}");
         let s1 = all.iter().find(|s| s.session_id == "s1").unwrap();
         assert_eq!((s1.requests, s1.loops, s1.tokens_in), (6, 1, 60));
+        assert_eq!(s1.repeated, vec![("POST /v1/tools/search".to_string(), 6)]);
         assert!(!s1.inferred);
         assert_eq!(s1.cost_usd, None);
         let b = t.query(0, 100 * min, Some("b"), 100);
