@@ -2,9 +2,11 @@
 //! session header (recorded on the event), else inferred per consumer from idle gaps: a gap
 //! longer than [`IDLE_GAP_MS`] starts a new one. Derived from stored events like the tiers.
 //!
-//! Loops are counted from what events carry: the same method and path (query included when
-//! the gateway recorded it) called [`LOOP_REPEATS`] times or more in one session. Request
-//! bodies are not on events, so two calls differing only in their body count as the same.
+//! Loops are counted from what events carry, in sessions the client declared with its session
+//! header only (an inferred session of a polling service is not an agent): the same method and
+//! path called [`LOOP_REPEATS`] times or more. Events do not carry the query or the body yet,
+//! so calls differing only there count as the same: `loops` is a hint, and no `agent_loop`
+//! finding is raised from it (see `clientele_detect::agents`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -104,7 +106,7 @@ impl SessionTable {
             }
             let call = format!("{} {}", e.method, e.path);
             let known = s.calls.len() < MAX_CALLS || s.calls.contains_key(&call);
-            if known {
+            if known && !inferred {
                 let n = s.calls.entry(call).or_insert(0);
                 *n += 1;
                 if *n == LOOP_REPEATS {

@@ -857,7 +857,9 @@ pub struct SessionOut {
     pub tokens_out: u64,
     /// `null` while no request of the session had a price.
     pub cost_usd: Option<f64>,
-    /// Distinct calls (method and path) repeated 5 times or more in the session.
+    /// In a session the client declared (session header): distinct calls to the same method
+    /// and path made 5 times or more. The query and body are not compared yet, so this is a
+    /// hint of a loop, not proof.
     pub loops: u32,
     /// Whether the id was inferred from idle gaps.
     pub inferred: bool,

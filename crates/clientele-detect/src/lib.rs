@@ -27,7 +27,7 @@ use clientele_core::consumer::Consumer;
 use clientele_core::finding::Finding;
 use rustc_hash::FxHashMap as HashMap;
 
-mod agents;
+pub mod agents;
 mod errors;
 mod governance;
 mod latency;
@@ -175,7 +175,6 @@ impl Registry {
             .with(LatencyDetector::new(config.latency.clone()))
             .with(LimitDetector::default())
             .with(GovernanceDetector)
-            .with(agents::AgentLoopDetector)
     }
 
     pub fn with(mut self, detector: impl Detector + 'static) -> Registry {
