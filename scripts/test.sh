@@ -21,10 +21,11 @@ fi
 
 # Python packages from PyPI: the exports test decodes OTLP payloads with the official protobuf
 # definitions (opentelemetry-proto); the OTLP ingest test sends spans with the official SDK and
-# its OTLP/HTTP exporter; the WebSocket test's echo upstream and client are `websockets`. Use the system Python if it has them, else a venv in the target directory
+# its OTLP/HTTP exporter; the WebSocket test's echo upstream and client are `websockets`; the LLM
+# tests stream through the gateway with the official `openai` and `anthropic` SDKs. Use the system Python if it has them, else a venv in the target directory
 # (CARGO_TARGET_DIR when set, so a clone sharing a build shares the venv too).
-py_check='import opentelemetry.proto, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, websockets.asyncio.client'
-py_packages=(opentelemetry-proto opentelemetry-sdk opentelemetry-exporter-otlp-proto-http 'websockets>=13')
+py_check='import opentelemetry.proto, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, websockets.asyncio.client, openai, anthropic'
+py_packages=(opentelemetry-proto opentelemetry-sdk opentelemetry-exporter-otlp-proto-http 'websockets>=13' openai anthropic)
 if python3 -c "$py_check" 2>/dev/null; then
   export CLIENTELE_TEST_PYTHON=python3
 else

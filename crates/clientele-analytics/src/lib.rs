@@ -16,8 +16,10 @@ use std::sync::{Arc, RwLock};
 use clientele_core::event::Event;
 use rustc_hash::FxHashMap as HashMap;
 
+pub mod models;
 pub mod rollup;
 mod scan;
+pub mod sessions;
 
 pub use rollup::{Counters, Rollup, Sample};
 pub use scan::{ConsumerGrid, SeriesIds, detector_errors};
@@ -105,6 +107,8 @@ impl<'a> EventRef<'a> {
                 tokens_in: e.tokens_in.unwrap_or(0),
                 tokens_out: e.tokens_out.unwrap_or(0),
                 cost_usd: e.cost_usd.unwrap_or(0.0),
+                unpriced: e.cost_usd.is_none()
+                    && (e.tokens_in.is_some_and(|t| t > 0) || e.tokens_out.is_some_and(|t| t > 0)),
             },
         })
     }
@@ -202,6 +206,10 @@ pub struct EngineStats {
 pub struct Engine {
     state: RwLock<State>,
     retention: Retention,
+    /// Tokens and cost per hour, consumer and model (LLM traffic only).
+    pub models: models::ModelTable,
+    /// Sessions (the client's header or idle gaps), for `GET /v1/sessions`.
+    pub sessions: sessions::SessionTable,
 }
 
 impl Default for Engine {
@@ -227,6 +235,8 @@ impl Engine {
         Engine {
             state: RwLock::new(State::default()),
             retention,
+            models: models::ModelTable::default(),
+            sessions: sessions::SessionTable::default(),
         }
     }
 
@@ -282,6 +292,8 @@ impl Engine {
 
     pub fn ingest_events(&self, events: &[Event]) {
         self.ingest(events.iter().filter_map(EventRef::from_event));
+        self.models.ingest(events);
+        self.sessions.ingest(events);
     }
 
     /// Drops buckets past each tier's retention.
@@ -293,6 +305,9 @@ impl Engine {
             let keep = map.split_off(&floor_to(cutoff, tier.size_ms()));
             *map = keep;
         }
+        drop(state);
+        self.models.prune(now_ms - self.retention.hour_ms);
+        self.sessions.prune(now_ms - self.retention.hour_ms);
     }
 
     /// Splits `[from, to)` into the coarsest aligned buckets that tile it, using no tier

@@ -28,6 +28,8 @@ pub struct Counters {
     pub tokens_in: u64,
     pub tokens_out: u64,
     pub cost_usd: f64,
+    /// Requests that used tokens of a model without a price: their cost is unknown, not 0.
+    pub unpriced: u64,
 }
 
 impl Counters {
@@ -46,10 +48,11 @@ impl Counters {
         self.tokens_in = self.tokens_in.saturating_add(o.tokens_in);
         self.tokens_out = self.tokens_out.saturating_add(o.tokens_out);
         self.cost_usd = finite_sum(self.cost_usd, o.cost_usd);
+        self.unpriced = self.unpriced.saturating_add(o.unpriced);
     }
 
     /// The integer counters in a fixed order, for persistence; `cost_usd` travels beside them.
-    pub fn to_array(&self) -> [u64; 10] {
+    pub fn to_array(&self) -> [u64; 11] {
         [
             self.requests,
             self.s2xx,
@@ -61,11 +64,13 @@ impl Counters {
             self.response_bytes,
             self.tokens_in,
             self.tokens_out,
+            self.unpriced,
         ]
     }
 
-    /// The inverse of [`Counters::to_array`].
-    pub fn from_array(a: [u64; 10], cost_usd: f64) -> Counters {
+    /// The inverse of [`Counters::to_array`]. Rows archived before `unpriced` existed read
+    /// it as 0.
+    pub fn from_array(a: [u64; 11], cost_usd: f64) -> Counters {
         let [
             requests,
             s2xx,
@@ -77,6 +82,7 @@ impl Counters {
             response_bytes,
             tokens_in,
             tokens_out,
+            unpriced,
         ] = a;
         Counters {
             requests,
@@ -90,6 +96,7 @@ impl Counters {
             tokens_in,
             tokens_out,
             cost_usd,
+            unpriced,
         }
     }
 
@@ -109,7 +116,7 @@ impl Counters {
 
 /// `a + b`, held at `f64::MAX` instead of reaching infinity (which JSON cannot carry). A
 /// non-finite input (never admitted by ingest) counts as nothing.
-fn finite_sum(a: f64, b: f64) -> f64 {
+pub(crate) fn finite_sum(a: f64, b: f64) -> f64 {
     let b = if b.is_finite() { b } else { 0.0 };
     let sum = a + b;
     if sum.is_finite() { sum } else { f64::MAX }
@@ -125,6 +132,8 @@ pub struct Sample {
     pub tokens_in: u64,
     pub tokens_out: u64,
     pub cost_usd: f64,
+    /// Tokens were used but their model has no price.
+    pub unpriced: bool,
 }
 
 /// How many latencies a rollup keeps as plain values before it builds a sketch. Most rollups
@@ -272,6 +281,7 @@ impl Rollup {
         c.tokens_in = c.tokens_in.saturating_add(s.tokens_in);
         c.tokens_out = c.tokens_out.saturating_add(s.tokens_out);
         c.cost_usd = finite_sum(c.cost_usd, s.cost_usd);
+        c.unpriced = c.unpriced.saturating_add(u64::from(s.unpriced));
         self.latency.add(s.latency_ms.max(0.0));
     }
 

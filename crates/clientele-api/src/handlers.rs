@@ -200,6 +200,12 @@ pub struct EventOut {
     /// WebSocket connections: the first Close frame's code (1000 normal, 1001 going away, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub close_code: Option<u16>,
+    /// For LLM traffic: the model that answered, the tokens it reported, and their cost
+    /// (`null` when the model has no price).
+    pub model: Option<String>,
+    pub tokens_in: Option<u64>,
+    pub tokens_out: Option<u64>,
+    pub cost_usd: Option<f64>,
 }
 
 impl From<Event> for EventOut {
@@ -225,6 +231,10 @@ impl From<Event> for EventOut {
             trace_id: e.trace_id,
             outcome: e.outcome.as_str().to_string(),
             close_code: e.close_code,
+            model: e.model,
+            tokens_in: e.tokens_in,
+            tokens_out: e.tokens_out,
+            cost_usd: e.cost_usd,
         }
     }
 }
@@ -255,7 +265,10 @@ pub struct ConsumerStats {
     pub response_bytes: u64,
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// The cost of the priced requests; those of models without a price are counted in
+    /// `unpriced_requests` instead of being taken as free.
     pub cost_usd: f64,
+    pub unpriced_requests: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -723,6 +736,7 @@ fn consumer_stats(id: String, c: Option<&Consumer>, r: &Rollup) -> ConsumerStats
         tokens_in: k.tokens_in,
         tokens_out: k.tokens_out,
         cost_usd: k.cost_usd,
+        unpriced_requests: k.unpriced,
     }
 }
 
@@ -756,6 +770,148 @@ pub async fn stats_consumers(
         to: format_ts(to_ms),
         consumers,
     }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ModelStatsQuery {
+    /// RFC 3339 or epoch ms; default 24 h before `to`. Counted by whole hours.
+    pub from: Option<String>,
+    /// RFC 3339 or epoch ms; default now.
+    pub to: Option<String>,
+    /// Only this consumer's rows.
+    pub consumer: Option<String>,
+}
+
+/// One model's use by one consumer in the window.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelStats {
+    pub model: String,
+    pub consumer: String,
+    pub requests: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// `null` when the model has no price (see `unpriced_requests`): unknown, not free.
+    pub cost_usd: Option<f64>,
+    /// Requests whose model had no price, so their cost is not in `cost_usd`.
+    pub unpriced_requests: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelStatsList {
+    pub from: String,
+    pub to: String,
+    pub models: Vec<ModelStats>,
+}
+
+#[utoipa::path(get, path = "/v1/stats/models", params(ModelStatsQuery),
+    responses((status = 200, body = ModelStatsList), (status = 400)), security(("admin_token" = [])))]
+pub async fn stats_models(
+    State(state): State<AppState>,
+    Query(q): Query<ModelStatsQuery>,
+) -> Result<Json<ModelStatsList>, ApiError> {
+    let (from_ms, to_ms) = window(&q.from, &q.to)?;
+    let engine = state.engine.clone();
+    let consumer = q.consumer.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        engine.models.query(from_ms, to_ms, consumer.as_deref())
+    })
+    .await
+    .map_err(|e| ApiError::bad_request(format!("query failed: {e}")))?;
+    let models = rows
+        .into_iter()
+        .map(|(model, consumer, u)| ModelStats {
+            model,
+            consumer,
+            requests: u.requests,
+            tokens_in: u.tokens_in,
+            tokens_out: u.tokens_out,
+            cost_usd: u.cost_usd,
+            unpriced_requests: u.unpriced_requests,
+        })
+        .collect();
+    Ok(Json(ModelStatsList {
+        from: format_ts(from_ms),
+        to: format_ts(to_ms),
+        models,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsQuery {
+    /// RFC 3339 or epoch ms; default 24 h before `to`.
+    pub from: Option<String>,
+    /// RFC 3339 or epoch ms; default now.
+    pub to: Option<String>,
+    pub consumer: Option<String>,
+    /// 1-1000, default 100.
+    pub limit: Option<usize>,
+}
+
+/// One session: the client's session header, or inferred from 30-minute idle gaps.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionOut {
+    pub session_id: String,
+    pub consumer: String,
+    pub started: String,
+    pub ended: String,
+    pub requests: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// `null` while no request of the session had a price.
+    pub cost_usd: Option<f64>,
+    /// In a session the client declared (session header): distinct calls to the same method
+    /// and path made 5 times or more. The query and body are not compared yet, so this is a
+    /// hint of a loop, not proof.
+    pub loops: u32,
+    /// Whether the id was inferred from idle gaps.
+    pub inferred: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionList {
+    pub sessions: Vec<SessionOut>,
+}
+
+#[utoipa::path(get, path = "/v1/sessions", params(SessionsQuery),
+    responses((status = 200, body = SessionList), (status = 400)), security(("admin_token" = [])))]
+pub async fn sessions(
+    State(state): State<AppState>,
+    Query(q): Query<SessionsQuery>,
+) -> Result<Json<SessionList>, ApiError> {
+    let (from_ms, to_ms) = window(&q.from, &q.to)?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and 1000, got {limit}"
+        )));
+    }
+    let engine = state.engine.clone();
+    let consumer = q.consumer.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        engine
+            .sessions
+            .query(from_ms, to_ms, consumer.as_deref(), limit)
+    })
+    .await
+    .map_err(|e| ApiError::bad_request(format!("query failed: {e}")))?;
+    let sessions = rows
+        .into_iter()
+        .map(|s| SessionOut {
+            session_id: s.session_id,
+            consumer: s.consumer,
+            started: format_ts(s.started_ms),
+            ended: format_ts(s.ended_ms),
+            requests: s.requests,
+            tokens_in: s.tokens_in,
+            tokens_out: s.tokens_out,
+            cost_usd: s.cost_usd,
+            loops: s.loops,
+            inferred: s.inferred,
+        })
+        .collect();
+    Ok(Json(SessionList { sessions }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -106,6 +106,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/limits", get(limits::overview))
         .route("/v1/keys/{key_id}", delete(handlers::revoke_key))
         .route("/v1/stats/consumers", get(handlers::stats_consumers))
+        .route("/v1/stats/models", get(handlers::stats_models))
+        .route("/v1/sessions", get(handlers::sessions))
         .route("/v1/stats/consumers/{id}", get(handlers::stats_consumer))
         .route("/v1/stats/routes", get(handlers::stats_routes))
         .route("/v1/events", axum::routing::post(handlers::ingest_events))

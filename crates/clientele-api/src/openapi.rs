@@ -24,6 +24,8 @@ use crate::{contract, findings, governance, handlers, limits, otlp};
         handlers::stats_consumers,
         handlers::stats_consumer,
         handlers::stats_routes,
+        handlers::stats_models,
+        handlers::sessions,
         handlers::ingest_events,
         otlp::ingest_traces,
         otlp::ingest_logs,

@@ -35,6 +35,9 @@ pub struct Config {
     pub outbound: OutboundTls,
     /// How `POST /v1/otlp/v1/traces` finds the consumer of a span.
     pub otlp_ingest: OtlpIngestConfig,
+    /// `[prices."model"]`: dollars per million tokens, replacing or adding to the shipped
+    /// price book (`crates/clientele-core/prices.toml`).
+    pub prices: BTreeMap<String, crate::prices::ModelPrice>,
     /// Where the config came from (the file), for messages about it found after parsing.
     #[serde(skip)]
     pub origin: String,
@@ -258,6 +261,51 @@ pub struct ApiConfig {
     pub client_cert: Option<PathBuf>,
     #[serde(default)]
     pub client_key: Option<PathBuf>,
+    /// Token usage read from the responses: unset = on the well-known OpenAI and Anthropic
+    /// paths only; `"openai"`/`"anthropic"` = every response of the API, in that provider's
+    /// format; `"off"` = never.
+    #[serde(default)]
+    pub llm: Option<LlmMode>,
+    /// Headers set on every request sent upstream (the provider's key), `${NAME}` replaced by
+    /// the environment variable at load. When set, the consumer's Clientele key is always
+    /// removed, whatever `hide_credentials` says.
+    #[serde(default)]
+    pub upstream_headers: BTreeMap<String, String>,
+}
+
+/// `[[apis]] llm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LlmMode {
+    Openai,
+    Anthropic,
+    Off,
+}
+
+/// Replaces each `${NAME}` in `value` by the environment variable `NAME`; a variable that is
+/// not set is an error naming it, so a provider key cannot silently go out empty.
+pub fn expand_env(value: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("{value:?} has an unclosed `${{`"));
+        };
+        let name = &after[..end];
+        match std::env::var(name) {
+            Ok(v) => out.push_str(&v),
+            Err(_) => {
+                return Err(format!(
+                    "the environment variable {name} is not set; export it or remove the reference"
+                ));
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 impl ApiConfig {
@@ -465,6 +513,15 @@ impl Config {
             ConfigError(format!("{origin}{place}: {msg}"))
         })?;
         config.resolve_paths(base);
+        for (i, api) in config.apis.iter_mut().enumerate() {
+            for (name, value) in api.upstream_headers.iter_mut() {
+                *value = expand_env(value).map_err(|reason| {
+                    ConfigError(format!(
+                        "{origin}: apis[{i}].upstream_headers.{name}: {reason}"
+                    ))
+                })?;
+            }
+        }
         config.validate(origin)?;
         config.origin = origin.to_string();
         Ok(config)
@@ -596,6 +653,7 @@ impl Config {
             );
         }
 
+        crate::prices::validate(origin, &self.prices)?;
         let mut names = std::collections::HashSet::new();
         for (i, api) in self.apis.iter().enumerate() {
             let key = format!("apis[{i}]");
@@ -622,6 +680,16 @@ impl Config {
                     &format!("{key}.prefix"),
                     format!("{:?} must start with '/'", api.prefix),
                 );
+            }
+            for (name, value) in &api.upstream_headers {
+                let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+                let field = |b: u8| b == b'\t' || (b' '..=b'~').contains(&b);
+                if name.is_empty() || !name.bytes().all(token) || !value.bytes().all(field) {
+                    return err(
+                        &format!("{key}.upstream_headers.{name}"),
+                        "is not a valid HTTP header name and value".into(),
+                    );
+                }
             }
             if api.timeout_ms == 0 || api.connect_timeout_ms == 0 {
                 return err(
@@ -893,6 +961,38 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "test.toml", Path::new("/etc/clientele"))
+    }
+
+    #[test]
+    fn llm_settings_prices_and_upstream_headers() {
+        // PATH is set wherever tests run (setting a variable would need `unsafe`).
+        let path = std::env::var("PATH").unwrap();
+        let c = parse(
+            "[[apis]]\nname='ai'\nupstream='http://x:1'\nllm='anthropic'\n\
+             upstream_headers = { x-api-key = '${PATH}', Authorization = 'Bearer ${PATH}!' }\n\
+             [prices.'local-llama']\ninput = 0.1\noutput = 0.2\n",
+        )
+        .unwrap();
+        let api = &c.apis[0];
+        assert_eq!(api.llm, Some(LlmMode::Anthropic));
+        assert_eq!(api.upstream_headers["x-api-key"], path);
+        assert_eq!(
+            api.upstream_headers["Authorization"],
+            format!("Bearer {path}!")
+        );
+        assert_eq!(c.prices["local-llama"].output, 0.2);
+
+        let e = parse("[[apis]]\nname='ai'\nupstream='http://x:1'\nupstream_headers = { a = '${CLIENTELE_TEST_UNSET_VAR}' }\n")
+            .unwrap_err();
+        assert!(
+            e.0.contains("apis[0].upstream_headers.a")
+                && e.0.contains("CLIENTELE_TEST_UNSET_VAR is not set"),
+            "{e}"
+        );
+        let e = parse("[prices.m]\ninput = -1\noutput = 1\n").unwrap_err();
+        assert!(e.0.contains("prices.\"m\""), "{e}");
+        let e = parse("[[apis]]\nname='ai'\nupstream='http://x:1'\nllm='gemini'\n").unwrap_err();
+        assert!(e.0.contains("llm"), "{e}");
     }
 
     #[test]

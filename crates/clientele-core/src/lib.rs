@@ -17,6 +17,7 @@ pub mod keys;
 pub mod limits;
 pub mod pipeline;
 pub mod policy;
+pub mod prices;
 pub mod problem;
 pub mod ratelog;
 pub mod record;

@@ -27,6 +27,7 @@ use clientele_core::consumer::Consumer;
 use clientele_core::finding::Finding;
 use rustc_hash::FxHashMap as HashMap;
 
+pub mod agents;
 mod errors;
 mod governance;
 mod latency;

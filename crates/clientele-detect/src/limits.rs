@@ -540,6 +540,7 @@ mod tests {
             tokens_in: 0,
             tokens_out: 0,
             cost_usd: 0.0,
+            unpriced: false,
         };
         engine.ingest((0..n).map(|i| EventRef {
             ts_ms: ts_ms + (i as i64 * 997) % 60_000,

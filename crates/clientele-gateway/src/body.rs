@@ -15,8 +15,11 @@ use bytes::Bytes;
 use clientele_contract::{BodySample, Sample, SampleSender};
 use clientele_core::event::{Event, Outcome};
 use clientele_core::pipeline::EventSink;
+use clientele_core::prices::{PriceBook, Tokens};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+
+use crate::llm::UsageScanner;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -229,6 +232,13 @@ pub struct ResponseBody {
     source: Source,
     finish: Option<Finish>,
     sample: Option<PendingSample>,
+    /// Reads LLM token usage from the frames as they pass (boxed: most responses have none).
+    usage: Option<Box<Meter>>,
+}
+
+struct Meter {
+    scanner: UsageScanner,
+    prices: Arc<PriceBook>,
 }
 
 /// What is needed to complete and emit the event once the body is done.
@@ -245,6 +255,7 @@ impl ResponseBody {
             source: Source::Local(Some(bytes)),
             finish: None,
             sample: None,
+            usage: None,
         }
     }
 
@@ -253,6 +264,7 @@ impl ResponseBody {
             source: Source::Upstream(body),
             finish: None,
             sample: None,
+            usage: None,
         }
     }
 
@@ -271,6 +283,13 @@ impl ResponseBody {
             request_bytes,
             sink,
         });
+        self
+    }
+
+    /// Reads token usage from the body as it streams; the event gets the tokens, the model and
+    /// their cost when the body ends, or when the client leaves (what had passed by then).
+    pub fn with_usage(mut self, scanner: UsageScanner, prices: Arc<PriceBook>) -> Self {
+        self.usage = Some(Box::new(Meter { scanner, prices }));
         self
     }
 
@@ -298,6 +317,9 @@ impl ResponseBody {
             if let Some(outcome) = outcome {
                 f.event.outcome = outcome;
             }
+            if let Some(meter) = self.usage.take() {
+                meter.settle(&mut f.event);
+            }
             f.sink.offer(f.event);
         }
     }
@@ -306,8 +328,34 @@ impl ResponseBody {
         if let Some(f) = self.finish.as_mut() {
             f.event.response_bytes += data.len() as u64;
         }
+        if let Some(meter) = self.usage.as_mut() {
+            meter.scanner.feed(data);
+        }
         if let Some(tee) = self.sample.as_mut().and_then(|p| p.response.as_mut()) {
             tee.push(data);
+        }
+    }
+}
+
+impl Meter {
+    /// Puts the usage read so far on the event. A model without a price leaves `cost_usd`
+    /// `None` (unpriced), never 0.
+    fn settle(&self, event: &mut Event) {
+        let Some(usage) = self.scanner.usage() else {
+            return;
+        };
+        event.tokens_in = Some(usage.input);
+        event.tokens_out = Some(usage.output);
+        if let Some(model) = self.scanner.model() {
+            let tokens = Tokens {
+                input: usage.input,
+                output: usage.output,
+                cache_read: usage.cache_read,
+                cache_write: usage.cache_write,
+                reasoning: usage.reasoning,
+            };
+            event.cost_usd = self.prices.cost_usd(model, &tokens);
+            event.model = Some(model.to_string());
         }
     }
 }

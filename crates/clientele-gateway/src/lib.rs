@@ -15,6 +15,7 @@ mod body;
 pub mod conn;
 mod headers;
 pub mod limiter;
+pub mod llm;
 pub mod path;
 pub mod proxy;
 pub mod server;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clientele_core::config::OutboundTls;
-use clientele_core::config::{ApiConfig, Upstream, parse_upstream};
+use clientele_core::config::{ApiConfig, LlmMode, Upstream, parse_upstream};
 use clientele_core::event::{Event, Outcome, random_id128};
 use clientele_core::keys::{KeyEntry, KeyIndex, Lookup};
 use clientele_core::limits::{Decision, LimitKind, LimitStatus};
@@ -25,6 +25,7 @@ use crate::body::{
 };
 use crate::headers::{self as h, KeySource, PresentedKey, TraceContext};
 use crate::limiter::{Limiter, Verdict};
+use crate::llm::{Flavor, flavor_of_path};
 
 /// Gateway settings that are not per API.
 #[derive(Debug, Clone)]
@@ -40,6 +41,8 @@ pub struct GatewayOptions {
     pub hide_credentials: bool,
     /// `[outbound]`: trust for `https://` upstreams without settings of their own.
     pub outbound_tls: OutboundTls,
+    /// What LLM tokens cost: the shipped book with the config's `[prices]`.
+    pub prices: Arc<clientele_core::prices::PriceBook>,
 }
 
 /// One API behind the gateway.
@@ -62,6 +65,10 @@ struct Api {
     /// case costs no lookup.
     op_samples: std::collections::HashMap<String, (u64, u64)>,
     max_body_bytes: usize,
+    /// `llm`: `None` reads usage on the well-known paths only.
+    llm: Option<LlmMode>,
+    /// The provider's credentials, set on every request upstream (config values, expanded).
+    upstream_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// `rate` (0..=1) as a threshold on a uniform u64: sampled when `draw < threshold`.
@@ -108,6 +115,15 @@ impl Gateway {
         for api in apis {
             let upstream = parse_upstream(&api.upstream)
                 .map_err(|e| format!("api {}: upstream {e}", api.name))?;
+            let mut upstream_headers = Vec::with_capacity(api.upstream_headers.len());
+            for (name, value) in &api.upstream_headers {
+                let name = HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|e| format!("api {}: upstream_headers {name}: {e}", api.name))?;
+                let mut value = HeaderValue::from_str(value)
+                    .map_err(|e| format!("api {}: upstream_headers {name}: {e}", api.name))?;
+                value.set_sensitive(true);
+                upstream_headers.push((name, value));
+            }
             let mut client_options = ClientOptions {
                 tls: api.tls(&options.outbound_tls),
                 timeouts: Timeouts {
@@ -148,6 +164,8 @@ impl Gateway {
                     })
                     .collect(),
                 max_body_bytes: usize::try_from(api.max_body_bytes).unwrap_or(usize::MAX),
+                llm: api.llm,
+                upstream_headers,
             });
         }
         built.sort_by_key(|api| std::cmp::Reverse(api.prefix.len()));
@@ -545,8 +563,30 @@ impl Gateway {
         if let Some(protocol) = upgrade {
             crate::upgrade::restore(&mut parts.headers, protocol);
         }
+        if !api.upstream_headers.is_empty() {
+            // The provider gets its own key, never the consumer's Clientele key.
+            match source {
+                KeySource::XApiKey => parts.headers.remove(&h::X_API_KEY),
+                KeySource::ApiKey => parts.headers.remove(&h::APIKEY),
+                KeySource::Bearer => parts.headers.remove(header::AUTHORIZATION),
+            };
+            for (name, value) in &api.upstream_headers {
+                parts.headers.insert(name.clone(), value.clone());
+            }
+        }
 
         let relative = api_relative_path(api, &path);
+        let llm = match api.llm {
+            Some(LlmMode::Off) => None,
+            Some(LlmMode::Openai) => Some(Flavor::OpenAi),
+            Some(LlmMode::Anthropic) => Some(Flavor::Anthropic),
+            None => flavor_of_path(relative),
+        };
+        if llm.is_some() {
+            // Usage is read from the bytes as they pass: ask the provider for an uncompressed
+            // answer (the client still gets the same answer, only the upstream leg is larger).
+            parts.headers.remove(header::ACCEPT_ENCODING);
+        }
         let mut pending = self.sampling(api, &parts, relative, &seen.event);
         let counted = Arc::new(AtomicU64::new(0));
         let fault = Arc::new(BodyFault::default());
@@ -631,6 +671,26 @@ impl Gateway {
             counted,
             self.sink.clone(),
         );
+        if let Some(flavor) = llm {
+            let media = resp_parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|t| t.split(';').next())
+                .map(str::trim);
+            let sse = media.is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"));
+            // An upstream that compresses anyway is not read: its bytes are not JSON.
+            let plain = resp_parts
+                .headers
+                .get(header::CONTENT_ENCODING)
+                .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
+            if plain && (sse || media.is_some_and(|t| t.ends_with("json"))) {
+                body = body.with_usage(
+                    crate::llm::UsageScanner::new(flavor, sse),
+                    self.options.prices.clone(),
+                );
+            }
+        }
         if let Some((mut p, _)) = pending {
             p.sample.status = resp_parts.status.as_u16();
             let json = resp_parts

@@ -109,7 +109,7 @@ pub struct StoredRollup {
     pub route: String,
     pub status_class: u8,
     /// requests, 2xx, 3xx, 4xx, 5xx, 429, request bytes, response bytes, tokens in, tokens out.
-    pub counts: [u64; 10],
+    pub counts: [u64; 11],
     pub cost_usd: f64,
     pub sketch: Vec<u8>,
 }

@@ -877,7 +877,7 @@ impl EventStore for SqliteStore {
             )?;
             let rows = stmt.query_map([], |r| {
                 let counts_text: String = r.get(7)?;
-                let mut counts = [0u64; 10];
+                let mut counts = [0u64; 11];
                 for (slot, part) in counts.iter_mut().zip(counts_text.split(',')) {
                     *slot = part.parse().unwrap_or(0);
                 }

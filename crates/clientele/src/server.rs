@@ -176,6 +176,9 @@ pub async fn start(config: Config) -> Result<Running> {
             end_user_header: config.gateway.end_user_header.clone(),
             max_request_body_bytes: config.gateway.max_request_body_bytes,
             hide_credentials: true,
+            prices: Arc::new(clientele_core::prices::PriceBook::with_overrides(
+                &config.prices,
+            )),
             outbound_tls: config.outbound.clone(),
         },
         keys.clone(),

@@ -315,7 +315,7 @@ fn rollup(tier: u8, bucket_ms: i64, requests: u64) -> StoredRollup {
         method: "GET".into(),
         route: "/pets/{id}".into(),
         status_class: 2,
-        counts: [requests, requests, 0, 0, 0, 0, 10, 20, 0, 0],
+        counts: [requests, requests, 0, 0, 0, 0, 10, 20, 0, 0, 0],
         cost_usd: 0.5,
         sketch: vec![1, 2, 3],
     }

@@ -15,6 +15,7 @@ mod governance;
 mod hardening;
 mod https;
 mod limits;
+mod llm;
 mod otlp_ingest;
 mod support;
 mod ui;

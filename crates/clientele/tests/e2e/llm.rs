@@ -1,0 +1,440 @@
+//! LLM traffic: token usage read by the gateway from a mock provider's JSON and SSE answers,
+//! the official `openai` SDK streaming through it, the provider's key swapped in for the
+//! consumer's, a client that leaves mid-stream still charged, and `GET /v1/stats/models`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::support::{ReceiverStream, Server, client};
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// What the provider reports: prompt tokens, and the completion's content chunks (one token
+/// each).
+const PROMPT_TOKENS: u64 = 42;
+const CHUNKS: &[&str] = &["one", " two", " three", " four", " five"];
+
+/// The authorization headers the mock provider received (and any `Accept-Encoding`).
+type Seen = Arc<Mutex<Vec<String>>>;
+
+async fn provider(req: Request<Incoming>, seen: Seen) -> Result<Response<UpBody>, Infallible> {
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    seen.lock().unwrap().push(auth);
+    // The SDK asks for gzip; the gateway must not pass that on, or it could not read usage.
+    if let Some(enc) = req.headers().get("accept-encoding") {
+        seen.lock()
+            .unwrap()
+            .push(format!("accept-encoding: {enc:?}"));
+    }
+    let anthropic = req.uri().path().ends_with("/v1/messages");
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    if anthropic {
+        // The golden Anthropic stream (with cache tokens), one frame per event.
+        let golden =
+            include_str!("../../../clientele-gateway/tests/llm/anthropic_messages_stream.sse");
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            for event in golden.split_inclusive("\n\n") {
+                if tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let resp = Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(StreamBody::new(ReceiverStream(rx)).boxed())
+            .unwrap();
+        return Ok(resp);
+    }
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = body["model"].as_str().unwrap_or("gpt-4o-mini");
+    let answer_model = match model {
+        "gpt-4o-mini" => "gpt-4o-mini-2024-07-18",
+        other => other,
+    };
+    if body["stream"] != json!(true) {
+        let answer = json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": answer_model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"},
+                         "finish_reason": "stop", "logprobs": null}],
+            "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": 1, "total_tokens": PROMPT_TOKENS + 1},
+        });
+        let resp = Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(answer.to_string())).boxed())
+            .unwrap();
+        return Ok(resp);
+    }
+    let include_usage = body["stream_options"]["include_usage"] == json!(true);
+    // "slow" streams pause between chunks, so a client can leave in the middle.
+    let pause = Duration::from_millis(if model.contains("slow") { 300 } else { 1 });
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let answer_model = answer_model.to_string();
+    tokio::spawn(async move {
+        let chunk = |delta: Value, usage: Value| {
+            let c = json!({"id": "chatcmpl-2", "object": "chat.completion.chunk", "created": 1,
+                "model": answer_model, "choices": [{"index": 0, "delta": delta, "finish_reason": null}],
+                "usage": usage});
+            Ok(Frame::data(Bytes::from(format!("data: {c}\n\n"))))
+        };
+        let _ = tx
+            .send(chunk(
+                json!({"role": "assistant", "content": ""}),
+                Value::Null,
+            ))
+            .await;
+        for text in CHUNKS {
+            tokio::time::sleep(pause).await;
+            if tx
+                .send(chunk(json!({"content": text}), Value::Null))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        if include_usage {
+            let usage = json!({"prompt_tokens": PROMPT_TOKENS, "completion_tokens": CHUNKS.len(),
+                "total_tokens": PROMPT_TOKENS + CHUNKS.len() as u64,
+                "prompt_tokens_details": {"cached_tokens": 0}});
+            let c = json!({"id": "chatcmpl-2", "object": "chat.completion.chunk", "created": 1,
+                "model": answer_model, "choices": [], "usage": usage});
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from(format!("data: {c}\n\n")))))
+                .await;
+        }
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))))
+            .await;
+    });
+    let resp = Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(StreamBody::new(ReceiverStream(rx)).boxed())
+        .unwrap();
+    Ok(resp)
+}
+
+async fn start_provider() -> (SocketAddr, Seen) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Seen = Arc::default();
+    let s = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let s = s.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| provider(req, s.clone()));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+async fn start() -> (Server, Seen) {
+    let (provider, seen) = start_provider().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir, move |gateway, admin| {
+        crate::support::config_text(gateway, admin, provider, "").replace(
+            "[plans.free]",
+            &format!(
+                "[[apis]]\nname = \"ai\"\nupstream = \"http://{provider}\"\nprefix = \"/ai\"\n\
+                 strip_prefix = true\n\
+                 upstream_headers = {{ Authorization = \"Bearer sk-provider-secret\" }}\n\n\
+                 [[apis]]\nname = \"claude\"\nupstream = \"http://{provider}\"\nprefix = \"/claude\"\n\
+                 strip_prefix = true\n\
+                 upstream_headers = {{ x-api-key = \"sk-ant-provider-secret\" }}\n\n\
+                 [prices.\"my-local-model\"]\ninput = 1.0\noutput = 2.0\n\n[plans.free]"
+            ),
+        )
+    })
+    .await;
+    (server, seen)
+}
+
+/// Posts a streamed chat completion and reads `frames` data frames, then drops the response.
+async fn stream_and_leave(server: &Server, key: &str, model: &str, frames: usize) {
+    let body = json!({"model": model, "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "count"}]});
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(server.gw("/ai/v1/chat/completions"))
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = 0;
+    while got < frames {
+        match body.frame().await {
+            Some(Ok(f)) if f.is_data() => got += 1,
+            Some(Ok(_)) => {}
+            other => panic!("stream ended early: {other:?}"),
+        }
+    }
+    drop(body);
+}
+
+fn sum(events: &[Value], field: &str) -> u64 {
+    events.iter().filter_map(|e| e[field].as_u64()).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_tokens_per_consumer_equal_the_providers() {
+    let (server, seen) = start().await;
+    let (_, key) = server.consumer_with_key("agent-a", Some("pro")).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/llm_chat.py");
+    let python = crate::exports::python();
+    let base = server.gw("/ai/v1");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(&python)
+            .args([script, &base, &key])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {python}: {e}; run scripts/test.sh"))
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "the openai SDK failed (pip install openai, or run scripts/test.sh):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sdk: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sdk["stream_text"], "one two three four five");
+    let streamed_out = CHUNKS.len() as u64;
+    assert_eq!(sdk["stream_usage"], json!([PROMPT_TOKENS, streamed_out]));
+
+    let events = server
+        .wait_events("agent-a", "", |evs| {
+            evs.len() >= 2 && evs.iter().all(|e| e["tokens_in"].is_u64())
+        })
+        .await;
+    assert_eq!(sum(&events, "tokens_in"), 2 * PROMPT_TOKENS);
+    assert_eq!(sum(&events, "tokens_out"), streamed_out + 1);
+    for e in &events {
+        assert_eq!(e["model"], "gpt-4o-mini-2024-07-18", "{e}");
+        assert!(e["cost_usd"].as_f64().unwrap() > 0.0, "{e}");
+    }
+    // gpt-4o-mini: $0.15 in, $0.60 out per million.
+    let cost: f64 = events.iter().map(|e| e["cost_usd"].as_f64().unwrap()).sum();
+    let want = (2 * PROMPT_TOKENS) as f64 * 0.15e-6 + (streamed_out + 1) as f64 * 0.60e-6;
+    assert!((cost - want).abs() < 1e-12, "{cost} vs {want}");
+
+    // The provider saw its own key, never the consumer's.
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen.iter().all(|a| a == "Bearer sk-provider-secret"),
+        "{seen:?}"
+    );
+
+    let (status, models) = server
+        .admin(Method::GET, "/v1/stats/models?consumer=agent-a", None)
+        .await;
+    assert_eq!(status, 200, "{models}");
+    let rows = models["models"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{models}");
+    assert_eq!(rows[0]["requests"], 2);
+    assert_eq!(rows[0]["tokens_in"], 2 * PROMPT_TOKENS);
+    assert_eq!(rows[0]["tokens_out"], streamed_out + 1);
+    let (_, stats) = server.admin(Method::GET, "/v1/stats/consumers", None).await;
+    let row = stats["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["consumer"] == "agent-a")
+        .unwrap()
+        .clone();
+    assert_eq!(row["tokens_in"], 2 * PROMPT_TOKENS, "{row}");
+    assert_eq!(row["unpriced_requests"], 0, "{row}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_stream_is_charged_for_what_was_streamed() {
+    let (server, _) = start().await;
+    let (_, key) = server.consumer_with_key("agent-b", Some("pro")).await;
+    // The role chunk and two content chunks, then the client goes away.
+    stream_and_leave(&server, &key, "gpt-4o-mini-slow", 3).await;
+    let events = server
+        .wait_events("agent-b", "", |evs| {
+            evs.len() == 1 && evs[0]["tokens_out"].is_u64()
+        })
+        .await;
+    let e = &events[0];
+    assert_eq!(e["outcome"], "client_aborted", "{e}");
+    // No usage chunk arrived: output is counted from the deltas that passed (1 per chunk),
+    // and never zero.
+    assert_eq!(e["tokens_out"], 3, "{e}");
+    assert_eq!(e["model"], "gpt-4o-mini-slow");
+    // Not in the price book: unpriced, null, never $0.
+    assert!(e["cost_usd"].is_null(), "{e}");
+
+    let (_, models) = server.admin(Method::GET, "/v1/stats/models", None).await;
+    let row = &models["models"][0];
+    assert!(row["cost_usd"].is_null(), "{models}");
+    assert_eq!(row["unpriced_requests"], 1, "{models}");
+    let (_, stats) = server.admin(Method::GET, "/v1/stats/consumers", None).await;
+    let row = stats["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["consumer"] == "agent-b")
+        .unwrap()
+        .clone();
+    assert_eq!(row["unpriced_requests"], 1, "{row}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_price_prices_a_local_model() {
+    let (server, _) = start().await;
+    let (_, key) = server.consumer_with_key("agent-c", Some("pro")).await;
+    let (status, _, _) = crate::support::send(
+        Method::POST,
+        &server.gw("/ai/v1/chat/completions"),
+        &[
+            ("authorization", &format!("Bearer {key}")),
+            ("content-type", "application/json"),
+        ],
+        Some(Bytes::from(
+            json!({"model": "my-local-model", "messages": []}).to_string(),
+        )),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    let events = server
+        .wait_events("agent-c", "", |evs| evs.len() == 1)
+        .await;
+    let want = PROMPT_TOKENS as f64 * 1e-6 + 2e-6;
+    assert!(
+        (events[0]["cost_usd"].as_f64().unwrap() - want).abs() < 1e-12,
+        "{}",
+        events[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_sdk_stream_with_cache_tokens_is_priced_per_kind() {
+    let (server, _) = start().await;
+    let (_, key) = server.consumer_with_key("agent-d", Some("pro")).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/llm_messages.py");
+    let python = crate::exports::python();
+    let base = server.gw("/claude");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(&python)
+            .args([script, &base, &key])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {python}: {e}; run scripts/test.sh"))
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "the anthropic SDK failed (pip install anthropic, or run scripts/test.sh):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sdk: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sdk["text"], "Hello! How can I help?");
+    // What the provider reported: fresh input, cache read, cache write, output.
+    assert_eq!(sdk["usage"], json!([25, 2048, 512, 15]));
+    let events = server
+        .wait_events("agent-d", "", |evs| {
+            evs.len() == 1 && evs[0]["tokens_in"].is_u64()
+        })
+        .await;
+    let e = &events[0];
+    assert_eq!(e["tokens_in"], 25 + 2048 + 512, "{e}");
+    assert_eq!(e["tokens_out"], 15, "{e}");
+    assert_eq!(e["model"], "claude-sonnet-4-5-20250929");
+    // claude-sonnet-4-5: $3 in, $0.30 cache read, $3.75 cache write, $15 out per million.
+    let want = (25.0 * 3.0 + 2048.0 * 0.30 + 512.0 * 3.75 + 15.0 * 15.0) / 1e6;
+    assert!(
+        (e["cost_usd"].as_f64().unwrap() - want).abs() < 1e-12,
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_from_the_header_with_a_loop_and_inferred_ones() {
+    let (server, _) = start().await;
+    let (_, key) = server.consumer_with_key("agent-e", Some("pro")).await;
+    let body = Bytes::from(json!({"model": "gpt-4o-mini", "messages": []}).to_string());
+    let auth = format!("Bearer {key}");
+    // Six identical calls in the client's session "run-1": a loop; one call without a header.
+    for session in ["run-1"; 6].iter().map(Some).chain([None]) {
+        let mut headers = vec![
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ];
+        if let Some(s) = session {
+            headers.push(("x-session-id", s));
+        }
+        let (status, _, _) = crate::support::send(
+            Method::POST,
+            &server.gw("/ai/v1/chat/completions"),
+            &headers,
+            Some(body.clone()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200);
+    }
+    server
+        .wait_events("agent-e", "", |evs| evs.len() == 7)
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let sessions = loop {
+        let (status, body) = server
+            .admin(Method::GET, "/v1/sessions?consumer=agent-e", None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let total: u64 = body["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["requests"].as_u64().unwrap())
+            .sum();
+        if total == 7 || std::time::Instant::now() > deadline {
+            break body["sessions"].as_array().unwrap().clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let run = sessions
+        .iter()
+        .find(|s| s["session_id"] == "run-1")
+        .expect("the header's session");
+    assert_eq!(run["requests"], 6, "{run}");
+    assert_eq!(run["loops"], 1, "{run}");
+    assert_eq!(run["tokens_in"], 6 * PROMPT_TOKENS, "{run}");
+    let inferred: Vec<_> = sessions.iter().filter(|s| s["inferred"] == true).collect();
+    assert_eq!(inferred.len(), 1, "{sessions:?}");
+    assert_eq!(inferred[0]["requests"], 1);
+    let (status, _) = server
+        .admin(Method::GET, "/v1/sessions?limit=0", None)
+        .await;
+    assert_eq!(status, 400);
+}
