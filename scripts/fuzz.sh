@@ -37,6 +37,16 @@ seed import_detect "$nginx" 1; seed import_detect "$kong" 2; seed import_detect 
 seed import_detect '{"ts":1791640536000,"consumer":"acme","method":"GET","path":"/a","status":200,"latency_ms":1.5}' 4
 # OTLP traces: one HTTP server span, as JSON and as protobuf (written by python: NUL bytes).
 seed otlp_json '{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"pets"}}]},"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"GET /pets/{id}","kind":2,"startTimeUnixNano":"1791640536000000000","endTimeUnixNano":"1791640536012000000","attributes":[{"key":"http.request.method","value":{"stringValue":"GET"}},{"key":"url.path","value":{"stringValue":"/pets/1"}},{"key":"http.response.status_code","value":{"intValue":"200"}},{"key":"tags","value":{"arrayValue":{"values":[{"boolValue":true},{"doubleValue":1.5}]}}}]}]}]}]}' 1
+# LLM answers: the golden wire formats of the gateway's tests, each behind a mode byte (flavor
+# bit 0, SSE bit 1, chunk size above) that says how to read it.
+for golden in ../crates/clientele-gateway/tests/llm/*.json ../crates/clientele-gateway/tests/llm/*.sse; do
+  name=$(basename "$golden")
+  mode=0
+  case "$name" in anthropic*) mode=$((mode | 1)) ;; esac
+  case "$name" in *.sse) mode=$((mode | 2)) ;; esac
+  mkdir -p corpus/llm_usage
+  { printf "\\$(printf '%03o' $((mode | 28)))"; cat "$golden"; } > "corpus/llm_usage/seed-$name"
+done
 mkdir -p corpus/otlp_protobuf
 python3 - corpus/otlp_protobuf/seed-1 <<'PY'
 import struct, sys
