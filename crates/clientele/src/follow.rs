@@ -25,10 +25,10 @@ use clientele_http::Outbound;
 use http_body_util::Full;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::logformat::{Format, convert_line};
-use crate::logimport::{Batch, Origin, send_batch, trim_line};
+use crate::logimport::{Answered, Batch, Origin, send_batch, trim_line};
 
 pub struct Follow {
     pub path: PathBuf,
@@ -337,28 +337,15 @@ async fn send(
                 send_batch(f.http.clone(), f.base.clone(), f.token.clone(), batch).await;
             match result {
                 Ok(answer) => {
-                    totals.accepted += answer.get("accepted").and_then(Value::as_u64).unwrap_or(0);
-                    totals.duplicates += answer
-                        .get("duplicates")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0);
-                    let rejected = answer
-                        .get("rejected")
-                        .or_else(|| answer.get("errors"))
-                        .and_then(Value::as_array)
-                        .map_or(0, Vec::len);
-                    totals.rejected += rejected as u64;
-                    for r in answer
-                        .get("rejected")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                        .take(3)
-                    {
+                    let answer = Answered::of(&answer);
+                    totals.accepted += answer.accepted;
+                    totals.duplicates += answer.duplicates;
+                    totals.rejected += answer.rejected.len() as u64;
+                    for (_, error) in answer.rejected.iter().take(3) {
                         eprintln!(
                             "{}: rejected: {}",
                             cur.name,
-                            r.get("error").and_then(Value::as_str).unwrap_or("?")
+                            error.as_deref().unwrap_or("?")
                         );
                     }
                     break;

@@ -271,28 +271,52 @@ fn settle(
     names: &[String],
 ) -> Result<()> {
     let (origins, result) = done.map_err(|e| anyhow!("a batch task failed: {e}"))?;
-    let answer = result.map_err(|e| anyhow!(e.message))?;
-    totals.accepted += answer.get("accepted").and_then(Value::as_u64).unwrap_or(0);
-    totals.duplicates += answer
-        .get("duplicates")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    let rejected = answer
-        .get("rejected")
-        .or_else(|| answer.get("errors"))
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    for r in rejected {
-        let index = r.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
-        let error = r.get("error").and_then(Value::as_str).unwrap_or("rejected");
+    let answer = Answered::of(&result.map_err(|e| anyhow!(e.message))?);
+    totals.accepted += answer.accepted;
+    totals.duplicates += answer.duplicates;
+    for (index, error) in answer.rejected {
         let place = origins.get(index).map_or_else(
             || "?".to_string(),
             |o| format!("{}:{}", names[o.file], o.line),
         );
-        totals.reject(format!("{place}: {error}"));
+        totals.reject(format!(
+            "{place}: {}",
+            error.as_deref().unwrap_or("rejected")
+        ));
     }
     Ok(())
+}
+
+/// What `POST /v1/events` answered for one batch: the counts, and each rejected line's index
+/// in the batch with the server's reason.
+pub(crate) struct Answered {
+    pub(crate) accepted: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) rejected: Vec<(usize, Option<String>)>,
+}
+
+impl Answered {
+    pub(crate) fn of(answer: &Value) -> Answered {
+        let count = |key: &str| answer.get(key).and_then(Value::as_u64).unwrap_or(0);
+        let rejected = answer
+            .get("rejected")
+            .or_else(|| answer.get("errors"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                (
+                    r.get("index").and_then(Value::as_u64).unwrap_or(0) as usize,
+                    r.get("error").and_then(Value::as_str).map(str::to_string),
+                )
+            })
+            .collect();
+        Answered {
+            accepted: count("accepted"),
+            duplicates: count("duplicates"),
+            rejected,
+        }
+    }
 }
 
 /// Why a batch was not answered; `retry` says whether the same batch may succeed later

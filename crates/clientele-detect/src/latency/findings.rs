@@ -11,6 +11,23 @@ use super::{Baseline, LatencyDetector, Obs};
 use crate::text::{count, millis, r3, times, ts, when};
 use crate::{EvalContext, new_finding_id, runs};
 
+/// A run of hours as a finding's first and last seen times (the last hour may be partial).
+fn seen(ctx: &EvalContext<'_>, first_hour: i64, last_hour: i64) -> (i64, i64) {
+    (
+        first_hour * HOUR_MS,
+        ((last_hour + 1) * HOUR_MS).min(ctx.now_ms),
+    )
+}
+
+/// Five times slower than usual is critical.
+fn severity(slowdown: f64) -> Severity {
+    if slowdown >= 5.0 {
+        Severity::Critical
+    } else {
+        Severity::Warning
+    }
+}
+
 /// Every consumer's rollups of one hour merged: what the API as a whole did.
 fn api_hour(ctx: &EvalContext<'_>, hour: i64) -> Rollup {
     let mut all = Rollup::default();
@@ -79,8 +96,7 @@ pub(super) fn write(
         let now_p95 = now.quantile(0.95).unwrap_or(0.0);
         let judged_n = judged.get(&last).copied().unwrap_or(0);
         let bad_n = bad.get(&last).map_or(0, HashSet::len);
-        let first_seen = first * HOUR_MS;
-        let last_seen = ((last + 1) * HOUR_MS).min(ctx.now_ms);
+        let (first_seen, last_seen) = seen(ctx, first, last);
         out.push(Finding {
             id: new_finding_id(),
             kind: FindingKind::LatencyRegression,
@@ -123,8 +139,7 @@ fn consumer_finding(
     worst: &Obs,
     peak: &Obs,
 ) -> Finding {
-    let first_seen = first_hour * HOUR_MS;
-    let last_seen = ((last + 1) * HOUR_MS).min(ctx.now_ms);
+    let (first_seen, last_seen) = seen(ctx, first_hour, last);
     let consumer = ctx.name(c);
     let ratio = worst.p95 / b.p95.max(1e-3);
     let others_now = api_hour(ctx, worst.hour).quantile(0.95).unwrap_or(0.0);
@@ -135,11 +150,7 @@ fn consumer_finding(
         consumer: Some(consumer.to_string()),
         api: None,
         route: None,
-        severity: if ratio >= 5.0 {
-            Severity::Critical
-        } else {
-            Severity::Warning
-        },
+        severity: severity(ratio),
         first_seen_ms: first_seen,
         last_seen_ms: last_seen,
         summary: format!(
@@ -170,8 +181,7 @@ fn consumer_finding(
 fn route_finding(d: &LatencyDetector, ctx: &EvalContext<'_>, run: &RouteRun) -> Finding {
     let (api, method, route) = run.route;
     let op = format!("{} {}", ctx.name(method), ctx.name(route));
-    let first_seen = run.first_hour * HOUR_MS;
-    let last_seen = ((run.last_hour + 1) * HOUR_MS).min(ctx.now_ms);
+    let (first_seen, last_seen) = seen(ctx, run.first_hour, run.last_hour);
     let ratio = run.worst.p95 / run.base_p95.max(1e-3);
     Finding {
         id: new_finding_id(),
@@ -179,11 +189,7 @@ fn route_finding(d: &LatencyDetector, ctx: &EvalContext<'_>, run: &RouteRun) -> 
         consumer: None,
         api: Some(ctx.name(api).to_string()).filter(|a| !a.is_empty()),
         route: Some(op.clone()),
-        severity: if ratio >= 5.0 {
-            Severity::Critical
-        } else {
-            Severity::Warning
-        },
+        severity: severity(ratio),
         first_seen_ms: first_seen,
         last_seen_ms: last_seen,
         summary: format!(
