@@ -115,11 +115,14 @@ fn main() {
             println!("  {:<14} {:>7.1} ms", t.detector, t.elapsed_ms);
         }
         if full {
-            // On CPU time: the wall time of a shared machine says how busy it is.
-            assert!(
-                cpu_median <= 2000.0,
-                "one evaluation must take 2 s of CPU or less, took {cpu_median:.0} ms"
-            );
+            // On CPU time: the wall time of a shared machine says how busy it is. A benchmark
+            // reports against its target; it never fails on a time.
+            let verdict = if cpu_median <= 2000.0 {
+                "met"
+            } else {
+                "MISSED"
+            };
+            println!("  target (2 s of CPU per evaluation): {verdict}");
         }
     }
 }

@@ -120,11 +120,15 @@ impl Model {
                 return None;
             }
             let mut p = [0.0; 24];
+            // One buffer for the 24 medians: this runs per consumer-day judged.
+            let mut s: Vec<f64> = Vec::with_capacity(eligible.len());
             for (h, slot) in p.iter_mut().enumerate() {
-                let mut s: Vec<f64> = eligible
-                    .iter()
-                    .map(|(_, total, hours)| f64::from(hours[h]) / total)
-                    .collect();
+                s.clear();
+                s.extend(
+                    eligible
+                        .iter()
+                        .map(|(_, total, hours)| f64::from(hours[h]) / total),
+                );
                 *slot = median(&mut s).unwrap_or(0.0);
             }
             let sum: f64 = p.iter().sum();

@@ -246,18 +246,29 @@ impl VolumeDetector {
         if model.history_days < MIN_HISTORY_DAYS {
             return;
         }
-        let expected: Vec<f64> = (0..counts.len())
+        let young = model.seasonality != Seasonality::HourOfWeek;
+        // Windows ending in the judged hours reach back at most the longest window: only those
+        // hours' expectations are needed to judge, the whole history's only for a candidate's
+        // noise. `lo` is the first of them; `expected[i - lo]` is hour `i`'s.
+        let longest = windows.iter().copied().max().unwrap_or(1);
+        let first_idx = (g.hours.start - hist_start_hour) as usize;
+        let lo = (first_idx + 1).saturating_sub(longest);
+        let hi = ((g.hours.end - hist_start_hour) as usize).min(counts.len());
+        if hi <= lo {
+            return;
+        }
+        let expected: Vec<f64> = (lo..hi)
             .map(|i| model.expected(hist_start_hour + i as i64))
             .collect();
-        let young = model.seasonality != Seasonality::HourOfWeek;
-        let cx = prefix(counts);
+        let cx = prefix(&counts[lo..hi]);
         let ce = prefix(&expected);
         // The consumer's noise only makes thresholds stricter (dispersion >= 1, ratios at least
         // `spike_ratio` or at most `drop_ratio`), so a day none of whose windows passes the
         // plain Poisson test at those ratios cannot be flagged, and its noise is not read.
         let window = |idx: usize, w: usize, f: f64| {
-            let x = cx[idx + 1] - cx[idx + 1 - w];
-            let e = ce[idx] - ce[idx + 1 - w] + expected[idx] * f;
+            let (i, from) = (idx - lo, idx + 1 - w - lo);
+            let x = cx[i + 1] - cx[from];
+            let e = ce[i] - ce[from] + expected[i] * f;
             let ratio = x / e.max(MIN_EXPECTED * (w as f64 - 1.0 + f));
             (x, e, ratio, poisson_z(x, e.max(MIN_MEAN)))
         };
@@ -265,7 +276,7 @@ impl VolumeDetector {
             g.hours.clone().any(|hour| {
                 let idx = (hour - hist_start_hour) as usize;
                 let f = ctx.elapsed_fraction(hour);
-                if idx + 1 < w || idx >= counts.len() || f < 1.0 / 6.0 {
+                if idx + 1 < w + lo || idx >= hi || f < 1.0 / 6.0 {
                     return false;
                 }
                 let (_, _, ratio, z) = window(idx, w, f);
@@ -276,8 +287,11 @@ impl VolumeDetector {
         if !candidate {
             return;
         }
+        let history_expected: Vec<f64> = (start..g.hist_end)
+            .map(|i| model.expected(hist_start_hour + i as i64))
+            .collect();
         for &w in windows {
-            let noise = Noise::of(&past[start..], &expected[start..g.hist_end], w, z_crit);
+            let noise = Noise::of(&past[start..], &history_expected, w, z_crit);
             let bursty = noise.usual_burst * cfg.burst_margin > cfg.spike_ratio;
             // Bursty consumers and young ones (a flat baseline knows nothing of their daily
             // shape) are held to their own record: a spike must be well beyond what they have
@@ -305,7 +319,7 @@ impl VolumeDetector {
             };
             for hour in g.hours.clone() {
                 let idx = (hour - hist_start_hour) as usize;
-                if idx + 1 < w || idx >= counts.len() {
+                if idx + 1 < w + lo || idx >= hi {
                     continue;
                 }
                 let f = ctx.elapsed_fraction(hour);
@@ -321,7 +335,7 @@ impl VolumeDetector {
                     let halfway = (1.0 + threshold) / 2.0;
                     let first = idx + 1 - w;
                     let past = (first..=idx).find(|&i| {
-                        let r = counts[i] / expected[i].max(MIN_EXPECTED);
+                        let r = counts[i] / expected[i - lo].max(MIN_EXPECTED);
                         if threshold >= 1.0 {
                             r >= halfway
                         } else {

@@ -28,16 +28,25 @@ fn severity(slowdown: f64) -> Severity {
     }
 }
 
-/// Every consumer's rollups of one hour merged: what the API as a whole did.
-fn api_hour(ctx: &EvalContext<'_>, hour: i64) -> Rollup {
-    let mut all = Rollup::default();
-    ctx.engine.scan_consumers(
-        Tier::Hour,
-        hour * HOUR_MS,
-        (hour + 1) * HOUR_MS,
-        |_, _, r| all.merge(r),
-    );
-    all
+/// The API's p95 per hour, every consumer's rollups of the hour merged: what the API as a whole
+/// did. Memoised: hundreds of findings name the same few hours, and each hour is a scan of
+/// every consumer.
+#[derive(Default)]
+struct ApiHours(HashMap<i64, f64>);
+
+impl ApiHours {
+    fn p95(&mut self, ctx: &EvalContext<'_>, hour: i64) -> f64 {
+        *self.0.entry(hour).or_insert_with(|| {
+            let mut all = Rollup::default();
+            ctx.engine.scan_consumers(
+                Tier::Hour,
+                hour * HOUR_MS,
+                (hour + 1) * HOUR_MS,
+                |_, _, r| all.merge(r),
+            );
+            all.quantile(0.95).unwrap_or(0.0)
+        })
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -53,6 +62,7 @@ pub(super) fn write(
     bad: &HashMap<i64, HashSet<u32>>,
 ) -> Vec<Finding> {
     let global_p95 = global_base.quantile(0.95).unwrap_or(0.0);
+    let mut api = ApiHours::default();
     let mut out = Vec::new();
     let mut consumers: Vec<_> = regressed.into_iter().collect();
     consumers.sort_by_key(|(c, _)| *c);
@@ -79,7 +89,7 @@ pub(super) fn write(
             };
             let first_hour = in_run.iter().map(|o| o.onset_hour).min().unwrap_or(first);
             out.push(consumer_finding(
-                d, ctx, c, b, global_p95, first_hour, last, worst, peak,
+                d, ctx, &mut api, c, b, global_p95, first_hour, last, worst, peak,
             ));
         }
     }
@@ -92,8 +102,7 @@ pub(super) fn write(
         let (Some(&first), Some(&last)) = (run.first(), run.last()) else {
             continue;
         };
-        let now = api_hour(ctx, last);
-        let now_p95 = now.quantile(0.95).unwrap_or(0.0);
+        let now_p95 = api.p95(ctx, last);
         let judged_n = judged.get(&last).copied().unwrap_or(0);
         let bad_n = bad.get(&last).map_or(0, HashSet::len);
         let (first_seen, last_seen) = seen(ctx, first, last);
@@ -131,6 +140,7 @@ pub(super) fn write(
 fn consumer_finding(
     d: &LatencyDetector,
     ctx: &EvalContext<'_>,
+    api: &mut ApiHours,
     c: u32,
     b: &Baseline,
     global_p95: f64,
@@ -142,7 +152,7 @@ fn consumer_finding(
     let (first_seen, last_seen) = seen(ctx, first_hour, last);
     let consumer = ctx.name(c);
     let ratio = worst.p95 / b.p95.max(1e-3);
-    let others_now = api_hour(ctx, worst.hour).quantile(0.95).unwrap_or(0.0);
+    let others_now = api.p95(ctx, worst.hour);
     let window_from = (worst.hour + 1 - worst.window_hours) * HOUR_MS;
     Finding {
         id: new_finding_id(),
