@@ -165,6 +165,13 @@ pub struct FeatureDayOut {
     pub requests: u64,
     /// Distinct client networks (IPv4 /24, IPv6 /48).
     pub networks: u32,
+    /// Distinct autonomous systems of the client addresses (0 without `governance.ip_table`).
+    pub asns: u32,
+    /// Countries of the client addresses, ISO 3166 alpha-2 (empty without
+    /// `governance.ip_table`; the first 16).
+    pub countries: Vec<String>,
+    /// The most countries within one hour of the day.
+    pub max_countries_per_hour: u32,
     pub user_agents: u32,
     pub sessions: u32,
     pub end_users: u32,
@@ -207,6 +214,9 @@ pub fn consumer_features(state: &AppState, id: &str) -> Option<ConsumerFeatures>
                 day: clientele_governance::judge::day_label(d.day),
                 requests: d.counts.requests,
                 networks: d.networks,
+                asns: d.asns,
+                countries: d.countries.codes().collect(),
+                max_countries_per_hour: d.max_countries_per_hour,
                 user_agents: d.user_agents,
                 sessions: d.sessions,
                 end_users: d.end_users,

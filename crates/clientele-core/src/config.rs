@@ -38,6 +38,8 @@ pub struct Config {
     /// `[prices."model"]`: dollars per million tokens, replacing or adding to the shipped
     /// price book (`crates/clientele-core/prices.toml`).
     pub prices: BTreeMap<String, crate::prices::ModelPrice>,
+    /// `[governance]`: what the behavioural features may read besides the events.
+    pub governance: GovernanceConfig,
     /// Where the config came from (the file), for messages about it found after parsing.
     #[serde(skip)]
     pub origin: String,
@@ -191,6 +193,17 @@ impl Default for StorageConfig {
             raw_event_retention_days: 30,
         }
     }
+}
+
+/// `[governance]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GovernanceConfig {
+    /// An IP-to-ASN table in iptoasn.com's TSV format (`ip2asn-combined.tsv`). With it, the
+    /// features count each consumer's autonomous systems and countries, and `key_sharing`
+    /// sees a key used from far-apart countries in the same hour. Read at start-up; a file
+    /// that cannot be read or parsed stops the start with the line at fault.
+    pub ip_table: Option<PathBuf>,
 }
 
 /// Rollup retention per tier. Queries over older windows are answered by coarser tiers.
@@ -541,6 +554,9 @@ impl Config {
             resolve(p);
         }
         if let Some(p) = self.gateway.tls_key.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = self.governance.ip_table.as_mut() {
             resolve(p);
         }
         for api in &mut self.apis {

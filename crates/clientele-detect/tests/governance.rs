@@ -9,6 +9,11 @@
 //! every injected consumer must be found with its kind (recall 100%), and findings on
 //! consumer-days without that label are false positives (at most 1 per 1,000 consumer-days).
 //! Several seeds; the world is described first and the detector was not tuned to a seed.
+//!
+//! Addresses have owners: a synthetic IP table in iptoasn.com's format gives each first octet
+//! its own autonomous system and one of 24 countries, so honest integrations in several
+//! regions, mobile apps all over the world, and a key copied abroad are judged with the
+//! countries they are used from.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -74,12 +79,15 @@ enum Inject {
     GuessingScrape,
     ResellerEndUsers,
     ResellerShare,
+    /// The key copied to a few machines abroad, used in the same hours as at home: too few
+    /// networks to stand out, but three new countries at once.
+    SharedAbroad,
 }
 
 impl Inject {
     fn kind(self) -> FindingKind {
         match self {
-            Inject::SharedKey => FindingKind::KeySharing,
+            Inject::SharedKey | Inject::SharedAbroad => FindingKind::KeySharing,
             Inject::SequentialScrape | Inject::GuessingScrape => FindingKind::Scraping,
             Inject::ResellerEndUsers | Inject::ResellerShare => FindingKind::Reselling,
         }
@@ -251,6 +259,26 @@ fn world(rng: &mut Rng) -> Vec<Profile> {
         Shape::StaleIds,
         (150, 400),
     );
+    // Integrations deployed in three regions from their first day: three countries every hour
+    // is their normal.
+    add(
+        &mut out,
+        rng,
+        "multiregion",
+        4,
+        "pro",
+        "integration",
+        Shape::Server {
+            around_the_clock: true,
+        },
+        (300, 1500),
+    );
+    for p in out.iter_mut().filter(|p| p.id.starts_with("multiregion")) {
+        let top = (p.networks[0] >> 16) % 200 + 1;
+        p.networks = (0..3)
+            .map(|r| ((top + 7 * r) << 16) | (p.networks[0] & 0xffff))
+            .collect();
+    }
     // The injected: honest integrations until their day comes.
     let injected = [
         (Inject::SharedKey, "free", false),
@@ -265,6 +293,8 @@ fn world(rng: &mut Rng) -> Vec<Profile> {
         (Inject::ResellerEndUsers, "free", true),
         (Inject::ResellerShare, "free", false),
         (Inject::ResellerShare, "free", false),
+        (Inject::SharedAbroad, "pro", false),
+        (Inject::SharedAbroad, "free", true),
     ];
     for (i, (inject, plan, atc)) in injected.into_iter().enumerate() {
         add(
@@ -282,6 +312,10 @@ fn world(rng: &mut Rng) -> Vec<Profile> {
         let start = rng.range(14, (DAYS - 2) as u64) as i64;
         if let Some(p) = out.last_mut() {
             p.inject = Some((inject, start));
+            if inject == Inject::SharedAbroad {
+                // At home in one place: one network, one country.
+                p.networks.truncate(1);
+            }
         }
     }
     out
@@ -537,6 +571,26 @@ fn injected_day(
                 events.push(e);
             }
         }
+        Inject::SharedAbroad => {
+            // Three machines in three other countries, busy in the same hours as home.
+            let home = (p.networks[0] >> 16) % 200 + 1;
+            let abroad: Vec<u32> = (1..=3)
+                .map(|i| ((home + i) << 16) | rng.range(0, 0xffff) as u32)
+                .collect();
+            let first = rng.range(8, 16) as i64;
+            let agent = p.agents[0].clone();
+            for h in first..first + 3 {
+                for (i, net) in abroad.iter().enumerate() {
+                    for k in 0..rng.range(5, 15) as i64 {
+                        let ts = day * DAY_MS + h * 3_600_000 + (i as i64 * 7 + k) * 60_000;
+                        let mut e = interactive(rng, p, ts, day);
+                        e.client_ip = Some(std::net::Ipv4Addr::from(net << 8 | 9).to_string());
+                        e.user_agent = Some(agent.clone());
+                        events.push(e);
+                    }
+                }
+            }
+        }
         Inject::SequentialScrape => {
             let start = rng.range(1, 50_000);
             let n = rng.range(1500, 4000);
@@ -612,7 +666,7 @@ fn run(seed: u64) -> Outcome_ {
         })
         .collect();
     let plans: BTreeMap<String, PlanConfig> = BTreeMap::new();
-    let store = FeatureStore::new();
+    let store = FeatureStore::with_ip_table(std::sync::Arc::new(ip_table()));
     let engine = Engine::default();
     let registry = Registry::standard();
     let honest_total: u64 = profiles.iter().map(|p| p.volume.max(p.walk)).sum();
@@ -677,6 +731,26 @@ fn run(seed: u64) -> Outcome_ {
         }
     }
     out
+}
+
+/// The world's address owners: each first octet (1-254) its own autonomous system, in one of
+/// 24 countries, written in iptoasn.com's format and read by the same parser as a real table.
+fn ip_table() -> clientele_governance::iptable::IpTable {
+    const COUNTRIES: [&str; 24] = [
+        "US", "DE", "JP", "BR", "IN", "FR", "GB", "CA", "AU", "NL", "SE", "SG", "KR", "ZA", "MX",
+        "ES", "IT", "PL", "NG", "AR", "ID", "TR", "VN", "EG",
+    ];
+    let text: String = (1..=254u32)
+        .map(|b| {
+            format!(
+                "{b}.0.0.0\t{b}.255.255.255\t{}\t{}\tAS-{b}\n",
+                64_512 + b,
+                COUNTRIES[b as usize % COUNTRIES.len()]
+            )
+        })
+        .collect();
+    clientele_governance::iptable::IpTable::parse(&text)
+        .unwrap_or_else(|e| panic!("the synthetic table does not parse: {e}"))
 }
 
 #[test]

@@ -19,6 +19,7 @@ use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
 
 use crate::hll::{Hll, hash_bytes, mix};
+use crate::iptable::{IpTable, Owner, country_str};
 
 pub const HOUR_MS: i64 = 3_600_000;
 pub const DAY_MS: i64 = 24 * HOUR_MS;
@@ -85,6 +86,72 @@ fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 { 0.0 } else { a as f64 / b as f64 }
 }
 
+/// A small exact set of country codes (packed two letters, see [`crate::iptable`]): the first
+/// `N` distinct ones, and whether more were seen. Serialised as the list of codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Countries<const N: usize> {
+    codes: [u16; N],
+    len: u8,
+    /// More than `N` distinct countries were seen.
+    pub overflow: bool,
+}
+
+impl<const N: usize> Default for Countries<N> {
+    fn default() -> Self {
+        Countries {
+            codes: [0; N],
+            len: 0,
+            overflow: false,
+        }
+    }
+}
+
+impl<const N: usize> Countries<N> {
+    fn insert(&mut self, code: u16) {
+        let held = &self.codes[..usize::from(self.len)];
+        if code == 0 || held.contains(&code) {
+            return;
+        }
+        match self.codes.get_mut(usize::from(self.len)) {
+            Some(slot) => {
+                *slot = code;
+                self.len += 1;
+            }
+            None => self.overflow = true,
+        }
+    }
+
+    /// Distinct countries held (at least this many when `overflow`).
+    pub fn len(&self) -> u32 {
+        u32::from(self.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn codes(&self) -> impl Iterator<Item = String> + '_ {
+        self.codes[..usize::from(self.len)]
+            .iter()
+            .map(|c| country_str(*c))
+    }
+
+    pub fn contains(&self, code: u16) -> bool {
+        self.codes[..usize::from(self.len)].contains(&code)
+    }
+
+    /// The codes held, packed.
+    pub fn packed(&self) -> &[u16] {
+        &self.codes[..usize::from(self.len)]
+    }
+}
+
+impl<const N: usize> Serialize for Countries<N> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.codes())
+    }
+}
+
 /// One consumer-hour.
 #[derive(Debug, Clone, Default)]
 pub struct HourFeatures {
@@ -92,6 +159,8 @@ pub struct HourFeatures {
     pub hour: i64,
     pub counts: Counts,
     pub networks: Hll<64>,
+    /// Countries of the hour's client addresses (with `governance.ip_table` only).
+    pub countries: Countries<4>,
     /// The most calls seen in one second of the hour: a lower bound of concurrency.
     pub max_per_second: u32,
     second: i64,
@@ -105,6 +174,10 @@ struct OpenDay {
     counts: Counts,
     hour_requests: [u32; 24],
     networks: Hll<256>,
+    /// Autonomous systems and countries (with `governance.ip_table` only).
+    asns: Hll<64>,
+    countries: Countries<16>,
+    max_countries_per_hour: u32,
     user_agents: Hll<128>,
     sessions: Hll<256>,
     end_users: Hll<256>,
@@ -124,6 +197,13 @@ pub struct DaySummary {
     pub hour_requests: [u32; 24],
     /// Distinct client networks (IPv4 /24, IPv6 /48).
     pub networks: u32,
+    /// Distinct autonomous systems of the client addresses (0 without `governance.ip_table`).
+    pub asns: u32,
+    /// The countries of the client addresses (empty without `governance.ip_table`).
+    pub countries: Countries<16>,
+    /// The most countries seen within one hour of the day: one application is rarely in
+    /// three countries in the same hour, a key shared across the world is.
+    pub max_countries_per_hour: u32,
     pub user_agents: u32,
     pub sessions: u32,
     pub end_users: u32,
@@ -166,6 +246,9 @@ impl OpenDay {
             counts: Counts::default(),
             hour_requests: [0; 24],
             networks: Hll::default(),
+            asns: Hll::default(),
+            countries: Countries::default(),
+            max_countries_per_hour: 0,
             user_agents: Hll::default(),
             sessions: Hll::default(),
             end_users: Hll::default(),
@@ -183,6 +266,9 @@ impl OpenDay {
             counts: self.counts,
             hour_requests: self.hour_requests,
             networks: self.networks.count(),
+            asns: self.asns.count(),
+            countries: self.countries,
+            max_countries_per_hour: self.max_countries_per_hour,
             user_agents: self.user_agents.count(),
             sessions: self.sessions.count(),
             end_users: self.end_users.count(),
@@ -210,6 +296,7 @@ pub struct ConsumerFeatures {
 /// What one event contributes, extracted once.
 struct Extract {
     network: Option<u64>,
+    owner: Option<Owner>,
     item: Option<ItemId>,
 }
 
@@ -233,11 +320,16 @@ impl ConsumerFeatures {
         let step = x.item.as_ref().and_then(|i| self.step(i));
         let second = e.ts_ms.div_euclid(1000);
         let mut hour_peak = 0;
+        let mut hour_countries = 0;
         if let Some(h) = self.hour_mut(hour) {
             // Think time is judged per day; the hour's counts leave it out (two divisions less).
             add_counts(&mut h.counts, e, x, None, step);
             if let Some(n) = x.network {
                 h.networks.insert(n);
+            }
+            if let Some(o) = x.owner {
+                h.countries.insert(o.country);
+                hour_countries = h.countries.len();
             }
             if h.second == second {
                 h.in_second += 1;
@@ -255,6 +347,7 @@ impl ConsumerFeatures {
                 d.hour_requests[hod] = d.hour_requests[hod].saturating_add(1);
                 add_sketches(d, e, x);
                 d.max_per_second = d.max_per_second.max(hour_peak);
+                d.max_countries_per_hour = d.max_countries_per_hour.max(hour_countries);
             }
             None => {
                 // A day already sealed: its counters still move, its distinct counts cannot.
@@ -410,6 +503,10 @@ fn add_sketches(d: &mut OpenDay, e: &Event, x: &Extract) {
     if let Some(n) = x.network {
         d.networks.insert(n);
     }
+    if let Some(o) = x.owner {
+        d.asns.insert(mix(u64::from(o.asn)));
+        d.countries.insert(o.country);
+    }
     for (sketch, value) in [
         (&mut d.sessions, &e.session_id),
         (&mut d.end_users, &e.end_user),
@@ -432,24 +529,30 @@ fn add_sketches(d: &mut OpenDay, e: &Event, x: &Extract) {
 
 /// The client network of an address: IPv4 /24 or IPv6 /48, as one number.
 pub fn network_of(ip: &str) -> Option<u64> {
-    if let Some(v4) = ipv4_prefix(ip) {
-        return Some(u64::from(v4));
-    }
-    match ip.parse::<std::net::IpAddr>().ok()? {
-        std::net::IpAddr::V4(v4) => Some(u64::from(u32::from(v4) >> 8)),
-        std::net::IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return Some(u64::from(u32::from(v4) >> 8));
-            }
+    parse_ip(ip).map(network)
+}
+
+fn network(ip: std::net::IpAddr) -> u64 {
+    match ip {
+        std::net::IpAddr::V4(v4) => u64::from(u32::from(v4) >> 8),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => u64::from(u32::from(v4) >> 8),
             // Tagged so that a /48 never equals an IPv4 /24.
-            Some((1 << 63) | (u128::from(v6) >> 80) as u64)
-        }
+            None => (1 << 63) | (u128::from(v6) >> 80) as u64,
+        },
     }
 }
 
-/// The /24 of a dotted-quad IPv4 address, parsed by hand: the standard parser was a tenth
-/// of the per-event cost. Anything unusual falls back to it.
-fn ipv4_prefix(ip: &str) -> Option<u32> {
+/// An address, with dotted-quad IPv4 parsed by hand: the standard parser was a tenth of the
+/// per-event cost. Anything unusual falls back to it.
+fn parse_ip(ip: &str) -> Option<std::net::IpAddr> {
+    match ipv4(ip) {
+        Some(v4) => Some(std::net::IpAddr::V4(v4.into())),
+        None => ip.parse().ok(),
+    }
+}
+
+fn ipv4(ip: &str) -> Option<u32> {
     let mut out: u32 = 0;
     let mut parts = 0;
     for part in ip.split('.') {
@@ -461,9 +564,7 @@ fn ipv4_prefix(ip: &str) -> Option<u32> {
             return None;
         }
         parts += 1;
-        if parts <= 3 {
-            out = (out << 8) | v;
-        }
+        out = (out << 8) | v;
     }
     (parts == 4).then_some(out)
 }
@@ -504,6 +605,8 @@ pub type BlockHook = Box<dyn Fn(&[(String, PolicyRule)]) + Send + Sync>;
 #[derive(Default)]
 pub struct FeatureStore {
     inner: RwLock<Inner>,
+    /// Owners of addresses (`governance.ip_table`), when configured.
+    ip_table: Option<Arc<IpTable>>,
     blocks: RwLock<Option<BlockHook>>,
     /// The latest block list, for the dashboard.
     blocked: RwLock<Vec<(String, PolicyRule)>>,
@@ -527,6 +630,14 @@ impl FeatureStore {
         FeatureStore::default()
     }
 
+    /// A store that also counts the autonomous systems and countries of client addresses.
+    pub fn with_ip_table(table: Arc<IpTable>) -> FeatureStore {
+        FeatureStore {
+            ip_table: Some(table),
+            ..FeatureStore::default()
+        }
+    }
+
     /// Folds newly stored events in. Called where the pipeline folds events into the rollups:
     /// the writer, the ingest endpoint and the start-up replay.
     pub fn observe(&self, events: &[Event]) {
@@ -536,8 +647,10 @@ impl FeatureStore {
             let Some(consumer) = e.consumer.as_deref() else {
                 continue;
             };
+            let ip = e.client_ip.as_deref().and_then(parse_ip);
             let x = Extract {
-                network: e.client_ip.as_deref().and_then(network_of).map(mix),
+                network: ip.map(|ip| mix(network(ip))),
+                owner: ip.and_then(|ip| self.ip_table.as_ref()?.lookup(ip)),
                 item: item_of(&e.route, &e.path),
             };
             let entry = match inner.consumers.get_mut(consumer) {

@@ -45,6 +45,11 @@ pub struct Judged {
 struct History {
     days: usize,
     max_networks: u32,
+    /// The most autonomous systems in a day, and countries within one hour (with an IP table).
+    max_asns: u32,
+    max_countries_per_hour: u32,
+    /// Every country seen before (packed codes), for "new countries" in the evidence.
+    countries: Vec<u16>,
     max_user_agents: u32,
     max_end_users: u32,
     walk_days: usize,
@@ -186,6 +191,21 @@ fn history_of(days: &[DaySummary], day: i64) -> History {
     History {
         days: before.len(),
         max_networks: before.iter().map(|d| d.networks).max().unwrap_or(0),
+        max_asns: before.iter().map(|d| d.asns).max().unwrap_or(0),
+        max_countries_per_hour: before
+            .iter()
+            .map(|d| d.max_countries_per_hour)
+            .max()
+            .unwrap_or(0),
+        countries: {
+            let mut all: Vec<u16> = before
+                .iter()
+                .flat_map(|d| d.countries.packed().iter().copied())
+                .collect();
+            all.sort_unstable();
+            all.dedup();
+            all
+        },
         max_user_agents: before.iter().map(|d| d.user_agents).max().unwrap_or(0),
         max_end_users: before.iter().map(|d| d.end_users).max().unwrap_or(0),
         walk_days: walks.len(),
@@ -342,25 +362,60 @@ impl Judging<'_> {
         let jump = nets >= 6 && f64::from(nets) >= 3.0 * f64::from(own);
         let beyond_peers =
             self.peers.count < MIN_PEERS || f64::from(nets) >= 3.0 * self.peers.networks + 2.0;
-        if !(jump && beyond_peers) {
+        // Far-apart networks at the same time (with an IP table): three or more countries in
+        // one hour, where the key never was in more than half as many, is not one application
+        // travelling.
+        let in_hour = c.day.max_countries_per_hour;
+        let geo_jump = in_hour >= 3 && in_hour > 2 * h.max_countries_per_hour.max(1);
+        if !((jump && beyond_peers) || geo_jump) {
             return None;
         }
         let uas = c.day.user_agents;
         let ua_jump = uas >= 3 && uas >= 2 * h.max_user_agents.max(1);
-        let severity = if ua_jump {
+        let severity = if ua_jump || geo_jump {
             Severity::Critical
         } else {
             Severity::Warning
         };
+        let countries: Vec<String> = c.day.countries.codes().collect();
+        let new_countries: Vec<String> = c
+            .day
+            .countries
+            .packed()
+            .iter()
+            .filter(|code| h.countries.binary_search(code).is_err())
+            .map(|code| crate::iptable::country_str(*code))
+            .collect();
         let summary = format!(
-            "The key of {} was used from {nets} networks{} on {}, against at most {own} a day in its previous {} days: it is probably shared beyond the application it was issued to; ask the consumer, and rotate the key if the terms allow one application",
+            "The key of {} was used from {nets} networks{}{} on {}, against at most {own} a day{} in its previous {} days: it is probably shared beyond the application it was issued to; ask the consumer, and rotate the key if the terms allow one application",
             c.consumer,
             if ua_jump {
                 format!(" and {uas} user agents")
             } else {
                 String::new()
             },
+            if geo_jump {
+                format!(
+                    ", in {in_hour} countries within one hour ({})",
+                    countries.join(", ")
+                )
+            } else {
+                String::new()
+            },
             day_label(c.day.day),
+            if geo_jump {
+                format!(
+                    " and {} {} in one hour",
+                    h.max_countries_per_hour,
+                    if h.max_countries_per_hour == 1 {
+                        "country"
+                    } else {
+                        "countries"
+                    }
+                )
+            } else {
+                String::new()
+            },
             h.days,
         );
         Some(self.finding(
@@ -377,6 +432,12 @@ impl Judging<'_> {
                 "plan_peers": self.peers.count,
                 "history_days": h.days,
                 "max_calls_per_second": c.day.max_per_second,
+                "asns": c.day.asns,
+                "baseline_max_asns_per_day": h.max_asns,
+                "countries": countries,
+                "new_countries": new_countries,
+                "max_countries_in_one_hour": in_hour,
+                "baseline_max_countries_in_one_hour": h.max_countries_per_hour,
             }),
         ))
     }

@@ -12,6 +12,7 @@
 
 pub mod features;
 pub mod hll;
+pub mod iptable;
 pub mod judge;
 pub mod risk;
 

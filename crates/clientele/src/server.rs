@@ -134,7 +134,24 @@ pub async fn start(config: Config) -> Result<Running> {
     }));
     // Governance features are rebuilt from the raw events the replay below reads: they hold
     // at most five weeks, which the raw retention covers by default.
-    let governance = Arc::new(clientele_governance::FeatureStore::new());
+    let governance = Arc::new(match config.governance.ip_table.clone() {
+        Some(path) => {
+            let table = tokio::task::spawn_blocking(move || {
+                clientele_governance::iptable::IpTable::load(&path)
+            })
+            .await
+            .context("loading governance.ip_table")?
+            .map_err(|e| anyhow::anyhow!(e))?;
+            let (v4, v6) = table.len();
+            tracing::info!(
+                ipv4_ranges = v4,
+                ipv6_ranges = v6,
+                "loaded governance.ip_table"
+            );
+            clientele_governance::FeatureStore::with_ip_table(Arc::new(table))
+        }
+        None => clientele_governance::FeatureStore::new(),
+    });
     governance.on_blocks(block_hook(keys.clone()));
 
     let stats = Arc::new(PipelineStats::default());

@@ -262,3 +262,132 @@ async fn a_bad_policy_is_refused_at_start_up_with_its_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("action"), "{err}");
 }
+
+/// With `governance.ip_table`, a key that always came from one country and is then used from
+/// three countries within one hour is a critical `key_sharing`, even from few networks; the
+/// features show its autonomous systems and countries.
+#[tokio::test]
+async fn a_key_in_three_countries_within_an_hour_is_shared() {
+    let table = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/ip2asn-sample.tsv"
+    );
+    let extra =
+        format!("trusted_proxies = [\"127.0.0.0/8\"]\n\n[governance]\nip_table = \"{table}\"\n");
+    let upstream = start_upstream().await;
+    let server = Server::start(upstream.addr, &extra).await;
+    let (_, key) = server.consumer_with_key("globetrotter", Some("pro")).await;
+    let (_, steady_key) = server.consumer_with_key("homebody", Some("pro")).await;
+
+    // Five days of history from one network in the US, for both consumers, in time order.
+    let now = clientele_core::time::now_ms();
+    let day = 86_400_000i64;
+    let lines: Vec<String> = (1..=5)
+        .rev()
+        .flat_map(|d| {
+            (0..20).flat_map(move |i| {
+                ["globetrotter", "homebody"].map(|who| {
+                    json!({"ts": now - d * day + i * 60_000, "consumer": who, "plan": "pro",
+                        "method": "GET", "path": "/pets/1", "status": 200, "latency_ms": 3.0,
+                        "client_ip": "192.0.2.10"})
+                    .to_string()
+                })
+            })
+        })
+        .collect();
+    let (status, _, body) = send(
+        Method::POST,
+        &format!("http://{}/v1/events", server.admin),
+        &[
+            ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
+            ("content-type", "application/x-ndjson"),
+        ],
+        Some(lines.join("\n").into()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 202, "{}", String::from_utf8_lossy(&body));
+
+    // Today, through the gateway: the US, Germany and Japan within minutes for one key; the
+    // other stays home on a second US network.
+    for ip in ["192.0.2.77", "198.51.100.7", "203.0.113.9", "198.51.100.8"] {
+        let (status, _, _) = call(&server, &key, &[("x-forwarded-for", ip)]).await;
+        assert_eq!(status, 200);
+    }
+    for _ in 0..4 {
+        let (status, _, _) =
+            call(&server, &steady_key, &[("x-forwarded-for", "192.0.2.200")]).await;
+        assert_eq!(status, 200);
+    }
+    let live = |e: &[Value]| e.iter().filter(|x| x["client_ip"] != "192.0.2.10").count() >= 4;
+    server.wait_events("globetrotter", "", live).await;
+    server.wait_events("homebody", "", live).await;
+
+    let (status, body) = server
+        .admin(Method::POST, "/v1/findings/evaluate?lookback=1h", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, list) = server
+        .admin(Method::GET, "/v1/findings?kind=key_sharing", None)
+        .await;
+    let findings = list["findings"].as_array().cloned().unwrap_or_default();
+    assert!(finding_of(&findings, "homebody").is_none(), "{findings:?}");
+    let f = finding_of(&findings, "globetrotter").expect("the shared key is found");
+    assert_eq!(f["severity"], "critical", "{f}");
+    let e = &f["evidence"];
+    assert_eq!(e["max_countries_in_one_hour"], 3, "{f}");
+    assert_eq!(e["baseline_max_countries_in_one_hour"], 1, "{f}");
+    assert_eq!(e["countries"], json!(["US", "DE", "JP"]), "{f}");
+    assert_eq!(e["new_countries"], json!(["DE", "JP"]), "{f}");
+    assert_eq!(e["asns"], 3, "{f}");
+    let summary = f["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("3 countries within one hour (US, DE, JP)"),
+        "{summary}"
+    );
+
+    // The features per day carry the owners of the addresses.
+    let (status, body) = server
+        .admin(Method::GET, "/v1/governance/consumers/globetrotter", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let days = body["days"].as_array().expect("days");
+    let today = days.last().expect("today");
+    assert_eq!(today["countries"], json!(["US", "DE", "JP"]), "{body}");
+    assert_eq!(today["max_countries_per_hour"], 3, "{body}");
+    assert_eq!(days[0]["countries"], json!(["US"]), "{body}");
+}
+
+/// A table that does not parse stops the start with the file and the line at fault.
+#[tokio::test]
+async fn a_broken_ip_table_stops_the_start_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("ip2asn.tsv");
+    std::fs::write(
+        &table,
+        "1.0.0.0\t1.0.0.255\t13335\tUS\tOK\n1.0.1.0\tnot-an-ip\t1\tUS\tX\n",
+    )
+    .unwrap();
+    let config = dir.path().join("clientele.toml");
+    std::fs::write(
+        &config,
+        config_text(
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+            "127.0.0.1:3".parse().unwrap(),
+            &format!("\n[governance]\nip_table = \"{}\"\n", table.display()),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clientele"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("governance.ip_table") && err.contains("line 2") && err.contains("not-an-ip"),
+        "{err}"
+    );
+}
