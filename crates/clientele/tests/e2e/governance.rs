@@ -236,13 +236,7 @@ async fn a_bad_policy_is_refused_at_start_up_with_its_key() {
         "[plans.trial]\nrate_per_second = 1\nburst = 1\n\n[plans.trial.policy]\nmax_share_of_traffic = 2.0\n",
     );
     std::fs::write(&config, text).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clientele"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_refused(&config);
     assert!(
         err.contains("plans.trial.policy.max_share_of_traffic"),
         "{err}"
@@ -254,13 +248,8 @@ async fn a_bad_policy_is_refused_at_start_up_with_its_key() {
         "[plans.trial]\nrate_per_second = 1\nburst = 1\n\n[plans.trial.policy]\naction = \"deny\"\n",
     ))
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clientele"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("action"), "{err}");
+    let err = serve_refused(&config);
+    assert!(err.contains("action"), "{err}");
 }
 
 /// With `governance.ip_table`, a key that always came from one country and is then used from
@@ -282,7 +271,7 @@ async fn a_key_in_three_countries_within_an_hour_is_shared() {
     // Five days of history from one network in the US, for both consumers, in time order.
     let now = clientele_core::time::now_ms();
     let day = 86_400_000i64;
-    let lines: Vec<String> = (1..=5)
+    let lines: Vec<Value> = (1..=5)
         .rev()
         .flat_map(|d| {
             (0..20).flat_map(move |i| {
@@ -290,23 +279,12 @@ async fn a_key_in_three_countries_within_an_hour_is_shared() {
                     json!({"ts": now - d * day + i * 60_000, "consumer": who, "plan": "pro",
                         "method": "GET", "path": "/pets/1", "status": 200, "latency_ms": 3.0,
                         "client_ip": "192.0.2.10"})
-                    .to_string()
                 })
             })
         })
         .collect();
-    let (status, _, body) = send(
-        Method::POST,
-        &format!("http://{}/v1/events", server.admin),
-        &[
-            ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
-            ("content-type", "application/x-ndjson"),
-        ],
-        Some(lines.join("\n").into()),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 202, "{}", String::from_utf8_lossy(&body));
+    let (status, body) = crate::analytics::post_ndjson(&server, &lines).await;
+    assert_eq!(status, 202, "{body}");
 
     // Today, through the gateway: the US, Germany and Japan within minutes for one key; the
     // other stays home on a second US network.
@@ -379,13 +357,7 @@ async fn a_broken_ip_table_stops_the_start_with_its_line() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clientele"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_refused(&config);
     assert!(
         err.contains("governance.ip_table") && err.contains("line 2") && err.contains("not-an-ip"),
         "{err}"

@@ -493,3 +493,19 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// Runs `clientele serve --config config`, which must refuse to start, and returns what it
+/// said on stderr.
+pub fn serve_refused(config: &std::path::Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clientele"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "serve started with {}",
+        config.display()
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
