@@ -22,6 +22,7 @@ mod load;
 mod sample;
 mod spec;
 pub mod validate;
+mod yaml_depth;
 
 pub use load::{SpecError, escape};
 use sample::ViolationKey;

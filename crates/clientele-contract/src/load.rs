@@ -76,6 +76,16 @@ pub(crate) fn parse(file: &Path, bytes: &[u8]) -> Result<Value, SpecError> {
             message: e.to_string(),
         });
     }
+    if let Some(line) = crate::yaml_depth::too_deep(text, crate::yaml_depth::MAX_FLOW_DEPTH) {
+        // Refused before the YAML parser, which takes minutes over such nesting.
+        return Err(SpecError::Parse {
+            file: file.to_path_buf(),
+            message: format!(
+                "flow collections ([...] or {{...}}) nest more than {} deep at line {line}; no OpenAPI document needs that, so the file is refused unread",
+                crate::yaml_depth::MAX_FLOW_DEPTH
+            ),
+        });
+    }
     let yaml: yaml_serde::Value = yaml_serde::from_str(text).map_err(|e| SpecError::Parse {
         file: file.to_path_buf(),
         message: e.to_string(),

@@ -189,6 +189,26 @@ fn bad_specs_name_the_file_and_the_place() {
         err.contains("#/paths/a") && err.contains("start with /"),
         "{err}"
     );
+
+    // 100,000 nested flow sequences (200 KB): the YAML parser would take minutes; refused at
+    // once, with the line.
+    let n = 100_000;
+    std::fs::write(
+        dir.join("deep.yaml"),
+        format!(
+            "openapi: 3.0.3\npaths: {{}}\nx-deep: {}{}\n",
+            "[".repeat(n),
+            "]".repeat(n)
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let err = Spec::load(&dir.join("deep.yaml")).unwrap_err().to_string();
+    assert!(
+        err.contains("deep.yaml") && err.contains("nest more than 64 deep at line 3"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
 }
 
 fn event(consumer: &str, method: &str, route: &str, status: u16, ts_ms: i64) -> Event {
