@@ -15,12 +15,16 @@ use clientele_core::keys::{KeyEntry, QuotaUsage};
 
 pub mod findings;
 pub mod log;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod sqlite;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 
 pub use findings::{Change, Delivery, DeliveryQuery, FindingQuery, FindingStore, Upserted};
 pub use log::EventLog;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
