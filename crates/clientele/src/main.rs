@@ -16,6 +16,7 @@ mod cli;
 mod client;
 mod consumers_import;
 mod contract;
+mod control_plane;
 mod demo;
 mod demo_history;
 mod exports;

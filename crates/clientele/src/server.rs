@@ -17,7 +17,7 @@ use clientele_core::keys::{KeyHasher, KeyIndex};
 use clientele_core::pipeline::{EventSink, PipelineStats};
 use clientele_gateway::limiter::Limiter;
 use clientele_gateway::{Gateway, GatewayOptions, ServeSettings, TlsFiles};
-use clientele_store::{ControlStore, EventLog, EventStore, FindingStore, SqliteStore};
+use clientele_store::{ControlStore, EventLog, EventStore, SqliteStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -87,12 +87,11 @@ pub async fn start(config: Config) -> Result<Running> {
         }
     };
 
-    let control: Arc<dyn ControlStore> = Arc::new(store.clone());
+    let (control, finding_store) = crate::control_plane::open(&config.storage, &store).await?;
     // Spec versions live in the store, so their history survives restarts.
     for contract in contracts.apis() {
         clientele_api::contract::persist_spec_versions(&*control, contract).await;
     }
-    let finding_store: Arc<dyn FindingStore> = Arc::new(store.clone());
     let event_dir = config
         .storage
         .event_dir
