@@ -38,6 +38,10 @@ pub enum StoreError {
     /// The storage engine failed; the message is for operators, not clients.
     #[error("storage error: {0}")]
     Backend(String),
+    /// A database server could not be reached (or did not answer in time). The message names
+    /// the server (`PostgreSQL at host:port/db`, never a password) and may be shown to clients.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<rusqlite::Error> for StoreError {

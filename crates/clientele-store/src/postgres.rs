@@ -143,6 +143,9 @@ struct Inner {
     place: String,
     idle: Mutex<Vec<Client>>,
     key_secret: [u8; 32],
+    /// The consumers as last read or written here, sorted by id: what consumer reads answer
+    /// while the server is unreachable, so statistics (which name plans and teams) still work.
+    last_consumers: Mutex<Vec<Consumer>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -230,6 +233,7 @@ impl PostgresStore {
             place,
             idle: Mutex::new(Vec::new()),
             key_secret: [0; 32],
+            last_consumers: Mutex::new(Vec::new()),
         };
         let mut client = inner.open().await?;
         let version = server_version(&client, &inner.place).await?;
@@ -252,9 +256,30 @@ impl PostgresStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(client);
-        Ok(PostgresStore {
+        let store = PostgresStore {
             inner: Arc::new(inner),
-        })
+        };
+        // Fills the fallback of consumer reads.
+        store.list_consumers().await?;
+        Ok(store)
+    }
+
+    /// Changes the fallback of consumer reads after a write committed here.
+    fn remember(&self, change: impl FnOnce(&mut Vec<Consumer>)) {
+        let mut cached = self
+            .inner
+            .last_consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        change(&mut cached);
+    }
+
+    fn remembered(&self) -> Vec<Consumer> {
+        self.inner
+            .last_consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// `host:port/database`, for messages.
@@ -292,7 +317,7 @@ impl PostgresStore {
     ) -> Result<T> {
         match tokio::time::timeout(CALL_TIMEOUT, fut).await {
             Ok(r) => r,
-            Err(_) => Err(StoreError::Backend(format!(
+            Err(_) => Err(StoreError::Unavailable(format!(
                 "PostgreSQL at {} did not answer {what} within {} s",
                 self.inner.place,
                 CALL_TIMEOUT.as_secs()
@@ -308,7 +333,7 @@ impl PostgresStore {
 impl Inner {
     async fn open(&self) -> Result<Client> {
         let (client, connection) = self.config.connect(NoTls).await.map_err(|e| {
-            StoreError::Backend(format!(
+            StoreError::Unavailable(format!(
                 "cannot reach PostgreSQL at {}: {e}; check [storage].postgres_url and that the server is running",
                 self.place
             ))
@@ -324,8 +349,18 @@ impl Inner {
     }
 }
 
+/// A lost connection (closed, a socket error, or the server shutting down: SQLSTATE classes 08
+/// and 57P) is `Unavailable`; anything else the server answered is `Backend`.
 pub(crate) fn db_err(place: &str, e: tokio_postgres::Error) -> StoreError {
-    StoreError::Backend(format!("PostgreSQL at {place}: {e}"))
+    let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+    let going = e
+        .code()
+        .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"));
+    if e.is_closed() || io || going {
+        StoreError::Unavailable(format!("PostgreSQL at {place} is unreachable ({e})"))
+    } else {
+        StoreError::Backend(format!("PostgreSQL at {place}: {e}"))
+    }
 }
 
 pub(crate) fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
@@ -485,6 +520,22 @@ fn key_from_row(r: &Row) -> Result<ApiKey> {
     })
 }
 
+fn upsert_sorted(all: &mut Vec<Consumer>, consumer: Consumer) {
+    match all.binary_search_by(|c| c.id.cmp(&consumer.id)) {
+        Ok(i) => all[i] = consumer,
+        Err(i) => all.insert(i, consumer),
+    }
+}
+
+/// Consumer reads answer from memory while the server is away; said once per 10 s.
+fn warn_stale(why: &str) {
+    static EVERY: std::sync::OnceLock<clientele_core::ratelog::Every> = std::sync::OnceLock::new();
+    let every = EVERY.get_or_init(|| clientele_core::ratelog::Every::new(Duration::from_secs(10)));
+    if let Some(n) = every.hit() {
+        tracing::warn!(error = %why, times = n, "consumer reads answered from memory: the database is unreachable");
+    }
+}
+
 fn count(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -527,39 +578,64 @@ impl ControlStore for PostgresStore {
             };
             bump_version(&tx).await.map_err(|e| self.db_err(e))?;
             tx.commit().await.map_err(|e| self.db_err(e))?;
+            self.remember(|all| upsert_sorted(all, consumer.clone()));
             Ok(consumer)
         })
         .await
     }
 
     async fn get_consumer(&self, id: &str) -> Result<Option<Consumer>> {
-        self.call("get_consumer", async {
-            let client = self.client().await?;
-            let row = client
-                .query_opt(
-                    &format!("SELECT {CONSUMER_COLUMNS} FROM consumers WHERE id = $1"),
-                    &[&id],
-                )
-                .await
-                .map_err(|e| self.db_err(e))?;
-            row.as_ref().map(consumer_from_row).transpose()
-        })
-        .await
+        let read = self
+            .call("get_consumer", async {
+                let client = self.client().await?;
+                let row = client
+                    .query_opt(
+                        &format!("SELECT {CONSUMER_COLUMNS} FROM consumers WHERE id = $1"),
+                        &[&id],
+                    )
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                row.as_ref().map(consumer_from_row).transpose()
+            })
+            .await;
+        match read {
+            Err(StoreError::Unavailable(why)) => {
+                warn_stale(&why);
+                Ok(self.remembered().into_iter().find(|c| c.id == id))
+            }
+            other => other,
+        }
     }
 
     async fn list_consumers(&self) -> Result<Vec<Consumer>> {
-        self.call("list_consumers", async {
-            let client = self.client().await?;
-            let rows = client
-                .query(
-                    &format!("SELECT {CONSUMER_COLUMNS} FROM consumers ORDER BY id"),
-                    &[],
-                )
-                .await
-                .map_err(|e| self.db_err(e))?;
-            rows.iter().map(consumer_from_row).collect()
-        })
-        .await
+        let read = self
+            .call("list_consumers", async {
+                let client = self.client().await?;
+                let rows = client
+                    .query(
+                        &format!(
+                            "SELECT {CONSUMER_COLUMNS} FROM consumers ORDER BY id COLLATE \"C\""
+                        ),
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                rows.iter()
+                    .map(consumer_from_row)
+                    .collect::<Result<Vec<_>>>()
+            })
+            .await;
+        match read {
+            Ok(all) => {
+                self.remember(|cached| cached.clone_from(&all));
+                Ok(all)
+            }
+            Err(StoreError::Unavailable(why)) => {
+                warn_stale(&why);
+                Ok(self.remembered())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn update_consumer(&self, consumer: Consumer) -> Result<Consumer> {
@@ -592,6 +668,7 @@ impl ControlStore for PostgresStore {
             }
             bump_version(&tx).await.map_err(|e| self.db_err(e))?;
             tx.commit().await.map_err(|e| self.db_err(e))?;
+            self.remember(|all| upsert_sorted(all, consumer.clone()));
             Ok(consumer)
         })
         .await
@@ -617,6 +694,7 @@ impl ControlStore for PostgresStore {
             .map_err(|e| self.db_err(e))?;
             bump_version(&tx).await.map_err(|e| self.db_err(e))?;
             tx.commit().await.map_err(|e| self.db_err(e))?;
+            self.remember(|all| all.retain(|c| c.id != id));
             Ok(())
         })
         .await

@@ -121,13 +121,19 @@ impl PgServer {
                 "--no-sync".as_ref(),
             ],
         );
+        server.pg_ctl_start();
+        Some(server)
+    }
+
+    fn pg_ctl_start(&self) {
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-            server.port,
-            server.dir.display()
+            self.port,
+            self.dir.display()
         );
-        let log = server.dir.join("log");
-        server.run(
+        let data = self.dir.join("data");
+        let log = self.dir.join("log");
+        self.run(
             "pg_ctl",
             &[
                 "-D".as_ref(),
@@ -142,7 +148,11 @@ impl PgServer {
                 "start".as_ref(),
             ],
         );
-        Some(server)
+    }
+
+    /// Starts the server again after [`PgServer::stop`], on the same port with the same data.
+    pub fn restart(&self) {
+        self.pg_ctl_start();
     }
 
     /// The server every test of this process shares; stopped by a watchdog when the process

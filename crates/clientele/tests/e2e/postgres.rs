@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 use clientele_store::postgres::testing::PgServer;
 use http::Method;
 
-use crate::support::{Server, config_text, free_port, get_with_key, start_upstream};
+use serde_json::json;
+
+use crate::support::{
+    ADMIN_TOKEN, Server, config_text, free_port, get_with_key, send, start_upstream,
+};
 
 /// A node with its own data dir and event log, its control plane in `url`.
 async fn node(up: SocketAddr, url: &str) -> Server {
@@ -104,4 +108,66 @@ async fn an_unreachable_postgres_stops_start_up_with_a_clear_line() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_down_the_gateway_serves_and_admin_writes_answer_503() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    pg.create_database("clientele");
+    let up = start_upstream().await;
+    let a = node(up.addr, &pg.url("clientele")).await;
+    let (_, key) = a.consumer_with_key("acme", Some("pro")).await;
+    assert_eq!(get_with_key(&a, "/pets/1", &key).await.0, 200);
+
+    pg.stop();
+    // Several 500 ms polls fail meanwhile; the key index stays as it was.
+    for _ in 0..6 {
+        assert_eq!(get_with_key(&a, "/pets/1", &key).await.0, 200);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let write = || async {
+        send(
+            Method::POST,
+            &format!("http://{}/v1/consumers", a.admin),
+            &[
+                ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
+                ("content-type", "application/json"),
+            ],
+            Some(json!({"id": "globex"}).to_string().into()),
+        )
+        .await
+        .unwrap()
+    };
+    let (status, headers, body) = write().await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["content-type"], "application/problem+json");
+    let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("PostgreSQL at 127.0.0.1:{}/clientele", pg.port())),
+        "{problem}"
+    );
+    assert!(!detail.contains("password"), "{problem}");
+    // Statistics come from this node's rollups, not from the database.
+    let (status, stats) = a.admin(Method::GET, "/v1/stats/consumers", None).await;
+    assert_eq!(status, 200, "{stats}");
+
+    // Back: the next write opens a new connection.
+    pg.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, body) = write().await;
+        if status == 201 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes did not resume: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get_with_key(&a, "/pets/1", &key).await.0, 200);
 }
