@@ -90,6 +90,13 @@ pub trait ControlStore: Send + Sync {
     async fn record_spec_version(&self, version: StoredSpecVersion) -> Result<bool>;
     /// An API's spec versions, oldest first.
     async fn spec_versions(&self, api: &str) -> Result<Vec<StoredSpecVersion>>;
+
+    /// Takes or renews the lease `name` for `holder` for `ttl_ms` (by the store's clock);
+    /// false while another holder's lease runs. For work the nodes sharing a store must do
+    /// once, not once each. A store that only one node writes holds every lease.
+    async fn try_lease(&self, _name: &str, _holder: &str, _ttl_ms: i64) -> Result<bool> {
+        Ok(true)
+    }
 }
 
 /// One version of an API's spec, as loaded.

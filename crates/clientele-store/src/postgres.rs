@@ -48,10 +48,11 @@ const FINDINGS_LOCK: i64 = 0x636c_6965_6e74_0002;
 
 /// The schema, one step per version, applied in order and recorded in `schema_migrations`.
 /// A change is a new step at the end; a released step is never edited.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "control plane and findings",
-    r#"
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "control plane and findings",
+        r#"
 CREATE TABLE meta (
     k TEXT PRIMARY KEY,
     v TEXT NOT NULL
@@ -129,7 +130,19 @@ CREATE TABLE alert_deliveries (
 );
 CREATE INDEX alert_deliveries_finding ON alert_deliveries (finding_id);
 "#,
-)];
+    ),
+    (
+        2,
+        "leases",
+        r#"
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    until_ms BIGINT NOT NULL
+);
+"#,
+    ),
+];
 
 /// The PostgreSQL control store. Cheap to clone.
 #[derive(Clone)]
@@ -532,7 +545,7 @@ fn warn_stale(why: &str) {
     static EVERY: std::sync::OnceLock<clientele_core::ratelog::Every> = std::sync::OnceLock::new();
     let every = EVERY.get_or_init(|| clientele_core::ratelog::Every::new(Duration::from_secs(10)));
     if let Some(n) = every.hit() {
-        tracing::warn!(error = %why, times = n, "consumer reads answered from memory: the database is unreachable");
+        tracing::warn!(error = %why, occurrences = n, "consumer reads answered from memory: the database is unreachable");
     }
 }
 
@@ -931,6 +944,28 @@ impl ControlStore for PostgresStore {
         .await
     }
 
+    async fn try_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool> {
+        self.call("try_lease", async {
+            let client = self.client().await?;
+            // The server's clock, so nodes whose clocks disagree still agree on who holds it.
+            let row = client
+                .query_opt(
+                    "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT AS ms)
+                     INSERT INTO leases (name, holder, until_ms)
+                     SELECT $1, $2, now.ms + $3 FROM now
+                     ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, until_ms = EXCLUDED.until_ms
+                     WHERE leases.holder = EXCLUDED.holder
+                        OR leases.until_ms <= (SELECT ms FROM now)
+                     RETURNING holder",
+                    &[&name, &holder, &ttl_ms],
+                )
+                .await
+                .map_err(|e| self.db_err(e))?;
+            Ok(row.is_some())
+        })
+        .await
+    }
+
     async fn spec_versions(&self, api: &str) -> Result<Vec<StoredSpecVersion>> {
         self.call("spec_versions", async {
             let client = self.client().await?;
@@ -1039,6 +1074,62 @@ mod tests {
             out.push(t.await.unwrap().unwrap());
         }
         out
+    }
+
+    #[tokio::test]
+    async fn a_lease_has_one_holder_until_it_runs_out() {
+        let Some(url) = fresh_db("lease") else {
+            return;
+        };
+        let a = PostgresStore::connect(&url).await.unwrap();
+        let b = PostgresStore::connect(&url).await.unwrap();
+        assert!(a.try_lease("detection", "node-a", 300).await.unwrap());
+        assert!(!b.try_lease("detection", "node-b", 300).await.unwrap());
+        assert!(
+            a.try_lease("detection", "node-a", 300).await.unwrap(),
+            "renewed"
+        );
+        assert!(
+            b.try_lease("other", "node-b", 300).await.unwrap(),
+            "leases are by name"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(b.try_lease("detection", "node-b", 300).await.unwrap());
+        assert!(!a.try_lease("detection", "node-a", 300).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn nodes_upserting_one_condition_at_once_make_one_finding() {
+        use crate::findings::{Change, FindingStore};
+        let Some(url) = fresh_db("upsert") else {
+            return;
+        };
+        let finding = |id: &str| clientele_core::finding::Finding {
+            id: id.into(),
+            kind: clientele_core::finding::FindingKind::ErrorSpike,
+            consumer: Some("acme".into()),
+            api: Some("petstore".into()),
+            route: None,
+            severity: clientele_core::finding::Severity::Warning,
+            first_seen_ms: 1_000,
+            last_seen_ms: 2_000,
+            summary: "errors".into(),
+            evidence: serde_json::json!({"rate": 0.5}),
+        };
+        let a = PostgresStore::connect(&url).await.unwrap();
+        let b = PostgresStore::connect(&url).await.unwrap();
+        let (ra, rb) = tokio::join!(
+            a.upsert_findings(vec![finding("f_a")], 7_200_000),
+            b.upsert_findings(vec![finding("f_b")], 7_200_000)
+        );
+        let changes = [ra.unwrap()[0].change, rb.unwrap()[0].change];
+        assert_eq!(
+            changes.iter().filter(|c| **c == Change::New).count(),
+            1,
+            "exactly one node reports the condition as new (one alert): {changes:?}"
+        );
+        let all = a.list_findings(&Default::default()).await.unwrap();
+        assert_eq!(all.len(), 1);
     }
 
     #[tokio::test]

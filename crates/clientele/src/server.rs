@@ -457,6 +457,8 @@ async fn sync_keys(
 ) {
     tokio::pin!(shutdown);
     let mut seen = control.control_version().await.unwrap_or(0);
+    // A database that is away fails every poll; one line per 10 s says so with the count.
+    let failing = clientele_core::ratelog::Every::new(Duration::from_secs(10));
     loop {
         tokio::select! {
             () = &mut shutdown => return,
@@ -473,7 +475,11 @@ async fn sync_keys(
                 }
             },
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot read the control version"),
+            Err(e) => clientele_core::warn_every!(
+                failing,
+                error = %e,
+                "cannot read the control version; the gateway keeps its current keys"
+            ),
         }
     }
 }
