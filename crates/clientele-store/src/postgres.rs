@@ -40,6 +40,9 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Idle connections kept for reuse; more are opened under load and closed after.
 const MAX_IDLE: usize = 8;
+/// Connections in use at once; further calls wait their turn (within [`CALL_TIMEOUT`]), so a
+/// burst of admin calls on every node never runs the server out of `max_connections`.
+const MAX_BUSY: usize = 16;
 
 /// Any 64-bit number, the same on every node: the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x636c_6965_6e74_0001;
@@ -155,6 +158,7 @@ struct Inner {
     /// `host:port/db`, for messages (never the password).
     place: String,
     idle: Mutex<Vec<Client>>,
+    busy: tokio::sync::Semaphore,
     key_secret: [u8; 32],
     /// The consumers as last read or written here, sorted by id: what consumer reads answer
     /// while the server is unreachable, so statistics (which name plans and teams) still work.
@@ -173,6 +177,8 @@ impl std::fmt::Debug for PostgresStore {
 pub(crate) struct Pooled<'a> {
     client: Option<Client>,
     inner: &'a Inner,
+    /// Released after `drop` has put the client back.
+    _turn: tokio::sync::SemaphorePermit<'a>,
 }
 
 impl std::ops::Deref for Pooled<'_> {
@@ -245,6 +251,7 @@ impl PostgresStore {
             config,
             place,
             idle: Mutex::new(Vec::new()),
+            busy: tokio::sync::Semaphore::new(MAX_BUSY),
             key_secret: [0; 32],
             last_consumers: Mutex::new(Vec::new()),
         };
@@ -301,6 +308,13 @@ impl PostgresStore {
     }
 
     pub(crate) async fn client(&self) -> Result<Pooled<'_>> {
+        // Never closed, so acquiring only waits.
+        let turn = self
+            .inner
+            .busy
+            .acquire()
+            .await
+            .map_err(|e| StoreError::Backend(format!("connection pool closed: {e}")))?;
         let reused = {
             let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
             let mut found = None;
@@ -319,6 +333,7 @@ impl PostgresStore {
         Ok(Pooled {
             client: Some(client),
             inner: &self.inner,
+            _turn: turn,
         })
     }
 
@@ -1130,6 +1145,42 @@ mod tests {
         );
         let all = a.list_findings(&Default::default()).await.unwrap();
         assert_eq!(all.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_calls_keeps_the_connections_bounded() {
+        let Some(url) = fresh_db("burst") else {
+            return;
+        };
+        let store = PostgresStore::connect(&url).await.unwrap();
+        let calls: Vec<_> = (0..64)
+            .map(|_| {
+                let s = store.clone();
+                tokio::spawn(async move {
+                    // pg_sleep keeps each connection busy long enough for the calls to overlap.
+                    let c = s.client().await.unwrap();
+                    let row = c
+                        .query_one(
+                            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'clientele' AND datname = current_database() AND pg_sleep(0.02) IS NOT NULL",
+                            &[],
+                        )
+                        .await
+                        .unwrap();
+                    row.get::<_, i64>(0)
+                })
+            })
+            .collect();
+        let mut peak = 0;
+        for c in calls {
+            peak = peak.max(c.await.unwrap());
+        }
+        assert!(
+            peak as usize <= MAX_BUSY + MAX_IDLE,
+            "{peak} connections at once"
+        );
+        assert!(peak > 1, "the calls did not overlap");
+        let idle = store.inner.idle.lock().unwrap().len();
+        assert!(idle <= MAX_IDLE, "{idle} idle");
     }
 
     #[tokio::test]
