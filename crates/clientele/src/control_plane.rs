@@ -22,6 +22,44 @@ pub async fn open(storage: &StorageConfig, sqlite: &SqliteStore) -> Result<Contr
     }
 }
 
+/// `clientele migrate`: brings the configured database's schema up to date; returns what it
+/// did, in one line.
+pub async fn migrate(storage: &StorageConfig) -> Result<String> {
+    match storage.backend {
+        StorageBackend::Sqlite => Ok(format!(
+            "backend = \"sqlite\": {} migrates itself when `clientele serve` opens it; nothing to do",
+            storage.data_dir.join("clientele.db").display()
+        )),
+        _ => migrate_postgres(storage).await,
+    }
+}
+
+#[cfg(feature = "postgres")]
+async fn migrate_postgres(storage: &StorageConfig) -> Result<String> {
+    let Some(url) = storage.postgres_url.as_deref() else {
+        bail!(
+            "storage.postgres_url: required with backend = \"{}\"",
+            storage.backend.as_str()
+        );
+    };
+    // Connecting migrates, under the same advisory lock as a node's start-up.
+    let store = clientele_store::PostgresStore::connect(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let version = clientele_store::postgres::MIGRATIONS
+        .last()
+        .map_or(0, |m| m.0);
+    Ok(format!(
+        "PostgreSQL at {}: schema at version {version}",
+        store.place()
+    ))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn migrate_postgres(storage: &StorageConfig) -> Result<String> {
+    postgres(storage).await.map(|_| String::new())
+}
+
 #[cfg(feature = "postgres")]
 async fn postgres(storage: &StorageConfig) -> Result<ControlPlane> {
     let Some(url) = storage.postgres_url.as_deref() else {

@@ -116,6 +116,11 @@ pub async fn start(config: Config) -> Result<Running> {
     );
     // With Redis the cluster's counts live there; locally they are persisted here.
     let persist_quotas = limiter.mode() == "local";
+    if persist_quotas && config.storage.backend != clientele_core::config::StorageBackend::Sqlite {
+        tracing::warn!(
+            "the control plane is shared but [limits] redis_url is not set: each node enforces rate limits and quotas on its own; set redis_url for one limit across nodes"
+        );
+    }
     if persist_quotas {
         keys.restore_usage(
             control

@@ -188,3 +188,62 @@ async fn with_postgres_down_the_gateway_serves_and_admin_writes_answer_503() {
     }
     assert_eq!(get_with_key(&a, "/pets/1", &key).await.0, 200);
 }
+
+/// `clientele migrate --config FILE` with only `[storage]` set.
+fn migrate(dir: &std::path::Path, url: &str) -> std::process::Output {
+    let config = dir.join("migrate.toml");
+    std::fs::write(
+        &config,
+        format!("[storage]\nbackend = \"postgres\"\npostgres_url = \"{url}\"\n"),
+    )
+    .unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_clientele"))
+        .args(["migrate", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_brings_the_schema_up_to_date_once() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    pg.create_database("clientele");
+    let dir = tempfile::tempdir().unwrap();
+    let latest = clientele_store::postgres::MIGRATIONS.last().unwrap().0;
+    for _ in 0..2 {
+        let out = migrate(dir.path(), &pg.url("clientele"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!(
+                "PostgreSQL at 127.0.0.1:{}/clientele: schema at version {latest}",
+                pg.port()
+            )),
+            "{stdout}"
+        );
+    }
+    let applied = pg.psql(
+        "clientele",
+        "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations",
+    );
+    let want: Vec<String> = clientele_store::postgres::MIGRATIONS
+        .iter()
+        .map(|m| m.0.to_string())
+        .collect();
+    assert_eq!(applied.trim(), want.join(","));
+
+    pg.stop();
+    let out = migrate(dir.path(), &pg.url("clientele"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("cannot reach PostgreSQL") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
