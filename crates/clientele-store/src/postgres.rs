@@ -360,12 +360,24 @@ impl PostgresStore {
 
 impl Inner {
     async fn open(&self) -> Result<Client> {
-        let (client, connection) = self.config.connect(NoTls).await.map_err(|e| {
+        let unreachable = |why: String| {
             StoreError::Unavailable(format!(
-                "cannot reach PostgreSQL at {}: {e}; check [storage].postgres_url and that the server is running",
+                "cannot reach PostgreSQL at {}: {why}; check [storage].postgres_url and that the server is running",
                 self.place
             ))
-        })?;
+        };
+        // connect_timeout bounds the TCP connect only; this bounds the handshake too (a server
+        // that accepts and never answers).
+        let (client, connection) =
+            match tokio::time::timeout(CALL_TIMEOUT, self.config.connect(NoTls)).await {
+                Ok(connected) => connected.map_err(|e| unreachable(e.to_string()))?,
+                Err(_) => {
+                    return Err(unreachable(format!(
+                        "no answer within {} s",
+                        CALL_TIMEOUT.as_secs()
+                    )));
+                }
+            };
         let place = self.place.clone();
         // The connection does the I/O for its client; it ends when the client is dropped.
         tokio::spawn(async move {
@@ -1059,6 +1071,30 @@ mod tests {
         );
         let err = PostgresStore::connect("mysql://nope").await.unwrap_err();
         assert!(err.to_string().contains("storage.postgres_url"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_is_an_error_in_bounded_time() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Accepts and keeps every connection open, saying nothing.
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let started = std::time::Instant::now();
+        let err = PostgresStore::connect(&format!("postgres://clientele@127.0.0.1:{port}/x"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+        assert!(
+            started.elapsed() <= CALL_TIMEOUT + Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        silent.abort();
     }
 
     #[tokio::test]
