@@ -12,6 +12,9 @@ command -v curl >/dev/null || need+=(curl)         # TLS test: an independent HT
 command -v redis-server >/dev/null || need+=(redis-server)  # limits: each test starts its own
 command -v promtool >/dev/null || need+=(prometheus) # exports test: promtool check metrics
 command -v python3 >/dev/null || need+=(python3 python3-venv)  # exports test: OTLP decoder
+# The PostgreSQL control plane: the store suite and the two-node e2e start their own server
+# (initdb + pg_ctl from Debian's package, a temporary folder, a free port).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -52,7 +55,8 @@ if ! [ -x "$st_venv/bin/schemathesis" ]; then
   "$st_venv/bin/python" -m pip install -q schemathesis
 fi
 
-cargo test --workspace --all-targets "$@"
+# `postgres`: the PostgreSQL control plane, off in the default build, always built and tested here.
+cargo test --workspace --all-targets --features clientele/postgres,clientele-store/postgres "$@"
 
 # The admin API under schemathesis, on the debug binary the e2e tests just built: 0 server
 # errors, 0 response schema violations, within a bounded time (MAX_TIME, 90 s by default).

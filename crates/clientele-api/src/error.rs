@@ -58,6 +58,17 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", m)
             }
             StoreError::Invalid(m) => ApiError::unprocessable(m),
+            StoreError::Unavailable(m) => {
+                tracing::warn!(error = %m, "database unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store-unavailable",
+                    "Store unavailable",
+                    format!(
+                        "{m}; the request was not applied, so it is safe to retry once the database is back"
+                    ),
+                )
+            }
             StoreError::Backend(m) => {
                 tracing::error!(error = %m, "store failure");
                 ApiError::new(

@@ -183,6 +183,35 @@ pub struct StorageConfig {
     /// It also bounds back-dating: older events are refused at ingest, since they could no longer
     /// be counted exactly once.
     pub raw_event_retention_days: u32,
+    /// Where the control plane (and, later, events) live: `sqlite` (embedded, the default),
+    /// `postgres` (consumers, keys, findings, spec history in PostgreSQL at `postgres_url`,
+    /// shared by every node; events in this node's log) or `clickhouse` (the same, plus events
+    /// and rollups in ClickHouse at `clickhouse_url`).
+    pub backend: StorageBackend,
+    /// `postgres://user[:password]@host[:port]/database`; `${VAR}` is replaced by the
+    /// environment variable, so a password need not sit in the file.
+    pub postgres_url: Option<String>,
+    /// `http://host:8123`, ClickHouse's HTTP interface (with `backend = "clickhouse"`).
+    pub clickhouse_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    #[default]
+    Sqlite,
+    Postgres,
+    Clickhouse,
+}
+
+impl StorageBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageBackend::Sqlite => "sqlite",
+            StorageBackend::Postgres => "postgres",
+            StorageBackend::Clickhouse => "clickhouse",
+        }
+    }
 }
 
 impl Default for StorageConfig {
@@ -191,6 +220,63 @@ impl Default for StorageConfig {
             data_dir: PathBuf::from("./clientele-data"),
             event_dir: None,
             raw_event_retention_days: 30,
+            backend: StorageBackend::Sqlite,
+            postgres_url: None,
+            clickhouse_url: None,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// The backend and its URLs agree: each URL is given exactly when its backend needs it.
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, reason: String| {
+            Err(ConfigError(format!("{origin}: storage.{key}: {reason}")))
+        };
+        let needs_postgres = self.backend != StorageBackend::Sqlite;
+        match &self.postgres_url {
+            None if needs_postgres => {
+                return err(
+                    "postgres_url",
+                    format!(
+                        "required with backend = \"{}\" (the shared control plane); set it to postgres://user@host:port/database",
+                        self.backend.as_str()
+                    ),
+                );
+            }
+            Some(_) if !needs_postgres => {
+                return err(
+                    "postgres_url",
+                    "is set but backend is \"sqlite\"; set backend = \"postgres\" to use it, or remove it".into(),
+                );
+            }
+            Some(url) if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) => {
+                return err(
+                    "postgres_url",
+                    "must start with postgres:// (postgres://user[:password]@host[:port]/database)"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        let needs_clickhouse = self.backend == StorageBackend::Clickhouse;
+        match &self.clickhouse_url {
+            None if needs_clickhouse => err(
+                "clickhouse_url",
+                "required with backend = \"clickhouse\"; set it to ClickHouse's HTTP address, e.g. http://127.0.0.1:8123".into(),
+            ),
+            Some(_) if !needs_clickhouse => err(
+                "clickhouse_url",
+                format!(
+                    "is set but backend is \"{}\"; set backend = \"clickhouse\" to use it, or remove it",
+                    self.backend.as_str()
+                ),
+            ),
+            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => err(
+                "clickhouse_url",
+                "must be ClickHouse's HTTP address, e.g. http://127.0.0.1:8123".into(),
+            ),
+            _ => Ok(()),
         }
     }
 }
@@ -526,6 +612,11 @@ impl Config {
             ConfigError(format!("{origin}{place}: {msg}"))
         })?;
         config.resolve_paths(base);
+        if let Some(url) = config.storage.postgres_url.as_mut() {
+            *url = expand_env(url).map_err(|reason| {
+                ConfigError(format!("{origin}: storage.postgres_url: {reason}"))
+            })?;
+        }
         for (i, api) in config.apis.iter_mut().enumerate() {
             for (name, value) in api.upstream_headers.iter_mut() {
                 *value = expand_env(value).map_err(|reason| {
@@ -659,6 +750,7 @@ impl Config {
             );
         }
 
+        self.storage.validate(origin)?;
         if self.storage.raw_event_retention_days < a.minute_retention_days {
             return err(
                 "storage.raw_event_retention_days",
@@ -977,6 +1069,54 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "test.toml", Path::new("/etc/clientele"))
+    }
+
+    #[test]
+    fn storage_backends_and_their_urls_agree() {
+        let c = parse("").unwrap();
+        assert_eq!(c.storage.backend, StorageBackend::Sqlite);
+        let c = parse("[storage]\nbackend = 'postgres'\npostgres_url = 'postgres://clientele@db:5433/clientele'\n")
+            .unwrap();
+        assert_eq!(c.storage.backend, StorageBackend::Postgres);
+        let path = std::env::var("PATH").unwrap();
+        let c =
+            parse("[storage]\nbackend = 'postgres'\npostgres_url = 'postgres://u:${PATH}@db/c'\n")
+                .unwrap();
+        assert_eq!(
+            c.storage.postgres_url.as_deref(),
+            Some(format!("postgres://u:{path}@db/c").as_str())
+        );
+        for (text, key, reason) in [
+            (
+                "backend = 'postgres'",
+                "storage.postgres_url",
+                "required with backend = \"postgres\"",
+            ),
+            (
+                "postgres_url = 'postgres://db/c'",
+                "storage.postgres_url",
+                "backend is \"sqlite\"",
+            ),
+            (
+                "backend = 'postgres'\npostgres_url = 'db:5432'",
+                "storage.postgres_url",
+                "must start with postgres://",
+            ),
+            (
+                "backend = 'clickhouse'\npostgres_url = 'postgres://db/c'",
+                "storage.clickhouse_url",
+                "required",
+            ),
+            (
+                "backend = 'postgres'\npostgres_url = 'postgres://db/c'\nclickhouse_url = 'http://ch:8123'",
+                "storage.clickhouse_url",
+                "backend is \"postgres\"",
+            ),
+            ("backend = 'mysql'", "backend", "unknown variant"),
+        ] {
+            let e = parse(&format!("[storage]\n{text}\n")).unwrap_err();
+            assert!(e.0.contains(key) && e.0.contains(reason), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -15,12 +15,16 @@ use clientele_core::keys::{KeyEntry, QuotaUsage};
 
 pub mod findings;
 pub mod log;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod sqlite;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 
 pub use findings::{Change, Delivery, DeliveryQuery, FindingQuery, FindingStore, Upserted};
 pub use log::EventLog;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +38,10 @@ pub enum StoreError {
     /// The storage engine failed; the message is for operators, not clients.
     #[error("storage error: {0}")]
     Backend(String),
+    /// A database server could not be reached (or did not answer in time). The message names
+    /// the server (`PostgreSQL at host:port/db`, never a password) and may be shown to clients.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -82,6 +90,13 @@ pub trait ControlStore: Send + Sync {
     async fn record_spec_version(&self, version: StoredSpecVersion) -> Result<bool>;
     /// An API's spec versions, oldest first.
     async fn spec_versions(&self, api: &str) -> Result<Vec<StoredSpecVersion>>;
+
+    /// Takes or renews the lease `name` for `holder` for `ttl_ms` (by the store's clock);
+    /// false while another holder's lease runs. For work the nodes sharing a store must do
+    /// once, not once each. A store that only one node writes holds every lease.
+    async fn try_lease(&self, _name: &str, _holder: &str, _ttl_ms: i64) -> Result<bool> {
+        Ok(true)
+    }
 }
 
 /// One version of an API's spec, as loaded.

@@ -16,6 +16,7 @@ mod cli;
 mod client;
 mod consumers_import;
 mod contract;
+mod control_plane;
 mod demo;
 mod demo_history;
 mod exports;
@@ -60,6 +61,13 @@ enum Command {
     ImportConsumers(consumers_import::ImportConsumersArgs),
     /// List what the detectors noticed: anomalies per consumer, error concentration, ...
     Findings(findings_cli::FindingsArgs),
+    /// Create or upgrade the control plane's schema ([storage] backend = "postgres"), then exit.
+    /// `serve` does the same at start-up; this runs it alone, for a deploy step.
+    Migrate {
+        /// Config file (TOML) naming the database.
+        #[arg(long, short = 'c', value_name = "PATH")]
+        config: PathBuf,
+    },
 }
 
 /// How CLI commands reach a running server.
@@ -129,6 +137,11 @@ async fn run(command: Command) -> Result<()> {
         Command::Import(args) => logimport::run(args).await,
         Command::ImportConsumers(args) => consumers_import::run(args).await,
         Command::Findings(args) => findings_cli::run(args).await,
+        Command::Migrate { config } => {
+            let config = clientele_core::config::Config::load(&config)?;
+            println!("{}", control_plane::migrate(&config.storage).await?);
+            Ok(())
+        }
     }
 }
 

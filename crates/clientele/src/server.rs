@@ -17,7 +17,7 @@ use clientele_core::keys::{KeyHasher, KeyIndex};
 use clientele_core::pipeline::{EventSink, PipelineStats};
 use clientele_gateway::limiter::Limiter;
 use clientele_gateway::{Gateway, GatewayOptions, ServeSettings, TlsFiles};
-use clientele_store::{ControlStore, EventLog, EventStore, FindingStore, SqliteStore};
+use clientele_store::{ControlStore, EventLog, EventStore, SqliteStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -87,12 +87,11 @@ pub async fn start(config: Config) -> Result<Running> {
         }
     };
 
-    let control: Arc<dyn ControlStore> = Arc::new(store.clone());
+    let (control, finding_store) = crate::control_plane::open(&config.storage, &store).await?;
     // Spec versions live in the store, so their history survives restarts.
     for contract in contracts.apis() {
         clientele_api::contract::persist_spec_versions(&*control, contract).await;
     }
-    let finding_store: Arc<dyn FindingStore> = Arc::new(store.clone());
     let event_dir = config
         .storage
         .event_dir
@@ -117,6 +116,11 @@ pub async fn start(config: Config) -> Result<Running> {
     );
     // With Redis the cluster's counts live there; locally they are persisted here.
     let persist_quotas = limiter.mode() == "local";
+    if persist_quotas && config.storage.backend != clientele_core::config::StorageBackend::Sqlite {
+        tracing::warn!(
+            "the control plane is shared but [limits] redis_url is not set: each node enforces rate limits and quotas on its own; set redis_url for one limit across nodes"
+        );
+    }
     if persist_quotas {
         keys.restore_usage(
             control
@@ -475,6 +479,8 @@ async fn sync_keys(
 ) {
     tokio::pin!(shutdown);
     let mut seen = control.control_version().await.unwrap_or(0);
+    // A database that is away fails every poll; one line per 10 s says so with the count.
+    let failing = clientele_core::ratelog::Every::new(Duration::from_secs(10));
     loop {
         tokio::select! {
             () = &mut shutdown => return,
@@ -491,7 +497,11 @@ async fn sync_keys(
                 }
             },
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot read the control version"),
+            Err(e) => clientele_core::warn_every!(
+                failing,
+                error = %e,
+                "cannot read the control version; the gateway keeps its current keys"
+            ),
         }
     }
 }

@@ -17,6 +17,8 @@ mod https;
 mod limits;
 mod llm;
 mod otlp_ingest;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod support;
 mod ui;
 mod websocket;
