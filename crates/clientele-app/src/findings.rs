@@ -92,6 +92,11 @@ impl FindingsService {
         &self.store
     }
 
+    /// The configured plans, for the reports that judge usage against them.
+    pub fn plans(&self) -> &Arc<BTreeMap<String, PlanConfig>> {
+        &self.plans
+    }
+
     /// Runs every detector as of `at_ms` over `lookback_ms`, stores the findings, and passes
     /// the news to the alert dispatcher.
     pub async fn evaluate(&self, at_ms: i64, lookback_ms: i64) -> Result<EvalReport, StoreError> {
