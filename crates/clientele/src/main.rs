@@ -23,6 +23,7 @@ mod findings_cli;
 mod follow;
 mod logformat;
 mod logimport;
+mod report_cli;
 mod server;
 
 #[derive(Parser)]
@@ -60,6 +61,8 @@ enum Command {
     ImportConsumers(consumers_import::ImportConsumersArgs),
     /// List what the detectors noticed: anomalies per consumer, error concentration, ...
     Findings(findings_cli::FindingsArgs),
+    /// Print a report: portfolio, outreach, pricing or sla (table, --json or --csv).
+    Report(report_cli::ReportArgs),
 }
 
 /// How CLI commands reach a running server.
@@ -129,6 +132,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Import(args) => logimport::run(args).await,
         Command::ImportConsumers(args) => consumers_import::run(args).await,
         Command::Findings(args) => findings_cli::run(args).await,
+        Command::Report(args) => report_cli::run(args).await,
     }
 }
 

@@ -272,6 +272,9 @@ fn item(
         });
     }
     let hi = format!("Hi {display},");
+    let since = day(best.since_ms);
+    // Messages speak to the consumer: the finding's summary is written for the product team,
+    // so it stays in the evidence and only numbers go into the message.
     let message = match (best.reason, &route_stats) {
         ("integration_errors" | "error_spike" | "schema_violation", Some(r)) => {
             let c = &r.rollup.counters;
@@ -285,37 +288,42 @@ fn item(
             } else {
                 format!("{class} errors")
             };
+            let when = match release {
+                Some(r) => format!("after our {} release ({})", r.version, day(r.at_ms)),
+                None => format!("on {since}"),
+            };
             format!(
-                "{hi} your integration started receiving {what} on {} {} {after}: {} of your calls since {}. Here is what changed, and how to adapt your requests.",
+                "{hi} your integration started receiving {what} on {} {} {when}: {} of your calls to it since {since} ({} of {}). Here is what changed, and how to adapt your requests.",
                 r.method,
                 r.route,
                 pct(c.error_rate()),
-                day(best.since_ms),
+                c.errors(),
+                c.requests,
             )
         }
-        ("retry_storm" | "quota_pressure", _) => {
+        ("retry_storm", _) => {
             let limited = route_stats
                 .as_ref()
                 .map_or(0, |r| r.rollup.counters.rate_limited);
             format!(
-                "{hi} since {} your client has been hitting its rate limit{}; retrying at once makes it worse. Waiting for Retry-After, or a plan with more room, would fix it. {}",
-                day(best.since_ms),
+                "{hi} since {since} your client has been refused with 429{} and retries faster than its limit allows. Waiting for Retry-After before retrying would fix it; if you need more room, we can talk about a bigger plan.",
                 if limited > 0 {
-                    format!(" ({limited} calls refused with 429)")
+                    format!(" {limited} times")
                 } else {
                     String::new()
                 },
-                best.summary
             )
         }
+        ("quota_pressure", _) => format!(
+            "{hi} your usage has been close to your plan's limits since {since}. So that you are never cut off with 429s, we can move you to a plan with more room."
+        ),
         ("deprecated_usage", _) => format!(
-            "{hi} you still call {}, which is deprecated{}. {} We can help you move to the replacement.",
+            "{hi} you still call {}, which is deprecated{}. We can help you move to its replacement before then.",
             best.route.as_deref().unwrap_or("a deprecated operation"),
             best.sunset
                 .as_deref()
                 .map(|s| format!(" and goes away on {}", &s[..s.len().min(10)]))
-                .unwrap_or_default(),
-            best.summary
+                .unwrap_or_else(|| " and will go away".to_string()),
         ),
         ("churn_risk", _) => {
             let (usual, last) = best.churn.unwrap_or((0, 0));
@@ -325,14 +333,12 @@ fn item(
                 )
             } else {
                 format!(
-                    "{hi} your traffic dropped {after}: {} Is anything wrong on our side?",
-                    best.summary
+                    "{hi} your traffic dropped {after}. Is anything wrong on our side, or is there something we can help with?"
                 )
             }
         }
         _ => format!(
-            "{hi} we noticed a change {after}: {} Can we help?",
-            best.summary
+            "{hi} we noticed a change in how your integration works with us {after}. Can we help?"
         ),
     };
     OutreachItem {

@@ -17,6 +17,7 @@ mod https;
 mod limits;
 mod llm;
 mod otlp_ingest;
+mod reports;
 mod support;
 mod ui;
 mod websocket;
