@@ -17,7 +17,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::AppState;
+
 use crate::error::{ApiError, Json, Query};
+/// The report types, for the dashboard (which reaches the application layer through here).
+pub use clientele_app::reports::outreach::OutreachReport;
+pub use clientele_app::reports::portfolio::Portfolio;
+pub use clientele_app::reports::pricing::PricingReport;
+pub use clientele_app::reports::sla::SlaReport;
 
 /// A release marker as the API shows it: one posted to `POST /v1/releases`, or a spec version
 /// loaded at start-up or by a reload (`source: spec`, version `spec-` and the hash's first 12
