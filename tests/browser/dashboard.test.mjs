@@ -431,7 +431,7 @@ test("reports: portfolio, outreach, pricing and SLA pages show what the API answ
   await page.getByRole("button", { name: "Show" }).click();
   await page.waitForURL(/month=2026-01/);
   assert.equal(await page.locator("h1").textContent(), "Portfolio 2026-01");
-  await shot(page, "09-portfolio");
+  await shot(page, "12-portfolio");
 
   // Outreach: beta's retry storm (its rate_limited finding) puts it on the list, with a draft.
   await page.getByRole("link", { name: "Outreach", exact: true }).click();
@@ -444,7 +444,7 @@ test("reports: portfolio, outreach, pricing and SLA pages show what the API answ
   assert.equal(beta.reason, "retry_storm");
   assert.equal(await page.locator('#outreach > li[data-consumer="beta"] blockquote').textContent(), beta.message);
   assert.ok(beta.message.startsWith("Hi Beta Mobile,") && beta.message.includes("429"), beta.message);
-  await shot(page, "10-outreach");
+  await shot(page, "13-outreach");
 
   await page.getByRole("link", { name: "Pricing", exact: true }).click();
   await page.waitForURL(/\/reports\/pricing/);
@@ -457,7 +457,7 @@ test("reports: portfolio, outreach, pricing and SLA pages show what the API answ
   const rows = await page.locator("#sla tbody tr").evaluateAll((trs) => trs.map((r) => r.dataset.consumer));
   assert.deepEqual(rows, sla.items.map((i) => i.consumer));
   assert.ok(rows.length >= 3);
-  await shot(page, "11-sla");
+  await shot(page, "14-sla");
   await context.close();
 });
 

@@ -130,35 +130,8 @@ async fn tagged_releases(
     state: &AppState,
     api: Option<&str>,
 ) -> Result<Vec<(Release, &'static str)>, ApiError> {
-    let mut out: Vec<(Release, &'static str)> = state
-        .control
-        .releases(api)
-        .await?
-        .into_iter()
-        .map(|r| (r, "api"))
-        .collect();
-    for contract in state.contracts.apis() {
-        if api.is_some_and(|a| a != contract.api) {
-            continue;
-        }
-        for v in state.control.spec_versions(&contract.api).await? {
-            out.push((
-                Release {
-                    api: v.api,
-                    version: spec_version_name(&v.hash),
-                    at_ms: v.loaded_at_ms,
-                    recorded_at_ms: v.loaded_at_ms,
-                },
-                "spec",
-            ));
-        }
-    }
-    out.sort_by(|(a, _), (b, _)| a.at_ms.cmp(&b.at_ms).then_with(|| a.api.cmp(&b.api)));
-    Ok(out)
-}
-
-fn spec_version_name(hash: &str) -> String {
-    format!("spec-{}", &hash[..hash.len().min(12)])
+    let spec_apis: Vec<String> = state.contracts.apis().map(|c| c.api.clone()).collect();
+    Ok(reports::digest::releases(&*state.control, &spec_apis, api).await?)
 }
 
 #[utoipa::path(get, path = "/v1/releases", params(ReleaseQuery),

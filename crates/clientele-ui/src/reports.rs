@@ -13,7 +13,7 @@ use clientele_api::reports::{self as api, Portfolio, PortfolioQuery, ReportQuery
 
 use maud::{Markup, html};
 
-use crate::html::{int, ms, pct, url_enc};
+use crate::html::{int, ms, pct, url_enc, when_rfc3339};
 use crate::page::{Ctx, layout, tiles};
 use crate::{Ui, UiError, html_response};
 
@@ -188,7 +188,7 @@ pub async fn outreach(
                 @for i in &r.items {
                     li data-consumer=(i.consumer) {
                         h2 { (consumer_link(&ctx, &i.consumer)) " " span.muted { (i.plan.as_deref().unwrap_or("no plan")) } }
-                        p { strong { (i.reason.replace('_', " ")) } " since " (i.since)
+                        p { strong { (i.reason.replace('_', " ")) } " since " (when_rfc3339(&i.since))
                             @if let Some(rel) = &i.release { ", after release " strong { (rel.version) } " of " (rel.api) } }
                         @if let Some(s) = i.evidence.get("summary").and_then(|v| v.as_str()) { p.muted { (s) } }
                         blockquote { (i.message) }

@@ -302,9 +302,17 @@ fn item(
             )
         }
         ("retry_storm", _) => {
-            let limited = route_stats
-                .as_ref()
+            // Rate-limit findings are about the consumer, not one route: count all its 429s.
+            let limited = engine
+                .consumer_totals(&Query {
+                    from_ms: best.since_ms,
+                    to_ms: at_ms.max(best.since_ms + 1),
+                    consumers: Some(std::iter::once(consumer.clone()).collect()),
+                    ..Default::default()
+                })
+                .first()
                 .map_or(0, |r| r.rollup.counters.rate_limited);
+            evidence["rate_limited"] = json!(limited);
             format!(
                 "{hi} since {since} your client has been refused with 429{} and retries faster than its limit allows. Waiting for Retry-After before retrying would fix it; if you need more room, we can talk about a bigger plan.",
                 if limited > 0 {

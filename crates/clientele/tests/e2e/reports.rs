@@ -601,3 +601,84 @@ fn clientele_core_ts(ms: i64) -> String {
         .unwrap()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_digest_reaches_the_alert_webhooks_in_their_formats() {
+    let upstream = start_upstream().await;
+    let receiver = crate::findings::start_receiver().await;
+    let extra = format!(
+        r#"
+[digest]
+interval_secs = 1
+
+[detection]
+interval_secs = 0
+
+[[alerts]]
+name = "product-json"
+webhook = "http://{addr}/digest-json"
+
+[[alerts]]
+name = "product-slack"
+webhook = "http://{addr}/digest-slack"
+format = "slack"
+"#,
+        addr = receiver.addr
+    );
+    let server = Server::start(upstream.addr, &extra).await;
+    let now = Utc::now().timestamp_millis();
+    let events: Vec<Value> = (0..50)
+        .map(|i| {
+            ev(
+                now - (i + 1) * 60_000,
+                "acme",
+                "pro",
+                "petstore",
+                "GET",
+                "/pets",
+                200,
+                30.0,
+            )
+        })
+        .collect();
+    post_events(&server, &events).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (json_body, slack_body) = loop {
+        {
+            let got = receiver.got.lock().unwrap();
+            let find = |path: &str| {
+                got.iter()
+                    .filter(|(p, _)| p == path)
+                    .map(|(_, v)| v.clone())
+                    // The first digests may be sent before the events are in.
+                    .find(|v| {
+                        let c = &v["digest"]["portfolio"]["consumers"];
+                        c["active"] == 1
+                            || c["active_prev"] == 1
+                            || v["text"].as_str().is_some_and(|t| {
+                                !t.contains(": 0 active consumers (0 the month before)")
+                            })
+                    })
+            };
+            if let (Some(j), Some(s)) = (find("/digest-json"), find("/digest-slack")) {
+                break (j, s);
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no digest arrived: {:?}",
+            receiver.got.lock().unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(json_body["event"], "digest");
+    assert_eq!(json_body["rule"], "product-json");
+    assert_eq!(json_body["digest"]["sla_alerting"], json!([]));
+    assert!(
+        json_body["digest"]["portfolio"]["apis"][0]["api"] == "petstore",
+        "{json_body}"
+    );
+    let text = slack_body["text"].as_str().unwrap();
+    assert!(text.starts_with("Clientele digest "), "{text}");
+    assert_eq!(slack_body["blocks"][0]["type"], "section");
+}
