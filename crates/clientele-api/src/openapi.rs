@@ -47,6 +47,7 @@ use crate::{contract, findings, governance, handlers, limits, otlp, reports};
         reports::outreach_handler,
         reports::pricing_handler,
         reports::sla_handler,
+        reports::deprecation_handler,
     ),
     modifiers(&AdminToken, &StandardErrors)
 )]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use clientele_app::reports::{self, Table, outreach, portfolio, pricing, sla};
+use clientele_app::reports::{self, Table, deprecation, outreach, portfolio, pricing, sla};
 use clientele_core::consumer::Consumer;
 use clientele_core::time::{DAY_MS, format_ts, now_ms, parse_ts, parse_ts_value};
 use clientele_store::{FindingQuery, Release};
@@ -20,6 +20,7 @@ use crate::AppState;
 
 use crate::error::{ApiError, Json, Query};
 /// The report types, for the dashboard (which reaches the application layer through here).
+pub use clientele_app::reports::deprecation::DeprecationReport;
 pub use clientele_app::reports::outreach::OutreachReport;
 pub use clientele_app::reports::portfolio::Portfolio;
 pub use clientele_app::reports::pricing::PricingReport;
@@ -425,4 +426,32 @@ pub async fn sla_handler(
     let f = format(&q.format)?;
     let r = sla(&state, &q).await?;
     answer(&r, || r.table(), f, "sla")
+}
+
+pub async fn deprecation(
+    state: &AppState,
+    q: &ReportQuery,
+) -> Result<deprecation::DeprecationReport, ApiError> {
+    let at = time_param("to", &q.to)?;
+    let engine = state.engine.clone();
+    let contracts = state.contracts.clone();
+    blocking(move || {
+        let ops = contracts.deprecations(i64::MIN);
+        deprecation::deprecation(&engine, &ops, at)
+    })
+    .await
+}
+
+#[utoipa::path(get, path = "/v1/reports/deprecation", params(ReportQuery),
+    responses(
+        (status = 200, body = Object, description = "`{at, items: [{api, route, replaced_by, sunset, proposed_sunset, sunset_at_risk, reason, blocked_by, consumers: [{consumer, calls_last_week, replacement_calls_last_week, progress, pace_per_week, projected_done}]}]}`: each deprecated operation with a sunset proposed from its callers' migration pace"),
+        (status = 400, description = "a bad parameter, named in `detail`")),
+    security(("admin_token" = [])))]
+pub async fn deprecation_handler(
+    State(state): State<AppState>,
+    Query(q): Query<ReportQuery>,
+) -> Result<Response, ApiError> {
+    let f = format(&q.format)?;
+    let r = deprecation(&state, &q).await?;
+    answer(&r, || r.table(), f, "deprecation")
 }

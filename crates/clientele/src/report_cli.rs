@@ -1,4 +1,4 @@
-//! `clientele report NAME`: the portfolio and the outreach, pricing and SLA reports from a
+//! `clientele report NAME`: the portfolio and the outreach, pricing, SLA and deprecation reports from a
 //! running server's admin API, as a table, JSON (`--json`) or CSV (`--csv`, the server's own
 //! CSV answer).
 
@@ -20,6 +20,8 @@ pub enum ReportName {
     Pricing,
     /// Observed latency and availability per consumer, a proposed SLO, burn rates.
     Sla,
+    /// Deprecated operations, their callers' migration pace and a proposed sunset.
+    Deprecation,
 }
 
 #[derive(Args)]
@@ -30,7 +32,7 @@ pub struct ReportArgs {
     /// portfolio: the month, YYYY-MM (default: the current month).
     #[arg(long)]
     month: Option<String>,
-    /// outreach, pricing, sla: the end of the window (RFC 3339 or epoch ms; default now).
+    /// outreach, pricing, sla, deprecation: the end of the window (RFC 3339 or epoch ms; default now).
     #[arg(long)]
     to: Option<String>,
     /// outreach, pricing, sla: at most this many items.
@@ -63,6 +65,7 @@ pub async fn run(args: ReportArgs) -> Result<()> {
         ReportName::Outreach => "/v1/reports/outreach",
         ReportName::Pricing => "/v1/reports/pricing",
         ReportName::Sla => "/v1/reports/sla",
+        ReportName::Deprecation => "/v1/reports/deprecation",
     };
     let url = if query.is_empty() {
         path.to_string()
@@ -83,6 +86,7 @@ pub async fn run(args: ReportArgs) -> Result<()> {
         ReportName::Outreach => print_outreach(&report),
         ReportName::Pricing => print_pricing(&report),
         ReportName::Sla => print_sla(&report),
+        ReportName::Deprecation => print_deprecation(&report),
     });
     Ok(())
 }
@@ -234,6 +238,27 @@ fn print_sla(r: &Value) {
             "PROPOSED SLO",
             "BURN",
         ],
+        &rows,
+    );
+}
+
+fn print_deprecation(r: &Value) {
+    let items = array(r, "items");
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|i| {
+            vec![
+                str_of(i, "api"),
+                str_of(i, "route"),
+                str_of(i, "replaced_by"),
+                str_of(i, "sunset"),
+                str_of(i, "proposed_sunset"),
+                str_of(i, "reason"),
+            ]
+        })
+        .collect();
+    print_table(
+        &["API", "ROUTE", "REPLACED BY", "SUNSET", "PROPOSED", "WHY"],
         &rows,
     );
 }

@@ -88,3 +88,81 @@ fn plans_rank_by_what_they_allow() {
     let order: Vec<&str> = plans_by_value(&plans).into_iter().map(|(n, _)| n).collect();
     assert_eq!(order, ["free", "pro", "enterprise"]);
 }
+
+#[test]
+fn sunset_follows_the_slowest_callers_pace() {
+    use clientele_analytics::DAY_MS;
+    use clientele_contract::{DeprecatedCaller, DeprecatedOperation};
+    let engine = Engine::new(Retention {
+        minute_ms: i64::MAX / 4,
+        hour_ms: i64::MAX / 4,
+        day_ms: i64::MAX / 4,
+    });
+    let today = 1_700_000_000_000 / DAY_MS * DAY_MS;
+    let mut events = Vec::new();
+    // fast: 50% -> 100% on the replacement; slow: 20% -> 30% (7 more weeks); stuck: 0% -> 0%.
+    for (consumer, [old0, new0, old1, new1]) in [
+        ("fast", [10u32, 10, 0, 20]),
+        ("slow", [80, 20, 70, 30]),
+        ("stuck", [50, 0, 50, 0]),
+    ] {
+        for (n, route, week) in [
+            (old0, "/v1/pets", 0),
+            (new0, "/v2/pets", 0),
+            (old1, "/v1/pets", 1),
+            (new1, "/v2/pets", 1),
+        ] {
+            for i in 0..n {
+                events.push(EventRef {
+                    ts_ms: today - (2 - week) * 7 * DAY_MS + i64::from(i) * 1000,
+                    consumer,
+                    api: "shop",
+                    method: "GET",
+                    route,
+                    sample: Sample {
+                        status: 200,
+                        latency_ms: 10.0,
+                        ..Default::default()
+                    },
+                });
+            }
+        }
+    }
+    engine.ingest(events);
+    let caller = |c: &str| DeprecatedCaller {
+        consumer: c.into(),
+        calls: 1,
+        last_call: String::new(),
+        last_call_ms: 0,
+        replacement_calls: 0,
+        migration_progress: None,
+    };
+    let op = |callers: Vec<DeprecatedCaller>| DeprecatedOperation {
+        api: "shop".into(),
+        route: "GET /v1/pets".into(),
+        operation_id: None,
+        pointer: "#/paths/~1v1~1pets/get".into(),
+        replaced_by: Some("GET /v2/pets".into()),
+        source: "spec",
+        sunset: None,
+        consumers: callers,
+    };
+    // As of the last day of the second week: the weeks are the 14 days ending with it.
+    let at = today - 1;
+    let r = deprecation::deprecation(&engine, &[op(vec![caller("fast"), caller("slow")])], at);
+    let item = &r.items[0];
+    assert_eq!(
+        item.consumers[0].projected_done.as_deref(),
+        Some(&*clientele_core::time::format_ts(today))
+    );
+    // slow: 30% now, +10 points a week => 7 weeks, then two weeks' grace.
+    let expected = today + 7 * 7 * DAY_MS + deprecation::GRACE_MS;
+    assert_eq!(
+        item.proposed_sunset,
+        Some(clientele_core::time::format_ts(expected))
+    );
+    assert!(item.blocked_by.is_empty());
+    let r = deprecation::deprecation(&engine, &[op(vec![caller("slow"), caller("stuck")])], at);
+    assert_eq!(r.items[0].proposed_sunset, None);
+    assert_eq!(r.items[0].blocked_by, ["stuck"]);
+}
