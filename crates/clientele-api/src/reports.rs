@@ -183,10 +183,22 @@ fn limit(v: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError
     }
 }
 
+/// The latest `to` a report accepts (2100-01-01): beyond it windows are meaningless, and the
+/// window arithmetic stays far from overflowing.
+const MAX_TO_MS: i64 = 4_102_444_800_000;
+
 fn time_param(name: &str, v: &Option<String>) -> Result<i64, ApiError> {
     match v.as_deref() {
         None => Ok(now_ms()),
-        Some(s) => parse_ts(s).map_err(|e| ApiError::bad_request(format!("{name}: {e}"))),
+        Some(s) => {
+            let t = parse_ts(s).map_err(|e| ApiError::bad_request(format!("{name}: {e}")))?;
+            if !(0..=MAX_TO_MS).contains(&t) {
+                return Err(ApiError::bad_request(format!(
+                    "{name}: must be between 1970 and 2100"
+                )));
+            }
+            Ok(t)
+        }
     }
 }
 
@@ -297,7 +309,7 @@ pub async fn portfolio(
 
 #[utoipa::path(get, path = "/v1/portfolio", params(PortfolioQuery),
     responses(
-        (status = 200, body = Object, description = "`{month, from, to, satisfaction_threshold_ms, consumers: {active, active_prev, new, churned, reactivated, stagnating}, lists: {new, churned, reactivated, stagnating}, apis: [{api, active_consumers, active_consumers_prev, requests, requests_prev, error_rate, error_rate_prev, p95_ms, p95_ms_prev, satisfaction, satisfaction_prev}], top_plan: {plan, consumers, satisfaction, satisfaction_prev, experience, ...}, releases, definitions}`; CSV: one row per API"),
+        (status = 200, content((Object = "application/json"), (String = "text/csv")), description = "`{month, from, to, satisfaction_threshold_ms, consumers: {active, active_prev, new, churned, reactivated, stagnating}, lists: {new, churned, reactivated, stagnating}, apis: [{api, active_consumers, active_consumers_prev, requests, requests_prev, error_rate, error_rate_prev, p95_ms, p95_ms_prev, satisfaction, satisfaction_prev}], top_plan: {plan, consumers, satisfaction, satisfaction_prev, experience, ...}, releases, definitions}`; CSV: one row per API"),
         (status = 400, description = "a bad parameter, named in `detail`")),
     security(("admin_token" = [])))]
 pub async fn portfolio_handler(
@@ -360,7 +372,7 @@ pub async fn outreach(
 
 #[utoipa::path(get, path = "/v1/reports/outreach", params(ReportQuery),
     responses(
-        (status = 200, body = Object, description = "`{at, items: [{consumer, plan, reason, score, since, release: {api, version, at}|null, evidence, message}]}`, most urgent first"),
+        (status = 200, content((Object = "application/json"), (String = "text/csv")), description = "`{at, items: [{consumer, plan, reason, score, since, release: {api, version, at}|null, evidence, message}]}`, most urgent first"),
         (status = 400, description = "a bad parameter, named in `detail`")),
     security(("admin_token" = [])))]
 pub async fn outreach_handler(
@@ -390,7 +402,7 @@ pub async fn pricing(
 
 #[utoipa::path(get, path = "/v1/reports/pricing", params(ReportQuery),
     responses(
-        (status = 200, body = Object, description = "`{from, to, items: [{consumer, plan, recommended_plan, kind: outgrown|large_share|oversized, reason, evidence}]}`; consumers that fit their plan are left out"),
+        (status = 200, content((Object = "application/json"), (String = "text/csv")), description = "`{from, to, items: [{consumer, plan, recommended_plan, kind: outgrown|large_share|oversized, reason, evidence}]}`; consumers that fit their plan are left out"),
         (status = 400, description = "a bad parameter, named in `detail`")),
     security(("admin_token" = [])))]
 pub async fn pricing_handler(
@@ -416,7 +428,7 @@ pub async fn sla(state: &AppState, q: &ReportQuery) -> Result<sla::SlaReport, Ap
 
 #[utoipa::path(get, path = "/v1/reports/sla", params(ReportQuery),
     responses(
-        (status = 200, body = Object, description = "`{from, to, items: [{consumer, plan, requests, p50_ms, p95_ms, p99_ms, availability, proposed: {latency_p95_ms, availability}, budget_remaining, burn: [{window: 1h|6h|3d, requests, errors_5xx, burn_rate, threshold, alerting}]}]}` over the 28 days ending at `to`, busiest first"),
+        (status = 200, content((Object = "application/json"), (String = "text/csv")), description = "`{from, to, items: [{consumer, plan, requests, p50_ms, p95_ms, p99_ms, availability, proposed: {latency_p95_ms, availability}, budget_remaining, burn: [{window: 1h|6h|3d, requests, errors_5xx, burn_rate, threshold, alerting}]}]}` over the 28 days ending at `to`, busiest first"),
         (status = 400, description = "a bad parameter, named in `detail`")),
     security(("admin_token" = [])))]
 pub async fn sla_handler(
@@ -444,7 +456,7 @@ pub async fn deprecation(
 
 #[utoipa::path(get, path = "/v1/reports/deprecation", params(ReportQuery),
     responses(
-        (status = 200, body = Object, description = "`{at, items: [{api, route, replaced_by, sunset, proposed_sunset, sunset_at_risk, reason, blocked_by, consumers: [{consumer, calls_last_week, replacement_calls_last_week, progress, pace_per_week, projected_done}]}]}`: each deprecated operation with a sunset proposed from its callers' migration pace"),
+        (status = 200, content((Object = "application/json"), (String = "text/csv")), description = "`{at, items: [{api, route, replaced_by, sunset, proposed_sunset, sunset_at_risk, reason, blocked_by, consumers: [{consumer, calls_last_week, replacement_calls_last_week, progress, pace_per_week, projected_done}]}]}`: each deprecated operation with a sunset proposed from its callers' migration pace"),
         (status = 400, description = "a bad parameter, named in `detail`")),
     security(("admin_token" = [])))]
 pub async fn deprecation_handler(
