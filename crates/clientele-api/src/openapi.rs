@@ -48,6 +48,7 @@ use crate::{contract, findings, governance, handlers, limits, otlp, reports};
         reports::pricing_handler,
         reports::sla_handler,
         reports::deprecation_handler,
+        reports::agents_handler,
     ),
     modifiers(&AdminToken, &StandardErrors)
 )]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use clientele_app::reports::{self, Table, deprecation, outreach, portfolio, pricing, sla};
+use clientele_app::reports::{self, Table, agents, deprecation, outreach, portfolio, pricing, sla};
 use clientele_core::consumer::Consumer;
 use clientele_core::time::{DAY_MS, format_ts, now_ms, parse_ts, parse_ts_value};
 use clientele_store::{FindingQuery, Release};
@@ -20,6 +20,7 @@ use crate::AppState;
 
 use crate::error::{ApiError, Json, Query};
 /// The report types, for the dashboard (which reaches the application layer through here).
+pub use clientele_app::reports::agents::AgentsReport;
 pub use clientele_app::reports::deprecation::DeprecationReport;
 pub use clientele_app::reports::outreach::OutreachReport;
 pub use clientele_app::reports::portfolio::Portfolio;
@@ -466,4 +467,25 @@ pub async fn deprecation_handler(
     let f = format(&q.format)?;
     let r = deprecation(&state, &q).await?;
     answer(&r, || r.table(), f, "deprecation")
+}
+
+pub async fn agents(state: &AppState, q: &ReportQuery) -> Result<agents::AgentsReport, ApiError> {
+    let to = time_param("to", &q.to)?;
+    let limit = limit(q.limit, 20, 1000)?;
+    let engine = state.engine.clone();
+    blocking(move || agents::agents(&engine, to, limit)).await
+}
+
+#[utoipa::path(get, path = "/v1/reports/agents", params(ReportQuery),
+    responses(
+        (status = 200, content((Object = "application/json"), (String = "text/csv")), description = "`{from, to, items: [{consumer, sessions, looping_sessions, saved_round_trips, calls: [{call, sessions, calls, saved_round_trips, suggestion}]}]}` over the 7 days ending at `to`: sessions that repeat the same call"),
+        (status = 400, description = "a bad parameter, named in `detail`")),
+    security(("admin_token" = [])))]
+pub async fn agents_handler(
+    State(state): State<AppState>,
+    Query(q): Query<ReportQuery>,
+) -> Result<Response, ApiError> {
+    let f = format(&q.format)?;
+    let r = agents(&state, &q).await?;
+    answer(&r, || r.table(), f, "agents")
 }

@@ -61,7 +61,7 @@ enum Command {
     ImportConsumers(consumers_import::ImportConsumersArgs),
     /// List what the detectors noticed: anomalies per consumer, error concentration, ...
     Findings(findings_cli::FindingsArgs),
-    /// Print a report: portfolio, outreach, pricing, sla or deprecation (table, --json or --csv).
+    /// Print a report: portfolio, outreach, pricing, sla, deprecation or agents (table, --json or --csv).
     Report(report_cli::ReportArgs),
 }
 

@@ -22,6 +22,8 @@ pub enum ReportName {
     Sla,
     /// Deprecated operations, their callers' migration pace and a proposed sunset.
     Deprecation,
+    /// Sessions that repeat the same call, and what would save the round trips.
+    Agents,
 }
 
 #[derive(Args)]
@@ -32,7 +34,7 @@ pub struct ReportArgs {
     /// portfolio: the month, YYYY-MM (default: the current month).
     #[arg(long)]
     month: Option<String>,
-    /// outreach, pricing, sla, deprecation: the end of the window (RFC 3339 or epoch ms; default now).
+    /// outreach, pricing, sla, deprecation, agents: the end of the window (RFC 3339 or epoch ms; default now).
     #[arg(long)]
     to: Option<String>,
     /// outreach, pricing, sla: at most this many items.
@@ -66,6 +68,7 @@ pub async fn run(args: ReportArgs) -> Result<()> {
         ReportName::Pricing => "/v1/reports/pricing",
         ReportName::Sla => "/v1/reports/sla",
         ReportName::Deprecation => "/v1/reports/deprecation",
+        ReportName::Agents => "/v1/reports/agents",
     };
     let url = if query.is_empty() {
         path.to_string()
@@ -87,6 +90,7 @@ pub async fn run(args: ReportArgs) -> Result<()> {
         ReportName::Pricing => print_pricing(&report),
         ReportName::Sla => print_sla(&report),
         ReportName::Deprecation => print_deprecation(&report),
+        ReportName::Agents => print_agents(&report),
     });
     Ok(())
 }
@@ -259,6 +263,31 @@ fn print_deprecation(r: &Value) {
         .collect();
     print_table(
         &["API", "ROUTE", "REPLACED BY", "SUNSET", "PROPOSED", "WHY"],
+        &rows,
+    );
+}
+
+fn print_agents(r: &Value) {
+    let mut rows = Vec::new();
+    for i in array(r, "items") {
+        for c in array(i, "calls") {
+            rows.push(vec![
+                str_of(i, "consumer"),
+                str_of(i, "looping_sessions"),
+                str_of(c, "call"),
+                str_of(c, "calls"),
+                str_of(c, "saved_round_trips"),
+            ]);
+        }
+    }
+    print_table(
+        &[
+            "CONSUMER",
+            "LOOPING SESSIONS",
+            "CALL",
+            "CALLS",
+            "SAVED ROUND TRIPS",
+        ],
         &rows,
     );
 }

@@ -13,6 +13,7 @@ use clientele_analytics::Rollup;
 use clientele_core::config::PlanConfig;
 use clientele_store::Release;
 
+pub mod agents;
 pub mod deprecation;
 pub mod digest;
 pub mod outreach;
