@@ -413,7 +413,12 @@ test("governance: the riskiest consumers and their factors as the API scores the
 });
 
 test("reports: portfolio, outreach, pricing and SLA pages show what the API answers", async () => {
+  // A release marker shows on the overview's charts.
+  const rel = await api("/v1/releases", { method: "POST", body: { api: "shop", version: "v-browser", at: Date.now() - 2 * 3600_000 } });
+  assert.equal(rel.status, 201, rel.text);
   const { context, page } = await signedIn();
+  assert.equal(await page.locator("#all-traffic .marker").count(), 1);
+  assert.ok((await page.locator("#all-traffic p.markers").textContent()).includes("shop v-browser"));
   await page.getByRole("link", { name: "Portfolio", exact: true }).click();
   await page.waitForURL(/\/portfolio/);
   const p = (await api("/v1/portfolio")).json;
@@ -427,7 +432,7 @@ test("reports: portfolio, outreach, pricing and SLA pages show what the API answ
     `${shop.active_consumers} (${shop.active_consumers_prev})`,
   );
   // The month picker reloads the page for another month.
-  await page.getByLabel("Month").fill("2026-01");
+  await page.getByLabel("Month", { exact: true }).fill("2026-01");
   await page.getByRole("button", { name: "Show" }).click();
   await page.waitForURL(/month=2026-01/);
   assert.equal(await page.locator("h1").textContent(), "Portfolio 2026-01");
