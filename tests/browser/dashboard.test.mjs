@@ -463,6 +463,19 @@ test("reports: portfolio, outreach, pricing and SLA pages show what the API answ
   assert.deepEqual(rows, sla.items.map((i) => i.consumer));
   assert.ok(rows.length >= 3);
   await shot(page, "14-sla");
+
+  // An agent session (session header) reading the same pet six times.
+  const loop = Array.from({ length: 6 }, (_, i) => JSON.stringify({
+    id: `bt-loop-${i}`, ts: Date.now() - 60_000 + i, consumer: "delta", api: "shop", method: "GET",
+    path: "/pets/7", route: "/pets/{id}", status: 200, latency_ms: 5, session_id: "agent-1",
+  }));
+  assert.equal((await api("/v1/events", { method: "POST", body: loop.join("\n") })).status, 202);
+  await page.getByRole("link", { name: "Agents", exact: true }).click();
+  await page.waitForURL(/\/reports\/agents/);
+  const agents = (await api("/v1/reports/agents")).json;
+  assert.equal(await page.locator("section[data-consumer]").count(), agents.items.length);
+  assert.deepEqual(agents.items.map((i) => i.consumer), ["delta"]);
+  assert.equal(await page.locator('section[data-consumer="delta"] [data-metric="saved_round_trips"]').textContent(), "5");
   await context.close();
 });
 
@@ -508,7 +521,7 @@ test("accessibility: no WCAG 2.1 A/AA violations on any page (axe-core)", async 
   await page.getByLabel("Admin token").fill(ADMIN_TOKEN);
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.waitForURL(`${admin}/`);
-  for (const path of ["/", "/consumers", "/consumers/alpha", "/consumers/beta", "/routes", "/findings", "/governance", "/deprecations", "/portfolio", "/reports/outreach", "/reports/pricing", "/reports/sla"]) {
+  for (const path of ["/", "/consumers", "/consumers/alpha", "/consumers/beta", "/routes", "/findings", "/governance", "/deprecations", "/portfolio", "/reports/outreach", "/reports/pricing", "/reports/sla", "/reports/agents"]) {
     await page.goto(admin + path);
     problems[path] = await axe(page);
   }

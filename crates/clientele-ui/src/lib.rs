@@ -68,6 +68,7 @@ pub fn router(app: AppState) -> Router {
         .route("/reports/outreach", get(reports::outreach))
         .route("/reports/pricing", get(reports::pricing))
         .route("/reports/sla", get(reports::sla))
+        .route("/reports/agents", get(reports::agents))
         .route("/portal", get(portal::home))
         .route("/portal/", get(portal::home))
         .route("/portal/login", get(portal::login_form).post(portal::login))

@@ -273,6 +273,7 @@ pub fn layout(ctx: &Ctx, title: &str, active: &str, body: &str) -> String {
                 ("/reports/outreach", "Outreach"),
                 ("/reports/pricing", "Pricing"),
                 ("/reports/sla", "SLA"),
+                ("/reports/agents", "Agents"),
             ],
             "/logout",
             "Dashboard",

@@ -1,4 +1,4 @@
-//! The report pages: portfolio health (`/portfolio`), and the outreach, pricing and SLA
+//! The report pages: portfolio health (`/portfolio`), and the outreach, pricing, SLA and agents
 //! reports (`/reports/*`). Each calls the same typed function as its API endpoint
 //! (`clientele_api::reports`), in-process, so a page and `GET /v1/portfolio` or
 //! `GET /v1/reports/*` cannot disagree. The reports' windows end at the end of the page's time
@@ -307,5 +307,64 @@ pub async fn sla(
     Ok(html_response(
         StatusCode::OK,
         layout(&ctx, "SLA", "/reports/sla", &markup.into_string()),
+    ))
+}
+
+pub async fn agents(
+    State(ui): State<Ui>,
+    headers: HeaderMap,
+    uri: Uri,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, UiError> {
+    let ctx = match signed_in(&ui, &headers, &uri, "/reports/agents", raw.as_deref()).await? {
+        Ok(ctx) => ctx,
+        Err(redirect) => return Ok(redirect),
+    };
+    let r = api::agents(&ui.app, &report_query(&ctx)).await?;
+    let markup = html! {
+        @if r.items.is_empty() {
+            p.empty { "No session repeated the same call five times or more in the 7 days before the end of this range. Sessions come from the client's session header." }
+        } @else {
+            @for i in &r.items {
+                section.panel data-consumer=(i.consumer) aria-label=(format!("{} sessions", i.consumer)) {
+                    h2 { (consumer_link(&ctx, &i.consumer)) }
+                    p { (i.looping_sessions) " of " (i.sessions) " sessions repeat calls; "
+                        strong data-metric="saved_round_trips" { (int(i.saved_round_trips)) } " round trips could be saved." }
+                    div.scroll {
+                        table.data {
+                            caption { "The calls " (i.consumer) "'s sessions hammer" }
+                            thead { tr {
+                                th scope="col" { "Call" }
+                                th scope="col" class="num" { "Sessions" }
+                                th scope="col" class="num" { "Calls" }
+                                th scope="col" class="num" { "Saved" }
+                                th scope="col" { "What would help" }
+                            } }
+                            tbody {
+                                @for c in &i.calls {
+                                    tr {
+                                        th scope="row" { code { (c.call) } }
+                                        td.num { (c.sessions) }
+                                        td.num { (int(c.calls)) }
+                                        td.num { (int(c.saved_round_trips)) }
+                                        td { (c.suggestion) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        p.note { code { "GET /v1/reports/agents" } " answers the same list." }
+    };
+    Ok(html_response(
+        StatusCode::OK,
+        layout(
+            &ctx,
+            "Agent sessions",
+            "/reports/agents",
+            &markup.into_string(),
+        ),
     ))
 }
