@@ -234,46 +234,68 @@ pub fn portfolio(
     let mut apis: BTreeMap<u32, [Health; 2]> = BTreeMap::new();
     let mut plan_health: [Health; 2] = Default::default();
     let mut top_plan_ids: HashMap<u32, bool> = HashMap::new();
-    engine.scan_series(Tier::Day, i64::MIN / 2, month.end_ms, |day, ids, r| {
-        if r.counters.requests == 0 {
-            return;
-        }
-        let c = state.entry(ids.consumer).or_insert_with(|| ConsumerState {
-            first_day: day,
-            ..Default::default()
-        });
-        c.first_day = c.first_day.min(day);
-        let period = if day >= month.start_ms {
-            c.in_month = true;
-            Some(0)
-        } else if day >= month.prev_start_ms {
-            c.in_prev = true;
-            Some(1)
-        } else {
-            c.before_prev = true;
-            None
-        };
-        if (window_start..window_end).contains(&day) {
-            let week = ((day - window_start) / (7 * DAY_MS)) as usize;
-            if let (Some(v), Some(routes)) = (c.weeks.get_mut(week), c.routes.get_mut(week)) {
-                *v += r.counters.requests;
-                routes.insert((ids.api, ids.method, ids.route));
+    // Before the month before, only whether (and since when) each consumer was active matters:
+    // the per-consumer rollups answer that without touching every series.
+    engine.scan_consumers(
+        Tier::Day,
+        i64::MIN / 2,
+        month.prev_start_ms,
+        |day, id, r| {
+            if r.counters.requests == 0 {
+                return;
             }
-        }
-        let Some(p) = period else { return };
-        if !names.get(ids.api as usize).is_some_and(|a| a.is_empty()) {
-            apis.entry(ids.api).or_default()[p].add(ids.consumer, ids.status_class, r);
-        }
-        let is_top = *top_plan_ids.entry(ids.consumer).or_insert_with(|| {
-            let name = names.get(ids.consumer as usize).map_or("", |n| &**n);
-            top_plan
-                .as_deref()
-                .is_some_and(|t| plan_of.get(name) == Some(&t))
-        });
-        if is_top {
-            plan_health[p].add(ids.consumer, ids.status_class, r);
-        }
-    });
+            let c = state.entry(id).or_insert_with(|| ConsumerState {
+                first_day: day,
+                ..Default::default()
+            });
+            c.first_day = c.first_day.min(day);
+            c.before_prev = true;
+        },
+    );
+    // The two months themselves, series by series (the stagnation window lies within them:
+    // a month is at least 28 days, so its last 21 days start after the month before).
+    engine.scan_series(
+        Tier::Day,
+        month.prev_start_ms,
+        month.end_ms,
+        |day, ids, r| {
+            if r.counters.requests == 0 {
+                return;
+            }
+            let c = state.entry(ids.consumer).or_insert_with(|| ConsumerState {
+                first_day: day,
+                ..Default::default()
+            });
+            c.first_day = c.first_day.min(day);
+            let period = if day >= month.start_ms {
+                c.in_month = true;
+                0
+            } else {
+                c.in_prev = true;
+                1
+            };
+            if (window_start..window_end).contains(&day) {
+                let week = ((day - window_start) / (7 * DAY_MS)) as usize;
+                if let (Some(v), Some(routes)) = (c.weeks.get_mut(week), c.routes.get_mut(week)) {
+                    *v += r.counters.requests;
+                    routes.insert((ids.api, ids.method, ids.route));
+                }
+            }
+            let p = period;
+            if !names.get(ids.api as usize).is_some_and(|a| a.is_empty()) {
+                apis.entry(ids.api).or_default()[p].add(ids.consumer, ids.status_class, r);
+            }
+            let is_top = *top_plan_ids.entry(ids.consumer).or_insert_with(|| {
+                let name = names.get(ids.consumer as usize).map_or("", |n| &**n);
+                top_plan
+                    .as_deref()
+                    .is_some_and(|t| plan_of.get(name) == Some(&t))
+            });
+            if is_top {
+                plan_health[p].add(ids.consumer, ids.status_class, r);
+            }
+        },
+    );
 
     let name = |id: u32| {
         names
