@@ -177,6 +177,10 @@ pub struct FindingOut {
     /// The numbers behind it: baseline, observed, window.
     #[schema(value_type = Object)]
     pub evidence: Value,
+    /// The release of its API the condition began after (within two days), e.g. `v2.3`, when
+    /// one was marked (`GET /v1/findings` fills it; absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since_release: Option<String>,
 }
 
 impl From<Finding> for FindingOut {
@@ -192,6 +196,7 @@ impl From<Finding> for FindingOut {
             last_seen: format_ts(f.last_seen_ms),
             summary: f.summary,
             evidence: f.evidence,
+            since_release: None,
         }
     }
 }

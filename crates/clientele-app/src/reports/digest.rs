@@ -26,8 +26,8 @@ use crate::alerts::Http;
 /// How many outreach items a digest carries.
 const OUTREACH_ITEMS: usize = 5;
 
-/// Every release marker, posted or a spec version, oldest first, with its source: `api` or
-/// `spec`. `spec_apis` are the APIs with an OpenAPI spec.
+/// Every release marker, posted or a spec version after the first, oldest first, with its
+/// source: `api` or `spec`. `spec_apis` are the APIs with an OpenAPI spec.
 pub async fn releases(
     control: &dyn ControlStore,
     spec_apis: &[String],
@@ -43,7 +43,9 @@ pub async fn releases(
         if api.is_some_and(|a| a != name) {
             continue;
         }
-        for v in control.spec_versions(name).await? {
+        // The first version is the spec as it was when Clientele first loaded it, a baseline
+        // rather than a release; every later version (a reload that changed it) is one.
+        for v in control.spec_versions(name).await?.into_iter().skip(1) {
             out.push((
                 Release {
                     api: v.api,

@@ -391,6 +391,28 @@ burst = 400
         .await;
     assert_eq!(status, 200, "{body}");
 
+    // Findings say which release they followed.
+    let (_, found) = server
+        .admin(Method::GET, "/v1/findings?consumer=shopco", None)
+        .await;
+    let found = found["findings"].as_array().unwrap();
+    assert!(!found.is_empty());
+    assert!(
+        found.iter().all(|f| f["since_release"] == "v2.3"),
+        "{found:?}"
+    );
+    let (_, found) = server
+        .admin(Method::GET, "/v1/findings?consumer=grower", None)
+        .await;
+    assert!(
+        found["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f.get("since_release").is_none()),
+        "{found}"
+    );
+
     // Portfolio: exact counts.
     let (status, p) = server
         .admin(Method::GET, &format!("/v1/portfolio?month={month}"), None)
