@@ -142,6 +142,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/reports/sla", get(reports::sla_handler))
         .route("/v1/reports/deprecation", get(reports::deprecation_handler))
         .route("/v1/reports/agents", get(reports::agents_handler))
+        .route("/v1/reports/digest", get(reports::digest_handler))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/healthz", get(handlers::healthz))

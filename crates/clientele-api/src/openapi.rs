@@ -49,6 +49,7 @@ use crate::{contract, findings, governance, handlers, limits, otlp, reports};
         reports::sla_handler,
         reports::deprecation_handler,
         reports::agents_handler,
+        reports::digest_handler,
     ),
     modifiers(&AdminToken, &StandardErrors)
 )]

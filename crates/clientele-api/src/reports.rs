@@ -489,3 +489,31 @@ pub async fn agents_handler(
     let r = agents(&state, &q).await?;
     answer(&r, || r.table(), f, "agents")
 }
+
+#[utoipa::path(get, path = "/v1/reports/digest", params(ReportQuery),
+    responses(
+        (status = 200, body = Object, description = "the digest `[digest].interval_secs` sends through the alert webhooks, as of `to`: `{at, portfolio, outreach, pricing, sla_alerting}` (JSON only)"),
+        (status = 400, description = "a bad parameter, named in `detail`")),
+    security(("admin_token" = [])))]
+pub async fn digest_handler(
+    State(state): State<AppState>,
+    Query(q): Query<ReportQuery>,
+) -> Result<Response, ApiError> {
+    if format(&q.format)? == Format::Csv {
+        return Err(ApiError::bad_request(
+            "format: the digest is nested and answers JSON only; the reports it sums up have CSV",
+        ));
+    }
+    let at = time_param("to", &q.to)?;
+    let spec_apis: Vec<String> = state.contracts.apis().map(|c| c.api.clone()).collect();
+    let digest = reports::digest::build(
+        &state.engine,
+        &*state.control,
+        &**state.findings.store(),
+        state.findings.plans(),
+        &spec_apis,
+        at,
+    )
+    .await?;
+    Ok(axum::Json(digest).into_response())
+}

@@ -83,65 +83,85 @@ pub struct DigestService {
     pub http: Http,
 }
 
+/// The digest as of `at_ms`, from the stores and the engine (what is sent, and what `GET
+/// /v1/reports/digest` previews).
+pub async fn build(
+    engine: &Arc<Engine>,
+    control: &dyn ControlStore,
+    findings: &dyn FindingStore,
+    plans: &Arc<BTreeMap<String, PlanConfig>>,
+    spec_apis: &[String],
+    at_ms: i64,
+) -> Result<Digest, StoreError> {
+    let consumers = control.list_consumers().await?;
+    let releases: Vec<Release> = releases(control, spec_apis, None)
+        .await?
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    let found = findings
+        .list_findings(&FindingQuery {
+            from_ms: Some(at_ms - outreach::FINDINGS_WINDOW_MS),
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await?;
+    let month = portfolio::Month::containing(at_ms)
+        .ok_or_else(|| StoreError::Invalid("the clock is outside any month".into()))?;
+    let (engine, plans) = (engine.clone(), plans.clone());
+    tokio::task::spawn_blocking(move || {
+        let by_id: HashMap<&str, &clientele_core::consumer::Consumer> =
+            consumers.iter().map(|c| (c.id.as_str(), c)).collect();
+        let plan_of = |c: &str| by_id.get(c).and_then(|c| c.plan.clone());
+        let display = |c: &str| {
+            by_id
+                .get(c)
+                .and_then(|c| c.name.clone())
+                .unwrap_or_else(|| c.to_string())
+        };
+        let p = portfolio::portfolio(
+            &engine, &consumers, &plans, &releases, month, at_ms, APDEX_T_MS,
+        );
+        let o = outreach::outreach(
+            &engine,
+            &plan_of,
+            &display,
+            &plans,
+            &found,
+            &releases,
+            at_ms,
+            OUTREACH_ITEMS,
+        );
+        let pr = pricing::pricing(&engine, &plan_of, &plans, at_ms, 20);
+        let s = sla::sla(&engine, &plan_of, at_ms, 1000);
+        Digest {
+            at: format_ts(at_ms),
+            portfolio: p,
+            outreach: o.items,
+            pricing: pr.items,
+            sla_alerting: s
+                .items
+                .into_iter()
+                .filter(|i| i.burn.iter().any(|b| b.alerting))
+                .collect(),
+        }
+    })
+    .await
+    .map_err(|e| StoreError::Backend(format!("digest task failed: {e}")))
+}
+
 impl DigestService {
     /// The digest as of `at_ms`.
     pub async fn build(&self, at_ms: i64) -> Result<Digest, StoreError> {
-        let consumers = self.control.list_consumers().await?;
-        let releases: Vec<Release> = releases(&*self.control, &self.spec_apis, None)
-            .await?
-            .into_iter()
-            .map(|(r, _)| r)
-            .collect();
-        let found = self
-            .findings
-            .list_findings(&FindingQuery {
-                from_ms: Some(at_ms - outreach::FINDINGS_WINDOW_MS),
-                limit: 10_000,
-                ..Default::default()
-            })
-            .await?;
-        let month = portfolio::Month::containing(at_ms)
-            .ok_or_else(|| StoreError::Invalid("the clock is outside any month".into()))?;
-        let (engine, plans) = (self.engine.clone(), self.plans.clone());
-        tokio::task::spawn_blocking(move || {
-            let by_id: HashMap<&str, &clientele_core::consumer::Consumer> =
-                consumers.iter().map(|c| (c.id.as_str(), c)).collect();
-            let plan_of = |c: &str| by_id.get(c).and_then(|c| c.plan.clone());
-            let display = |c: &str| {
-                by_id
-                    .get(c)
-                    .and_then(|c| c.name.clone())
-                    .unwrap_or_else(|| c.to_string())
-            };
-            let p = portfolio::portfolio(
-                &engine, &consumers, &plans, &releases, month, at_ms, APDEX_T_MS,
-            );
-            let o = outreach::outreach(
-                &engine,
-                &plan_of,
-                &display,
-                &plans,
-                &found,
-                &releases,
-                at_ms,
-                OUTREACH_ITEMS,
-            );
-            let pr = pricing::pricing(&engine, &plan_of, &plans, at_ms, 20);
-            let s = sla::sla(&engine, &plan_of, at_ms, 1000);
-            Digest {
-                at: format_ts(at_ms),
-                portfolio: p,
-                outreach: o.items,
-                pricing: pr.items,
-                sla_alerting: s
-                    .items
-                    .into_iter()
-                    .filter(|i| i.burn.iter().any(|b| b.alerting))
-                    .collect(),
-            }
-        })
+        build(
+            &self.engine,
+            &*self.control,
+            &*self.findings,
+            &self.plans,
+            &self.spec_apis,
+            at_ms,
+        )
         .await
-        .map_err(|e| StoreError::Backend(format!("digest task failed: {e}")))
     }
 
     /// Builds the digest and posts it to every target; returns (rule, outcome) per target.

@@ -742,6 +742,18 @@ format = "slack"
         json_body["digest"]["portfolio"]["apis"][0]["api"] == "petstore",
         "{json_body}"
     );
+    // The preview answers the same digest.
+    let (status, preview) = server.admin(Method::GET, "/v1/reports/digest", None).await;
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(
+        preview["portfolio"]["month"],
+        json_body["digest"]["portfolio"]["month"]
+    );
+    assert_eq!(preview["outreach"], json_body["digest"]["outreach"]);
+    let (status, _) = server
+        .admin(Method::GET, "/v1/reports/digest?format=csv", None)
+        .await;
+    assert_eq!(status, 400);
     let text = slack_body["text"].as_str().unwrap();
     assert!(text.starts_with("Clientele digest "), "{text}");
     assert_eq!(slack_body["blocks"][0]["type"], "section");
