@@ -412,6 +412,73 @@ test("governance: the riskiest consumers and their factors as the API scores the
   await context.close();
 });
 
+test("reports: portfolio, outreach, pricing and SLA pages show what the API answers", async () => {
+  // A release marker shows on the overview's charts.
+  const rel = await api("/v1/releases", { method: "POST", body: { api: "shop", version: "v-browser", at: Date.now() - 2 * 3600_000 } });
+  assert.equal(rel.status, 201, rel.text);
+  const { context, page } = await signedIn();
+  assert.equal(await page.locator("#all-traffic .marker").count(), 1);
+  assert.ok((await page.locator("#all-traffic p.markers").textContent()).includes("shop v-browser"));
+  await page.getByRole("link", { name: "Portfolio", exact: true }).click();
+  await page.waitForURL(/\/portfolio/);
+  const p = (await api("/v1/portfolio")).json;
+  for (const k of ["active", "active_prev", "new", "churned", "reactivated", "stagnating"]) {
+    assert.equal(await page.locator(`[data-metric="${k}"]`).textContent(), String(p.consumers[k]), k);
+  }
+  assert.ok(p.consumers.active >= 3, JSON.stringify(p.consumers));
+  const shop = p.apis.find((a) => a.api === "shop");
+  assert.equal(
+    await page.locator('tr[data-api="shop"] [data-metric="active_consumers"]').textContent(),
+    `${shop.active_consumers} (${shop.active_consumers_prev})`,
+  );
+  // The month picker reloads the page for another month.
+  await page.getByLabel("Month", { exact: true }).fill("2026-01");
+  await page.getByRole("button", { name: "Show" }).click();
+  await page.waitForURL(/month=2026-01/);
+  assert.equal(await page.locator("h1").textContent(), "Portfolio 2026-01");
+  await shot(page, "12-portfolio");
+
+  // Outreach: beta's retry storm (its rate_limited finding) puts it on the list, with a draft.
+  await page.getByRole("link", { name: "Outreach", exact: true }).click();
+  await page.waitForURL(/\/reports\/outreach/);
+  const o = (await api("/v1/reports/outreach")).json;
+  const cards = await page.locator("#outreach > li").evaluateAll((lis) => lis.map((li) => li.dataset.consumer));
+  assert.deepEqual(cards, o.items.map((i) => i.consumer));
+  assert.ok(cards.includes("beta"), JSON.stringify(o));
+  const beta = o.items.find((i) => i.consumer === "beta");
+  assert.equal(beta.reason, "retry_storm");
+  assert.equal(await page.locator('#outreach > li[data-consumer="beta"] blockquote').textContent(), beta.message);
+  assert.ok(beta.message.startsWith("Hi Beta Mobile,") && beta.message.includes("429"), beta.message);
+  await shot(page, "13-outreach");
+
+  await page.getByRole("link", { name: "Pricing", exact: true }).click();
+  await page.waitForURL(/\/reports\/pricing/);
+  const pr = (await api("/v1/reports/pricing")).json;
+  assert.equal(await page.locator("#pricing tbody tr").count(), pr.items.length);
+
+  await page.getByRole("link", { name: "SLA", exact: true }).click();
+  await page.waitForURL(/\/reports\/sla/);
+  const sla = (await api("/v1/reports/sla")).json;
+  const rows = await page.locator("#sla tbody tr").evaluateAll((trs) => trs.map((r) => r.dataset.consumer));
+  assert.deepEqual(rows, sla.items.map((i) => i.consumer));
+  assert.ok(rows.length >= 3);
+  await shot(page, "14-sla");
+
+  // An agent session (session header) reading the same pet six times.
+  const loop = Array.from({ length: 6 }, (_, i) => JSON.stringify({
+    id: `bt-loop-${i}`, ts: Date.now() - 60_000 + i, consumer: "delta", api: "shop", method: "GET",
+    path: "/pets/7", route: "/pets/{id}", status: 200, latency_ms: 5, session_id: "agent-1",
+  }));
+  assert.equal((await api("/v1/events", { method: "POST", body: loop.join("\n") })).status, 202);
+  await page.getByRole("link", { name: "Agents", exact: true }).click();
+  await page.waitForURL(/\/reports\/agents/);
+  const agents = (await api("/v1/reports/agents")).json;
+  assert.equal(await page.locator("section[data-consumer]").count(), agents.items.length);
+  assert.deepEqual(agents.items.map((i) => i.consumer), ["delta"]);
+  assert.equal(await page.locator('section[data-consumer="delta"] [data-metric="saved_round_trips"]').textContent(), "5");
+  await context.close();
+});
+
 test("keyboard: skip link, navigation by Tab and Enter, visible time-range picker", async () => {
   const { context, page } = await signedIn();
   await page.keyboard.press("Tab");
@@ -454,7 +521,7 @@ test("accessibility: no WCAG 2.1 A/AA violations on any page (axe-core)", async 
   await page.getByLabel("Admin token").fill(ADMIN_TOKEN);
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.waitForURL(`${admin}/`);
-  for (const path of ["/", "/consumers", "/consumers/alpha", "/consumers/beta", "/routes", "/findings", "/governance", "/deprecations"]) {
+  for (const path of ["/", "/consumers", "/consumers/alpha", "/consumers/beta", "/routes", "/findings", "/governance", "/deprecations", "/portfolio", "/reports/outreach", "/reports/pricing", "/reports/sla", "/reports/agents"]) {
     await page.goto(admin + path);
     problems[path] = await axe(page);
   }

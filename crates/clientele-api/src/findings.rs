@@ -98,8 +98,24 @@ pub async fn list(
             limit,
         })
         .await?;
+    // "Since release v2.3": the release of the finding's API it began after, if marked.
+    let releases = crate::reports::all_releases(&state, None).await?;
     Ok(Json(FindingList {
-        findings: findings.into_iter().map(Into::into).collect(),
+        findings: findings
+            .into_iter()
+            .map(|f| {
+                let release = clientele_app::reports::release_before(
+                    &releases,
+                    f.api.as_deref(),
+                    f.first_seen_ms,
+                    clientele_app::reports::outreach::RELEASE_WINDOW_MS,
+                )
+                .map(|r| r.version.clone());
+                let mut out = FindingOut::from(f);
+                out.since_release = release;
+                out
+            })
+            .collect(),
     }))
 }
 

@@ -28,6 +28,7 @@ pub mod limits;
 pub mod openapi;
 pub mod otlp;
 mod otlp_decode;
+pub mod reports;
 
 pub use error::ApiError;
 
@@ -131,6 +132,17 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/deprecations", get(contract::deprecations))
         .route("/v1/governance/risk", get(governance::risk))
         .route("/v1/governance/consumers/{id}", get(governance::features))
+        .route(
+            "/v1/releases",
+            get(reports::list_releases).post(reports::create_release),
+        )
+        .route("/v1/portfolio", get(reports::portfolio_handler))
+        .route("/v1/reports/outreach", get(reports::outreach_handler))
+        .route("/v1/reports/pricing", get(reports::pricing_handler))
+        .route("/v1/reports/sla", get(reports::sla_handler))
+        .route("/v1/reports/deprecation", get(reports::deprecation_handler))
+        .route("/v1/reports/agents", get(reports::agents_handler))
+        .route("/v1/reports/digest", get(reports::digest_handler))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/healthz", get(handlers::healthz))

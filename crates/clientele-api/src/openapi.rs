@@ -4,11 +4,11 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{contract, findings, governance, handlers, limits, otlp};
+use crate::{contract, findings, governance, handlers, limits, otlp, reports};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Clientele admin and query API", description = "Consumers, keys, events, per-consumer statistics, findings and alerts, OpenAPI contracts and deprecations, governance risk."),
+    info(title = "Clientele admin and query API", description = "Consumers, keys, events, per-consumer statistics, findings and alerts, OpenAPI contracts and deprecations, governance risk, release markers and reports."),
     paths(
         handlers::healthz,
         handlers::status,
@@ -41,6 +41,15 @@ use crate::{contract, findings, governance, handlers, limits, otlp};
         contract::deprecations,
         governance::risk,
         governance::features,
+        reports::create_release,
+        reports::list_releases,
+        reports::portfolio_handler,
+        reports::outreach_handler,
+        reports::pricing_handler,
+        reports::sla_handler,
+        reports::deprecation_handler,
+        reports::agents_handler,
+        reports::digest_handler,
     ),
     modifiers(&AdminToken, &StandardErrors)
 )]

@@ -234,7 +234,7 @@ async fn deliver(
     }
 }
 
-async fn post(http: &Http, url: &str, body: Bytes) -> Result<Posted, Failure> {
+pub(crate) async fn post(http: &Http, url: &str, body: Bytes) -> Result<Posted, Failure> {
     let req = Request::builder()
         .method(Method::POST)
         .uri(url)

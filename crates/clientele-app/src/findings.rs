@@ -92,6 +92,11 @@ impl FindingsService {
         &self.store
     }
 
+    /// The configured plans, for the reports that judge usage against them.
+    pub fn plans(&self) -> &Arc<BTreeMap<String, PlanConfig>> {
+        &self.plans
+    }
+
     /// Runs every detector as of `at_ms` over `lookback_ms`, stores the findings, and passes
     /// the news to the alert dispatcher.
     pub async fn evaluate(&self, at_ms: i64, lookback_ms: i64) -> Result<EvalReport, StoreError> {
@@ -172,6 +177,10 @@ pub struct FindingOut {
     /// The numbers behind it: baseline, observed, window.
     #[schema(value_type = Object)]
     pub evidence: Value,
+    /// The release of its API the condition began after (within two days), e.g. `v2.3`, when
+    /// one was marked (`GET /v1/findings` fills it; absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since_release: Option<String>,
 }
 
 impl From<Finding> for FindingOut {
@@ -187,6 +196,7 @@ impl From<Finding> for FindingOut {
             last_seen: format_ts(f.last_seen_ms),
             summary: f.summary,
             evidence: f.evidence,
+            since_release: None,
         }
     }
 }

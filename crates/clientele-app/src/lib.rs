@@ -8,12 +8,14 @@
 //! and [`rollups::archive_and_prune`] keeps the archive. The API and the dashboard call this
 //! crate; the binary only wires it. [`findings::FindingsService`] runs the detectors and stores
 //! their findings; [`detection::run_periodic`] is the loop that runs it every interval, and [`alerts`] the webhook
-//! dispatcher its news goes to.
+//! dispatcher its news goes to. [`reports`] holds the portfolio and the outreach, pricing and
+//! SLA reports.
 
 pub mod alerts;
 pub mod detection;
 pub mod findings;
 pub mod pipeline;
+pub mod reports;
 pub mod rollups;
 pub mod writer;
 

@@ -188,6 +188,15 @@ pub fn targets(
     Ok(out)
 }
 
+/// `[digest]`: a summary of the reports (portfolio, outreach, pricing, SLA) sent through every
+/// `[[alerts]]` webhook in its format.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DigestConfig {
+    /// Seconds between digests, e.g. 604800 for weekly; 0 (the default) sends none.
+    pub interval_secs: u64,
+}
+
 /// `[detection]`: how detectors run on their own.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -30,6 +30,8 @@ pub struct Config {
     /// Where findings are sent (see [`crate::alert`]).
     pub alerts: Vec<crate::alert::AlertRule>,
     pub detection: crate::alert::DetectionConfig,
+    /// `[digest]`: the periodic summary of the reports through the alert webhooks.
+    pub digest: crate::alert::DigestConfig,
     /// Trust and client certificate for everything Clientele connects to (webhooks, OTLP
     /// collectors, log sinks, and upstreams without settings of their own).
     pub outbound: OutboundTls,

@@ -97,6 +97,21 @@ pub trait ControlStore: Send + Sync {
     async fn try_lease(&self, _name: &str, _holder: &str, _ttl_ms: i64) -> Result<bool> {
         Ok(true)
     }
+    /// Records a release marker; the same (api, version) again is `Conflict`.
+    async fn record_release(&self, release: Release) -> Result<Release>;
+    /// Release markers of one API (or every API with `None`), oldest first.
+    async fn releases(&self, api: Option<&str>) -> Result<Vec<Release>>;
+}
+
+/// A release marker: an API's version went live at a time (`POST /v1/releases`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    pub api: String,
+    pub version: String,
+    /// When it went live, epoch milliseconds.
+    pub at_ms: i64,
+    /// When it was recorded, epoch milliseconds.
+    pub recorded_at_ms: i64,
 }
 
 /// One version of an API's spec, as loaded.

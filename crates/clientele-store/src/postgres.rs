@@ -25,7 +25,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::FromSql;
 use tokio_postgres::{Client, NoTls, Row};
 
-use crate::{ControlStore, Result, StoreError, StoredSpecVersion};
+use crate::{ControlStore, Release, Result, StoreError, StoredSpecVersion};
 
 mod findings;
 #[cfg(any(test, feature = "testsuite"))]
@@ -143,6 +143,20 @@ CREATE TABLE leases (
     holder TEXT NOT NULL,
     until_ms BIGINT NOT NULL
 );
+"#,
+    ),
+    (
+        3,
+        "release markers",
+        r#"
+CREATE TABLE releases (
+    api TEXT NOT NULL,
+    version TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    recorded_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (api, version)
+);
+CREATE INDEX releases_at ON releases(at_ms);
 "#,
     ),
 ];
@@ -1012,6 +1026,54 @@ impl ControlStore for PostgresStore {
                         loaded_at_ms: col(r, 2)?,
                         openapi: col(r, 3)?,
                         operations: col::<i64>(r, 4)?.max(0) as u64,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn record_release(&self, release: Release) -> Result<Release> {
+        self.call("record_release", async {
+            let client = self.client().await?;
+            let res = client
+                .execute(
+                    "INSERT INTO releases (api, version, at_ms, recorded_at_ms) VALUES ($1, $2, $3, $4)",
+                    &[&release.api, &release.version, &release.at_ms, &release.recorded_at_ms],
+                )
+                .await;
+            match res {
+                Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
+                    "release {} of api {} is already recorded",
+                    release.version, release.api
+                ))),
+                other => {
+                    other.map_err(|e| self.db_err(e))?;
+                    Ok(release.clone())
+                }
+            }
+        })
+        .await
+    }
+
+    async fn releases(&self, api: Option<&str>) -> Result<Vec<Release>> {
+        self.call("releases", async {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT api, version, at_ms, recorded_at_ms FROM releases
+                     WHERE $1::TEXT IS NULL OR api = $1 ORDER BY at_ms, api, version",
+                    &[&api],
+                )
+                .await
+                .map_err(|e| self.db_err(e))?;
+            rows.iter()
+                .map(|r| {
+                    Ok(Release {
+                        api: col(r, 0)?,
+                        version: col(r, 1)?,
+                        at_ms: col(r, 2)?,
+                        recorded_at_ms: col(r, 3)?,
                     })
                 })
                 .collect()

@@ -20,6 +20,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::{ControlStore, EventCursor, EventQuery, EventStore, Result, StoreError, StoredRollup};
 
 mod findings;
+mod releases;
 
 /// 2 added `consumers.limits` and `quota_usage`.
 const SCHEMA_VERSION: i64 = 4;
@@ -159,6 +160,7 @@ impl SqliteStore {
             .map_err(open_err)?;
         writer.execute_batch(SCHEMA).map_err(open_err)?;
         writer.execute_batch(findings::SCHEMA).map_err(open_err)?;
+        writer.execute_batch(releases::SCHEMA).map_err(open_err)?;
         let version: Option<String> = writer
             .query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| {
                 r.get(0)
@@ -647,6 +649,17 @@ impl ControlStore for SqliteStore {
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
+    }
+
+    async fn record_release(&self, release: crate::Release) -> Result<crate::Release> {
+        self.write(move |conn| releases::insert(conn, release))
+            .await
+    }
+
+    async fn releases(&self, api: Option<&str>) -> Result<Vec<crate::Release>> {
+        let api = api.map(str::to_string);
+        self.read(move |conn| releases::list(conn, api.as_deref()))
+            .await
     }
 
     async fn control_version(&self) -> Result<u64> {

@@ -243,6 +243,15 @@ pub async fn logout(
     )
 }
 
+/// Every release marker (posted or a spec version) as a chart marker.
+pub(crate) async fn release_markers(ui: &Ui) -> Result<Vec<(i64, String)>, UiError> {
+    Ok(clientele_api::reports::all_releases(&ui.app, None)
+        .await?
+        .into_iter()
+        .map(|r| (r.at_ms, format!("{} {}", r.api, r.version)))
+        .collect())
+}
+
 /// One step of a traffic series.
 pub(crate) struct Point {
     pub requests: u64,
@@ -253,7 +262,13 @@ pub(crate) struct Point {
 }
 
 /// The number of requests, errors and 429s in a series, and its latency percentiles.
-pub(crate) fn series_charts(id: &str, ts: &[i64], step_ms: i64, points: &[Point]) -> String {
+pub(crate) fn series_charts(
+    id: &str,
+    ts: &[i64],
+    step_ms: i64,
+    points: &[Point],
+    markers: &[(i64, String)],
+) -> String {
     let count = |f: fn(&Point) -> u64| -> Vec<Option<f64>> {
         points.iter().map(|p| Some(f(p) as f64)).collect()
     };
@@ -282,6 +297,7 @@ pub(crate) fn series_charts(id: &str, ts: &[i64], step_ms: i64, points: &[Point]
             },
         ],
         reference: None,
+        markers,
     };
     let latency = Chart {
         id: &format!("{id}-latency"),
@@ -307,6 +323,7 @@ pub(crate) fn series_charts(id: &str, ts: &[i64], step_ms: i64, points: &[Point]
             },
         ],
         reference: None,
+        markers,
     };
     format!(
         r#"<div class="charts">{}{}</div>"#,
@@ -389,7 +406,7 @@ pub async fn overview(
     let _ = write!(
         body,
         r#"<section aria-labelledby="h-traffic"><h2 id="h-traffic">Traffic <span class="sub">per {step_name}</span></h2>{}</section>"#,
-        series_charts("all", &ts, step_ms, &points)
+        series_charts("all", &ts, step_ms, &points, &release_markers(&ui).await?)
     );
     let recent = crate::findings::load(&ui, r, None, None, None, 1000).await?;
     let total_findings = recent.len();
@@ -800,6 +817,7 @@ pub(crate) fn limits_section(l: &ConsumerLimits, id: &str) -> String {
                 },
             ],
             reference: Some((1.0, "limit")),
+            markers: &[],
         };
         let _ = write!(out, r#"<div class="charts">{}</div>"#, chart.render());
     }
@@ -1036,7 +1054,13 @@ pub async fn consumer(
         body,
         r#"<section aria-labelledby="h-traffic"><h2 id="h-traffic">Traffic <span class="sub">per {}</span></h2>{}</section>"#,
         esc(&detail.step),
-        series_charts("consumer", &ts, step_ms_of(&detail.step), &points)
+        series_charts(
+            "consumer",
+            &ts,
+            step_ms_of(&detail.step),
+            &points,
+            &release_markers(&ui).await?
+        )
     );
     let _ = write!(
         body,

@@ -68,6 +68,9 @@ pub struct Chart<'a> {
     pub lines: Vec<Line<'a>>,
     /// A dashed horizontal line, e.g. the limit at 100%.
     pub reference: Option<(f64, &'a str)>,
+    /// Release markers: a vertical line at each time with its label (`shop v2.3`); those
+    /// outside the chart's span are left out.
+    pub markers: &'a [(i64, String)],
 }
 
 /// A "nice" tick spacing (1, 2, 2.5 or 5 × 10^k) giving about `target` intervals up to `max`.
@@ -214,6 +217,23 @@ impl Chart<'_> {
                 label = esc(label)
             );
         }
+        // Release markers, under the lines.
+        let shown: Vec<&(i64, String)> = self
+            .markers
+            .iter()
+            .filter(|(at, _)| (t0..t1).contains(at))
+            .collect();
+        for (at, label) in &shown {
+            let xx = x(*at);
+            let _ = write!(
+                out,
+                r#"<g class="marker"><line x1="{xx:.1}" x2="{xx:.1}" y1="{MT}" y2="{yb}"/><text class="markerlabel" x="{lx:.1}" y="{ty}">{label}</text></g>"#,
+                yb = MT + ph,
+                lx = xx + 3.0,
+                ty = MT + 10.0,
+                label = esc(label)
+            );
+        }
         // The lines, each point at the middle of its step; a missing value breaks the line.
         let mid = self.step_ms / 2;
         for line in &self.lines {
@@ -252,6 +272,19 @@ impl Chart<'_> {
             );
         }
         out.push_str("</ul>");
+        if !shown.is_empty() {
+            out.push_str(r#"<p class="markers">Releases: "#);
+            for (i, (at, label)) in shown.iter().enumerate() {
+                let _ = write!(
+                    out,
+                    "{}{} ({})",
+                    if i > 0 { ", " } else { "" },
+                    esc(label),
+                    esc(&crate::html::when(*at))
+                );
+            }
+            out.push_str("</p>");
+        }
         self.data_table(&mut out);
         out.push_str("</figure>");
         out
@@ -364,9 +397,20 @@ mod tests {
                 class: "c-blue",
             }],
             reference: None,
+            markers: &[
+                (1_767_225_600_000 + 90_000, "shop <v2.3>".to_string()),
+                (1_767_225_600_000 - 1, "before the chart".to_string()),
+            ],
         };
         let svg = chart.render();
         assert!(svg.contains("Requests &lt;all&gt;"), "titles are escaped");
+        // The release inside the span is drawn and listed in text; the one before is not.
+        assert_eq!(svg.matches(r#"<g class="marker">"#).count(), 1, "{svg}");
+        assert!(
+            svg.contains("Releases: shop &lt;v2.3&gt; (2026-01-01 00:01:30 UTC)"),
+            "{svg}"
+        );
+        assert!(!svg.contains("before the chart"));
         // Two segments: the gap after the first point starts a new one.
         let path = svg
             .split("<path d=\"")
@@ -395,6 +439,7 @@ mod tests {
             step_ms: 60_000,
             lines: vec![],
             reference: None,
+            markers: &[],
         };
         assert!(chart.render().contains("No data in this range."));
     }

@@ -37,6 +37,15 @@ pub async fn page(
         }),
     )
     .await?;
+    // The sunset proposals from the callers' migration pace (`GET /v1/reports/deprecation`).
+    let proposals = clientele_api::reports::deprecation(
+        &ui.app,
+        &clientele_api::reports::ReportQuery {
+            to: Some(ctx.range.to_ms.to_string()),
+            ..Default::default()
+        },
+    )
+    .await?;
     let ops: Vec<Value> = report
         .get("deprecations")
         .and_then(Value::as_array)
@@ -88,6 +97,27 @@ pub async fn page(
                 format!("; sunset {}", esc(sunset))
             },
         );
+        if let Some(p) = proposals
+            .items
+            .iter()
+            .find(|p| p.api == api && p.route == route)
+        {
+            let _ = write!(
+                body,
+                r#"<p class="proposal" data-proposed-sunset="{}"><strong>Proposed sunset: {}</strong> ({}){}.</p>"#,
+                esc(p.proposed_sunset.as_deref().unwrap_or("")),
+                esc(p
+                    .proposed_sunset
+                    .as_deref()
+                    .map_or("none yet", |s| &s[..s.len().min(10)])),
+                esc(&p.reason),
+                if p.sunset_at_risk {
+                    "; callers will still be on it at the configured sunset"
+                } else {
+                    ""
+                },
+            );
+        }
         let consumers = op["consumers"].as_array().cloned().unwrap_or_default();
         if consumers.is_empty() {
             body.push_str("<p class=\"note\">No consumer called it in this range.</p></section>");

@@ -159,12 +159,19 @@ pub(crate) fn table(ctx: &Ctx, caption: &str, rows: &[FindingOut], show_consumer
         }
         let _ = write!(
             out,
-            r#"<td>{route}</td><td class="summary">{summary}</td><td class="when">{last}<br><span class="muted">since {first}</span></td><td><details><summary>Numbers</summary>{ev}</details></td></tr>"#,
+            r#"<td>{route}</td><td class="summary">{summary}{release}</td><td class="when">{last}<br><span class="muted">since {first}</span></td><td><details><summary>Numbers</summary>{ev}</details></td></tr>"#,
             route = f
                 .route
                 .as_deref()
                 .map_or_else(|| "—".to_string(), |r| format!("<code>{}</code>", esc(r))),
             summary = esc(&f.summary),
+            release = f
+                .since_release
+                .as_deref()
+                .map_or_else(String::new, |v| format!(
+                    r#" <span class="muted">(since release {})</span>"#,
+                    esc(v)
+                )),
             last = esc(&short(&f.last_seen)),
             first = esc(&short(&f.first_seen)),
             ev = evidence(&f.evidence),

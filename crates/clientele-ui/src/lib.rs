@@ -30,6 +30,7 @@ mod governance;
 mod html;
 mod page;
 mod portal;
+mod reports;
 mod session;
 
 pub use session::{ADMIN_COOKIE, PORTAL_COOKIE, SESSION_TTL_MS};
@@ -63,6 +64,11 @@ pub fn router(app: AppState) -> Router {
         .route("/findings", get(findings::page))
         .route("/deprecations", get(deprecations::page))
         .route("/governance", get(governance::page))
+        .route("/portfolio", get(reports::portfolio))
+        .route("/reports/outreach", get(reports::outreach))
+        .route("/reports/pricing", get(reports::pricing))
+        .route("/reports/sla", get(reports::sla))
+        .route("/reports/agents", get(reports::agents))
         .route("/portal", get(portal::home))
         .route("/portal/", get(portal::home))
         .route("/portal/login", get(portal::login_form).post(portal::login))

@@ -123,7 +123,7 @@ pub async fn home(
         body,
         r#"<section aria-labelledby="h-traffic"><h2 id="h-traffic">Traffic <span class="sub">per {}</span></h2>{}</section>"#,
         esc(&detail.step),
-        series_charts("portal", &ts, step_ms, &points)
+        series_charts("portal", &ts, step_ms, &points, &[])
     );
     let Json(lim) = limits::get_limits(
         State(app.clone()),

@@ -24,6 +24,7 @@ mod findings_cli;
 mod follow;
 mod logformat;
 mod logimport;
+mod report_cli;
 mod server;
 
 #[derive(Parser)]
@@ -68,6 +69,8 @@ enum Command {
         #[arg(long, short = 'c', value_name = "PATH")]
         config: PathBuf,
     },
+    /// Print a report: portfolio, outreach, pricing, sla, deprecation or agents (table, --json or --csv).
+    Report(report_cli::ReportArgs),
 }
 
 /// How CLI commands reach a running server.
@@ -142,6 +145,7 @@ async fn run(command: Command) -> Result<()> {
             println!("{}", control_plane::migrate(&config.storage).await?);
             Ok(())
         }
+        Command::Report(args) => report_cli::run(args).await,
     }
 }
 

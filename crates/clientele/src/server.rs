@@ -246,6 +246,8 @@ pub async fn start(config: Config) -> Result<Running> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let alert_http =
         clientele_app::alerts::client(&config.outbound).map_err(|e| anyhow::anyhow!(e))?;
+    let digest_targets = alert_targets.clone();
+    let digest_http = alert_http.clone();
     let (alert_tx, alert_task) = clientele_app::alerts::start(
         alert_targets,
         alert_http,
@@ -259,7 +261,7 @@ pub async fn start(config: Config) -> Result<Running> {
         clientele_app::findings::FindingsService::new(
             clientele_detect::Registry::configured(&config.detection)
                 .with(crate::contract::ContractDetector(contracts.clone())),
-            finding_store,
+            finding_store.clone(),
             control.clone(),
             engine.clone(),
             config.plans.clone(),
@@ -274,6 +276,21 @@ pub async fn start(config: Config) -> Result<Running> {
             })
         }),
     );
+    // `[digest]`: the reports' summary through the alert webhooks, when both are configured.
+    let digest = Arc::new(clientele_app::reports::digest::DigestService {
+        engine: engine.clone(),
+        control: control.clone(),
+        findings: finding_store.clone(),
+        plans: Arc::new(config.plans.clone()),
+        spec_apis: contracts.apis().map(|c| c.api.clone()).collect(),
+        targets: digest_targets,
+        http: digest_http,
+    });
+    tasks.push(tokio::spawn(clientele_app::reports::digest::run_periodic(
+        digest,
+        Duration::from_secs(config.digest.interval_secs),
+        wait_for(shutdown_rx.clone()),
+    )));
     tasks.push(tokio::spawn(clientele_app::detection::run_periodic(
         findings.clone(),
         Duration::from_secs(config.detection.interval_secs),

@@ -5,7 +5,7 @@ use clientele_core::keys::{QuotaSeed, QuotaUsage};
 use clientele_core::limits::{LimitOverride, RouteLimit};
 
 use super::{Backend, Fresh};
-use crate::{ControlStore, StoreError, StoredSpecVersion};
+use crate::{ControlStore, Release, StoreError, StoredSpecVersion};
 
 fn consumer(id: &str, plan: Option<&str>) -> Consumer {
     Consumer {
@@ -261,4 +261,45 @@ pub async fn the_key_secret_and_consumers_survive_a_reopen<S: Backend + ControlS
     let store = fresh.reopen();
     assert_eq!(store.key_secret(), secret);
     assert!(store.get_consumer("acme").await.unwrap().is_some());
+}
+
+pub async fn releases_are_recorded_once_and_listed_in_time_order<S: Backend + ControlStore>(
+    fresh: &mut Fresh<S>,
+) {
+    let store = fresh.store();
+    let rel = |api: &str, version: &str, at_ms: i64| Release {
+        api: api.into(),
+        version: version.into(),
+        at_ms,
+        recorded_at_ms: 9_000,
+    };
+    assert!(store.releases(None).await.unwrap().is_empty());
+    store
+        .record_release(rel("shop", "v2.3", 5_000))
+        .await
+        .unwrap();
+    store
+        .record_release(rel("shop", "v2.2", 1_000))
+        .await
+        .unwrap();
+    store
+        .record_release(rel("kennel", "1.0", 3_000))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.record_release(rel("shop", "v2.3", 7_000)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let shop = store.releases(Some("shop")).await.unwrap();
+    assert_eq!(
+        shop,
+        vec![rel("shop", "v2.2", 1_000), rel("shop", "v2.3", 5_000)]
+    );
+    let all = store.releases(None).await.unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.version.as_str()).collect::<Vec<_>>(),
+        ["v2.2", "1.0", "v2.3"]
+    );
+    let store = fresh.reopen();
+    assert_eq!(store.releases(None).await.unwrap().len(), 3);
 }

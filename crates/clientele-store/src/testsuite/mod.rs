@@ -107,6 +107,7 @@ macro_rules! control_store_suite {
     ($backend:ident, $ty:ty) => {
         $crate::__store_suite_tests!($backend, $ty, control:
             spec_versions_are_recorded_once_per_hash,
+            releases_are_recorded_once_and_listed_in_time_order,
             consumers_are_created_once_and_bump_the_control_version,
             updating_a_consumer_replaces_its_fields,
             a_key_needs_a_consumer_and_a_unique_hash,

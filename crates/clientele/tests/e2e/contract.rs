@@ -135,6 +135,20 @@ async fn routes_are_spec_templates_and_drift_is_found_per_consumer() {
     let progress = dep["consumers"][0]["migration_progress"].as_f64().unwrap();
     assert!((progress - 1.0 / 3.0).abs() < 1e-9, "{progress}");
 
+    // The sunset proposal: acme has no pace yet (no calls the week before), so no date, and
+    // the report says whom to talk to first.
+    let (status, body) = server
+        .admin(Method::GET, "/v1/reports/deprecation", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let item = &body["items"][0];
+    assert_eq!(item["route"], "GET /pet/findByTags", "{body}");
+    assert_eq!(item["blocked_by"], serde_json::json!(["acme"]), "{body}");
+    assert_eq!(item["proposed_sunset"], Value::Null, "{body}");
+    assert_eq!(item["consumers"][0]["calls_last_week"], 2, "{body}");
+    let progress = item["consumers"][0]["progress"].as_f64().unwrap();
+    assert!((progress - 0.3333).abs() < 1e-4, "{progress}");
+
     // The dashboard's deprecations page shows the same report.
     let mut browser = crate::ui::admin_browser(&server).await;
     let page = browser.get(&server, "/deprecations").await;
@@ -206,6 +220,18 @@ async fn routes_are_spec_templates_and_drift_is_found_per_consumer() {
         .admin(Method::GET, "/v1/apis/petstore/spec", None)
         .await;
     assert_eq!(body["history"].as_array().unwrap().len(), 2, "{body}");
+    // Each spec version after the first (the reload) is a release marker.
+    let (_, releases) = server
+        .admin(Method::GET, "/v1/releases?api=petstore", None)
+        .await;
+    let releases = releases["releases"].as_array().unwrap();
+    assert_eq!(releases.len(), 1, "{releases:?}");
+    assert!(
+        releases
+            .iter()
+            .all(|r| r["source"] == "spec" && r["version"].as_str().unwrap().starts_with("spec-")),
+        "{releases:?}"
+    );
 
     // The version history is in the store: it survives a restart, load times unchanged.
     let before = body["history"].clone();

@@ -23,12 +23,12 @@ const MINUTE: i64 = 60_000;
 
 /// A webhook receiver: records `(path, body)`, and answers 500 to the first request on `/hook`
 /// so the dispatcher has to retry.
-struct Receiver {
-    addr: std::net::SocketAddr,
-    got: Arc<Mutex<Vec<(String, Value)>>>,
+pub(crate) struct Receiver {
+    pub(crate) addr: std::net::SocketAddr,
+    pub(crate) got: Arc<Mutex<Vec<(String, Value)>>>,
 }
 
-async fn start_receiver() -> Receiver {
+pub(crate) async fn start_receiver() -> Receiver {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();

@@ -19,6 +19,7 @@ mod llm;
 mod otlp_ingest;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod reports;
 mod support;
 mod ui;
 mod websocket;
