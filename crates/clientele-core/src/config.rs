@@ -266,11 +266,21 @@ pub struct ApiConfig {
     /// format; `"off"` = never.
     #[serde(default)]
     pub llm: Option<LlmMode>,
+    /// Whether an OpenAI streamed request (`"stream": true`) without
+    /// `stream_options.include_usage` gets it added, so the stream ends with its usage
+    /// instead of an estimate. On by default; the client then also receives that last chunk
+    /// (`choices: []`).
+    #[serde(default = "yes")]
+    pub llm_include_usage: bool,
     /// Headers set on every request sent upstream (the provider's key), `${NAME}` replaced by
     /// the environment variable at load. When set, the consumer's Clientele key is always
     /// removed, whatever `hide_credentials` says.
     #[serde(default)]
     pub upstream_headers: BTreeMap<String, String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `[[apis]] llm`.
@@ -471,6 +481,16 @@ pub struct PlanConfig {
     pub quota_per_day: Option<u64>,
     #[serde(default)]
     pub quota_per_month: Option<u64>,
+    /// Budgets of AI traffic for every consumer on the plan: US dollars and tokens per UTC day
+    /// and month, reserved before forwarding and settled to the provider's usage.
+    #[serde(default)]
+    pub budget_usd_per_day: Option<f64>,
+    #[serde(default)]
+    pub budget_usd_per_month: Option<f64>,
+    #[serde(default)]
+    pub tokens_per_day: Option<u64>,
+    #[serde(default)]
+    pub tokens_per_month: Option<u64>,
     /// Per-route limits for every consumer on the plan, keyed `"GET /search"` or `"/search"`.
     #[serde(default)]
     pub routes: BTreeMap<String, crate::limits::RouteLimit>,
@@ -812,6 +832,12 @@ impl Config {
                         "a quota must be at least 1; leave it out for no quota".into(),
                     );
                 }
+            }
+            if let Err(e) = crate::limits::check_budgets(
+                [plan.budget_usd_per_day, plan.budget_usd_per_month],
+                [plan.tokens_per_day, plan.tokens_per_month],
+            ) {
+                return err(&key, e);
             }
             for (route, limit) in &plan.routes {
                 let rkey = format!("{key}.routes.{route:?}");

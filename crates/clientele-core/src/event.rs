@@ -42,6 +42,9 @@ pub enum Outcome {
     /// Refused (403) because the consumer broke a rule of its plan's policy whose action is
     /// `block`.
     PolicyBlocked,
+    /// Refused (429) because a budget of AI traffic (US dollars or tokens per day or month)
+    /// is spent.
+    BudgetExceeded,
 }
 
 impl Outcome {
@@ -64,6 +67,7 @@ impl Outcome {
             Outcome::ClientAborted => "client_aborted",
             Outcome::Ingested => "ingested",
             Outcome::PolicyBlocked => "policy_blocked",
+            Outcome::BudgetExceeded => "budget_exceeded",
         }
     }
 
@@ -86,6 +90,7 @@ impl Outcome {
             "client_aborted" => Outcome::ClientAborted,
             "ingested" => Outcome::Ingested,
             "policy_blocked" => Outcome::PolicyBlocked,
+            "budget_exceeded" => Outcome::BudgetExceeded,
             _ => return None,
         })
     }

@@ -38,7 +38,7 @@ pub enum RecordError {
 }
 
 /// Outcomes by their one-byte code. Append only: the position is the stored code.
-const OUTCOMES: [Outcome; 17] = [
+const OUTCOMES: [Outcome; 18] = [
     Outcome::Proxied,
     Outcome::MissingKey,
     Outcome::UnknownKey,
@@ -56,6 +56,7 @@ const OUTCOMES: [Outcome; 17] = [
     Outcome::Ingested,
     Outcome::BadRequest,
     Outcome::PolicyBlocked,
+    Outcome::BudgetExceeded,
 ];
 
 /// The stored code of `o`. An exhaustive match, so a new `Outcome` does not compile until it has
@@ -79,6 +80,7 @@ fn outcome_code(o: Outcome) -> u8 {
         Outcome::Ingested => 14,
         Outcome::BadRequest => 15,
         Outcome::PolicyBlocked => 16,
+        Outcome::BudgetExceeded => 17,
     }
 }
 

@@ -142,9 +142,17 @@ pub struct PendingSample {
     pub sender: SampleSender,
 }
 
+/// Where a request body's bytes come from.
+enum Inner {
+    Stream(Incoming),
+    /// Read before forwarding (a small LLM request, see [`crate::llm_request`]), perhaps
+    /// rewritten; sent as one frame.
+    Read(Option<Bytes>),
+}
+
 /// Counts the bytes of a client's request body on their way upstream.
 pub struct RequestBody {
-    inner: Incoming,
+    inner: Inner,
     counted: Arc<AtomicU64>,
     /// 0 = no limit.
     limit: u64,
@@ -163,9 +171,21 @@ impl RequestBody {
         fault: Arc<BodyFault>,
     ) -> Self {
         RequestBody {
-            inner,
+            inner: Inner::Stream(inner),
             counted,
             limit,
+            fault,
+            tee: None,
+        }
+    }
+
+    /// A body already read (and checked against the limit by its reader); `counted` holds
+    /// the bytes the client sent, which a rewrite may have changed.
+    pub fn read(bytes: Bytes, counted: Arc<AtomicU64>, fault: Arc<BodyFault>) -> Self {
+        RequestBody {
+            inner: Inner::Read(Some(bytes)),
+            counted,
+            limit: 0,
             fault,
             tee: None,
         }
@@ -186,14 +206,22 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        let polled = match &mut self.inner {
+            Inner::Stream(body) => Pin::new(body).poll_frame(cx),
+            Inner::Read(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        };
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
+                // A body read before forwarding was counted as the client sent it.
+                let streamed = matches!(self.inner, Inner::Stream(_));
                 if let Some(data) = frame.data_ref() {
-                    let total = self.counted.fetch_add(data.len() as u64, Ordering::Relaxed)
-                        + data.len() as u64;
-                    if self.limit > 0 && total > self.limit {
-                        self.fault.set(Fault::TooLarge);
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(self.limit)))));
+                    if streamed {
+                        let total = self.counted.fetch_add(data.len() as u64, Ordering::Relaxed)
+                            + data.len() as u64;
+                        if self.limit > 0 && total > self.limit {
+                            self.fault.set(Fault::TooLarge);
+                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge(self.limit)))));
+                        }
                     }
                     if let Some(tee) = &self.tee {
                         tee.lock()
@@ -213,12 +241,37 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Stream(body) => body.is_end_stream(),
+            Inner::Read(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Stream(body) => body.size_hint(),
+            Inner::Read(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
     }
+}
+
+/// Reads a request body of at most `max` bytes whole (the caller has checked its declared
+/// length): the bytes, or the body's fault.
+pub async fn read_small(mut body: Incoming, max: u64) -> Result<Bytes, Fault> {
+    use http_body_util::BodyExt;
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| Fault::Broken)?;
+        if let Some(data) = frame.data_ref() {
+            if (out.len() + data.len()) as u64 > max {
+                return Err(Fault::TooLarge);
+            }
+            out.extend_from_slice(data);
+        }
+    }
+    Ok(out.freeze())
 }
 
 enum Source {
@@ -234,6 +287,8 @@ pub struct ResponseBody {
     sample: Option<PendingSample>,
     /// Reads LLM token usage from the frames as they pass (boxed: most responses have none).
     usage: Option<Box<Meter>>,
+    /// The request's budget reservation, settled to the usage read when the body ends.
+    budget: Option<crate::limiter::Reservation>,
 }
 
 struct Meter {
@@ -256,6 +311,7 @@ impl ResponseBody {
             finish: None,
             sample: None,
             usage: None,
+            budget: None,
         }
     }
 
@@ -265,6 +321,7 @@ impl ResponseBody {
             finish: None,
             sample: None,
             usage: None,
+            budget: None,
         }
     }
 
@@ -290,6 +347,15 @@ impl ResponseBody {
     /// their cost when the body ends, or when the client leaves (what had passed by then).
     pub fn with_usage(mut self, scanner: UsageScanner, prices: Arc<PriceBook>) -> Self {
         self.usage = Some(Box::new(Meter { scanner, prices }));
+        self
+    }
+
+    /// Settles `reservation` to the tokens and cost read from this body when it ends (the
+    /// part read so far when the client leaves); nothing read gives it all back.
+    pub fn with_budget(mut self, reservation: crate::limiter::Reservation) -> Self {
+        if reservation.is_held() {
+            self.budget = Some(reservation);
+        }
         self
     }
 
@@ -319,6 +385,13 @@ impl ResponseBody {
             }
             if let Some(meter) = self.usage.take() {
                 meter.settle(&mut f.event);
+            }
+            if let Some(budget) = self.budget.take() {
+                budget.settle(crate::llm_request::actual(
+                    f.event.tokens_in,
+                    f.event.tokens_out,
+                    f.event.cost_usd,
+                ));
             }
             f.sink.offer(f.event);
         }

@@ -16,6 +16,7 @@ pub mod conn;
 mod headers;
 pub mod limiter;
 pub mod llm;
+pub mod llm_request;
 pub mod path;
 pub mod proxy;
 pub mod server;
