@@ -163,6 +163,8 @@ async fn start() -> (Server, Seen) {
                 "[[apis]]\nname = \"ai\"\nupstream = \"http://{provider}\"\nprefix = \"/ai\"\n\
                  strip_prefix = true\n\
                  upstream_headers = {{ Authorization = \"Bearer sk-provider-secret\" }}\n\n\
+                 [[apis]]\nname = \"ai-plain\"\nupstream = \"http://{provider}\"\nprefix = \"/plain\"\n\
+                 strip_prefix = true\nllm_include_usage = false\n\n\
                  [[apis]]\nname = \"claude\"\nupstream = \"http://{provider}\"\nprefix = \"/claude\"\n\
                  strip_prefix = true\n\
                  upstream_headers = {{ x-api-key = \"sk-ant-provider-secret\" }}\n\n\
@@ -437,4 +439,71 @@ async fn sessions_from_the_header_with_a_loop_and_inferred_ones() {
         .admin(Method::GET, "/v1/sessions?limit=0", None)
         .await;
     assert_eq!(status, 400);
+}
+
+/// Streams a chat completion without `stream_options` through `prefix`; the data frames the
+/// client received.
+async fn stream_without_usage_option(server: &Server, key: &str, prefix: &str) -> Vec<String> {
+    let body = json!({"model": "gpt-4o-mini", "stream": true,
+        "messages": [{"role": "user", "content": "count"}]});
+    let (status, _, body) = crate::support::send(
+        Method::POST,
+        &server.gw(&format!("{prefix}/v1/chat/completions")),
+        &[
+            ("authorization", &format!("Bearer {key}")),
+            ("content-type", "application/json"),
+        ],
+        Some(Bytes::from(body.to_string())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    String::from_utf8(body.to_vec())
+        .unwrap()
+        .split("\n\n")
+        .filter(|f| !f.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn include_usage_is_added_to_streams_that_lack_it_unless_turned_off() {
+    let (server, _) = start().await;
+    let (_, key) = server.consumer_with_key("agent-f", Some("pro")).await;
+    // On by default: the provider is asked for usage, so the stream ends with the real count.
+    let frames = stream_without_usage_option(&server, &key, "/ai").await;
+    assert!(
+        frames.iter().any(|f| f.contains("\"prompt_tokens\":42")),
+        "{frames:?}"
+    );
+    let events = server
+        .wait_events("agent-f", "", |evs| evs.len() == 1)
+        .await;
+    assert_eq!(events[0]["tokens_in"], PROMPT_TOKENS, "{}", events[0]);
+    assert_eq!(events[0]["tokens_out"], CHUNKS.len() as u64);
+    assert_eq!(events[0]["outcome"], "proxied");
+    // The body grew by the option: counted as the client sent it.
+    let sent = json!({"model": "gpt-4o-mini", "stream": true,
+        "messages": [{"role": "user", "content": "count"}]})
+    .to_string()
+    .len() as u64;
+    assert_eq!(events[0]["request_bytes"], sent);
+
+    // Turned off for `ai-plain`: the body goes as sent, and the stream can only be estimated
+    // (no input count, one output token per delta).
+    let frames = stream_without_usage_option(&server, &key, "/plain").await;
+    assert!(
+        !frames.iter().any(|f| f.contains("prompt_tokens")),
+        "{frames:?}"
+    );
+    let events = server
+        .wait_events("agent-f", "", |evs| evs.len() == 2)
+        .await;
+    let plain = events
+        .iter()
+        .find(|e| e["api"] == "ai-plain")
+        .expect("the ai-plain event");
+    assert_eq!(plain["tokens_in"], 0, "{plain}");
+    // Every delta counts one, the role chunk's empty one included.
+    assert_eq!(plain["tokens_out"], CHUNKS.len() as u64 + 1, "{plain}");
 }
