@@ -38,6 +38,8 @@ pub struct Config {
     /// `[prices."model"]`: dollars per million tokens, replacing or adding to the shipped
     /// price book (`crates/clientele-core/prices.toml`).
     pub prices: BTreeMap<String, crate::prices::ModelPrice>,
+    /// `[agents]`: what the gateway does about AI agents' loops.
+    pub agents: AgentsConfig,
     /// Where the config came from (the file), for messages about it found after parsing.
     #[serde(skip)]
     pub origin: String,
@@ -281,6 +283,16 @@ pub struct ApiConfig {
 
 fn yes() -> bool {
     true
+}
+
+/// `[agents]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentsConfig {
+    /// Refuse (429) a call a session (the session header) has already made this many times,
+    /// identical in method, path, query and body. Unset = never refuse (loops are reported
+    /// by the `agent_loop` finding only).
+    pub max_identical_calls: Option<u32>,
 }
 
 /// `[[apis]] llm`.
@@ -808,6 +820,12 @@ impl Config {
             }
         }
 
+        if self.agents.max_identical_calls == Some(0) {
+            return err(
+                "agents.max_identical_calls",
+                "must be at least 1; leave it out to never refuse repeated calls".into(),
+            );
+        }
         for (name, plan) in &self.plans {
             let key = format!("plans.{name}");
             if !valid_name(name) {

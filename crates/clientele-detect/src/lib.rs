@@ -178,6 +178,7 @@ impl Registry {
             .with(LimitDetector::default())
             .with(GovernanceDetector)
             .with(BudgetDetector)
+            .with(agents::AgentLoopDetector)
     }
 
     pub fn with(mut self, detector: impl Detector + 'static) -> Registry {

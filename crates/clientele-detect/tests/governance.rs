@@ -348,6 +348,7 @@ fn event(
         tokens_out: None,
         cost_usd: None,
         close_code: None,
+        call_hash: None,
     }
 }
 

@@ -150,6 +150,60 @@ enum Inner {
     Read(Option<Bytes>),
 }
 
+/// Bytes of a request body that go into its call fingerprint.
+pub const PRINT_MAX: usize = 64 * 1024;
+
+/// The body's half of the call fingerprint (`Event::call_hash`): the CRC-32 of its first
+/// [`PRINT_MAX`] bytes, set by [`RequestBody`] once they have passed (or the body ended).
+#[derive(Debug, Default)]
+pub struct BodyPrint(AtomicU64);
+
+impl BodyPrint {
+    const DONE: u64 = 1 << 32;
+
+    pub fn of(bytes: &[u8]) -> BodyPrint {
+        let print = BodyPrint::default();
+        print.set(crc32fast::hash(&bytes[..bytes.len().min(PRINT_MAX)]));
+        print
+    }
+
+    fn set(&self, crc: u32) {
+        self.0.store(Self::DONE | u64::from(crc), Ordering::Relaxed);
+    }
+
+    /// The CRC, or 0 when no byte passed (an empty body's CRC is 0 too).
+    pub fn get(&self) -> u32 {
+        (self.0.load(Ordering::Relaxed) & u64::from(u32::MAX)) as u32
+    }
+}
+
+/// Hashes the body as it streams, up to [`PRINT_MAX`] bytes.
+struct Printer {
+    hasher: crc32fast::Hasher,
+    taken: usize,
+    out: Arc<BodyPrint>,
+}
+
+impl Printer {
+    fn feed(&mut self, data: &[u8]) {
+        if self.taken >= PRINT_MAX {
+            return;
+        }
+        let n = data.len().min(PRINT_MAX - self.taken);
+        self.hasher.update(&data[..n]);
+        self.taken += n;
+        if self.taken >= PRINT_MAX {
+            self.out.set(self.hasher.clone().finalize());
+        }
+    }
+
+    fn end(&self) {
+        if self.taken < PRINT_MAX {
+            self.out.set(self.hasher.clone().finalize());
+        }
+    }
+}
+
 /// Counts the bytes of a client's request body on their way upstream.
 pub struct RequestBody {
     inner: Inner,
@@ -161,6 +215,8 @@ pub struct RequestBody {
     fault: Arc<BodyFault>,
     /// Set when the request is sampled for schema validation.
     tee: Option<Arc<Mutex<Tee>>>,
+    /// Set when the call is fingerprinted (boxed: the hasher's state is not small).
+    printer: Option<Box<Printer>>,
 }
 
 impl RequestBody {
@@ -176,6 +232,7 @@ impl RequestBody {
             limit,
             fault,
             tee: None,
+            printer: None,
         }
     }
 
@@ -188,7 +245,18 @@ impl RequestBody {
             limit: 0,
             fault,
             tee: None,
+            printer: None,
         }
+    }
+
+    /// Hashes the body's first [`PRINT_MAX`] bytes into `out` as it streams.
+    pub fn with_print(mut self, out: Arc<BodyPrint>) -> Self {
+        self.printer = Some(Box::new(Printer {
+            hasher: crc32fast::Hasher::new(),
+            taken: 0,
+            out,
+        }));
+        self
     }
 
     /// Copies the body (up to the tee's limit) as it streams, for validation.
@@ -228,6 +296,9 @@ impl Body for RequestBody {
                             .unwrap_or_else(PoisonError::into_inner)
                             .push(data);
                     }
+                    if let Some(p) = self.printer.as_mut() {
+                        p.feed(data);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -235,7 +306,12 @@ impl Body for RequestBody {
                 self.fault.set(Fault::Broken);
                 Poll::Ready(Some(Err(Box::new(ClientBodyError(e)))))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                if let Some(p) = &self.printer {
+                    p.end();
+                }
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -255,6 +331,24 @@ impl Body for RequestBody {
             }
         }
     }
+}
+
+/// The call fingerprint of `Event::call_hash`.
+pub fn call_hash(head: u32, body: u32) -> u64 {
+    (u64::from(head) << 32) | u64::from(body)
+}
+
+/// The CRC-32 of a call's method, path and query: the high half of its fingerprint.
+pub fn head_print(method: &str, path: &str, query: Option<&str>) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(method.as_bytes());
+    h.update(b" ");
+    h.update(path.as_bytes());
+    if let Some(q) = query {
+        h.update(b"?");
+        h.update(q.as_bytes());
+    }
+    h.finalize()
 }
 
 /// Reads a request body of at most `max` bytes whole (the caller has checked its declared
@@ -289,6 +383,8 @@ pub struct ResponseBody {
     usage: Option<Box<Meter>>,
     /// The request's budget reservation, settled to the usage read when the body ends.
     budget: Option<crate::limiter::Reservation>,
+    /// The call fingerprint's halves: the head's CRC and the request body's print.
+    call: Option<(u32, Arc<BodyPrint>)>,
 }
 
 struct Meter {
@@ -312,6 +408,7 @@ impl ResponseBody {
             sample: None,
             usage: None,
             budget: None,
+            call: None,
         }
     }
 
@@ -322,6 +419,7 @@ impl ResponseBody {
             sample: None,
             usage: None,
             budget: None,
+            call: None,
         }
     }
 
@@ -359,6 +457,13 @@ impl ResponseBody {
         self
     }
 
+    /// Puts the call fingerprint on the event: `head` (the CRC of method, path and query) and
+    /// the request body's print as it stands when the response ends.
+    pub fn with_call(mut self, head: u32, print: Arc<BodyPrint>) -> Self {
+        self.call = Some((head, print));
+        self
+    }
+
     /// Sends `sample` to the validator when the body completes (not when the client leaves).
     pub fn with_sample(mut self, sample: PendingSample) -> Self {
         self.sample = Some(sample);
@@ -385,6 +490,9 @@ impl ResponseBody {
             }
             if let Some(meter) = self.usage.take() {
                 meter.settle(&mut f.event);
+            }
+            if let Some((head, print)) = self.call.take() {
+                f.event.call_hash = Some(call_hash(head, print.get()));
             }
             if let Some(budget) = self.budget.take() {
                 budget.settle(crate::llm_request::actual(

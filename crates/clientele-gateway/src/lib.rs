@@ -11,6 +11,7 @@
 //! store or the API; it reads keys from a [`clientele_core::keys::KeyIndex`] and hands events to
 //! a sink it is given.
 
+pub mod agents;
 mod body;
 pub mod conn;
 mod headers;

@@ -44,6 +44,8 @@ pub struct GatewayOptions {
     pub outbound_tls: OutboundTls,
     /// What LLM tokens cost: the shipped book with the config's `[prices]`.
     pub prices: Arc<clientele_core::prices::PriceBook>,
+    /// `[agents] max_identical_calls`: refuse a session's repeats past it.
+    pub max_identical_calls: Option<u32>,
 }
 
 /// One API behind the gateway.
@@ -98,6 +100,8 @@ pub struct Gateway {
     in_flight: AtomicU64,
     /// The validator's queue, when some API has a spec.
     samples: Option<clientele_contract::SampleSender>,
+    /// Counts sessions' identical calls when `max_identical_calls` is set.
+    calls: Option<crate::agents::CallGuard>,
 }
 
 /// Context gathered before the request is forwarded, used to fill the event.
@@ -174,6 +178,9 @@ impl Gateway {
         }
         built.sort_by_key(|api| std::cmp::Reverse(api.prefix.len()));
         let session_header = HeaderName::from_bytes(options.session_header.as_bytes()).ok();
+        let calls = options
+            .max_identical_calls
+            .map(crate::agents::CallGuard::new);
         let end_user_header = HeaderName::from_bytes(options.end_user_header.as_bytes()).ok();
         Ok(Gateway {
             apis: built,
@@ -186,6 +193,7 @@ impl Gateway {
             tls: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
             samples: None,
+            calls,
         })
     }
 
@@ -371,6 +379,7 @@ impl Gateway {
                 tokens_out: None,
                 cost_usd: None,
                 close_code: None,
+                call_hash: None,
             },
         };
 
@@ -501,18 +510,26 @@ impl Gateway {
         let mut facts = None;
         let inject =
             api.include_usage && llm == Some(Flavor::OpenAi) && relative.ends_with("/completions");
-        if llm.is_some()
+        // With `max_identical_calls`, a session's call needs its fingerprint before it is
+        // forwarded: its small body is read first too.
+        let guard = self.calls.as_ref().zip(seen.event.session_id.clone());
+        let for_llm = llm.is_some()
             && (budgets || inject)
             && parts.method == http::Method::POST
-            && declared.is_some_and(|n| n <= PEEK_MAX && (limit == 0 || n <= limit))
-            && is_json(parts.headers.get(header::CONTENT_TYPE))
+            && is_json(parts.headers.get(header::CONTENT_TYPE));
+        let mut read_print = None;
+        if (for_llm || guard.is_some())
+            && declared.is_some_and(|n| n > 0 && n <= PEEK_MAX && (limit == 0 || n <= limit))
             && let Some(incoming) = body.take()
         {
             match tokio::time::timeout(api.timeout, crate::body::read_small(incoming, PEEK_MAX))
                 .await
             {
                 Ok(Ok(bytes)) => {
-                    facts = crate::llm_request::read_facts(&bytes);
+                    read_print = Some(crate::body::BodyPrint::of(&bytes));
+                    if for_llm {
+                        facts = crate::llm_request::read_facts(&bytes);
+                    }
                     let rewritten = facts
                         .as_ref()
                         .filter(|_| inject)
@@ -540,6 +557,32 @@ impl Gateway {
                         ),
                     );
                 }
+            }
+        }
+        let print_known = read_print.is_some()
+            || (declared.unwrap_or(0) == 0
+                && !parts.headers.contains_key(header::TRANSFER_ENCODING));
+        let print = Arc::new(read_print.unwrap_or_default());
+        let head_print =
+            crate::body::head_print(parts.method.as_str(), relative, parts.uri.query());
+        if let Some((guard, session)) = &guard
+            && print_known
+        {
+            let call = crate::body::call_hash(head_print, print.get());
+            if let Some(n) = guard.repeat(&entry.consumer, session, call, seen.event.ts_ms) {
+                let detail = format!(
+                    "this session ({session}) has made this identical call (same method, path, query and body) {n} times; the gateway refuses repeats past {} ([agents] max_identical_calls). Change the request, or start a new session if the repeat is intended",
+                    guard.max()
+                );
+                seen.event.call_hash = Some(call);
+                return self.refuse(
+                    seen,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Outcome::LoopRefused,
+                    "identical-call-repeated",
+                    "Identical call repeated",
+                    detail,
+                );
             }
         }
         let charge = if budgets && llm.is_some() {
@@ -653,6 +696,7 @@ impl Gateway {
         let mut body = match (body, read) {
             (Some(incoming), _) => {
                 RequestBody::new(incoming, counted.clone(), limit, fault.clone())
+                    .with_print(print.clone())
             }
             (None, Some((bytes, sent))) => {
                 counted.store(sent as u64, Ordering::Relaxed);
@@ -737,7 +781,8 @@ impl Gateway {
         let (resp_parts, resp_body) = response.into_parts();
         let mut body = ResponseBody::upstream(resp_body)
             .emit_on_finish(seen.event, seen.started, counted, self.sink.clone())
-            .with_budget(reservation);
+            .with_budget(reservation)
+            .with_call(head_print, print);
         if let Some(flavor) = llm {
             let media = resp_parts
                 .headers

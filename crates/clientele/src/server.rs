@@ -180,6 +180,7 @@ pub async fn start(config: Config) -> Result<Running> {
                 &config.prices,
             )),
             outbound_tls: config.outbound.clone(),
+            max_identical_calls: config.agents.max_identical_calls,
         },
         keys.clone(),
         limiter.clone(),

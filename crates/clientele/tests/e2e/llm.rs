@@ -154,10 +154,16 @@ async fn start_provider() -> (SocketAddr, Seen) {
 }
 
 async fn start() -> (Server, Seen) {
+    start_extra("").await
+}
+
+/// [`start`] with `extra` config sections.
+async fn start_extra(extra: &str) -> (Server, Seen) {
     let (provider, seen) = start_provider().await;
     let dir = tempfile::tempdir().unwrap();
+    let extra = extra.to_string();
     let server = Server::start_with(dir, move |gateway, admin| {
-        crate::support::config_text(gateway, admin, provider, "").replace(
+        crate::support::config_text(gateway, admin, provider, &extra).replace(
             "[plans.free]",
             &format!(
                 "[[apis]]\nname = \"ai\"\nupstream = \"http://{provider}\"\nprefix = \"/ai\"\n\
@@ -506,4 +512,93 @@ async fn include_usage_is_added_to_streams_that_lack_it_unless_turned_off() {
     assert_eq!(plain["tokens_in"], 0, "{plain}");
     // Every delta counts one, the role chunk's empty one included.
     assert_eq!(plain["tokens_out"], CHUNKS.len() as u64 + 1, "{plain}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_calls_past_max_identical_calls_are_refused_and_the_loop_is_a_finding() {
+    let (server, seen) = start_extra("\n[agents]\nmax_identical_calls = 3\n").await;
+    let (_, key) = server.consumer_with_key("agent-g", Some("pro")).await;
+    let auth = format!("Bearer {key}");
+    let call = |session: &'static str, content: &'static str| {
+        let body = Bytes::from(
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]})
+                .to_string(),
+        );
+        let (url, auth) = (server.gw("/ai/v1/chat/completions"), auth.clone());
+        async move {
+            let (status, _, body) = crate::support::send(
+                Method::POST,
+                &url,
+                &[
+                    ("authorization", auth.as_str()),
+                    ("content-type", "application/json"),
+                    ("x-session-id", session),
+                ],
+                Some(body),
+            )
+            .await
+            .unwrap();
+            (
+                status,
+                serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+            )
+        }
+    };
+    // Three identical calls pass; the repeats after them are refused, saying why.
+    for _ in 0..3 {
+        assert_eq!(call("loop-1", "weather in Paris?").await.0, 200);
+    }
+    for _ in 0..3 {
+        let (status, problem) = call("loop-1", "weather in Paris?").await;
+        assert_eq!(status, 429, "{problem}");
+        assert!(
+            problem["type"]
+                .as_str()
+                .unwrap()
+                .ends_with("identical-call-repeated"),
+            "{problem}"
+        );
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("max_identical_calls"),
+            "{problem}"
+        );
+    }
+    // A refined query is another call, and another session starts its own count.
+    assert_eq!(call("loop-1", "weather in Lyon?").await.0, 200);
+    assert_eq!(call("loop-2", "weather in Paris?").await.0, 200);
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        5,
+        "refused repeats never reach the provider"
+    );
+
+    let events = server
+        .wait_events("agent-g", "", |evs| evs.len() == 8)
+        .await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["outcome"] == "loop_refused")
+            .count(),
+        3
+    );
+    // The session repeated one call 6 times: an agent_loop finding, naming it.
+    let (status, report) = server
+        .admin(Method::POST, "/v1/findings/evaluate", None)
+        .await;
+    assert_eq!(status, 200, "{report}");
+    let loops: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "agent_loop")
+        .collect();
+    assert_eq!(loops.len(), 1, "{report:#}");
+    assert_eq!(loops[0]["consumer"], "agent-g");
+    assert_eq!(loops[0]["evidence"]["session_id"], "loop-1");
+    assert_eq!(loops[0]["evidence"]["count"], 6);
+    assert_eq!(loops[0]["route"], "POST /ai/v1/chat/completions");
 }
