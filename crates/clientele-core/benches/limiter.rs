@@ -160,6 +160,8 @@ fn main() {
 /// The budget path: `check_with` reserving against all four budgets, then `settle`, on one
 /// slot, alone and with two threads contending for it (every request of one consumer on
 /// one counter: the worst case for the compare-and-swap loop).
+// The plan and policy are built right above: a bench that cannot build them should stop.
+#[allow(clippy::expect_used)]
 fn budgets(iters: usize) {
     use clientele_core::limits::{BudgetCharge, LimitPolicy, LimitSlot};
     let mut plan = plans().remove("pro").expect("the bench plan");

@@ -269,6 +269,7 @@ pub fn layout(ctx: &Ctx, title: &str, active: &str, body: &str) -> String {
                 ("/findings", "Findings"),
                 ("/governance", "Governance"),
                 ("/deprecations", "Deprecations"),
+                ("/ai", "AI"),
             ],
             "/logout",
             "Dashboard",

@@ -249,6 +249,16 @@ async fn a_token_budget_holds_under_30_concurrent_requests() {
     );
     let total = fill(&url, &key, ok).await;
 
+    // The limits show the budget's use, settled to what the provider reported.
+    let (_, lim) = server
+        .admin(Method::GET, "/v1/consumers/burner/limits", None)
+        .await;
+    let b = &lim["budgets"][0];
+    assert_eq!(b["budget"], "tokens_per_day", "{lim}");
+    assert_eq!(b["limit"], TOKENS_PER_DAY as f64);
+    assert_eq!(b["used"], (total * (PROMPT + COMPLETION)) as f64, "{lim}");
+    assert_eq!(b["unit"], "tokens");
+
     // Every refusal is an event, and the allowed ones carry the provider's usage.
     let refused = 30 - ok + 1;
     let events = server
