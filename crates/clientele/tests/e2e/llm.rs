@@ -159,6 +159,12 @@ async fn start() -> (Server, Seen) {
 
 /// [`start`] with `extra` config sections.
 async fn start_extra(extra: &str) -> (Server, Seen) {
+    let (server, seen, _) = start_full(extra).await;
+    (server, seen)
+}
+
+/// [`start_extra`], also returning the mock provider's address.
+async fn start_full(extra: &str) -> (Server, Seen, SocketAddr) {
     let (provider, seen) = start_provider().await;
     let dir = tempfile::tempdir().unwrap();
     let extra = extra.to_string();
@@ -179,7 +185,7 @@ async fn start_extra(extra: &str) -> (Server, Seen) {
         )
     })
     .await;
-    (server, seen)
+    (server, seen, provider)
 }
 
 /// Posts a streamed chat completion and reads `frames` data frames, then drops the response.
@@ -601,4 +607,131 @@ async fn identical_calls_past_max_identical_calls_are_refused_and_the_loop_is_a_
     assert_eq!(loops[0]["evidence"]["session_id"], "loop-1");
     assert_eq!(loops[0]["evidence"]["count"], 6);
     assert_eq!(loops[0]["route"], "POST /ai/v1/chat/completions");
+}
+
+/// A measure, not a test (`cargo test -p clientele --test e2e bench_streamed -- --ignored
+/// --nocapture`): the latency a streamed chat completion gains through the gateway (usage
+/// read, include_usage added, a token budget reserved and settled) at 64 concurrent clients,
+/// against the same provider called directly. Rounds alternate direct and gateway so drift
+/// on the machine spreads over both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_streamed_completion_added_latency() {
+    const ROUNDS: usize = 3;
+    // BENCH_CONCURRENCY=1 measures the time added to one request without queueing.
+    let concurrency: usize = std::env::var("BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let per_client = (1920 / concurrency).clamp(30, 500);
+    let (server, _, provider) = start_full("").await;
+    let (status, body) = server
+        .admin(
+            Method::POST,
+            "/v1/consumers",
+            Some(json!({"id": "bench", "limits": {"tokens_per_day": 1_000_000_000u64}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, key) = server
+        .admin(
+            Method::POST,
+            "/v1/consumers/bench/keys",
+            Some(json!({"name": "bench"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{key}");
+    let key = key["key"].as_str().unwrap().to_string();
+    let body = Bytes::from(
+        json!({"model": "gpt-4o-mini", "stream": true, "max_tokens": 16,
+               "messages": [{"role": "user", "content": "count"}]})
+        .to_string(),
+    );
+    let run = |url: String, auth: Option<String>, body: Bytes| async move {
+        let client = client();
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let (client, url, auth, body) =
+                    (client.clone(), url.clone(), auth.clone(), body.clone());
+                tokio::spawn(async move {
+                    let mut out = Vec::with_capacity(per_client);
+                    for _ in 0..per_client {
+                        let mut req = Request::builder()
+                            .method(Method::POST)
+                            .uri(&url)
+                            .header("content-type", "application/json");
+                        if let Some(a) = &auth {
+                            req = req.header("authorization", a);
+                        }
+                        let t = std::time::Instant::now();
+                        let resp = client
+                            .request(req.body(Full::new(body.clone())).unwrap())
+                            .await
+                            .unwrap();
+                        assert_eq!(resp.status(), 200);
+                        resp.into_body().collect().await.unwrap();
+                        out.push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    out
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    };
+    let q = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() as f64 * p).ceil() as usize).saturating_sub(1)]
+    };
+    let (mut direct, mut via) = (Vec::new(), Vec::new());
+    // One unrecorded warm-up each: connection pools.
+    run(
+        format!("http://{provider}/v1/chat/completions"),
+        None,
+        body.clone(),
+    )
+    .await;
+    run(
+        server.gw("/ai/v1/chat/completions"),
+        Some(format!("Bearer {key}")),
+        body.clone(),
+    )
+    .await;
+    for _ in 0..ROUNDS {
+        direct.extend(
+            run(
+                format!("http://{provider}/v1/chat/completions"),
+                None,
+                body.clone(),
+            )
+            .await,
+        );
+        via.extend(
+            run(
+                server.gw("/ai/v1/chat/completions"),
+                Some(format!("Bearer {key}")),
+                body.clone(),
+            )
+            .await,
+        );
+    }
+    let (d50, d99) = (q(&mut direct, 0.5), q(&mut direct, 0.99));
+    let (g50, g99) = (q(&mut via, 0.5), q(&mut via, 0.99));
+    println!(
+        "streamed completion (5 chunks, 1 ms apart), {concurrency} concurrent, {} requests each:\n\
+         direct  p50 {d50:.2} ms  p99 {d99:.2} ms\n\
+         gateway p50 {g50:.2} ms  p99 {g99:.2} ms\n\
+         added   p50 {:.2} ms  p99 {:.2} ms",
+        direct.len(),
+        g50 - d50,
+        g99 - d99
+    );
+    // The budget was reserved and settled for every request.
+    let (_, lim) = server
+        .admin(Method::GET, "/v1/consumers/bench/limits", None)
+        .await;
+    assert!(lim["budgets"][0]["used"].as_f64().unwrap() > 0.0, "{lim}");
 }
