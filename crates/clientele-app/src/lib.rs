@@ -11,6 +11,7 @@
 //! dispatcher its news goes to.
 
 pub mod alerts;
+pub mod budgets;
 pub mod detection;
 pub mod findings;
 pub mod pipeline;

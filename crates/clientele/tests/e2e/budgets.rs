@@ -390,3 +390,29 @@ async fn two_nodes_sharing_redis_hold_one_token_budget() {
     assert_eq!(status["limiter_mode"], "redis");
     assert_eq!(status["limiter_redis_errors"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_the_budget_used() {
+    let (provider, _) = start_provider(Duration::from_millis(1)).await;
+    let mut server =
+        Server::start_with(tempfile::tempdir().unwrap(), ai_config(provider, "")).await;
+    let (_, key) = server.consumer_with_key("steady", Some("metered")).await;
+    let url = server.gw("/ai/v1/chat/completions");
+    for _ in 0..3 {
+        assert_eq!(burst(std::slice::from_ref(&url), &key, 1).await[0].0, 200);
+    }
+    server.wait_events("steady", "", |evs| evs.len() == 3).await;
+    assert!(server.terminate().success());
+    let dir = std::mem::replace(&mut server.dir, tempfile::tempdir().unwrap());
+    let config = dir.path().join("clientele.toml");
+    let restarted = Server::spawn(dir, &config, server.gateway, server.admin).await;
+    let (_, lim) = restarted
+        .admin(Method::GET, "/v1/consumers/steady/limits", None)
+        .await;
+    assert_eq!(
+        lim["budgets"][0]["used"],
+        (3 * (PROMPT + COMPLETION)) as f64,
+        "the day's use is restored from the stored events: {}",
+        lim["budgets"]
+    );
+}
