@@ -334,6 +334,11 @@ test("one consumer: totals, routes, recent errors, limits and keys (no plaintext
   assert.equal(await errorsTable.locator("tr").count(), Math.min(20, events.length));
   const lim = (await api("/v1/consumers/alpha/limits")).json;
   assert.equal(await page.locator('[data-metric="quota_day_remaining"]').textContent(), int(lim.day.remaining));
+  // Its AI usage, as GET /v1/stats/models answers it.
+  const model = (await api("/v1/stats/models?consumer=alpha")).json.models[0];
+  const aiRow = page.locator("#h-ai ~ * tbody tr", { hasText: model.model });
+  assert.equal(await aiRow.locator("td").nth(2).textContent(), int(model.tokens_in));
+  assert.equal(await aiRow.locator("td").nth(4).textContent(), `$${model.cost_usd.toFixed(6)}`);
   const html = await page.content();
   assert.ok(html.includes(keys.alpha.prefix), "the key's prefix is shown");
   assert.ok(!html.includes(keys.alpha.key), "the key itself never is");

@@ -396,9 +396,10 @@ async fn usage(ui: &Ui, consumer: &str, q: UsageQuery) -> Result<Usage, ApiError
     })
 }
 
-/// The consumer's own AI traffic: tokens and cost per model in the range, and its budgets
-/// with what is used. Empty when it has neither.
-async fn ai_section(
+/// One consumer's AI traffic: tokens and cost per model in the range, and its budgets with
+/// what is used. Empty when it has neither. The portal shows it for the signed-in consumer,
+/// the dashboard on the consumer's page.
+pub(crate) async fn ai_section(
     app: &clientele_api::AppState,
     consumer: &str,
     r: &crate::page::Range,
