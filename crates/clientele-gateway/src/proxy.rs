@@ -512,7 +512,10 @@ impl Gateway {
             api.include_usage && llm == Some(Flavor::OpenAi) && relative.ends_with("/completions");
         // With `max_identical_calls`, a session's call needs its fingerprint before it is
         // forwarded: its small body is read first too.
-        let guard = self.calls.as_ref().zip(seen.event.session_id.clone());
+        let guard = self
+            .calls
+            .as_ref()
+            .and_then(|g| seen.event.session_id.clone().map(|s| (g, s)));
         let for_llm = llm.is_some()
             && (budgets || inject)
             && parts.method == http::Method::POST
