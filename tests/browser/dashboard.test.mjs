@@ -181,6 +181,11 @@ quota_per_day = 100000
   for (let n = 0; n < 5; n++) {
     lines.push(JSON.stringify({ id: `bt-net-${n}`, ts: now - 600_000 + n, consumer: "beta", api: "shop", method: "GET", path: "/pets/1", route: "/pets/{id}", status: 200, latency_ms: 5, client_ip: `198.51.${n}.9` }));
   }
+  // LLM traffic: alpha on a priced model, beta on one without a price (unpriced, never $0).
+  for (let n = 0; n < 6; n++) {
+    const [consumer, model, cost] = n % 3 === 2 ? ["beta", "local-model", undefined] : ["alpha", "gpt-4o-mini", 0.0000255];
+    lines.push(JSON.stringify({ id: `bt-llm-${n}`, ts: now - 1800_000 + n, consumer, api: "shop", method: "POST", path: "/v1/chat/completions", route: "/v1/chat/completions", status: 200, latency_ms: 300, model, tokens_in: 10 + n, tokens_out: 40, cost_usd: cost }));
+  }
   const ingest = await api("/v1/events", { method: "POST", body: lines.join("\n") });
   assert.equal(ingest.status, 202, ingest.text);
 
@@ -329,6 +334,11 @@ test("one consumer: totals, routes, recent errors, limits and keys (no plaintext
   assert.equal(await errorsTable.locator("tr").count(), Math.min(20, events.length));
   const lim = (await api("/v1/consumers/alpha/limits")).json;
   assert.equal(await page.locator('[data-metric="quota_day_remaining"]').textContent(), int(lim.day.remaining));
+  // Its AI usage, as GET /v1/stats/models answers it.
+  const model = (await api("/v1/stats/models?consumer=alpha")).json.models[0];
+  const aiRow = page.locator("#h-ai ~ * tbody tr", { hasText: model.model });
+  assert.equal(await aiRow.locator("td").nth(2).textContent(), int(model.tokens_in));
+  assert.equal(await aiRow.locator("td").nth(4).textContent(), `$${model.cost_usd.toFixed(6)}`);
   const html = await page.content();
   assert.ok(html.includes(keys.alpha.prefix), "the key's prefix is shown");
   assert.ok(!html.includes(keys.alpha.key), "the key itself never is");
@@ -479,6 +489,29 @@ test("reports: portfolio, outreach, pricing and SLA pages show what the API answ
   await context.close();
 });
 
+test("ai: tokens and cost per consumer and per model as GET /v1/stats/models answers", async () => {
+  const { context, page } = await signedIn();
+  await page.getByRole("link", { name: "AI", exact: true }).click();
+  await page.waitForURL(`${admin}/ai`);
+  const rows = (await api("/v1/stats/models")).json.models;
+  assert.ok(rows.length >= 2, JSON.stringify(rows));
+  const sum = (k) => rows.reduce((a, r) => a + r[k], 0);
+  assert.equal(await page.locator('[data-metric="ai_tokens_in"]').textContent(), int(sum("tokens_in")));
+  assert.equal(await page.locator('[data-metric="ai_tokens_out"]').textContent(), int(sum("tokens_out")));
+  assert.equal(await page.locator('[data-metric="ai_unpriced"]').textContent(), int(sum("unpriced_requests")));
+  const perConsumer = page.locator("table", { has: page.locator("caption", { hasText: "Cost per consumer" }) });
+  const alpha = rows.filter((r) => r.consumer === "alpha");
+  const alphaRow = perConsumer.locator("tbody tr", { hasText: "alpha" });
+  assert.equal(await alphaRow.locator("td").nth(2).textContent(), int(alpha.reduce((a, r) => a + r.tokens_in, 0)));
+  const alphaCost = alpha.reduce((a, r) => a + r.cost_usd, 0);
+  assert.equal(await alphaRow.locator("td").nth(4).textContent(), `$${alphaCost.toFixed(6)}`);
+  // The model without a price reads "unpriced", never $0.
+  const perModel = page.locator("table", { has: page.locator("caption", { hasText: "Cost per model" }) });
+  assert.equal(await perModel.locator("tbody tr", { hasText: "local-model" }).locator("td").nth(4).textContent(), "unpriced");
+  await shot(page, "07b-ai");
+  await context.close();
+});
+
 test("keyboard: skip link, navigation by Tab and Enter, visible time-range picker", async () => {
   const { context, page } = await signedIn();
   await page.keyboard.press("Tab");
@@ -521,7 +554,7 @@ test("accessibility: no WCAG 2.1 A/AA violations on any page (axe-core)", async 
   await page.getByLabel("Admin token").fill(ADMIN_TOKEN);
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.waitForURL(`${admin}/`);
-  for (const path of ["/", "/consumers", "/consumers/alpha", "/consumers/beta", "/routes", "/findings", "/governance", "/deprecations", "/portfolio", "/reports/outreach", "/reports/pricing", "/reports/sla", "/reports/agents"]) {
+  for (const path of ["/", "/consumers", "/consumers/alpha", "/consumers/beta", "/routes", "/findings", "/governance", "/deprecations", "/ai", "/portfolio", "/reports/outreach", "/reports/pricing", "/reports/sla", "/reports/agents"]) {
     await page.goto(admin + path);
     problems[path] = await axe(page);
   }
@@ -578,6 +611,9 @@ test("portal: a consumer sees its own numbers only, and a revoked key's session 
   assert.equal(await page.locator('[data-metric="p99"]').textContent(), ms(own.p99_ms));
   const lim = (await api("/v1/consumers/beta/limits")).json;
   assert.equal(await page.locator('[data-metric="quota_day_remaining"]').textContent(), int(lim.day.remaining));
+  // Its own AI usage: the unpriced model, as unpriced.
+  const aiRow = page.locator("#h-ai ~ * tbody tr", { hasText: "local-model" });
+  assert.equal(await aiRow.locator("td").nth(4).textContent(), "unpriced");
   const text = await page.locator("body").textContent();
   assert.ok(!text.includes("alpha") && !text.includes("gamma"), "no other consumer is named");
   assert.ok(text.includes(keys.beta.key_id), "its own keys are listed, by id and prefix");

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use clientele_core::event::Event;
+use clientele_core::event::{Event, Outcome};
 use clientele_core::time::HOUR_MS;
 
 /// One model's use by one consumer.
@@ -40,13 +40,23 @@ impl ModelUsage {
 #[derive(Debug, Default)]
 pub struct ModelTable {
     rows: Mutex<BTreeMap<(i64, String, String), ModelUsage>>,
+    /// Requests refused by a budget, per (hour, consumer): what `budget_exceeded` reads.
+    refusals: Mutex<BTreeMap<(i64, String), u64>>,
 }
 
 impl ModelTable {
     /// Folds in the events that name a model and a consumer.
     pub fn ingest(&self, events: &[Event]) {
         let mut rows = None;
+        let mut refusals = None;
         for e in events {
+            if let (Outcome::BudgetExceeded, Some(consumer)) = (e.outcome, &e.consumer) {
+                let refusals = refusals
+                    .get_or_insert_with(|| self.refusals.lock().unwrap_or_else(|e| e.into_inner()));
+                let hour = e.ts_ms.div_euclid(HOUR_MS) * HOUR_MS;
+                *refusals.entry((hour, consumer.clone())).or_default() += 1;
+                continue;
+            }
             let (Some(model), Some(consumer)) = (&e.model, &e.consumer) else {
                 continue;
             };
@@ -99,8 +109,29 @@ impl ModelTable {
         out
     }
 
+    /// Budget refusals in hours starting in `[from, to)`: per consumer, the hours (start ms)
+    /// and the refusals in each, in time order.
+    pub fn budget_refusals(&self, from_ms: i64, to_ms: i64) -> BTreeMap<String, Vec<(i64, u64)>> {
+        let start = from_ms.div_euclid(HOUR_MS) * HOUR_MS;
+        let mut out: BTreeMap<String, Vec<(i64, u64)>> = BTreeMap::new();
+        let refusals = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        for ((hour, c), n) in refusals.range((start, String::new())..) {
+            if *hour >= to_ms {
+                break;
+            }
+            out.entry(c.clone()).or_default().push((*hour, *n));
+        }
+        out
+    }
+
     /// Drops hours before `cutoff_ms`.
     pub fn prune(&self, cutoff_ms: i64) {
+        {
+            let cut = cutoff_ms.div_euclid(HOUR_MS) * HOUR_MS;
+            let mut refusals = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+            let keep = refusals.split_off(&(cut, String::new()));
+            *refusals = keep;
+        }
         let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
         let keep = rows.split_off(&(
             cutoff_ms.div_euclid(HOUR_MS) * HOUR_MS,
@@ -160,5 +191,24 @@ mod tests {
         assert_eq!(t.query(0, 3 * HOUR_MS, Some("b")).len(), 1);
         t.prune(5 * HOUR_MS);
         assert_eq!(t.query(0, 10 * HOUR_MS, None).len(), 1);
+    }
+
+    #[test]
+    fn budget_refusals_are_counted_per_hour_and_consumer() {
+        let t = ModelTable::default();
+        let mut refused = event(HOUR_MS + 1, "a", "x", 0, 0, None);
+        refused.model = None;
+        refused.tokens_in = None;
+        refused.tokens_out = None;
+        refused.outcome = Outcome::BudgetExceeded;
+        let mut later = refused.clone();
+        later.ts_ms = 3 * HOUR_MS;
+        t.ingest(&[refused.clone(), refused, later]);
+        let got = t.budget_refusals(0, 10 * HOUR_MS);
+        assert_eq!(got["a"], vec![(HOUR_MS, 2), (3 * HOUR_MS, 1)]);
+        // A refusal is not a use of a model.
+        assert!(t.query(0, 10 * HOUR_MS, None).is_empty());
+        t.prune(2 * HOUR_MS);
+        assert_eq!(t.budget_refusals(0, 10 * HOUR_MS)["a"].len(), 1);
     }
 }

@@ -2,11 +2,12 @@
 //! session header (recorded on the event), else inferred per consumer from idle gaps: a gap
 //! longer than [`IDLE_GAP_MS`] starts a new one. Derived from stored events like the tiers.
 //!
-//! Loops are counted from what events carry, in sessions the client declared with its session
-//! header only (an inferred session of a polling service is not an agent): the same method and
-//! path called [`LOOP_REPEATS`] times or more. Events do not carry the query or the body yet,
-//! so calls differing only there count as the same: `loops` is a hint, and no `agent_loop`
-//! finding is raised from it (see `clientele_detect::agents`).
+//! Loops are counted in sessions the client declared with its session header only (an
+//! inferred session of a polling service is not an agent): the identical call, by the
+//! gateway's fingerprint of method, path, query and body (`Event::call_hash`), made
+//! [`LOOP_REPEATS`] times or more. A session refining its query (the same endpoint with other
+//! parameters) makes different calls and is no loop. Events without a fingerprint (ingested,
+//! or stored before it existed) are never counted as loops.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -42,7 +43,8 @@ pub struct Session {
     /// The calls repeated at least [`LOOP_REPEATS`] times, with their counts (filled by
     /// [`SessionTable::query`]).
     pub repeated: Vec<(String, u32)>,
-    calls: HashMap<String, u32>,
+    /// Per (method and path, fingerprint): how often the session made the call.
+    calls: HashMap<(String, u64), u32>,
 }
 
 #[derive(Debug, Default)]
@@ -104,7 +106,8 @@ impl SessionTable {
             if let Some(c) = e.cost_usd {
                 s.cost_usd = Some(crate::rollup::finite_sum(s.cost_usd.unwrap_or(0.0), c));
             }
-            let call = format!("{} {}", e.method, e.path);
+            let Some(print) = e.call_hash else { continue };
+            let call = (format!("{} {}", e.method, e.path), print);
             let known = s.calls.len() < MAX_CALLS || s.calls.contains_key(&call);
             if known && !inferred {
                 let n = s.calls.entry(call).or_insert(0);
@@ -135,7 +138,7 @@ impl SessionTable {
                         .calls
                         .iter()
                         .filter(|(_, n)| **n >= LOOP_REPEATS)
-                        .map(|(c, n)| (c.clone(), *n))
+                        .map(|((c, _), n)| (c.clone(), *n))
                         .collect();
                     repeated.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
                     Session {
@@ -181,6 +184,7 @@ mod tests {
         }))
         .unwrap();
         e.session_id = session.map(str::to_string);
+        e.call_hash = Some(7);
         e
     }
 
@@ -193,13 +197,27 @@ mod tests {
         for i in 0..6 {
             evs.push(event(i * 1000, "a", Some("s1"), "/v1/tools/search"));
         }
+        // A refining search: the same endpoint, a different call each time; and calls
+        // without a fingerprint: neither is a loop.
+        for i in 0..6 {
+            let mut e = event(i * 1000 + 1, "a", Some("s2"), "/v1/tools/search");
+            e.call_hash = Some(100 + i as u64);
+            evs.push(e);
+            let mut e = event(i * 1000 + 2, "a", Some("s3"), "/v1/tools/search");
+            e.call_hash = None;
+            evs.push(e);
+        }
         // Inferred: two bursts 40 minutes apart are two sessions; a 10-minute gap is not.
         evs.push(event(0, "b", None, "/x"));
         evs.push(event(10 * min, "b", None, "/y"));
         evs.push(event(50 * min, "b", None, "/z"));
         t.ingest(&evs);
         let all = t.query(0, 100 * min, None, 100);
-        assert_eq!(all.len(), 3, "{all:?}");
+        assert_eq!(all.len(), 5, "{all:?}");
+        for id in ["s2", "s3"] {
+            let s = all.iter().find(|s| s.session_id == id).unwrap();
+            assert_eq!((s.requests, s.loops), (6, 0), "{s:?}");
+        }
         let s1 = all.iter().find(|s| s.session_id == "s1").unwrap();
         assert_eq!((s1.requests, s1.loops, s1.tokens_in), (6, 1, 60));
         assert_eq!(s1.repeated, vec![("POST /v1/tools/search".to_string(), 6)]);

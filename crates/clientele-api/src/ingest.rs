@@ -223,6 +223,7 @@ fn parse_event(
         tokens_out: opt_u64(obj, "tokens_out", MAX_TOKENS)?,
         cost_usd: opt_f64(obj, "cost_usd", MAX_COST_USD)?,
         close_code: None,
+        call_hash: None,
     })
 }
 

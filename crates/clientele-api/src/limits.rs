@@ -49,6 +49,64 @@ pub struct QuotaUsageOut {
     pub resets_at: String,
 }
 
+/// One budget of AI traffic and its use (this node's count, which mirrors the cluster's in
+/// Redis mode).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BudgetUsageOut {
+    /// The config key: `budget_usd_per_day`, `budget_usd_per_month`, `tokens_per_day`,
+    /// `tokens_per_month`.
+    pub budget: String,
+    /// `usd` or `tokens`.
+    pub unit: String,
+    pub limit: f64,
+    pub used: f64,
+    pub remaining: f64,
+    pub share: f64,
+    /// RFC 3339: when the period ends.
+    pub resets_at: String,
+}
+
+fn budgets_of(
+    policy: Option<&LimitPolicy>,
+    slot: Option<&Arc<LimitSlot>>,
+    now: i64,
+) -> Vec<BudgetUsageOut> {
+    use clientele_core::limits::BUDGET_KINDS;
+    let Some(policy) = policy else {
+        return Vec::new();
+    };
+    let p = Periods::at(now);
+    let keys = [
+        "budget_usd_per_day",
+        "budget_usd_per_month",
+        "tokens_per_day",
+        "tokens_per_month",
+    ];
+    let mut out = Vec::new();
+    for (i, kind) in BUDGET_KINDS.into_iter().enumerate() {
+        let Some(limit) = policy.budgets.0[i] else {
+            continue;
+        };
+        let (period, left) = if kind.is_monthly() {
+            (p.month, p.month_left_ms)
+        } else {
+            (p.day, p.day_left_ms)
+        };
+        let used = slot.map_or(0, |s| s.budget[i].used(period));
+        let scale = if i < 2 { 1e6 } else { 1.0 };
+        out.push(BudgetUsageOut {
+            budget: keys[i].to_string(),
+            unit: if i < 2 { "usd" } else { "tokens" }.to_string(),
+            limit: limit as f64 / scale,
+            used: used as f64 / scale,
+            remaining: limit.saturating_sub(used) as f64 / scale,
+            share: used as f64 / limit.max(1) as f64,
+            resets_at: format_ts(now + left),
+        });
+    }
+    out
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LimitSharePoint {
     pub ts: String,
@@ -78,6 +136,8 @@ pub struct ConsumerLimits {
     pub mode: String,
     pub day: Option<QuotaUsageOut>,
     pub month: Option<QuotaUsageOut>,
+    /// The budgets of AI traffic that apply, with their use in the current period.
+    pub budgets: Vec<BudgetUsageOut>,
     pub from: String,
     pub to: String,
     pub step: String,
@@ -273,6 +333,7 @@ async fn consumer_limits(
             periods.month_left_ms,
             now,
         ),
+        budgets: budgets_of(policy.as_ref(), slots.get(id), now),
         from: format_ts(from_ms),
         to: format_ts(to_ms),
         step,

@@ -12,6 +12,7 @@
 //! SLA reports.
 
 pub mod alerts;
+pub mod budgets;
 pub mod detection;
 pub mod findings;
 pub mod pipeline;

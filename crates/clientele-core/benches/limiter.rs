@@ -37,6 +37,10 @@ fn plans() -> BTreeMap<String, PlanConfig> {
             burst: 1_000_000_000,
             quota_per_day: Some(u64::MAX >> 30),
             quota_per_month: None,
+            budget_usd_per_day: None,
+            budget_usd_per_month: None,
+            tokens_per_day: None,
+            tokens_per_month: None,
             routes: BTreeMap::new(),
             policy: None,
         },
@@ -150,4 +154,83 @@ fn main() {
             },
         );
     }
+    budgets(iters);
+}
+
+/// The budget path: `check_with` reserving against all four budgets, then `settle`, on one
+/// slot, alone and with two threads contending for it (every request of one consumer on
+/// one counter: the worst case for the compare-and-swap loop).
+// The plan and policy are built right above: a bench that cannot build them should stop.
+#[allow(clippy::expect_used)]
+fn budgets(iters: usize) {
+    use clientele_core::limits::{BudgetCharge, LimitPolicy, LimitSlot};
+    let mut plan = plans().remove("pro").expect("the bench plan");
+    plan.tokens_per_day = Some(1 << 39);
+    plan.tokens_per_month = Some(1 << 39);
+    plan.budget_usd_per_day = Some(500_000.0);
+    plan.budget_usd_per_month = Some(500_000.0);
+    let without =
+        LimitSlot::new(LimitPolicy::resolve(Some(&plans()["pro"]), None).expect("a policy"));
+    let slot = std::sync::Arc::new(LimitSlot::new(
+        LimitPolicy::resolve(Some(&plan), None).expect("a policy"),
+    ));
+    let now = clientele_core::time::now_ms();
+    let charge = BudgetCharge {
+        tokens: 1,
+        micro_usd: 1,
+    };
+    let actual = BudgetCharge {
+        tokens: 0,
+        micro_usd: 0,
+    };
+    let mut plain = Vec::new();
+    let mut alone = Vec::new();
+    let mut contended = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        for _ in 0..iters {
+            black_box(without.check("POST", "/v1/chat/completions", now));
+        }
+        plain.push(t.elapsed().as_nanos() as f64 / iters as f64);
+        let t = Instant::now();
+        for _ in 0..iters {
+            let (d, r) = slot.check_with("POST", "/v1/chat/completions", now, charge);
+            black_box(d);
+            if let Some(r) = r {
+                slot.settle(&r, actual);
+            }
+        }
+        alone.push(t.elapsed().as_nanos() as f64 / iters as f64);
+        let t = Instant::now();
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let slot = slot.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..iters / 2 {
+                        let (d, r) = slot.check_with("POST", "/v1/chat/completions", now, charge);
+                        black_box(d);
+                        if let Some(r) = r {
+                            slot.settle(&r, actual);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            let _ = th.join();
+        }
+        contended.push(t.elapsed().as_nanos() as f64 / iters as f64);
+    }
+    println!();
+    println!("| budget path (4 budgets, one slot) | ns per request (median) |");
+    println!("|---|---:|");
+    println!(
+        "| check, no budgets (rate + daily quota) | {:.0} |",
+        median(plain)
+    );
+    println!("| check_with + settle, 1 thread | {:.0} |", median(alone));
+    println!(
+        "| check_with + settle, 2 threads on the same slot (wall time / requests) | {:.0} |",
+        median(contended)
+    );
 }

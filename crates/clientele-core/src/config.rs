@@ -42,6 +42,8 @@ pub struct Config {
     pub prices: BTreeMap<String, crate::prices::ModelPrice>,
     /// `[governance]`: what the behavioural features may read besides the events.
     pub governance: GovernanceConfig,
+    /// `[agents]`: what the gateway does about AI agents' loops.
+    pub agents: AgentsConfig,
     /// Where the config came from (the file), for messages about it found after parsing.
     #[serde(skip)]
     pub origin: String,
@@ -367,11 +369,31 @@ pub struct ApiConfig {
     /// format; `"off"` = never.
     #[serde(default)]
     pub llm: Option<LlmMode>,
+    /// Whether an OpenAI streamed request (`"stream": true`) without
+    /// `stream_options.include_usage` gets it added, so the stream ends with its usage
+    /// instead of an estimate. On by default; the client then also receives that last chunk
+    /// (`choices: []`).
+    #[serde(default = "yes")]
+    pub llm_include_usage: bool,
     /// Headers set on every request sent upstream (the provider's key), `${NAME}` replaced by
     /// the environment variable at load. When set, the consumer's Clientele key is always
     /// removed, whatever `hide_credentials` says.
     #[serde(default)]
     pub upstream_headers: BTreeMap<String, String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[agents]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentsConfig {
+    /// Refuse (429) a call a session (the session header) has already made this many times,
+    /// identical in method, path, query and body. Unset = never refuse (loops are reported
+    /// by the `agent_loop` finding only).
+    pub max_identical_calls: Option<u32>,
 }
 
 /// `[[apis]] llm`.
@@ -572,6 +594,16 @@ pub struct PlanConfig {
     pub quota_per_day: Option<u64>,
     #[serde(default)]
     pub quota_per_month: Option<u64>,
+    /// Budgets of AI traffic for every consumer on the plan: US dollars and tokens per UTC day
+    /// and month, reserved before forwarding and settled to the provider's usage.
+    #[serde(default)]
+    pub budget_usd_per_day: Option<f64>,
+    #[serde(default)]
+    pub budget_usd_per_month: Option<f64>,
+    #[serde(default)]
+    pub tokens_per_day: Option<u64>,
+    #[serde(default)]
+    pub tokens_per_month: Option<u64>,
     /// Per-route limits for every consumer on the plan, keyed `"GET /search"` or `"/search"`.
     #[serde(default)]
     pub routes: BTreeMap<String, crate::limits::RouteLimit>,
@@ -898,6 +930,12 @@ impl Config {
             }
         }
 
+        if self.agents.max_identical_calls == Some(0) {
+            return err(
+                "agents.max_identical_calls",
+                "must be at least 1; leave it out to never refuse repeated calls".into(),
+            );
+        }
         for (name, plan) in &self.plans {
             let key = format!("plans.{name}");
             if !valid_name(name) {
@@ -922,6 +960,12 @@ impl Config {
                         "a quota must be at least 1; leave it out for no quota".into(),
                     );
                 }
+            }
+            if let Err(e) = crate::limits::check_budgets(
+                [plan.budget_usd_per_day, plan.budget_usd_per_month],
+                [plan.tokens_per_day, plan.tokens_per_month],
+            ) {
+                return err(&key, e);
             }
             for (route, limit) in &plan.routes {
                 let rkey = format!("{key}.routes.{route:?}");

@@ -42,6 +42,12 @@ pub enum Outcome {
     /// Refused (403) because the consumer broke a rule of its plan's policy whose action is
     /// `block`.
     PolicyBlocked,
+    /// Refused (429) because a budget of AI traffic (US dollars or tokens per day or month)
+    /// is spent.
+    BudgetExceeded,
+    /// Refused (429) because the session already made the identical call
+    /// `[agents] max_identical_calls` times.
+    LoopRefused,
 }
 
 impl Outcome {
@@ -64,6 +70,8 @@ impl Outcome {
             Outcome::ClientAborted => "client_aborted",
             Outcome::Ingested => "ingested",
             Outcome::PolicyBlocked => "policy_blocked",
+            Outcome::BudgetExceeded => "budget_exceeded",
+            Outcome::LoopRefused => "loop_refused",
         }
     }
 
@@ -86,6 +94,8 @@ impl Outcome {
             "client_aborted" => Outcome::ClientAborted,
             "ingested" => Outcome::Ingested,
             "policy_blocked" => Outcome::PolicyBlocked,
+            "budget_exceeded" => Outcome::BudgetExceeded,
+            "loop_refused" => Outcome::LoopRefused,
             _ => return None,
         })
     }
@@ -138,6 +148,11 @@ pub struct Event {
     /// normal, 1001 going away, ...); `None` when the connection ended without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub close_code: Option<u16>,
+    /// A fingerprint of the call made through the gateway: CRC-32 of the method, path and
+    /// query in the high 32 bits, of the first 64 KiB of the request body in the low 32.
+    /// Identical calls share it; what tells an agent's loop from a refining query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_hash: Option<u64>,
 }
 
 /// A fresh random 128-bit id in lowercase hex, for events and trace ids.

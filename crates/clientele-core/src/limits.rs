@@ -44,6 +44,15 @@ pub struct LimitOverride {
     pub quota_per_day: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota_per_month: Option<u64>,
+    /// Spending budgets for AI traffic (see [`Budgets`]); each replaces the plan's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd_per_day: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd_per_month: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_month: Option<u64>,
     /// Keyed like the plan's: `"GET /search"` or `"/search"` (every method).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub routes: BTreeMap<String, RouteLimit>,
@@ -65,6 +74,10 @@ impl LimitOverride {
         if self.quota_per_day == Some(0) || self.quota_per_month == Some(0) {
             return Err("a quota must be at least 1; leave it out to keep the plan's".into());
         }
+        check_budgets(
+            [self.budget_usd_per_day, self.budget_usd_per_month],
+            [self.tokens_per_day, self.tokens_per_month],
+        )?;
         for (key, limit) in &self.routes {
             RouteMatch::parse(key).map_err(|e| format!("routes.{key:?}: {e}"))?;
             check_route_limit(limit).map_err(|e| format!("routes.{key:?}.{e}"))?;
@@ -84,6 +97,38 @@ pub fn check_rate(field: &str, r: f64) -> Result<(), String> {
         return Err(format!(
             "{field} must be between 0.0000012 (one a fortnight) and 1e9 (got {r})"
         ));
+    }
+    Ok(())
+}
+
+/// Checks budget values (USD per day and month, tokens per day and month); the error starts
+/// with the field name.
+pub fn check_budgets(usd: [Option<f64>; 2], tokens: [Option<u64>; 2]) -> Result<(), String> {
+    for (field, v) in [
+        ("budget_usd_per_day", usd[0]),
+        ("budget_usd_per_month", usd[1]),
+    ] {
+        if let Some(v) = v {
+            // A micro-dollar is the unit counted; a budget must hold at least one, and fit the
+            // 40-bit counter (about $1.1 million a period).
+            if !(v.is_finite() && (0.000_001..=1_000_000.0).contains(&v)) {
+                return Err(format!(
+                    "{field} must be between 0.000001 and 1000000 US dollars (got {v})"
+                ));
+            }
+        }
+    }
+    for (field, v) in [
+        ("tokens_per_day", tokens[0]),
+        ("tokens_per_month", tokens[1]),
+    ] {
+        if let Some(v) = v {
+            if v == 0 || v > COUNT_MASK {
+                return Err(format!(
+                    "{field} must be between 1 and {COUNT_MASK} (got {v}); leave it out for no token budget"
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -154,6 +199,60 @@ pub struct LimitPolicy {
     pub quota_per_day: Option<u64>,
     pub quota_per_month: Option<u64>,
     pub routes: Vec<(RouteMatch, RouteLimit)>,
+    pub budgets: Budgets,
+}
+
+/// Spending budgets of AI traffic, resolved: `[usd_day, usd_month, tokens_day, tokens_month]`,
+/// USD in micro-dollars (integers, so they are counted with the same atomics as quotas).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budgets(pub [Option<u64>; 4]);
+
+/// The kinds of [`Budgets`], in their order.
+pub const BUDGET_KINDS: [LimitKind; 4] = [
+    LimitKind::BudgetUsdDay,
+    LimitKind::BudgetUsdMonth,
+    LimitKind::TokensDay,
+    LimitKind::TokensMonth,
+];
+
+impl Budgets {
+    pub fn any(&self) -> bool {
+        self.0.iter().any(Option::is_some)
+    }
+
+    /// Whether a monthly budget is set (the month then needs a calendar).
+    pub fn monthly(&self) -> bool {
+        self.0[1].is_some() || self.0[3].is_some()
+    }
+
+    /// US dollars as counted micro-dollars (rounded up, so a budget never grows).
+    pub fn micro_usd(usd: f64) -> u64 {
+        (usd * 1e6).ceil().clamp(0.0, COUNT_MASK as f64) as u64
+    }
+}
+
+/// What one request is charged against the budgets: reserved before forwarding (an
+/// estimate), then settled to what the provider reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BudgetCharge {
+    pub tokens: u64,
+    pub micro_usd: u64,
+}
+
+impl BudgetCharge {
+    /// The amount counted by budget `i` (of [`BUDGET_KINDS`]).
+    pub fn amount(&self, i: usize) -> u64 {
+        if i < 2 { self.micro_usd } else { self.tokens }
+    }
+}
+
+/// A reservation made by [`LimitSlot::check_with`]: the periods it was counted in and what
+/// was counted, so [`LimitSlot::settle`] can replace the estimate by the real use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reserved {
+    pub day: u32,
+    pub month: u32,
+    pub charge: BudgetCharge,
 }
 
 impl LimitPolicy {
@@ -197,6 +296,24 @@ impl LimitPolicy {
                 .and_then(|o| o.quota_per_month)
                 .or(plan.and_then(|p| p.quota_per_month)),
             routes: routes.into_iter().collect(),
+            budgets: {
+                let usd =
+                    |own: Option<f64>, plan: Option<f64>| own.or(plan).map(Budgets::micro_usd);
+                Budgets([
+                    usd(
+                        o.and_then(|o| o.budget_usd_per_day),
+                        plan.and_then(|p| p.budget_usd_per_day),
+                    ),
+                    usd(
+                        o.and_then(|o| o.budget_usd_per_month),
+                        plan.and_then(|p| p.budget_usd_per_month),
+                    ),
+                    o.and_then(|o| o.tokens_per_day)
+                        .or(plan.and_then(|p| p.tokens_per_day)),
+                    o.and_then(|o| o.tokens_per_month)
+                        .or(plan.and_then(|p| p.tokens_per_month)),
+                ])
+            },
         })
     }
 
@@ -250,6 +367,11 @@ pub enum LimitKind {
     Route,
     DailyQuota,
     MonthlyQuota,
+    /// Budgets of AI traffic: US dollars (counted in micro-dollars) and tokens.
+    BudgetUsdDay,
+    BudgetUsdMonth,
+    TokensDay,
+    TokensMonth,
 }
 
 impl LimitKind {
@@ -259,6 +381,31 @@ impl LimitKind {
             LimitKind::Route => "route",
             LimitKind::DailyQuota => "day",
             LimitKind::MonthlyQuota => "month",
+            LimitKind::BudgetUsdDay => "budget_usd_day",
+            LimitKind::BudgetUsdMonth => "budget_usd_month",
+            LimitKind::TokensDay => "tokens_day",
+            LimitKind::TokensMonth => "tokens_month",
+        }
+    }
+
+    pub fn is_budget(self) -> bool {
+        BUDGET_KINDS.contains(&self)
+    }
+
+    /// Whether the limit's period is the calendar month.
+    pub fn is_monthly(self) -> bool {
+        matches!(
+            self,
+            LimitKind::MonthlyQuota | LimitKind::BudgetUsdMonth | LimitKind::TokensMonth
+        )
+    }
+
+    /// The unit of the RateLimit fields' counts (`qu` in RateLimit-Policy).
+    pub fn unit(self) -> &'static str {
+        match self {
+            LimitKind::BudgetUsdDay | LimitKind::BudgetUsdMonth => "usd-micros",
+            LimitKind::TokensDay | LimitKind::TokensMonth => "tokens",
+            _ => "requests",
         }
     }
 }
@@ -369,6 +516,56 @@ impl QuotaCounter {
                 .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => return Some(used + 1),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Counts `n` units in `period` if fewer than `limit` are counted so far (a budget admits
+    /// while anything is left, so concurrent requests overshoot by at most one charge);
+    /// returns the count after, or `None` when the budget is spent. Exact under any
+    /// concurrency: the check and the count are one compare-and-swap.
+    pub fn try_reserve(&self, period: u32, limit: u64, n: u64) -> Option<u64> {
+        let mut cur = self.0.load(Ordering::Acquire);
+        loop {
+            let (p, used) = Self::unpack(cur);
+            let used = if p == period { used } else { 0 };
+            if used >= limit {
+                return None;
+            }
+            let after = used.saturating_add(n).min(COUNT_MASK);
+            match self.0.compare_exchange_weak(
+                cur,
+                Self::pack(period, after),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(after),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Adds `delta` (which may be negative) to the count of `period`, if that is still the
+    /// counter's period; the count stays within 0 and the counter's range.
+    pub fn adjust(&self, period: u32, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        let mut cur = self.0.load(Ordering::Acquire);
+        loop {
+            let (p, n) = Self::unpack(cur);
+            if p != period {
+                return;
+            }
+            let next = (n as i64).saturating_add(delta).clamp(0, COUNT_MASK as i64) as u64;
+            match self.0.compare_exchange_weak(
+                cur,
+                Self::pack(p, next),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
                 Err(actual) => cur = actual,
             }
         }
@@ -504,6 +701,8 @@ pub struct LimitSlot {
     routes: Vec<Option<Gcra>>,
     pub day: QuotaCounter,
     pub month: QuotaCounter,
+    /// The budgets' use, in the order of [`BUDGET_KINDS`] (micro-dollars, then tokens).
+    pub budget: [QuotaCounter; 4],
     /// Set when a quota count changed since the persister last looked; the flag shares the
     /// cache line the count just dirtied, so setting it is nearly free.
     dirty: AtomicBool,
@@ -539,6 +738,7 @@ impl LimitSlot {
             routes,
             day: QuotaCounter::default(),
             month: QuotaCounter::default(),
+            budget: Default::default(),
             dirty: AtomicBool::new(false),
             policy_block: std::sync::atomic::AtomicU8::new(0),
         }
@@ -550,6 +750,9 @@ impl LimitSlot {
         let next = LimitSlot::new(policy);
         next.day.0.store(self.day.load_raw(), Ordering::Release);
         next.month.0.store(self.month.load_raw(), Ordering::Release);
+        for (to, from) in next.budget.iter().zip(&self.budget) {
+            to.0.store(from.load_raw(), Ordering::Release);
+        }
         // A changed rate is no reason to lift a block; the next evaluation decides.
         next.policy_block
             .store(self.policy_block.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -574,14 +777,98 @@ impl LimitSlot {
 
     /// Decides on one request and, when it is allowed, counts it against every limit.
     pub fn check(&self, method: &str, route: &str, now_ms: i64) -> Decision {
-        // The month needs a calendar; only pay for it when a monthly quota exists.
-        let periods = if self.policy.quota_per_month.is_some() {
+        self.check_with(method, route, now_ms, BudgetCharge::default())
+            .0
+    }
+
+    /// [`LimitSlot::check`], also reserving `charge` against the budgets. When the request is
+    /// allowed and a budget is set, the reservation is returned for [`LimitSlot::settle`].
+    pub fn check_with(
+        &self,
+        method: &str,
+        route: &str,
+        now_ms: i64,
+        charge: BudgetCharge,
+    ) -> (Decision, Option<Reserved>) {
+        // The month needs a calendar; only pay for it when a monthly limit exists.
+        let periods = if self.policy.quota_per_month.is_some() || self.policy.budgets.monthly() {
             Periods::at(now_ms)
         } else {
             Periods::day_only(now_ms)
         };
         let mut tightest = Tightest::default();
+        let budgets = self.policy.budgets;
+        let reserved = budgets.any().then_some(Reserved {
+            day: periods.day,
+            month: periods.month,
+            charge,
+        });
+        let give_back_budgets = |upto: usize| {
+            for (i, kind) in BUDGET_KINDS.into_iter().enumerate().take(upto) {
+                if budgets.0[i].is_some() {
+                    let period = if kind.is_monthly() {
+                        periods.month
+                    } else {
+                        periods.day
+                    };
+                    self.budget[i].adjust(period, -(charge.amount(i) as i64));
+                }
+            }
+        };
+        // Budgets first, like quotas: a reservation can be given back exactly.
+        for (i, kind) in BUDGET_KINDS.into_iter().enumerate() {
+            let Some(limit) = budgets.0[i] else { continue };
+            let (period, left_ms) = if kind.is_monthly() {
+                (periods.month, periods.month_left_ms)
+            } else {
+                (periods.day, periods.day_left_ms)
+            };
+            match self.budget[i].try_reserve(period, limit, charge.amount(i)) {
+                Some(used) => tightest.keep(quota_status(kind, limit, used, left_ms)),
+                None => {
+                    give_back_budgets(i);
+                    let used = self.budget[i].used(period);
+                    return (
+                        refused(quota_status(kind, limit, used, left_ms), left_ms as u64),
+                        None,
+                    );
+                }
+            }
+        }
+        let decision = self.check_counts(method, route, &periods, tightest);
+        if matches!(decision, Decision::Refused { .. }) {
+            give_back_budgets(BUDGET_KINDS.len());
+            return (decision, None);
+        }
+        (decision, reserved)
+    }
 
+    /// Replaces a reservation's estimate by what the request really used. Use that went past
+    /// the estimate is counted too (the budget may then be overshot by that much); a period
+    /// that has ended since the reservation is left alone.
+    pub fn settle(&self, reserved: &Reserved, actual: BudgetCharge) {
+        for (i, kind) in BUDGET_KINDS.into_iter().enumerate() {
+            if self.policy.budgets.0[i].is_none() {
+                continue;
+            }
+            let period = if kind.is_monthly() {
+                reserved.month
+            } else {
+                reserved.day
+            };
+            let delta = actual.amount(i) as i64 - reserved.charge.amount(i) as i64;
+            self.budget[i].adjust(period, delta);
+        }
+    }
+
+    /// The quotas and rates of [`LimitSlot::check_with`], after the budgets.
+    fn check_counts(
+        &self,
+        method: &str,
+        route: &str,
+        periods: &Periods,
+        mut tightest: Tightest,
+    ) -> Decision {
         // Quotas first: they can be given back exactly if a rate then refuses.
         let mut took_day = false;
         if let Some(limit) = self.policy.quota_per_day {
@@ -688,9 +975,10 @@ pub fn rate_status(kind: LimitKind, rate: f64, burst: u32, remaining: u64) -> Li
 }
 
 pub fn quota_status(kind: LimitKind, limit: u64, used: u64, left_ms: i64) -> LimitStatus {
-    let window_secs = match kind {
-        LimitKind::MonthlyQuota => 30 * 86_400,
-        _ => 86_400,
+    let window_secs = if kind.is_monthly() {
+        30 * 86_400
+    } else {
+        86_400
     };
     LimitStatus {
         kind,
@@ -711,6 +999,10 @@ mod tests {
             burst,
             quota_per_day: day,
             quota_per_month: None,
+            budget_usd_per_day: None,
+            budget_usd_per_month: None,
+            tokens_per_day: None,
+            tokens_per_month: None,
             routes: BTreeMap::new(),
             policy: None,
         }
@@ -828,6 +1120,76 @@ mod tests {
             Decision::Allowed { .. }
         ));
         assert!(LimitPolicy::resolve(None, None).is_none());
+    }
+
+    #[test]
+    fn budgets_reserve_exactly_under_contention_and_settle_to_the_real_use() {
+        let mut p = plan(1e9, 1_000_000, None);
+        p.tokens_per_day = Some(1000);
+        p.budget_usd_per_day = Some(0.01);
+        let slot = std::sync::Arc::new(LimitSlot::new(
+            LimitPolicy::resolve(Some(&p), None).unwrap(),
+        ));
+        assert_eq!(
+            slot.policy.budgets.0,
+            [Some(10_000), None, Some(1000), None]
+        );
+        let charge = BudgetCharge {
+            tokens: 60,
+            micro_usd: 10,
+        };
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (slot, held) = (slot.clone(), held.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        if let (Decision::Allowed { .. }, Some(r)) =
+                            slot.check_with("POST", "/", 5, charge)
+                        {
+                            held.lock().unwrap().push(r);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let held = held.lock().unwrap();
+        // Admitted while anything was left: 16 × 60 = 960 < 1000, the 17th reaches 1020.
+        assert_eq!(held.len(), 17);
+        assert_eq!(slot.budget[2].used(0), 17 * 60);
+        match slot.check_with("POST", "/", 5, charge) {
+            (Decision::Refused { status, .. }, None) => {
+                assert_eq!(status.kind, LimitKind::TokensDay);
+                assert_eq!(status.remaining, 0);
+            }
+            d => panic!("{d:?}"),
+        }
+        for r in held.iter() {
+            slot.settle(
+                r,
+                BudgetCharge {
+                    tokens: 50,
+                    micro_usd: 7,
+                },
+            );
+        }
+        assert_eq!(slot.budget[2].used(0), 17 * 50);
+        assert_eq!(slot.budget[0].used(0), 17 * 7);
+        // A refusal by another limit gives the reservation back.
+        let mut q = plan(1e9, 1_000_000, Some(1));
+        q.tokens_per_day = Some(1000);
+        let slot = LimitSlot::new(LimitPolicy::resolve(Some(&q), None).unwrap());
+        assert!(slot.check_with("POST", "/", 5, charge).1.is_some());
+        assert!(matches!(
+            slot.check_with("POST", "/", 5, charge),
+            (Decision::Refused { status, .. }, None) if status.kind == LimitKind::DailyQuota
+        ));
+        assert_eq!(slot.budget[2].used(0), 60);
+        assert!(check_budgets([Some(0.0), None], [None, None]).is_err());
+        assert!(check_budgets([None, None], [Some(0), None]).is_err());
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub enum RecordError {
 }
 
 /// Outcomes by their one-byte code. Append only: the position is the stored code.
-const OUTCOMES: [Outcome; 17] = [
+const OUTCOMES: [Outcome; 19] = [
     Outcome::Proxied,
     Outcome::MissingKey,
     Outcome::UnknownKey,
@@ -56,6 +56,8 @@ const OUTCOMES: [Outcome; 17] = [
     Outcome::Ingested,
     Outcome::BadRequest,
     Outcome::PolicyBlocked,
+    Outcome::BudgetExceeded,
+    Outcome::LoopRefused,
 ];
 
 /// The stored code of `o`. An exhaustive match, so a new `Outcome` does not compile until it has
@@ -79,6 +81,8 @@ fn outcome_code(o: Outcome) -> u8 {
         Outcome::Ingested => 14,
         Outcome::BadRequest => 15,
         Outcome::PolicyBlocked => 16,
+        Outcome::BudgetExceeded => 17,
+        Outcome::LoopRefused => 18,
     }
 }
 
@@ -132,6 +136,8 @@ const COST: u32 = 1 << 14;
 const END_USER: u32 = 1 << 15;
 /// Added after END_USER, the same way.
 const CLOSE_CODE: u32 = 1 << 16;
+/// Added after CLOSE_CODE, the same way (8 bytes, little-endian).
+const CALL_HASH: u32 = 1 << 17;
 
 fn present(e: &Event) -> u32 {
     let flags = [
@@ -152,6 +158,7 @@ fn present(e: &Event) -> u32 {
         (e.cost_usd.is_some(), COST),
         (e.end_user.is_some(), END_USER),
         (e.close_code.is_some(), CLOSE_CODE),
+        (e.call_hash.is_some(), CALL_HASH),
     ];
     flags.iter().filter(|(on, _)| *on).map(|(_, bit)| bit).sum()
 }
@@ -199,6 +206,9 @@ pub fn encode(e: &Event, out: &mut Vec<u8>) {
     if let Some(code) = e.close_code {
         put_varint(out, u64::from(code));
     }
+    if let Some(h) = e.call_hash {
+        out.extend_from_slice(&h.to_le_bytes());
+    }
 }
 
 /// Reads an event back from a payload written by [`encode`].
@@ -237,6 +247,7 @@ pub fn decode(payload: &[u8]) -> Result<Event, RecordError> {
         .transpose()?
         .map(|c| u16::try_from(c).map_err(|_| RecordError::Malformed("close code")))
         .transpose()?;
+    let call_hash = r.has(CALL_HASH).then(|| r.u64_le()).transpose()?;
     if !r.rest.is_empty() {
         return Err(RecordError::Malformed("trailing bytes"));
     }
@@ -268,6 +279,7 @@ pub fn decode(payload: &[u8]) -> Result<Event, RecordError> {
         tokens_out,
         cost_usd,
         close_code,
+        call_hash,
     })
 }
 
@@ -334,6 +346,17 @@ impl<'a> Reader<'a> {
             }
         }
         Err(RecordError::Malformed("varint"))
+    }
+
+    fn u64_le(&mut self) -> Result<u64, RecordError> {
+        let (bytes, rest) = self
+            .rest
+            .split_at_checked(8)
+            .ok_or(RecordError::Truncated)?;
+        self.rest = rest;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(bytes);
+        Ok(u64::from_le_bytes(b))
     }
 
     fn f64(&mut self) -> Result<f64, RecordError> {
@@ -428,6 +451,7 @@ mod tests {
             tokens_out: None,
             cost_usd: Some(-0.0),
             close_code: Some(1001),
+            call_hash: Some(u64::MAX - 7),
         }
     }
 

@@ -307,6 +307,7 @@ mod tests {
             tokens_out: None,
             cost_usd: None,
             close_code: None,
+            call_hash: None,
         }
     }
 

@@ -1,11 +1,8 @@
-//! `agent_loop`: a session that repeats the identical call (same method and path) at least
-//! [`LOOP_REPEATS`] times, read from the engine's sessions within the lookback. One finding
-//! per consumer and repeated call; the session and the count are in the evidence.
-//!
-//! Not registered in [`crate::Registry::configured`] yet: events carry the method and path
-//! but not the query or a hash of the body, so two different prompts to
-//! `POST /v1/chat/completions`, or a search refining its query, would look identical and be
-//! reported as loops. It is registered once the gateway records a fingerprint of the call.
+//! `agent_loop`: a session that repeats the identical call (same method, path, query and body,
+//! by the gateway's fingerprint `Event::call_hash`) at least [`LOOP_REPEATS`] times, read
+//! from the engine's sessions within the lookback. One finding per consumer and repeated
+//! call; the session and the count are in the evidence. Two different prompts to
+//! `POST /v1/chat/completions`, or a search refining its query, are different calls.
 
 use clientele_analytics::sessions::LOOP_REPEATS;
 use clientele_core::finding::{Finding, FindingKind, Severity};

@@ -28,6 +28,7 @@ use clientele_core::finding::Finding;
 use rustc_hash::FxHashMap as HashMap;
 
 pub mod agents;
+mod budget;
 mod errors;
 mod governance;
 mod latency;
@@ -38,6 +39,7 @@ pub mod stats;
 mod text;
 mod volume;
 
+pub use budget::BudgetDetector;
 pub use errors::ErrorDetector;
 pub use governance::GovernanceDetector;
 pub use latency::LatencyDetector;
@@ -175,6 +177,8 @@ impl Registry {
             .with(LatencyDetector::new(config.latency.clone()))
             .with(LimitDetector::default())
             .with(GovernanceDetector)
+            .with(BudgetDetector)
+            .with(agents::AgentLoopDetector)
     }
 
     pub fn with(mut self, detector: impl Detector + 'static) -> Registry {

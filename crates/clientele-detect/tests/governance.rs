@@ -382,6 +382,7 @@ fn event(
         tokens_out: None,
         cost_usd: None,
         close_code: None,
+        call_hash: None,
     }
 }
 

@@ -418,6 +418,7 @@ pub(crate) mod testutil {
             tokens_out: None,
             cost_usd: None,
             close_code: None,
+            call_hash: None,
         }
     }
 }

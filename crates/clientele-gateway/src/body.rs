@@ -142,9 +142,71 @@ pub struct PendingSample {
     pub sender: SampleSender,
 }
 
+/// Where a request body's bytes come from.
+enum Inner {
+    Stream(Incoming),
+    /// Read before forwarding (a small LLM request, see [`crate::llm_request`]), perhaps
+    /// rewritten; sent as one frame.
+    Read(Option<Bytes>),
+}
+
+/// Bytes of a request body that go into its call fingerprint.
+pub const PRINT_MAX: usize = 64 * 1024;
+
+/// The body's half of the call fingerprint (`Event::call_hash`): the CRC-32 of its first
+/// [`PRINT_MAX`] bytes, set by [`RequestBody`] once they have passed (or the body ended).
+#[derive(Debug, Default)]
+pub struct BodyPrint(AtomicU64);
+
+impl BodyPrint {
+    const DONE: u64 = 1 << 32;
+
+    pub fn of(bytes: &[u8]) -> BodyPrint {
+        let print = BodyPrint::default();
+        print.set(crc32fast::hash(&bytes[..bytes.len().min(PRINT_MAX)]));
+        print
+    }
+
+    fn set(&self, crc: u32) {
+        self.0.store(Self::DONE | u64::from(crc), Ordering::Relaxed);
+    }
+
+    /// The CRC, or 0 when no byte passed (an empty body's CRC is 0 too).
+    pub fn get(&self) -> u32 {
+        (self.0.load(Ordering::Relaxed) & u64::from(u32::MAX)) as u32
+    }
+}
+
+/// Hashes the body as it streams, up to [`PRINT_MAX`] bytes.
+struct Printer {
+    hasher: crc32fast::Hasher,
+    taken: usize,
+    out: Arc<BodyPrint>,
+}
+
+impl Printer {
+    fn feed(&mut self, data: &[u8]) {
+        if self.taken >= PRINT_MAX {
+            return;
+        }
+        let n = data.len().min(PRINT_MAX - self.taken);
+        self.hasher.update(&data[..n]);
+        self.taken += n;
+        if self.taken >= PRINT_MAX {
+            self.out.set(self.hasher.clone().finalize());
+        }
+    }
+
+    fn end(&self) {
+        if self.taken < PRINT_MAX {
+            self.out.set(self.hasher.clone().finalize());
+        }
+    }
+}
+
 /// Counts the bytes of a client's request body on their way upstream.
 pub struct RequestBody {
-    inner: Incoming,
+    inner: Inner,
     counted: Arc<AtomicU64>,
     /// 0 = no limit.
     limit: u64,
@@ -153,6 +215,8 @@ pub struct RequestBody {
     fault: Arc<BodyFault>,
     /// Set when the request is sampled for schema validation.
     tee: Option<Arc<Mutex<Tee>>>,
+    /// Set when the call is fingerprinted (boxed: the hasher's state is not small).
+    printer: Option<Box<Printer>>,
 }
 
 impl RequestBody {
@@ -163,12 +227,36 @@ impl RequestBody {
         fault: Arc<BodyFault>,
     ) -> Self {
         RequestBody {
-            inner,
+            inner: Inner::Stream(inner),
             counted,
             limit,
             fault,
             tee: None,
+            printer: None,
         }
+    }
+
+    /// A body already read (and checked against the limit by its reader); `counted` holds
+    /// the bytes the client sent, which a rewrite may have changed.
+    pub fn read(bytes: Bytes, counted: Arc<AtomicU64>, fault: Arc<BodyFault>) -> Self {
+        RequestBody {
+            inner: Inner::Read(Some(bytes)),
+            counted,
+            limit: 0,
+            fault,
+            tee: None,
+            printer: None,
+        }
+    }
+
+    /// Hashes the body's first [`PRINT_MAX`] bytes into `out` as it streams.
+    pub fn with_print(mut self, out: Arc<BodyPrint>) -> Self {
+        self.printer = Some(Box::new(Printer {
+            hasher: crc32fast::Hasher::new(),
+            taken: 0,
+            out,
+        }));
+        self
     }
 
     /// Copies the body (up to the tee's limit) as it streams, for validation.
@@ -186,19 +274,30 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        let polled = match &mut self.inner {
+            Inner::Stream(body) => Pin::new(body).poll_frame(cx),
+            Inner::Read(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        };
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
+                // A body read before forwarding was counted as the client sent it.
+                let streamed = matches!(self.inner, Inner::Stream(_));
                 if let Some(data) = frame.data_ref() {
-                    let total = self.counted.fetch_add(data.len() as u64, Ordering::Relaxed)
-                        + data.len() as u64;
-                    if self.limit > 0 && total > self.limit {
-                        self.fault.set(Fault::TooLarge);
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(self.limit)))));
+                    if streamed {
+                        let total = self.counted.fetch_add(data.len() as u64, Ordering::Relaxed)
+                            + data.len() as u64;
+                        if self.limit > 0 && total > self.limit {
+                            self.fault.set(Fault::TooLarge);
+                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge(self.limit)))));
+                        }
                     }
                     if let Some(tee) = &self.tee {
                         tee.lock()
                             .unwrap_or_else(PoisonError::into_inner)
                             .push(data);
+                    }
+                    if let Some(p) = self.printer.as_mut() {
+                        p.feed(data);
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -207,18 +306,66 @@ impl Body for RequestBody {
                 self.fault.set(Fault::Broken);
                 Poll::Ready(Some(Err(Box::new(ClientBodyError(e)))))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                if let Some(p) = &self.printer {
+                    p.end();
+                }
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Stream(body) => body.is_end_stream(),
+            Inner::Read(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Stream(body) => body.size_hint(),
+            Inner::Read(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
     }
+}
+
+/// The call fingerprint of `Event::call_hash`.
+pub fn call_hash(head: u32, body: u32) -> u64 {
+    (u64::from(head) << 32) | u64::from(body)
+}
+
+/// The CRC-32 of a call's method, path and query: the high half of its fingerprint.
+pub fn head_print(method: &str, path: &str, query: Option<&str>) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(method.as_bytes());
+    h.update(b" ");
+    h.update(path.as_bytes());
+    if let Some(q) = query {
+        h.update(b"?");
+        h.update(q.as_bytes());
+    }
+    h.finalize()
+}
+
+/// Reads a request body of at most `max` bytes whole (the caller has checked its declared
+/// length): the bytes, or the body's fault.
+pub async fn read_small(mut body: Incoming, max: u64) -> Result<Bytes, Fault> {
+    use http_body_util::BodyExt;
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| Fault::Broken)?;
+        if let Some(data) = frame.data_ref() {
+            if (out.len() + data.len()) as u64 > max {
+                return Err(Fault::TooLarge);
+            }
+            out.extend_from_slice(data);
+        }
+    }
+    Ok(out.freeze())
 }
 
 enum Source {
@@ -234,6 +381,10 @@ pub struct ResponseBody {
     sample: Option<PendingSample>,
     /// Reads LLM token usage from the frames as they pass (boxed: most responses have none).
     usage: Option<Box<Meter>>,
+    /// The request's budget reservation, settled to the usage read when the body ends.
+    budget: Option<crate::limiter::Reservation>,
+    /// The call fingerprint's halves: the head's CRC and the request body's print.
+    call: Option<(u32, Arc<BodyPrint>)>,
 }
 
 struct Meter {
@@ -256,6 +407,8 @@ impl ResponseBody {
             finish: None,
             sample: None,
             usage: None,
+            budget: None,
+            call: None,
         }
     }
 
@@ -265,6 +418,8 @@ impl ResponseBody {
             finish: None,
             sample: None,
             usage: None,
+            budget: None,
+            call: None,
         }
     }
 
@@ -290,6 +445,22 @@ impl ResponseBody {
     /// their cost when the body ends, or when the client leaves (what had passed by then).
     pub fn with_usage(mut self, scanner: UsageScanner, prices: Arc<PriceBook>) -> Self {
         self.usage = Some(Box::new(Meter { scanner, prices }));
+        self
+    }
+
+    /// Settles `reservation` to the tokens and cost read from this body when it ends (the
+    /// part read so far when the client leaves); nothing read gives it all back.
+    pub fn with_budget(mut self, reservation: crate::limiter::Reservation) -> Self {
+        if reservation.is_held() {
+            self.budget = Some(reservation);
+        }
+        self
+    }
+
+    /// Puts the call fingerprint on the event: `head` (the CRC of method, path and query) and
+    /// the request body's print as it stands when the response ends.
+    pub fn with_call(mut self, head: u32, print: Arc<BodyPrint>) -> Self {
+        self.call = Some((head, print));
         self
     }
 
@@ -319,6 +490,16 @@ impl ResponseBody {
             }
             if let Some(meter) = self.usage.take() {
                 meter.settle(&mut f.event);
+            }
+            if let Some((head, print)) = self.call.take() {
+                f.event.call_hash = Some(call_hash(head, print.get()));
+            }
+            if let Some(budget) = self.budget.take() {
+                budget.settle(crate::llm_request::actual(
+                    f.event.tokens_in,
+                    f.event.tokens_out,
+                    f.event.cost_usd,
+                ));
             }
             f.sink.offer(f.event);
         }

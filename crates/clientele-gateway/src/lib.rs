@@ -11,11 +11,13 @@
 //! store or the API; it reads keys from a [`clientele_core::keys::KeyIndex`] and hands events to
 //! a sink it is given.
 
+pub mod agents;
 mod body;
 pub mod conn;
 mod headers;
 pub mod limiter;
 pub mod llm;
+pub mod llm_request;
 pub mod path;
 pub mod proxy;
 pub mod server;

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use clientele_core::config::{FailurePolicy, LimitsConfig};
-use clientele_core::limits::{Decision, LimitSlot, LimiterStats};
+use clientele_core::limits::{BudgetCharge, Decision, LimitSlot, LimiterStats, Reserved};
 
 /// What the gateway does with a request.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,24 +83,31 @@ impl Limiter {
         "local"
     }
 
+    /// Decides on one request, reserving `charge` against the consumer's budgets when it has
+    /// any: the reservation is held by the request and settled (or released) when it ends.
     pub async fn check(
         &self,
         consumer: &str,
-        slot: &LimitSlot,
+        slot: &Arc<LimitSlot>,
         method: &str,
         route: &str,
         now_ms: i64,
-    ) -> Verdict {
+        charge: BudgetCharge,
+    ) -> (Verdict, Reservation) {
         #[cfg(feature = "redis")]
         if let Some(redis) = &self.redis {
-            return self.count(
-                redis
-                    .check(consumer, slot, method, route, now_ms, &self.stats)
-                    .await,
-            );
+            let (verdict, held) = redis
+                .check(consumer, slot, method, route, now_ms, charge, &self.stats)
+                .await;
+            return (self.count(verdict), Reservation(held));
         }
         let _ = consumer;
-        self.count(Verdict::Decided(slot.check(method, route, now_ms)))
+        let (decision, reserved) = slot.check_with(method, route, now_ms, charge);
+        let held = reserved.map(|reserved| Held::Local {
+            slot: slot.clone(),
+            reserved,
+        });
+        (self.count(Verdict::Decided(decision)), Reservation(held))
     }
 
     fn count(&self, v: Verdict) -> Verdict {
@@ -112,6 +119,52 @@ impl Limiter {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         v
+    }
+}
+
+/// A request's reservation against its consumer's budgets. [`Reservation::settle`] replaces
+/// the estimate by the real use when the response ends; dropping it unsettled (the request
+/// failed before an answer) gives the whole estimate back.
+#[derive(Default)]
+pub struct Reservation(Option<Held>);
+
+enum Held {
+    Local {
+        slot: Arc<LimitSlot>,
+        reserved: Reserved,
+    },
+    #[cfg(feature = "redis")]
+    Redis(redis_mode::RedisHeld),
+}
+
+impl Reservation {
+    pub fn is_held(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Settles to `actual`, the tokens and cost the provider reported.
+    pub fn settle(mut self, actual: BudgetCharge) {
+        if let Some(held) = self.0.take() {
+            held.settle(actual);
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(held) = self.0.take() {
+            held.settle(BudgetCharge::default());
+        }
+    }
+}
+
+impl Held {
+    fn settle(self, actual: BudgetCharge) {
+        match self {
+            Held::Local { slot, reserved } => slot.settle(&reserved, actual),
+            #[cfg(feature = "redis")]
+            Held::Redis(held) => held.settle(actual),
+        }
     }
 }
 
@@ -145,18 +198,22 @@ fn on_failure(policy: FailurePolicy, stats: &LimiterStats) -> Verdict {
 mod redis_mode {
     use super::*;
     use clientele_core::limits::{
-        LimitKind, LimitPolicy, Periods, Tightest, quota_status, rate_status,
+        BUDGET_KINDS, LimitKind, LimitPolicy, Periods, Tightest, quota_status, rate_status,
     };
     use redis::aio::ConnectionManager;
 
     /// GCRA cells and quota counters, checked and committed atomically.
     ///
-    /// KEYS: the `n` rate cells, then the day and month quota counters.
+    /// KEYS: the `n` rate cells, then the day and month quota counters, then the four budget
+    /// counters (USD day, USD month, tokens day, tokens month).
     /// ARGV: n, then (interval_us, capacity_us) per cell, then day limit, day ttl ms, month
-    /// limit, month ttl ms (a limit of 0 = no such quota).
-    /// Returns `{1, used_day, used_month, remaining_1..n}` when allowed, or
-    /// `{0, which, retry_after_us}` when refused, `which` = 1..n for a cell, n+1 the day quota,
-    /// n+2 the month quota. Time is Redis's own, so nodes' clocks need not agree.
+    /// limit, month ttl ms (a limit of 0 = no such quota), then (limit, charge) per budget.
+    /// Returns `{1, used_day, used_month, remaining_1..n, budget_used_1..4}` when allowed, or
+    /// `{0, which, retry_after_us[, used]}` when refused, `which` = 1..n for a cell, n+1 the
+    /// day quota, n+2 the month quota, n+2+j budget j. A budget admits while anything is
+    /// left and then counts the whole charge, in the same script as the check, so concurrent
+    /// requests cannot all pass one check before any is counted. Time is Redis's own, so
+    /// nodes' clocks need not agree.
     const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -175,6 +232,19 @@ end
 if month_limit > 0 then
   month_used = tonumber(redis.call('GET', KEYS[n + 2]) or '0')
   if month_used >= month_limit then return {0, n + 2, month_ttl * 1000} end
+end
+local budget_used = {}
+for j = 1, 4 do
+  local limit = tonumber(ARGV[b + 2 + 2 * j])
+  budget_used[j] = 0
+  if limit > 0 then
+    budget_used[j] = tonumber(redis.call('GET', KEYS[n + 2 + j]) or '0')
+    if budget_used[j] >= limit then
+      local ttl = day_ttl
+      if j % 2 == 0 then ttl = month_ttl end
+      return {0, n + 2 + j, ttl * 1000, budget_used[j]}
+    end
+  end
 end
 local tats = {}
 local out = {1, 0, 0}
@@ -200,14 +270,89 @@ if month_limit > 0 then
   month_used = redis.call('INCR', KEYS[n + 2])
   if month_used == 1 then redis.call('PEXPIRE', KEYS[n + 2], month_ttl + 3600000) end
 end
+for j = 1, 4 do
+  local limit = tonumber(ARGV[b + 2 + 2 * j])
+  if limit > 0 then
+    local ttl = day_ttl
+    if j % 2 == 0 then ttl = month_ttl end
+    budget_used[j] = redis.call('INCRBY', KEYS[n + 2 + j], tonumber(ARGV[b + 3 + 2 * j]))
+    if redis.call('PTTL', KEYS[n + 2 + j]) < 0 then redis.call('PEXPIRE', KEYS[n + 2 + j], ttl + 3600000) end
+  end
+  -- Every slot is set: a nil would end the reply there.
+  out[3 + n + j] = budget_used[j]
+end
 out[2] = day_used
 out[3] = month_used
 return out
 "#;
 
+    /// Replaces reservations by the real use: KEYS the budget counters, ARGV the deltas. A
+    /// counter that has expired (its period ended) is left alone, and none goes below 0.
+    const SETTLE: &str = r#"
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    local v = redis.call('INCRBY', KEYS[i], tonumber(ARGV[i]))
+    if v < 0 then redis.call('INCRBY', KEYS[i], -v) end
+  end
+end
+return 1
+"#;
+
+    /// A reservation in Redis: the counters it was made in and what was charged.
+    pub(super) struct RedisHeld {
+        conn: ConnectionManager,
+        settle: Arc<redis::Script>,
+        timeout: Duration,
+        keys: Vec<(String, usize)>,
+        charge: BudgetCharge,
+        slot: Arc<LimitSlot>,
+        reserved: Reserved,
+    }
+
+    impl RedisHeld {
+        /// Sends the difference in a task of its own: the response has ended, and nothing
+        /// waits for Redis.
+        pub(super) fn settle(self, actual: BudgetCharge) {
+            // The local mirror of the cluster's counts follows too.
+            self.slot.settle(&self.reserved, actual);
+            let deltas: Vec<(String, i64)> = self
+                .keys
+                .into_iter()
+                .map(|(k, i)| (k, actual.amount(i) as i64 - self.charge.amount(i) as i64))
+                .filter(|(_, d)| *d != 0)
+                .collect();
+            if deltas.is_empty() {
+                return;
+            }
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            let (mut conn, script, timeout) = (self.conn, self.settle, self.timeout);
+            runtime.spawn(async move {
+                let mut inv = script.prepare_invoke();
+                for (k, d) in &deltas {
+                    inv.key(k).arg(*d);
+                }
+                let sent =
+                    tokio::time::timeout(timeout * 4, inv.invoke_async::<i64>(&mut conn)).await;
+                if !matches!(sent, Ok(Ok(_))) {
+                    static FAILED: std::sync::LazyLock<clientele_core::ratelog::Every> =
+                        std::sync::LazyLock::new(|| {
+                            clientele_core::ratelog::Every::new(Duration::from_secs(10))
+                        });
+                    clientele_core::warn_every!(
+                        FAILED,
+                        "could not settle a budget reservation in Redis; the estimate stays counted"
+                    );
+                }
+            });
+        }
+    }
+
     pub(super) struct RedisLimiter {
         conn: ConnectionManager,
         script: redis::Script,
+        settle: Arc<redis::Script>,
         timeout: Duration,
         policy: FailurePolicy,
         prefix: String,
@@ -253,6 +398,7 @@ return out
             Ok(RedisLimiter {
                 conn,
                 script,
+                settle: Arc::new(redis::Script::new(SETTLE)),
                 timeout,
                 policy: config.on_redis_error,
                 prefix: config.redis_key_prefix.clone(),
@@ -261,17 +407,19 @@ return out
             })
         }
 
+        #[allow(clippy::too_many_arguments)]
         pub(super) async fn check(
             &self,
             consumer: &str,
-            slot: &LimitSlot,
+            slot: &Arc<LimitSlot>,
             method: &str,
             route: &str,
             now_ms: i64,
+            charge: BudgetCharge,
             stats: &LimiterStats,
-        ) -> Verdict {
+        ) -> (Verdict, Option<Held>) {
             if self.breaker.is_open(now_ms) {
-                return on_failure(self.policy, stats);
+                return (on_failure(self.policy, stats), None);
             }
             let policy = &slot.policy;
             // The hash tag keeps one consumer's keys in one slot, so the script also works on
@@ -303,6 +451,17 @@ return out
             }
             inv.key(format!("{base}:day:{}", Periods::day_label(now_ms)));
             inv.key(format!("{base}:month:{}", Periods::month_label(now_ms)));
+            let budget_keys: [String; 4] = BUDGET_KINDS.map(|kind| {
+                let label = if kind.is_monthly() {
+                    Periods::month_label(now_ms)
+                } else {
+                    Periods::day_label(now_ms)
+                };
+                format!("{base}:{}:{label}", kind.as_str())
+            });
+            for key in &budget_keys {
+                inv.key(key);
+            }
             inv.arg(cells.len());
             for (_, rate, burst, _) in &cells {
                 let interval = LimitPolicy::interval_us(*rate);
@@ -312,6 +471,10 @@ return out
                 .arg(periods.day_left_ms)
                 .arg(policy.quota_per_month.unwrap_or(0))
                 .arg(periods.month_left_ms);
+            for i in 0..BUDGET_KINDS.len() {
+                inv.arg(policy.budgets.0[i].unwrap_or(0))
+                    .arg(charge.amount(i));
+            }
 
             let mut conn = self.conn.clone();
             let answer: Result<Vec<i64>, String> =
@@ -327,7 +490,7 @@ return out
                 Ok(a) => a,
                 Err(e) => {
                     self.failed(now_ms, stats, &e);
-                    return on_failure(self.policy, stats);
+                    return (on_failure(self.policy, stats), None);
                 }
             };
             stats.redis_up.store(true, Ordering::Relaxed);
@@ -342,14 +505,28 @@ return out
                 } else if which == n + 1 {
                     let limit = policy.quota_per_day.unwrap_or(0);
                     quota_status(LimitKind::DailyQuota, limit, limit, periods.day_left_ms)
-                } else {
+                } else if which == n + 2 {
                     let limit = policy.quota_per_month.unwrap_or(0);
                     quota_status(LimitKind::MonthlyQuota, limit, limit, periods.month_left_ms)
+                } else {
+                    let j = ((which - n - 3).max(0) as usize).min(BUDGET_KINDS.len() - 1);
+                    let kind = BUDGET_KINDS[j];
+                    let limit = policy.budgets.0[j].unwrap_or(0);
+                    let used = answer.get(3).copied().unwrap_or(0).max(0) as u64;
+                    let left = if kind.is_monthly() {
+                        periods.month_left_ms
+                    } else {
+                        periods.day_left_ms
+                    };
+                    quota_status(kind, limit, used, left)
                 };
-                return Verdict::Decided(Decision::Refused {
-                    status,
-                    retry_after_ms,
-                });
+                return (
+                    Verdict::Decided(Decision::Refused {
+                        status,
+                        retry_after_ms,
+                    }),
+                    None,
+                );
             }
             // Mirror the cluster's counts into the local slot, so usage figures on this node
             // show the cluster's usage.
@@ -377,7 +554,37 @@ return out
                 let remaining = answer.get(3 + i).copied().unwrap_or(0).max(0) as u64;
                 tightest.keep(rate_status(*kind, *rate, *burst, remaining));
             }
-            Verdict::Decided(tightest.allowed())
+            let mut keys = Vec::new();
+            for (j, kind) in BUDGET_KINDS.into_iter().enumerate() {
+                let Some(limit) = policy.budgets.0[j] else {
+                    continue;
+                };
+                let used = answer.get(3 + cells.len() + j).copied().unwrap_or(0).max(0) as u64;
+                let (period, left) = if kind.is_monthly() {
+                    (periods.month, periods.month_left_ms)
+                } else {
+                    (periods.day, periods.day_left_ms)
+                };
+                slot.budget[j].restore(period, used);
+                tightest.keep(quota_status(kind, limit, used, left));
+                keys.push((budget_keys[j].clone(), j));
+            }
+            let held = (!keys.is_empty()).then(|| {
+                Held::Redis(RedisHeld {
+                    conn: self.conn.clone(),
+                    settle: self.settle.clone(),
+                    timeout: self.timeout,
+                    keys,
+                    charge,
+                    slot: slot.clone(),
+                    reserved: Reserved {
+                        day: periods.day,
+                        month: periods.month,
+                        charge,
+                    },
+                })
+            });
+            (Verdict::Decided(tightest.allowed()), held)
         }
 
         fn failed(&self, now_ms: i64, stats: &LimiterStats, error: &str) {

@@ -10,7 +10,7 @@ use clientele_core::config::OutboundTls;
 use clientele_core::config::{ApiConfig, LlmMode, Upstream, parse_upstream};
 use clientele_core::event::{Event, Outcome, random_id128};
 use clientele_core::keys::{KeyEntry, KeyIndex, Lookup};
-use clientele_core::limits::{Decision, LimitKind, LimitStatus};
+use clientele_core::limits::{BudgetCharge, Decision, LimitKind, LimitStatus};
 use clientele_core::pipeline::EventSink;
 use clientele_core::problem::{self, Problem};
 use clientele_core::route::infer_template;
@@ -26,6 +26,7 @@ use crate::body::{
 use crate::headers::{self as h, KeySource, PresentedKey, TraceContext};
 use crate::limiter::{Limiter, Verdict};
 use crate::llm::{Flavor, flavor_of_path};
+use crate::llm_request::PEEK_MAX;
 
 /// Gateway settings that are not per API.
 #[derive(Debug, Clone)]
@@ -43,6 +44,8 @@ pub struct GatewayOptions {
     pub outbound_tls: OutboundTls,
     /// What LLM tokens cost: the shipped book with the config's `[prices]`.
     pub prices: Arc<clientele_core::prices::PriceBook>,
+    /// `[agents] max_identical_calls`: refuse a session's repeats past it.
+    pub max_identical_calls: Option<u32>,
 }
 
 /// One API behind the gateway.
@@ -69,6 +72,8 @@ struct Api {
     llm: Option<LlmMode>,
     /// The provider's credentials, set on every request upstream (config values, expanded).
     upstream_headers: Vec<(HeaderName, HeaderValue)>,
+    /// `llm_include_usage`: add `stream_options.include_usage` to OpenAI streamed requests.
+    include_usage: bool,
 }
 
 /// `rate` (0..=1) as a threshold on a uniform u64: sampled when `draw < threshold`.
@@ -95,6 +100,8 @@ pub struct Gateway {
     in_flight: AtomicU64,
     /// The validator's queue, when some API has a spec.
     samples: Option<clientele_contract::SampleSender>,
+    /// Counts sessions' identical calls when `max_identical_calls` is set.
+    calls: Option<crate::agents::CallGuard>,
 }
 
 /// Context gathered before the request is forwarded, used to fill the event.
@@ -166,10 +173,14 @@ impl Gateway {
                 max_body_bytes: usize::try_from(api.max_body_bytes).unwrap_or(usize::MAX),
                 llm: api.llm,
                 upstream_headers,
+                include_usage: api.llm_include_usage,
             });
         }
         built.sort_by_key(|api| std::cmp::Reverse(api.prefix.len()));
         let session_header = HeaderName::from_bytes(options.session_header.as_bytes()).ok();
+        let calls = options
+            .max_identical_calls
+            .map(crate::agents::CallGuard::new);
         let end_user_header = HeaderName::from_bytes(options.end_user_header.as_bytes()).ok();
         Ok(Gateway {
             apis: built,
@@ -182,6 +193,7 @@ impl Gateway {
             tls: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
             samples: None,
+            calls,
         })
     }
 
@@ -367,6 +379,7 @@ impl Gateway {
                 tokens_out: None,
                 cost_usd: None,
                 close_code: None,
+                call_hash: None,
             },
         };
 
@@ -475,9 +488,115 @@ impl Gateway {
         if let Some(rule) = entry.slot.as_ref().and_then(|s| s.policy_block()) {
             return self.refuse_policy(seen, rule);
         }
+        let relative = api_relative_path(api, &path);
+        let llm = match api.llm {
+            Some(LlmMode::Off) => None,
+            Some(LlmMode::Openai) => Some(Flavor::OpenAi),
+            Some(LlmMode::Anthropic) => Some(Flavor::Anthropic),
+            None => flavor_of_path(relative),
+        };
+        let limit = self.options.max_request_body_bytes;
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let budgets = entry.slot.as_ref().is_some_and(|s| s.policy.budgets.any());
+        // A small JSON body of an LLM request is read first when a budget needs its
+        // `max_tokens` or a stream needs `include_usage` (bounded by PEEK_MAX; see
+        // `llm_request`). Everything else streams.
+        let mut body = Some(body);
+        let mut read = None;
+        let mut facts = None;
+        let inject =
+            api.include_usage && llm == Some(Flavor::OpenAi) && relative.ends_with("/completions");
+        // With `max_identical_calls`, a session's call needs its fingerprint before it is
+        // forwarded: its small body is read first too.
+        let guard = self
+            .calls
+            .as_ref()
+            .and_then(|g| seen.event.session_id.clone().map(|s| (g, s)));
+        let for_llm = llm.is_some()
+            && (budgets || inject)
+            && parts.method == http::Method::POST
+            && is_json(parts.headers.get(header::CONTENT_TYPE));
+        let mut read_print = None;
+        if (for_llm || guard.is_some())
+            && declared.is_some_and(|n| n > 0 && n <= PEEK_MAX && (limit == 0 || n <= limit))
+            && let Some(incoming) = body.take()
+        {
+            match tokio::time::timeout(api.timeout, crate::body::read_small(incoming, PEEK_MAX))
+                .await
+            {
+                Ok(Ok(bytes)) => {
+                    read_print = Some(crate::body::BodyPrint::of(&bytes));
+                    if for_llm {
+                        facts = crate::llm_request::read_facts(&bytes);
+                    }
+                    let rewritten = facts
+                        .as_ref()
+                        .filter(|_| inject)
+                        .and_then(|f| crate::llm_request::with_include_usage(&bytes, f));
+                    if let Some(new) = &rewritten {
+                        parts
+                            .headers
+                            .insert(header::CONTENT_LENGTH, HeaderValue::from(new.len()));
+                    }
+                    read = Some((rewritten.unwrap_or_else(|| bytes.clone()), bytes.len()));
+                }
+                Ok(Err(fault)) => {
+                    return self.refuse_body(seen, Arc::new(AtomicU64::new(0)), fault, limit);
+                }
+                Err(_) => {
+                    return self.refuse(
+                        seen,
+                        StatusCode::REQUEST_TIMEOUT,
+                        Outcome::BadRequest,
+                        "request-timeout",
+                        "Request body too slow",
+                        format!(
+                            "the request body did not arrive within {} ms",
+                            api.timeout.as_millis()
+                        ),
+                    );
+                }
+            }
+        }
+        let print_known = read_print.is_some()
+            || (declared.unwrap_or(0) == 0
+                && !parts.headers.contains_key(header::TRANSFER_ENCODING));
+        let print = Arc::new(read_print.unwrap_or_default());
+        let head_print =
+            crate::body::head_print(parts.method.as_str(), relative, parts.uri.query());
+        if let Some((guard, session)) = &guard
+            && print_known
+        {
+            let call = crate::body::call_hash(head_print, print.get());
+            if let Some(n) = guard.repeat(&entry.consumer, session, call, seen.event.ts_ms) {
+                let detail = format!(
+                    "this session ({session}) has made this identical call (same method, path, query and body) {n} times; the gateway refuses repeats past {} ([agents] max_identical_calls). Change the request, or start a new session if the repeat is intended",
+                    guard.max()
+                );
+                seen.event.call_hash = Some(call);
+                return self.refuse(
+                    seen,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Outcome::LoopRefused,
+                    "identical-call-repeated",
+                    "Identical call repeated",
+                    detail,
+                );
+            }
+        }
+        let charge = if budgets && llm.is_some() {
+            crate::llm_request::estimate(facts.as_ref(), declared, &self.options.prices)
+        } else {
+            BudgetCharge::default()
+        };
         let mut limit_status = None;
+        let mut reservation = crate::limiter::Reservation::default();
         if let Some(slot) = &entry.slot {
-            let verdict = self
+            let (verdict, held) = self
                 .limiter
                 .check(
                     &entry.consumer,
@@ -485,8 +604,10 @@ impl Gateway {
                     &seen.event.method,
                     &seen.event.route,
                     seen.event.ts_ms,
+                    charge,
                 )
                 .await;
+            reservation = held;
             match verdict {
                 Verdict::Decided(Decision::Unlimited) => {}
                 Verdict::Decided(Decision::Allowed { status }) => limit_status = Some(status),
@@ -511,23 +632,15 @@ impl Gateway {
         }
 
         // Phase 4: is the body acceptable?
-        let limit = self.options.max_request_body_bytes;
-        if limit > 0 {
-            let declared = parts
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > limit) {
-                return self.refuse(
-                    seen,
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    Outcome::BodyTooLarge,
-                    "body-too-large",
-                    "Request body too large",
-                    format!("the request body is larger than the gateway's limit of {limit} bytes"),
-                );
-            }
+        if limit > 0 && declared.is_some_and(|n| n > limit) {
+            return self.refuse(
+                seen,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Outcome::BodyTooLarge,
+                "body-too-large",
+                "Request body too large",
+                format!("the request body is larger than the gateway's limit of {limit} bytes"),
+            );
         }
 
         // Phase 5: forward.
@@ -575,13 +688,6 @@ impl Gateway {
             }
         }
 
-        let relative = api_relative_path(api, &path);
-        let llm = match api.llm {
-            Some(LlmMode::Off) => None,
-            Some(LlmMode::Openai) => Some(Flavor::OpenAi),
-            Some(LlmMode::Anthropic) => Some(Flavor::Anthropic),
-            None => flavor_of_path(relative),
-        };
         if llm.is_some() {
             // Usage is read from the bytes as they pass: ask the provider for an uncompressed
             // answer (the client still gets the same answer, only the upstream leg is larger).
@@ -590,7 +696,18 @@ impl Gateway {
         let mut pending = self.sampling(api, &parts, relative, &seen.event);
         let counted = Arc::new(AtomicU64::new(0));
         let fault = Arc::new(BodyFault::default());
-        let mut body = RequestBody::new(body, counted.clone(), limit, fault.clone());
+        let mut body = match (body, read) {
+            (Some(incoming), _) => {
+                RequestBody::new(incoming, counted.clone(), limit, fault.clone())
+                    .with_print(print.clone())
+            }
+            (None, Some((bytes, sent))) => {
+                counted.store(sent as u64, Ordering::Relaxed);
+                RequestBody::read(bytes, counted.clone(), fault.clone())
+            }
+            // The body is taken only where it is read.
+            (None, None) => RequestBody::read(Bytes::new(), counted.clone(), fault.clone()),
+        };
         if let Some(tee) = pending.as_mut().and_then(|(_, tee)| tee.take()) {
             body = body.with_tee(tee);
         }
@@ -665,12 +782,10 @@ impl Gateway {
             insert_limit_headers(response.headers_mut(), status);
         }
         let (resp_parts, resp_body) = response.into_parts();
-        let mut body = ResponseBody::upstream(resp_body).emit_on_finish(
-            seen.event,
-            seen.started,
-            counted,
-            self.sink.clone(),
-        );
+        let mut body = ResponseBody::upstream(resp_body)
+            .emit_on_finish(seen.event, seen.started, counted, self.sink.clone())
+            .with_budget(reservation)
+            .with_call(head_print, print);
         if let Some(flavor) = llm {
             let media = resp_parts
                 .headers
@@ -842,6 +957,9 @@ impl Gateway {
         retry_after_ms: u64,
     ) -> Response<ResponseBody> {
         let retry_secs = retry_after_ms.div_ceil(1000).max(1);
+        if status.kind.is_budget() {
+            return self.refuse_budget(seen, status, retry_secs);
+        }
         let (outcome, slug, title, detail) = match status.kind {
             LimitKind::Rate => (
                 Outcome::RateLimited,
@@ -861,7 +979,7 @@ impl Gateway {
                     status.limit, status.window_secs
                 ),
             ),
-            LimitKind::DailyQuota | LimitKind::MonthlyQuota => (
+            _ => (
                 Outcome::QuotaExceeded,
                 "quota-exceeded",
                 "Quota exceeded",
@@ -890,6 +1008,92 @@ impl Gateway {
             detail,
         );
         let headers = resp.headers_mut();
+        insert_limit_headers(headers, &status);
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_secs));
+        resp
+    }
+
+    /// 429 for a spent budget: the problem names the budget (by its config key), its limit,
+    /// what is used and when it resets, and the RateLimit fields carry what is left.
+    fn refuse_budget(
+        &self,
+        mut seen: Seen,
+        status: LimitStatus,
+        retry_secs: u64,
+    ) -> Response<ResponseBody> {
+        let (key, usd) = match status.kind {
+            LimitKind::BudgetUsdDay => ("budget_usd_per_day", true),
+            LimitKind::BudgetUsdMonth => ("budget_usd_per_month", true),
+            LimitKind::TokensDay => ("tokens_per_day", false),
+            _ => ("tokens_per_month", false),
+        };
+        let amount = |n: u64| {
+            if usd {
+                serde_json::json!(n as f64 / 1e6)
+            } else {
+                serde_json::json!(n)
+            }
+        };
+        let shown = |n: u64| {
+            if usd {
+                format!("${:.6}", n as f64 / 1e6)
+            } else {
+                format!("{n} tokens")
+            }
+        };
+        let period = if status.kind.is_monthly() {
+            "monthly"
+        } else {
+            "daily"
+        };
+        let resets_at =
+            clientele_core::time::format_ts(seen.event.ts_ms + (status.reset_secs as i64) * 1000);
+        let detail = format!(
+            "your {period} budget ({key}) of {} is spent: {} used; it resets at {resets_at} (UTC {}); ask the API's owner for a larger budget",
+            shown(status.limit),
+            shown(status.limit.saturating_sub(status.remaining)),
+            if status.kind.is_monthly() {
+                "start of next month"
+            } else {
+                "midnight"
+            },
+        );
+        seen.event.status = StatusCode::TOO_MANY_REQUESTS.as_u16();
+        seen.event.outcome = Outcome::BudgetExceeded;
+        let mut problem = Problem::new(429, "budget-exceeded", "Budget exceeded", detail);
+        problem.instance = seen
+            .event
+            .trace_id
+            .as_ref()
+            .map(|t| format!("urn:clientele:trace:{t}"));
+        let mut json = serde_json::to_value(&problem).unwrap_or_default();
+        if let Some(o) = json.as_object_mut() {
+            o.insert("budget".into(), serde_json::json!(key));
+            o.insert(
+                "unit".into(),
+                serde_json::json!(if usd { "usd" } else { "tokens" }),
+            );
+            o.insert("limit".into(), amount(status.limit));
+            o.insert(
+                "used".into(),
+                amount(status.limit.saturating_sub(status.remaining)),
+            );
+            o.insert("resets_at".into(), serde_json::json!(resets_at));
+        }
+        let body = ResponseBody::local(Bytes::from(serde_json::to_vec(&json).unwrap_or_default()))
+            .emit_on_finish(
+                seen.event,
+                seen.started,
+                Arc::new(AtomicU64::new(0)),
+                self.sink.clone(),
+            );
+        let mut resp = Response::new(body);
+        *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(problem::CONTENT_TYPE),
+        );
         insert_limit_headers(headers, &status);
         headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_secs));
         resp
@@ -1014,7 +1218,16 @@ impl Gateway {
 /// fields that many client libraries still read.
 fn insert_limit_headers(headers: &mut http::HeaderMap, s: &LimitStatus) {
     let name = s.kind.as_str();
-    let policy = format!("\"{name}\";q={};w={}", s.limit, s.window_secs);
+    let policy = if s.kind.is_budget() {
+        format!(
+            "\"{name}\";q={};w={};qu=\"{}\"",
+            s.limit,
+            s.window_secs,
+            s.kind.unit()
+        )
+    } else {
+        format!("\"{name}\";q={};w={}", s.limit, s.window_secs)
+    };
     let current = format!("\"{name}\";r={};t={}", s.remaining, s.reset_secs);
     if let Ok(v) = HeaderValue::from_str(&policy) {
         headers.insert(h::RATELIMIT_POLICY.clone(), v);
@@ -1028,6 +1241,15 @@ fn insert_limit_headers(headers: &mut http::HeaderMap, s: &LimitStatus) {
         HeaderValue::from(s.remaining),
     );
     headers.insert(h::RATELIMIT_RESET.clone(), HeaderValue::from(s.reset_secs));
+}
+
+/// Whether a Content-Type is JSON (`application/json`, `…+json`).
+fn is_json(v: Option<&HeaderValue>) -> bool {
+    v.and_then(|v| v.to_str().ok()).is_some_and(|t| {
+        t.split(';')
+            .next()
+            .is_some_and(|t| t.trim().to_ascii_lowercase().ends_with("json"))
+    })
 }
 
 fn attribute(event: &mut Event, entry: &KeyEntry) {

@@ -106,6 +106,7 @@ fn hour_of(rng: &mut Rng, consumer: usize, hour: i64, n: usize) -> Vec<Event> {
                 tokens_out: None,
                 cost_usd: None,
                 close_code: None,
+                call_hash: None,
             }
         })
         .collect()

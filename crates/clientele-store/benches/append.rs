@@ -44,6 +44,7 @@ fn event(i: u64, ts_ms: i64) -> Event {
         tokens_out: None,
         cost_usd: None,
         close_code: None,
+        call_hash: None,
     }
 }
 

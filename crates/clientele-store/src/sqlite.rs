@@ -23,7 +23,7 @@ mod findings;
 mod releases;
 
 /// 2 added `consumers.limits` and `quota_usage`.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
@@ -94,7 +94,8 @@ CREATE TABLE IF NOT EXISTS events (
     tokens_out INTEGER,
     cost_usd REAL,
     end_user TEXT,
-    close_code INTEGER
+    close_code INTEGER,
+    call_hash INTEGER
 );
 CREATE INDEX IF NOT EXISTS events_consumer_ts ON events(consumer, ts);
 CREATE TABLE IF NOT EXISTS rollups (
@@ -174,19 +175,22 @@ impl SqliteStore {
                 )?;
             }
             Some(Ok(v)) if v == SCHEMA_VERSION => {}
-            Some(Ok(v @ (1..=3))) => {
+            Some(Ok(v @ (1..=4))) => {
                 // Version 1 had no per-consumer limits (the new table was created above);
-                // version 2 no end user on events; version 3 no WebSocket close code. Each
-                // step is one ALTER, data untouched.
+                // version 2 no end user on events; version 3 no WebSocket close code;
+                // version 4 no call fingerprint. Each step is one ALTER, data untouched.
                 if v == 1 {
                     writer.execute_batch("ALTER TABLE consumers ADD COLUMN limits TEXT;")?;
                 }
                 if v <= 2 {
                     writer.execute_batch("ALTER TABLE events ADD COLUMN end_user TEXT;")?;
                 }
+                if v <= 3 {
+                    writer.execute_batch("ALTER TABLE events ADD COLUMN close_code INTEGER;")?;
+                }
                 writer.execute_batch(
-                    "ALTER TABLE events ADD COLUMN close_code INTEGER;
-                     UPDATE meta SET v = '4' WHERE k = 'schema_version';",
+                    "ALTER TABLE events ADD COLUMN call_hash INTEGER;
+                     UPDATE meta SET v = '5' WHERE k = 'schema_version';",
                 )?;
             }
             Some(other) => {
@@ -685,7 +689,7 @@ const EVENT_COLUMNS: &str =
     "id, ts, consumer, key_id, api, method, path, route, status, latency_ms,
     upstream_latency_ms, request_bytes, response_bytes, client_ip, user_agent, session_id,
     trace_id, outcome, plan, team, use_case, model, tokens_in, tokens_out, cost_usd, end_user,
-    close_code";
+    close_code, call_hash";
 
 fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
     let outcome: String = r.get(17)?;
@@ -717,6 +721,8 @@ fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
         tokens_out: r.get::<_, Option<i64>>(23)?.map(|v| v.max(0) as u64),
         cost_usd: r.get(24)?,
         close_code: r.get(26)?,
+        // Stored as the i64 with the same bits.
+        call_hash: r.get::<_, Option<i64>>(27)?.map(|v| v as u64),
     })
 }
 
@@ -738,7 +744,7 @@ impl EventStore for SqliteStore {
                 let mut stmt = tx.prepare_cached(&format!(
                     "INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) VALUES
                      (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                      ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)"
+                      ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)"
                 ))?;
                 for e in events {
                     let n = stmt.execute(params![
@@ -768,7 +774,8 @@ impl EventStore for SqliteStore {
                         e.tokens_out.map(sql_u64),
                         e.cost_usd,
                         e.end_user,
-                        e.close_code
+                        e.close_code,
+                        e.call_hash.map(|h| h as i64)
                     ])?;
                     if n == 1 {
                         fresh.push(e);
@@ -796,7 +803,7 @@ impl EventStore for SqliteStore {
             ))?;
             let mut cursor = None;
             let rows = stmt.query_map(params![from_ms, ts, rowid, page as i64], |r| {
-                Ok((event_from_row(r)?, r.get::<_, i64>(27)?))
+                Ok((event_from_row(r)?, r.get::<_, i64>(28)?))
             })?;
             let mut out = Vec::with_capacity(page);
             for row in rows {
@@ -944,3 +951,32 @@ crate::control_store_suite!(sqlite_control, SqliteStore);
 crate::event_store_suite!(sqlite_events, SqliteStore);
 #[cfg(test)]
 crate::finding_store_suite!(sqlite_findings, SqliteStore);
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod migration_tests {
+    use super::*;
+
+    #[test]
+    fn a_version_4_database_gains_the_call_fingerprint_column() {
+        let mut fresh = crate::testsuite::Fresh::<SqliteStore>::new();
+        let dir = fresh.dir().to_path_buf();
+        // Make it what a version 4 build left.
+        let conn = Connection::open(dir.join("clientele.db")).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE events DROP COLUMN call_hash;
+             UPDATE meta SET v = '4' WHERE k = 'schema_version';",
+        )
+        .unwrap();
+        drop(conn);
+        fresh.reopen();
+        let conn = Connection::open(dir.join("clientele.db")).unwrap();
+        let v: String = conn
+            .query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(v, "5");
+        conn.execute_batch("SELECT call_hash FROM events").unwrap();
+    }
+}

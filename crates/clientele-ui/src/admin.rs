@@ -1104,6 +1104,7 @@ pub async fn consumer(
             r#"<section aria-labelledby="h-limits"><h2 id="h-limits">Rate limits and quota</h2>{}</section>"#,
             limits_section(&lim, "consumer")
         );
+        body.push_str(&crate::portal::ai_section(&app, &id, r, &lim.budgets).await?);
         let Json(keys) = handlers::list_keys(State(app.clone()), Path(id.clone())).await?;
         let _ = write!(
             body,

@@ -22,6 +22,7 @@ use axum::routing::{get, post};
 use clientele_api::{ApiError, AppState};
 
 mod admin;
+mod ai;
 mod assets;
 mod chart;
 mod deprecations;
@@ -63,6 +64,7 @@ pub fn router(app: AppState) -> Router {
         .route("/routes", get(admin::routes))
         .route("/findings", get(findings::page))
         .route("/deprecations", get(deprecations::page))
+        .route("/ai", get(ai::page))
         .route("/governance", get(governance::page))
         .route("/portfolio", get(reports::portfolio))
         .route("/reports/outreach", get(reports::outreach))

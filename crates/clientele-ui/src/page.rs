@@ -274,6 +274,7 @@ pub fn layout(ctx: &Ctx, title: &str, active: &str, body: &str) -> String {
                 ("/reports/pricing", "Pricing"),
                 ("/reports/sla", "SLA"),
                 ("/reports/agents", "Agents"),
+                ("/ai", "AI"),
             ],
             "/logout",
             "Dashboard",

@@ -141,6 +141,7 @@ pub async fn home(
         r#"<section aria-labelledby="h-limits"><h2 id="h-limits">Rate limits and quota</h2>{}</section>"#,
         limits_section(&lim, "portal")
     );
+    body.push_str(&ai_section(&app, &consumer, r, &lim.budgets).await?);
     let (class, statuses) = error_class(&ctx.params)?;
     let errors = recent_errors(&ui, &consumer, r, statuses, RECENT_ERRORS).await?;
     let _ = write!(
@@ -393,4 +394,69 @@ async fn usage(ui: &Ui, consumer: &str, q: UsageQuery) -> Result<Usage, ApiError
         detail,
         recent_errors: events.into_iter().map(Into::into).collect(),
     })
+}
+
+/// One consumer's AI traffic: tokens and cost per model in the range, and its budgets with
+/// what is used. Empty when it has neither. The portal shows it for the signed-in consumer,
+/// the dashboard on the consumer's page.
+pub(crate) async fn ai_section(
+    app: &clientele_api::AppState,
+    consumer: &str,
+    r: &crate::page::Range,
+    budgets: &[limits::BudgetUsageOut],
+) -> Result<String, UiError> {
+    let Json(models) = handlers::stats_models(
+        State(app.clone()),
+        Query(handlers::ModelStatsQuery {
+            from: Some(r.start_rfc3339()),
+            to: Some(r.end_rfc3339()),
+            consumer: Some(consumer.to_string()),
+        }),
+    )
+    .await?;
+    if models.models.is_empty() && budgets.is_empty() {
+        return Ok(String::new());
+    }
+    let mut out = String::from(
+        r#"<section aria-labelledby="h-ai"><h2 id="h-ai">AI usage: tokens, cost and budgets</h2>"#,
+    );
+    if !budgets.is_empty() {
+        out.push_str(r#"<div class="table-wrap"><table><caption>Your budgets in the current period</caption><thead><tr><th scope="col">Budget</th><th scope="col" class="num">Limit</th><th scope="col" class="num">Used</th><th scope="col" class="num">Left</th><th scope="col">Resets</th></tr></thead><tbody>"#);
+        for b in budgets {
+            let show = |v: f64| {
+                if b.unit == "usd" {
+                    crate::ai::usd(Some(v))
+                } else {
+                    crate::html::int(v as u64)
+                }
+            };
+            let _ = write!(
+                out,
+                r#"<tr><td><code>{}</code></td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td>{}</td></tr>"#,
+                esc(&b.budget),
+                show(b.limit),
+                show(b.used),
+                show(b.remaining),
+                esc(&crate::html::when_rfc3339(&b.resets_at))
+            );
+        }
+        out.push_str("</tbody></table></div>");
+    }
+    if !models.models.is_empty() {
+        out.push_str(r#"<div class="table-wrap"><table><caption>Tokens and cost per model in this range</caption><thead><tr><th scope="col">Model</th><th scope="col" class="num">Requests</th><th scope="col" class="num">Tokens in</th><th scope="col" class="num">Tokens out</th><th scope="col" class="num">Cost</th></tr></thead><tbody>"#);
+        for m in &models.models {
+            let _ = write!(
+                out,
+                r#"<tr><td><code>{}</code></td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td></tr>"#,
+                esc(&m.model),
+                crate::html::int(m.requests),
+                crate::html::int(m.tokens_in),
+                crate::html::int(m.tokens_out),
+                crate::ai::usd(m.cost_usd)
+            );
+        }
+        out.push_str("</tbody></table></div>");
+    }
+    out.push_str("</section>");
+    Ok(out)
 }

@@ -177,6 +177,10 @@ pub async fn start(config: Config) -> Result<Running> {
             .await
             .map_err(|e| anyhow::anyhow!("restoring rollups: {e}"))?,
     ));
+    if persist_quotas {
+        // Budgets are counted in memory on one node: restore today's and this month's use.
+        clientele_app::budgets::restore(&keys, &engine, clientele_core::time::now_ms());
+    }
     let writer = tokio::spawn(clientele_app::writer::run(rx, pipeline.clone()));
 
     let tls = match (&config.gateway.tls_cert, &config.gateway.tls_key) {
@@ -201,6 +205,7 @@ pub async fn start(config: Config) -> Result<Running> {
                 &config.prices,
             )),
             outbound_tls: config.outbound.clone(),
+            max_identical_calls: config.agents.max_identical_calls,
         },
         keys.clone(),
         limiter.clone(),

@@ -77,6 +77,10 @@ fn plans_rank_by_what_they_allow() {
         burst: 1,
         quota_per_day: q,
         quota_per_month: None,
+        budget_usd_per_day: None,
+        budget_usd_per_month: None,
+        tokens_per_day: None,
+        tokens_per_month: None,
         routes: Default::default(),
         policy: None,
     };

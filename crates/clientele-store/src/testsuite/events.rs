@@ -38,6 +38,7 @@ pub fn event(id: &str, consumer: &str, ts_ms: i64, status: u16) -> Event {
         tokens_out: None,
         cost_usd: None,
         close_code: None,
+        call_hash: None,
     }
 }
 
@@ -176,6 +177,7 @@ pub async fn every_field_round_trips<S: Backend + EventStore>(fresh: &mut Fresh<
         tokens_out: Some(0),
         cost_usd: Some(0.0123),
         close_code: Some(4001),
+        call_hash: Some(0xfedc_ba98_7654_3210),
     };
     let mut bare = event("ev_bare", "acme", DAY + 124, 200);
     bare.api = None;

@@ -1033,9 +1033,13 @@ fn the_demo_runs_and_shows_the_failing_integration() {
     // The governance personas (a blocked shared key, a scraper, a reseller) earn governance
     // and error findings of their own; they are checked in e2e `governance` and by hand.
     let governance_personas = ["wayne", "cyberdyne", "tyrell"];
+    // The AI agent repeats one prompt in its session: a true `agent_loop`, found once its
+    // live calls have been evaluated (so allowed, not required: the backfill has no call
+    // fingerprints).
     let invented: Vec<_> = findings
         .difference(&expected)
         .filter(|(_, who)| !governance_personas.contains(&who.as_str()))
+        .filter(|(kind, who)| !(kind == "agent_loop" && who == "smith-agent"))
         .collect();
     assert!(invented.is_empty(), "invented {invented:?}\n{stdout}");
     assert!(

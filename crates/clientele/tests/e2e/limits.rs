@@ -11,13 +11,13 @@ use serde_json::{Value, json};
 use crate::support::*;
 
 /// A real `redis-server` on a free loopback port, without persistence; killed on drop.
-struct Redis {
+pub(crate) struct Redis {
     child: Option<Child>,
     port: u16,
 }
 
 impl Redis {
-    fn start() -> Redis {
+    pub(crate) fn start() -> Redis {
         // A port found free can be taken before redis-server binds it: then it exits, and we
         // try another.
         for _ in 0..5 {
@@ -67,7 +67,7 @@ impl Redis {
         })
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 

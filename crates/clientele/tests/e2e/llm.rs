@@ -154,15 +154,29 @@ async fn start_provider() -> (SocketAddr, Seen) {
 }
 
 async fn start() -> (Server, Seen) {
+    start_extra("").await
+}
+
+/// [`start`] with `extra` config sections.
+async fn start_extra(extra: &str) -> (Server, Seen) {
+    let (server, seen, _) = start_full(extra).await;
+    (server, seen)
+}
+
+/// [`start_extra`], also returning the mock provider's address.
+async fn start_full(extra: &str) -> (Server, Seen, SocketAddr) {
     let (provider, seen) = start_provider().await;
     let dir = tempfile::tempdir().unwrap();
+    let extra = extra.to_string();
     let server = Server::start_with(dir, move |gateway, admin| {
-        crate::support::config_text(gateway, admin, provider, "").replace(
+        crate::support::config_text(gateway, admin, provider, &extra).replace(
             "[plans.free]",
             &format!(
                 "[[apis]]\nname = \"ai\"\nupstream = \"http://{provider}\"\nprefix = \"/ai\"\n\
                  strip_prefix = true\n\
                  upstream_headers = {{ Authorization = \"Bearer sk-provider-secret\" }}\n\n\
+                 [[apis]]\nname = \"ai-plain\"\nupstream = \"http://{provider}\"\nprefix = \"/plain\"\n\
+                 strip_prefix = true\nllm_include_usage = false\n\n\
                  [[apis]]\nname = \"claude\"\nupstream = \"http://{provider}\"\nprefix = \"/claude\"\n\
                  strip_prefix = true\n\
                  upstream_headers = {{ x-api-key = \"sk-ant-provider-secret\" }}\n\n\
@@ -171,7 +185,7 @@ async fn start() -> (Server, Seen) {
         )
     })
     .await;
-    (server, seen)
+    (server, seen, provider)
 }
 
 /// Posts a streamed chat completion and reads `frames` data frames, then drops the response.
@@ -437,4 +451,287 @@ async fn sessions_from_the_header_with_a_loop_and_inferred_ones() {
         .admin(Method::GET, "/v1/sessions?limit=0", None)
         .await;
     assert_eq!(status, 400);
+}
+
+/// Streams a chat completion without `stream_options` through `prefix`; the data frames the
+/// client received.
+async fn stream_without_usage_option(server: &Server, key: &str, prefix: &str) -> Vec<String> {
+    let body = json!({"model": "gpt-4o-mini", "stream": true,
+        "messages": [{"role": "user", "content": "count"}]});
+    let (status, _, body) = crate::support::send(
+        Method::POST,
+        &server.gw(&format!("{prefix}/v1/chat/completions")),
+        &[
+            ("authorization", &format!("Bearer {key}")),
+            ("content-type", "application/json"),
+        ],
+        Some(Bytes::from(body.to_string())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    String::from_utf8(body.to_vec())
+        .unwrap()
+        .split("\n\n")
+        .filter(|f| !f.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn include_usage_is_added_to_streams_that_lack_it_unless_turned_off() {
+    let (server, _) = start().await;
+    let (_, key) = server.consumer_with_key("agent-f", Some("pro")).await;
+    // On by default: the provider is asked for usage, so the stream ends with the real count.
+    let frames = stream_without_usage_option(&server, &key, "/ai").await;
+    assert!(
+        frames.iter().any(|f| f.contains("\"prompt_tokens\":42")),
+        "{frames:?}"
+    );
+    let events = server
+        .wait_events("agent-f", "", |evs| evs.len() == 1)
+        .await;
+    assert_eq!(events[0]["tokens_in"], PROMPT_TOKENS, "{}", events[0]);
+    assert_eq!(events[0]["tokens_out"], CHUNKS.len() as u64);
+    assert_eq!(events[0]["outcome"], "proxied");
+    // The body grew by the option: counted as the client sent it.
+    let sent = json!({"model": "gpt-4o-mini", "stream": true,
+        "messages": [{"role": "user", "content": "count"}]})
+    .to_string()
+    .len() as u64;
+    assert_eq!(events[0]["request_bytes"], sent);
+
+    // Turned off for `ai-plain`: the body goes as sent, and the stream can only be estimated
+    // (no input count, one output token per delta).
+    let frames = stream_without_usage_option(&server, &key, "/plain").await;
+    assert!(
+        !frames.iter().any(|f| f.contains("prompt_tokens")),
+        "{frames:?}"
+    );
+    let events = server
+        .wait_events("agent-f", "", |evs| evs.len() == 2)
+        .await;
+    let plain = events
+        .iter()
+        .find(|e| e["api"] == "ai-plain")
+        .expect("the ai-plain event");
+    assert_eq!(plain["tokens_in"], 0, "{plain}");
+    // Every delta counts one, the role chunk's empty one included.
+    assert_eq!(plain["tokens_out"], CHUNKS.len() as u64 + 1, "{plain}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_calls_past_max_identical_calls_are_refused_and_the_loop_is_a_finding() {
+    let (server, seen) = start_extra("\n[agents]\nmax_identical_calls = 3\n").await;
+    let (_, key) = server.consumer_with_key("agent-g", Some("pro")).await;
+    let auth = format!("Bearer {key}");
+    let call = |session: &'static str, content: &'static str| {
+        let body = Bytes::from(
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]})
+                .to_string(),
+        );
+        let (url, auth) = (server.gw("/ai/v1/chat/completions"), auth.clone());
+        async move {
+            let (status, _, body) = crate::support::send(
+                Method::POST,
+                &url,
+                &[
+                    ("authorization", auth.as_str()),
+                    ("content-type", "application/json"),
+                    ("x-session-id", session),
+                ],
+                Some(body),
+            )
+            .await
+            .unwrap();
+            (
+                status,
+                serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+            )
+        }
+    };
+    // Three identical calls pass; the repeats after them are refused, saying why.
+    for _ in 0..3 {
+        assert_eq!(call("loop-1", "weather in Paris?").await.0, 200);
+    }
+    for _ in 0..3 {
+        let (status, problem) = call("loop-1", "weather in Paris?").await;
+        assert_eq!(status, 429, "{problem}");
+        assert!(
+            problem["type"]
+                .as_str()
+                .unwrap()
+                .ends_with("identical-call-repeated"),
+            "{problem}"
+        );
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("max_identical_calls"),
+            "{problem}"
+        );
+    }
+    // A refined query is another call, and another session starts its own count.
+    assert_eq!(call("loop-1", "weather in Lyon?").await.0, 200);
+    assert_eq!(call("loop-2", "weather in Paris?").await.0, 200);
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        5,
+        "refused repeats never reach the provider"
+    );
+
+    let events = server
+        .wait_events("agent-g", "", |evs| evs.len() == 8)
+        .await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["outcome"] == "loop_refused")
+            .count(),
+        3
+    );
+    // The session repeated one call 6 times: an agent_loop finding, naming it.
+    let (status, report) = server
+        .admin(Method::POST, "/v1/findings/evaluate", None)
+        .await;
+    assert_eq!(status, 200, "{report}");
+    let loops: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "agent_loop")
+        .collect();
+    assert_eq!(loops.len(), 1, "{report:#}");
+    assert_eq!(loops[0]["consumer"], "agent-g");
+    assert_eq!(loops[0]["evidence"]["session_id"], "loop-1");
+    assert_eq!(loops[0]["evidence"]["count"], 6);
+    assert_eq!(loops[0]["route"], "POST /ai/v1/chat/completions");
+}
+
+/// A measure, not a test (`cargo test -p clientele --test e2e bench_streamed -- --ignored
+/// --nocapture`): the latency a streamed chat completion gains through the gateway (usage
+/// read, include_usage added, a token budget reserved and settled) at 64 concurrent clients,
+/// against the same provider called directly. Rounds alternate direct and gateway so drift
+/// on the machine spreads over both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_streamed_completion_added_latency() {
+    const ROUNDS: usize = 3;
+    // BENCH_CONCURRENCY=1 measures the time added to one request without queueing.
+    let concurrency: usize = std::env::var("BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let per_client = (1920 / concurrency).clamp(30, 500);
+    let (server, _, provider) = start_full("").await;
+    let (status, body) = server
+        .admin(
+            Method::POST,
+            "/v1/consumers",
+            Some(json!({"id": "bench", "limits": {"tokens_per_day": 1_000_000_000u64}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, key) = server
+        .admin(
+            Method::POST,
+            "/v1/consumers/bench/keys",
+            Some(json!({"name": "bench"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{key}");
+    let key = key["key"].as_str().unwrap().to_string();
+    let body = Bytes::from(
+        json!({"model": "gpt-4o-mini", "stream": true, "max_tokens": 16,
+               "messages": [{"role": "user", "content": "count"}]})
+        .to_string(),
+    );
+    let run = |url: String, auth: Option<String>, body: Bytes| async move {
+        let client = client();
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let (client, url, auth, body) =
+                    (client.clone(), url.clone(), auth.clone(), body.clone());
+                tokio::spawn(async move {
+                    let mut out = Vec::with_capacity(per_client);
+                    for _ in 0..per_client {
+                        let mut req = Request::builder()
+                            .method(Method::POST)
+                            .uri(&url)
+                            .header("content-type", "application/json");
+                        if let Some(a) = &auth {
+                            req = req.header("authorization", a);
+                        }
+                        let t = std::time::Instant::now();
+                        let resp = client
+                            .request(req.body(Full::new(body.clone())).unwrap())
+                            .await
+                            .unwrap();
+                        assert_eq!(resp.status(), 200);
+                        resp.into_body().collect().await.unwrap();
+                        out.push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    out
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    };
+    let q = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() as f64 * p).ceil() as usize).saturating_sub(1)]
+    };
+    let (mut direct, mut via) = (Vec::new(), Vec::new());
+    // One unrecorded warm-up each: connection pools.
+    run(
+        format!("http://{provider}/v1/chat/completions"),
+        None,
+        body.clone(),
+    )
+    .await;
+    run(
+        server.gw("/ai/v1/chat/completions"),
+        Some(format!("Bearer {key}")),
+        body.clone(),
+    )
+    .await;
+    for _ in 0..ROUNDS {
+        direct.extend(
+            run(
+                format!("http://{provider}/v1/chat/completions"),
+                None,
+                body.clone(),
+            )
+            .await,
+        );
+        via.extend(
+            run(
+                server.gw("/ai/v1/chat/completions"),
+                Some(format!("Bearer {key}")),
+                body.clone(),
+            )
+            .await,
+        );
+    }
+    let (d50, d99) = (q(&mut direct, 0.5), q(&mut direct, 0.99));
+    let (g50, g99) = (q(&mut via, 0.5), q(&mut via, 0.99));
+    println!(
+        "streamed completion (5 chunks, 1 ms apart), {concurrency} concurrent, {} requests each:\n\
+         direct  p50 {d50:.2} ms  p99 {d99:.2} ms\n\
+         gateway p50 {g50:.2} ms  p99 {g99:.2} ms\n\
+         added   p50 {:.2} ms  p99 {:.2} ms",
+        direct.len(),
+        g50 - d50,
+        g99 - d99
+    );
+    // The budget was reserved and settled for every request.
+    let (_, lim) = server
+        .admin(Method::GET, "/v1/consumers/bench/limits", None)
+        .await;
+    assert!(lim["budgets"][0]["used"].as_f64().unwrap() > 0.0, "{lim}");
 }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod analytics;
+mod budgets;
 mod consumers_import;
 mod contract;
 mod durability;

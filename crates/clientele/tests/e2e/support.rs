@@ -266,7 +266,10 @@ impl Server {
         admin: SocketAddr,
     ) -> Result<Server, (tempfile::TempDir, String)> {
         let stderr_path = dir.path().join(format!("stderr-{}.log", admin.port()));
-        let child = Command::new(env!("CARGO_BIN_EXE_clientele"))
+        // CLIENTELE_E2E_BIN runs another build (a release binary for the ignored benches).
+        let bin = std::env::var("CLIENTELE_E2E_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_clientele").to_string());
+        let child = Command::new(bin)
             .args(["serve", "--config"])
             .arg(config_path)
             .env("CLIENTELE_LOG", "info")
