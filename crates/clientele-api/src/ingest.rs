@@ -223,7 +223,23 @@ fn parse_event(
         tokens_out: opt_u64(obj, "tokens_out", MAX_TOKENS)?,
         cost_usd: opt_f64(obj, "cost_usd", MAX_COST_USD)?,
         close_code: None,
-        call_hash: None,
+        // Calls without a body are the same call when method, path and query are: their
+        // fingerprint is the gateway's (an empty body's CRC is 0). A logged call with a body
+        // has no body to read here, and different prompts to one endpoint are not a loop, so
+        // it has none.
+        call_hash: matches!(
+            method.to_ascii_uppercase().as_str(),
+            "GET" | "HEAD" | "DELETE" | "OPTIONS"
+        )
+        .then(|| {
+            let query = full_path
+                .split_once('?')
+                .map(|(_, q)| q.split('#').next().unwrap_or(q));
+            clientele_core::event::call_hash(
+                clientele_core::event::head_print(&method.to_ascii_uppercase(), path, query),
+                0,
+            )
+        }),
     })
 }
 

@@ -155,6 +155,25 @@ pub struct Event {
     pub call_hash: Option<u64>,
 }
 
+/// The call fingerprint of `Event::call_hash`: the CRC-32 of the call's method, path and
+/// query (see [`head_print`]) above the CRC-32 of its body's first bytes.
+pub fn call_hash(head: u32, body: u32) -> u64 {
+    (u64::from(head) << 32) | u64::from(body)
+}
+
+/// The CRC-32 of a call's method, path and query: the high half of its fingerprint.
+pub fn head_print(method: &str, path: &str, query: Option<&str>) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(method.as_bytes());
+    h.update(b" ");
+    h.update(path.as_bytes());
+    if let Some(q) = query {
+        h.update(b"?");
+        h.update(q.as_bytes());
+    }
+    h.finalize()
+}
+
 /// A fresh random 128-bit id in lowercase hex, for events and trace ids.
 ///
 /// Not for secrets: it comes from a per-thread generator seeded once from the OS, because a

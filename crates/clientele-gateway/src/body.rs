@@ -333,23 +333,8 @@ impl Body for RequestBody {
     }
 }
 
-/// The call fingerprint of `Event::call_hash`.
-pub fn call_hash(head: u32, body: u32) -> u64 {
-    (u64::from(head) << 32) | u64::from(body)
-}
-
-/// The CRC-32 of a call's method, path and query: the high half of its fingerprint.
-pub fn head_print(method: &str, path: &str, query: Option<&str>) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(method.as_bytes());
-    h.update(b" ");
-    h.update(path.as_bytes());
-    if let Some(q) = query {
-        h.update(b"?");
-        h.update(q.as_bytes());
-    }
-    h.finalize()
-}
+// The fingerprint is defined in the core, where ingest computes it too.
+pub use clientele_core::event::{call_hash, head_print};
 
 /// Reads a request body of at most `max` bytes whole (the caller has checked its declared
 /// length): the bytes, or the body's fault.
