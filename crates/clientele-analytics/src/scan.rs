@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::{Counters, Engine, Rollup, Tier};
+use crate::{Counters, Engine, Part, Rollup, Tier};
 
 /// The numbers that name a series, as interned by the engine. Resolve them with
 /// [`Engine::names`]; a number never changes meaning while the engine lives.
@@ -75,11 +75,18 @@ impl Engine {
             return;
         }
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        for (start, bucket) in state.tiers[tier as usize].range(from_ms..to_ms) {
-            for (c, r) in &bucket.consumers {
-                f(*start, *c, r);
-            }
-        }
+        self.each_bucket(
+            &state,
+            tier,
+            from_ms,
+            to_ms,
+            Part::Consumers,
+            |start, bucket| {
+                for (c, r) in &bucket.consumers {
+                    f(start, *c, r);
+                }
+            },
+        );
     }
 
     /// Visits each series rollup of `tier` in buckets starting in `[from_ms, to_ms)`, in time
@@ -95,18 +102,25 @@ impl Engine {
             return;
         }
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        for (start, bucket) in state.tiers[tier as usize].range(from_ms..to_ms) {
-            for (k, r) in &bucket.series {
-                let ids = SeriesIds {
-                    consumer: k.consumer,
-                    api: k.api,
-                    method: k.method,
-                    route: k.route,
-                    status_class: k.class,
-                };
-                f(*start, ids, r);
-            }
-        }
+        self.each_bucket(
+            &state,
+            tier,
+            from_ms,
+            to_ms,
+            Part::Series,
+            |start, bucket| {
+                for (k, r) in &bucket.series {
+                    let ids = SeriesIds {
+                        consumer: k.consumer,
+                        api: k.api,
+                        method: k.method,
+                        route: k.route,
+                        status_class: k.class,
+                    };
+                    f(start, ids, r);
+                }
+            },
+        );
     }
 
     /// Requests per consumer per bucket of `tier` over `[from_ms, to_ms)` (aligned down to the
@@ -128,7 +142,7 @@ impl Engine {
         let mut rows: rustc_hash::FxHashMap<u32, usize> = Default::default();
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         let to = from + len as i64 * step;
-        for (start, bucket) in state.tiers[tier as usize].range(from..to) {
+        self.each_bucket(&state, tier, from, to, Part::Consumers, |start, bucket| {
             let idx = ((start - from) / step) as usize;
             for (c, r) in &bucket.consumers {
                 let row = *rows.entry(*c).or_insert_with(|| {
@@ -141,7 +155,7 @@ impl Engine {
                     *cell = cell.saturating_add(n);
                 }
             }
-        }
+        });
         grid
     }
 }
