@@ -323,6 +323,13 @@ impl Engine {
     }
 
     pub fn ingest_events(&self, events: &[Event]) {
+        self.fold_rollups(events);
+        self.models.ingest(events);
+        self.sessions.ingest(events);
+    }
+
+    /// The rollup part of [`Engine::ingest_events`].
+    fn fold_rollups(&self, events: &[Event]) {
         // Every stored event counts towards its day, attributed or not: start-up compares the
         // count with the event log's to know whether the day on disk is complete.
         let mut days: Vec<(i64, u64)> = Vec::new();
@@ -336,8 +343,6 @@ impl Engine {
             }
         }
         self.ingest_counted(events.iter().filter_map(EventRef::from_event), &days);
-        self.models.ingest(events);
-        self.sessions.ingest(events);
     }
 
     /// Drops buckets past each tier's retention.

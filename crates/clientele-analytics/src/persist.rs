@@ -210,44 +210,62 @@ fn decode(part: Part, bytes: &[u8]) -> Option<Bucket> {
     Some(bucket)
 }
 
+/// A cached part: (tier, bucket start, part).
+type CacheKey = (u8, i64, Part);
+
+/// A decoded part, its estimated bytes and when it was last used.
+struct Cached {
+    bucket: Arc<Bucket>,
+    bytes: usize,
+    used: u64,
+}
+
 /// Decoded buckets, least recently used dropped first once over the byte budget.
 struct Cache {
     budget: usize,
     used: usize,
     tick: u64,
-    entries: HashMap<(u8, i64, Part), (Arc<Bucket>, usize, u64)>,
+    entries: HashMap<CacheKey, Cached>,
 }
 
 impl Cache {
-    fn get(&mut self, key: (u8, i64, Part)) -> Option<Arc<Bucket>> {
+    fn get(&mut self, key: CacheKey) -> Option<Arc<Bucket>> {
         self.tick += 1;
         let tick = self.tick;
         self.entries.get_mut(&key).map(|e| {
-            e.2 = tick;
-            e.0.clone()
+            e.used = tick;
+            e.bucket.clone()
         })
     }
 
-    fn insert(&mut self, key: (u8, i64, Part), bucket: Arc<Bucket>, bytes: usize) {
+    fn insert(&mut self, key: CacheKey, bucket: Arc<Bucket>, bytes: usize) {
         if bytes > self.budget {
             return;
         }
         self.tick += 1;
-        if let Some(old) = self.entries.insert(key, (bucket, bytes, self.tick)) {
-            self.used -= old.1;
+        let used = self.tick;
+        if let Some(old) = self.entries.insert(
+            key,
+            Cached {
+                bucket,
+                bytes,
+                used,
+            },
+        ) {
+            self.used -= old.bytes;
         }
         self.used += bytes;
         if self.used > self.budget {
             // Evict down to 90% at once, so a scan over more than the budget sorts once per
             // tenth of the cache rather than once per bucket.
-            let mut by_age: Vec<_> = self.entries.iter().map(|(k, e)| (e.2, *k)).collect();
+            let mut by_age: Vec<_> = self.entries.iter().map(|(k, e)| (e.used, *k)).collect();
             by_age.sort_unstable_by_key(|(t, _)| *t);
             for (_, k) in by_age {
                 if self.used <= self.budget / 10 * 9 {
                     break;
                 }
                 if let Some(e) = self.entries.remove(&k) {
-                    self.used -= e.1;
+                    self.used -= e.bytes;
                 }
             }
         }
@@ -256,7 +274,7 @@ impl Cache {
     fn forget(&mut self, tier: u8, start: i64) {
         for part in [Part::Consumers, Part::Series] {
             if let Some(e) = self.entries.remove(&(tier, start, part)) {
-                self.used -= e.1;
+                self.used -= e.bytes;
             }
         }
     }
@@ -358,26 +376,26 @@ impl Engine {
         self.persist.get().is_some()
     }
 
-    /// Folds events replayed at start-up, skipping those of days whose buckets on disk already
-    /// hold them.
+    /// Folds events replayed at start-up, skipping in the rollups those of days whose buckets
+    /// on disk already hold them. Token usage and sessions are not persisted: they take every
+    /// replayed event.
     pub fn replay_events(&self, events: &[clientele_core::event::Event]) {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        if state.disk.trusted_days.is_empty() {
-            drop(state);
-            return self.ingest_events(events);
-        }
-        let wanted: Vec<clientele_core::event::Event> = events
-            .iter()
-            .filter(|e| {
-                !state
-                    .disk
-                    .trusted_days
-                    .contains(&e.ts_ms.div_euclid(DAY_MS).saturating_mul(DAY_MS))
-            })
-            .cloned()
-            .collect();
+        let trusted = &state.disk.trusted_days;
+        let wanted: Vec<clientele_core::event::Event> = if trusted.is_empty() {
+            Vec::new()
+        } else {
+            events
+                .iter()
+                .filter(|e| !trusted.contains(&(e.ts_ms.div_euclid(DAY_MS) * DAY_MS)))
+                .cloned()
+                .collect()
+        };
+        let all = trusted.is_empty();
         drop(state);
-        self.ingest_events(&wanted);
+        self.fold_rollups(if all { events } else { &wanted });
+        self.models.ingest(events);
+        self.sessions.ingest(events);
     }
 
     /// Rollups in closed buckets still in memory.

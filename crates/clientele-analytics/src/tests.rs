@@ -379,10 +379,13 @@ fn an_engine_restored_from_archived_rollups_answers_the_same() {
     );
 }
 
+/// (consumers, series) blobs of one bucket.
+type Parts = (Vec<u8>, Vec<u8>);
+
 /// A `BucketStore` in memory, counting reads, for the eviction tests.
 #[derive(Default)]
 struct MemStore {
-    buckets: std::sync::Mutex<HashMap<(u8, i64), (Vec<u8>, Vec<u8>)>>,
+    buckets: std::sync::Mutex<HashMap<(u8, i64), Parts>>,
     loads: std::sync::atomic::AtomicUsize,
 }
 
