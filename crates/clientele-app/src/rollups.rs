@@ -309,7 +309,15 @@ pub async fn maintain(
             prune_all(&events, &engine, &file, &pruned_until, retention_days).await;
         }
         tokio::select! {
-            () = &mut shutdown => return,
+            () = &mut shutdown => {
+                // What closed is written now, so the next start has less to rebuild.
+                let flusher = engine.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    flusher.flush(clientele_core::time::now_ms())
+                })
+                .await;
+                return;
+            }
             () = tokio::time::sleep(FLUSH_EVERY) => {}
         }
     }
