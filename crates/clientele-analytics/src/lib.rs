@@ -21,6 +21,7 @@ mod persist;
 pub mod rollup;
 mod scan;
 pub mod sessions;
+mod wire;
 
 pub use persist::{
     BucketStore, DEFAULT_CACHE_MIB, FLUSH_ROLLUPS, Flushed, GRACE_MS, Part, Persisted, Save,

@@ -370,7 +370,11 @@ impl Rollup {
             }
             Digest::Sketch(sketch) => {
                 out.push(SKETCH_TAG);
-                let bytes = serde_json::to_vec(&**sketch).unwrap_or_default();
+                let mut bytes = Vec::with_capacity(256);
+                // Every field of a sketch is supported by the encoding, so this cannot fail; an
+                // empty sketch would be refused when read back rather than misread.
+                let encoded = crate::wire::to_bytes(&**sketch, &mut bytes);
+                debug_assert!(encoded.is_ok(), "{encoded:?}");
                 crate::persist::put_varint(out, bytes.len() as u64);
                 out.extend_from_slice(&bytes);
             }
@@ -387,7 +391,7 @@ impl Rollup {
         let latency = match r.u8()? {
             SKETCH_TAG => {
                 let n = usize::try_from(r.varint()?).ok()?;
-                let sketch: DDSketch = serde_json::from_slice(r.bytes(n)?).ok()?;
+                let sketch: DDSketch = crate::wire::from_bytes(r.bytes(n)?).ok()?;
                 Digest::Sketch(Box::new(sketch))
             }
             len if (len as usize) <= INLINE_VALUES => {
