@@ -23,6 +23,7 @@ mod scan;
 pub mod sessions;
 mod wire;
 
+use persist::View;
 pub use persist::{
     BucketStore, DEFAULT_CACHE_MIB, FLUSH_ROLLUPS, Flushed, GRACE_MS, Part, Persisted, Save,
     SavedBucket,
@@ -414,7 +415,7 @@ impl Engine {
         q: &Query,
         max_tier: Tier,
         part: Part,
-        mut f: impl FnMut(i64, &Bucket),
+        mut f: impl FnMut(i64, View<'_>),
     ) {
         let now = clientele_core::time::now_ms();
         for (tier, a, b) in self.plan(q.from_ms, q.to_ms, now, max_tier) {
@@ -446,20 +447,16 @@ impl Engine {
             Part::Consumers
         };
         self.visit(&state, q, Tier::Day, part, |_, bucket| match api {
-            None => {
-                for (c, r) in &bucket.consumers {
-                    if allowed.as_ref().is_none_or(|s| s.contains(c)) {
-                        acc.entry(*c).or_default().merge(r);
-                    }
+            None => bucket.consumers(|c, r| {
+                if allowed.as_ref().is_none_or(|s| s.contains(&c)) {
+                    acc.entry(c).or_default().merge(r);
                 }
-            }
-            Some(api) => {
-                for (k, r) in &bucket.series {
-                    if k.api == api && allowed.as_ref().is_none_or(|s| s.contains(&k.consumer)) {
-                        acc.entry(k.consumer).or_default().merge(r);
-                    }
+            }),
+            Some(api) => bucket.series(|k, r| {
+                if k.api == api && allowed.as_ref().is_none_or(|s| s.contains(&k.consumer)) {
+                    acc.entry(k.consumer).or_default().merge(r);
                 }
-            }
+            }),
         });
         let mut rows: Vec<ConsumerRow> = acc
             .into_iter()
@@ -503,12 +500,12 @@ impl Engine {
         }
         let mut acc: HashMap<(u32, u32, u32), Acc> = HashMap::default();
         self.visit(&state, q, Tier::Day, Part::Series, |_, bucket| {
-            for (k, r) in &bucket.series {
+            bucket.series(|k, r| {
                 if only.is_some_and(|c| c != k.consumer)
                     || api.is_some_and(|a| a != k.api)
                     || allowed.as_ref().is_some_and(|s| !s.contains(&k.consumer))
                 {
-                    continue;
+                    return;
                 }
                 let entry = acc
                     .entry((k.api, k.method, k.route))
@@ -518,7 +515,7 @@ impl Engine {
                     });
                 entry.rollup.merge(r);
                 *entry.per_consumer.entry(k.consumer).or_default() += r.counters.errors();
-            }
+            });
         });
         let mut rows: Vec<RouteRow> = acc
             .into_iter()
@@ -608,26 +605,20 @@ impl Engine {
             };
             match (api, only) {
                 (None, Some(c)) => {
-                    if let Some(r) = bucket.consumers.get(&c) {
-                        if wanted(&c) {
-                            slot.merge(r);
-                        }
+                    if wanted(&c) {
+                        bucket.consumer(c, |r| slot.merge(r));
                     }
                 }
-                (None, None) => {
-                    for (c, r) in &bucket.consumers {
-                        if wanted(c) {
-                            slot.merge(r);
-                        }
+                (None, None) => bucket.consumers(|c, r| {
+                    if wanted(&c) {
+                        slot.merge(r);
                     }
-                }
-                (Some(api), _) => {
-                    for (k, r) in &bucket.series {
-                        if k.api == api && wanted(&k.consumer) {
-                            slot.merge(r);
-                        }
+                }),
+                (Some(api), _) => bucket.series(|k, r| {
+                    if k.api == api && wanted(&k.consumer) {
+                        slot.merge(r);
                     }
-                }
+                }),
             }
         });
         out
@@ -662,7 +653,7 @@ impl Engine {
             to_ms,
             Part::Series,
             |start, bucket| {
-                for (k, r) in &bucket.series {
+                bucket.series(|k, r| {
                     out.push(ExportedRollup {
                         tier,
                         bucket_ms: start,
@@ -673,7 +664,7 @@ impl Engine {
                         status_class: k.class,
                         rollup: r.clone(),
                     });
-                }
+                })
             },
         );
         out

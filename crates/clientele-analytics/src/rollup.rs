@@ -408,11 +408,6 @@ impl Rollup {
             latency,
         })
     }
-
-    /// Whether the rollup holds a sketch (which costs about a kilobyte more than inline values).
-    pub(crate) fn has_sketch(&self) -> bool {
-        matches!(self.latency, Digest::Sketch(_))
-    }
 }
 
 #[cfg(test)]

@@ -81,11 +81,7 @@ impl Engine {
             from_ms,
             to_ms,
             Part::Consumers,
-            |start, bucket| {
-                for (c, r) in &bucket.consumers {
-                    f(start, *c, r);
-                }
-            },
+            |start, bucket| bucket.consumers(|c, r| f(start, c, r)),
         );
     }
 
@@ -109,7 +105,7 @@ impl Engine {
             to_ms,
             Part::Series,
             |start, bucket| {
-                for (k, r) in &bucket.series {
+                bucket.series(|k, r| {
                     let ids = SeriesIds {
                         consumer: k.consumer,
                         api: k.api,
@@ -118,7 +114,7 @@ impl Engine {
                         status_class: k.class,
                     };
                     f(start, ids, r);
-                }
+                })
             },
         );
     }
@@ -144,9 +140,9 @@ impl Engine {
         let to = from + len as i64 * step;
         self.each_bucket(&state, tier, from, to, Part::Consumers, |start, bucket| {
             let idx = ((start - from) / step) as usize;
-            for (c, r) in &bucket.consumers {
-                let row = *rows.entry(*c).or_insert_with(|| {
-                    grid.consumers.push(*c);
+            bucket.consumers(|c, r| {
+                let row = *rows.entry(c).or_insert_with(|| {
+                    grid.consumers.push(c);
                     grid.requests.resize(grid.consumers.len() * len, 0);
                     grid.consumers.len() - 1
                 });
@@ -154,7 +150,7 @@ impl Engine {
                 if let Some(cell) = grid.requests.get_mut(row * len + idx) {
                     *cell = cell.saturating_add(n);
                 }
-            }
+            });
         });
         grid
     }
