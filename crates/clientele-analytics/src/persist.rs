@@ -4,7 +4,7 @@
 //! each tier (and those that closed less than [`GRACE_MS`] ago). [`Engine::flush`] writes every
 //! closed bucket, in one transaction with the names it refers to and the event counts of the
 //! days it completes, and only then drops it from memory. Queries read a persisted bucket back
-//! through a cache of decoded buckets bounded in bytes (`[analytics].rollup_cache_mib`).
+//! through a cache of encoded parts bounded in bytes (`[analytics].rollup_cache_mib`).
 //!
 //! An event for a bucket already written (a late or back-dated one) goes into a small in-memory
 //! delta that queries add to the persisted bucket, and that the next flush merges into it. So
