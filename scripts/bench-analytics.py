@@ -43,7 +43,8 @@ WORLDS = {
     "sparse-1m": (1_000_000, 5000, 20, 14, True),
 }
 SELECTED = os.environ.get("WORLDS", ",".join(WORLDS)).split(",")
-BIN = os.path.join(os.path.dirname(__file__), "..", "target", "release", "clientele")
+# BIN=path/to/clientele compares another build (a before/after measurement).
+BIN = os.environ.get("BIN") or os.path.join(os.path.dirname(__file__), "..", "target", "release", "clientele")
 TOKEN = "bench-admin-token-0123456789"
 ROUTES = [("GET", "/v1/items/{id}"), ("GET", "/v1/search"), ("POST", "/v1/orders"), ("GET", "/v1/users/{id}"), ("DELETE", "/v1/items/{id}")]
 

@@ -11,16 +11,23 @@
 //! because "every consumer over the last week" is the question asked most.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use clientele_core::event::Event;
 use rustc_hash::FxHashMap as HashMap;
 
 pub mod models;
+mod persist;
 pub mod rollup;
 mod scan;
 pub mod sessions;
+mod wire;
 
+use persist::View;
+pub use persist::{
+    BucketStore, DEFAULT_CACHE_MIB, FLUSH_ROLLUPS, Flushed, GRACE_MS, Part, Persisted, Save,
+    SavedBucket,
+};
 pub use rollup::{Counters, Rollup, Sample};
 pub use scan::{ConsumerGrid, SeriesIds, detector_errors};
 
@@ -123,10 +130,12 @@ struct SeriesKey {
     class: u8,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Bucket {
     series: HashMap<SeriesKey, Rollup>,
     consumers: HashMap<u32, Rollup>,
+    /// The bucket is on disk and this holds only what arrived since (see `persist`).
+    delta: bool,
 }
 
 /// Names are stored once and referred to by number in every rollup key.
@@ -160,7 +169,9 @@ impl Interner {
 #[derive(Default)]
 struct State {
     names: Interner,
+    /// Buckets in memory: all of them, or with a store attached the open ones and deltas.
     tiers: [BTreeMap<i64, Bucket>; 3],
+    disk: persist::Disk,
 }
 
 /// What a query covers.
@@ -200,12 +211,16 @@ pub struct EngineStats {
     pub series_rollups: usize,
     pub consumer_rollups: usize,
     pub names: usize,
+    /// Buckets on disk (with a store attached), read back on demand.
+    pub persisted_buckets: usize,
 }
 
 /// The analytics engine. Shared by the pipeline (writer) and the query API (readers).
 pub struct Engine {
     state: RwLock<State>,
     retention: Retention,
+    /// Where closed buckets go, once [`Engine::attach`]ed.
+    persist: OnceLock<persist::Persist>,
     /// Tokens and cost per hour, consumer and model (LLM traffic only).
     pub models: models::ModelTable,
     /// Sessions (the client's header or idle gaps), for `GET /v1/sessions`.
@@ -235,6 +250,7 @@ impl Engine {
         Engine {
             state: RwLock::new(State::default()),
             retention,
+            persist: OnceLock::new(),
             models: models::ModelTable::default(),
             sessions: sessions::SessionTable::default(),
         }
@@ -246,8 +262,21 @@ impl Engine {
 
     /// Folds events into every tier. Takes the write lock once per batch.
     pub fn ingest<'a>(&self, events: impl IntoIterator<Item = EventRef<'a>>) {
+        self.ingest_counted(events, &[]);
+    }
+
+    /// [`Engine::ingest`], adding `days` (UTC day start, events) to the per-day counts under
+    /// the same lock, so a flush never sees a day's count without its rollups.
+    fn ingest_counted<'a>(
+        &self,
+        events: impl IntoIterator<Item = EventRef<'a>>,
+        days: &[(i64, u64)],
+    ) {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        let State { names, tiers } = &mut *state;
+        let State { names, tiers, disk } = &mut *state;
+        for (day, n) in days {
+            disk.days.entry(*day).or_default().folded += n;
+        }
         let keyed: Vec<(i64, SeriesKey, Sample)> = events
             .into_iter()
             .map(|e| {
@@ -264,6 +293,7 @@ impl Engine {
         let now = clientele_core::time::now_ms();
         for tier in Tier::ALL {
             let map = &mut tiers[tier as usize];
+            let on_disk = &disk.buckets[tier as usize];
             // Back-dated events older than a tier's retention skip that tier: the bucket would
             // be pruned at once, and queries over that time read coarser tiers anyway.
             let oldest = floor_to(now - self.retention.of(tier), tier.size_ms());
@@ -277,7 +307,11 @@ impl Engine {
                 }
                 let bucket = match current {
                     Some((s, bucket)) if s == start => bucket,
-                    _ => map.entry(start).or_default(),
+                    _ => map.entry(start).or_insert_with(|| Bucket {
+                        // A bucket already written gets a delta, merged into it at the next flush.
+                        delta: on_disk.contains(&start),
+                        ..Bucket::default()
+                    }),
                 };
                 bucket.series.entry(*key).or_default().add(sample);
                 bucket
@@ -291,9 +325,26 @@ impl Engine {
     }
 
     pub fn ingest_events(&self, events: &[Event]) {
-        self.ingest(events.iter().filter_map(EventRef::from_event));
+        self.fold_rollups(events);
         self.models.ingest(events);
         self.sessions.ingest(events);
+    }
+
+    /// The rollup part of [`Engine::ingest_events`].
+    fn fold_rollups(&self, events: &[Event]) {
+        // Every stored event counts towards its day, attributed or not: start-up compares the
+        // count with the event log's to know whether the day on disk is complete.
+        let mut days: Vec<(i64, u64)> = Vec::new();
+        if self.persist.get().is_some() {
+            for e in events {
+                let day = floor_to(e.ts_ms, DAY_MS);
+                match days.last_mut() {
+                    Some((d, n)) if *d == day => *n += 1,
+                    _ => days.push((day, 1)),
+                }
+            }
+        }
+        self.ingest_counted(events.iter().filter_map(EventRef::from_event), &days);
     }
 
     /// Drops buckets past each tier's retention.
@@ -304,6 +355,7 @@ impl Engine {
             let map = &mut state.tiers[tier as usize];
             let keep = map.split_off(&floor_to(cutoff, tier.size_ms()));
             *map = keep;
+            Self::prune_disk(&mut state, tier, floor_to(cutoff, tier.size_ms()));
         }
         drop(state);
         self.models.prune(now_ms - self.retention.hour_ms);
@@ -356,13 +408,18 @@ impl Engine {
         segments
     }
 
-    /// Visits every bucket covering the query window.
-    fn visit(&self, state: &State, q: &Query, max_tier: Tier, mut f: impl FnMut(i64, &Bucket)) {
+    /// Visits every bucket covering the query window; only `part` is read of buckets on disk.
+    fn visit(
+        &self,
+        state: &State,
+        q: &Query,
+        max_tier: Tier,
+        part: Part,
+        mut f: impl FnMut(i64, View<'_>),
+    ) {
         let now = clientele_core::time::now_ms();
         for (tier, a, b) in self.plan(q.from_ms, q.to_ms, now, max_tier) {
-            for (start, bucket) in state.tiers[tier as usize].range(a..b) {
-                f(*start, bucket);
-            }
+            self.each_bucket(state, tier, a, b, part, &mut f);
         }
     }
 
@@ -384,21 +441,22 @@ impl Engine {
             None => None,
         };
         let mut acc: HashMap<u32, Rollup> = HashMap::default();
-        self.visit(&state, q, Tier::Day, |_, bucket| match api {
-            None => {
-                for (c, r) in &bucket.consumers {
-                    if allowed.as_ref().is_none_or(|s| s.contains(c)) {
-                        acc.entry(*c).or_default().merge(r);
-                    }
+        let part = if api.is_some() {
+            Part::Series
+        } else {
+            Part::Consumers
+        };
+        self.visit(&state, q, Tier::Day, part, |_, bucket| match api {
+            None => bucket.consumers(|c, r| {
+                if allowed.as_ref().is_none_or(|s| s.contains(&c)) {
+                    acc.entry(c).or_default().merge(r);
                 }
-            }
-            Some(api) => {
-                for (k, r) in &bucket.series {
-                    if k.api == api && allowed.as_ref().is_none_or(|s| s.contains(&k.consumer)) {
-                        acc.entry(k.consumer).or_default().merge(r);
-                    }
+            }),
+            Some(api) => bucket.series(|k, r| {
+                if k.api == api && allowed.as_ref().is_none_or(|s| s.contains(&k.consumer)) {
+                    acc.entry(k.consumer).or_default().merge(r);
                 }
-            }
+            }),
         });
         let mut rows: Vec<ConsumerRow> = acc
             .into_iter()
@@ -441,13 +499,13 @@ impl Engine {
             per_consumer: HashMap<u32, u64>,
         }
         let mut acc: HashMap<(u32, u32, u32), Acc> = HashMap::default();
-        self.visit(&state, q, Tier::Day, |_, bucket| {
-            for (k, r) in &bucket.series {
+        self.visit(&state, q, Tier::Day, Part::Series, |_, bucket| {
+            bucket.series(|k, r| {
                 if only.is_some_and(|c| c != k.consumer)
                     || api.is_some_and(|a| a != k.api)
                     || allowed.as_ref().is_some_and(|s| !s.contains(&k.consumer))
                 {
-                    continue;
+                    return;
                 }
                 let entry = acc
                     .entry((k.api, k.method, k.route))
@@ -457,7 +515,7 @@ impl Engine {
                     });
                 entry.rollup.merge(r);
                 *entry.per_consumer.entry(k.consumer).or_default() += r.counters.errors();
-            }
+            });
         });
         let mut rows: Vec<RouteRow> = acc
             .into_iter()
@@ -535,33 +593,32 @@ impl Engine {
             return out;
         }
         let api = api.flatten();
-        self.visit(&state, q, max_tier, |start, bucket| {
+        let part = if api.is_some() {
+            Part::Series
+        } else {
+            Part::Consumers
+        };
+        self.visit(&state, q, max_tier, part, |start, bucket| {
             let idx = ((floor_to(start, step_ms) - first) / step_ms) as usize;
             let Some((_, slot)) = out.get_mut(idx) else {
                 return;
             };
             match (api, only) {
                 (None, Some(c)) => {
-                    if let Some(r) = bucket.consumers.get(&c) {
-                        if wanted(&c) {
-                            slot.merge(r);
-                        }
+                    if wanted(&c) {
+                        bucket.consumer(c, |r| slot.merge(r));
                     }
                 }
-                (None, None) => {
-                    for (c, r) in &bucket.consumers {
-                        if wanted(c) {
-                            slot.merge(r);
-                        }
+                (None, None) => bucket.consumers(|c, r| {
+                    if wanted(&c) {
+                        slot.merge(r);
                     }
-                }
-                (Some(api), _) => {
-                    for (k, r) in &bucket.series {
-                        if k.api == api && wanted(&k.consumer) {
-                            slot.merge(r);
-                        }
+                }),
+                (Some(api), _) => bucket.series(|k, r| {
+                    if k.api == api && wanted(&k.consumer) {
+                        slot.merge(r);
                     }
-                }
+                }),
             }
         });
         out
@@ -571,6 +628,7 @@ impl Engine {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         let mut s = EngineStats {
             names: state.names.names.len(),
+            persisted_buckets: state.disk.buckets.iter().map(|b| b.len()).sum(),
             ..Default::default()
         };
         for tier in &state.tiers {
@@ -588,20 +646,27 @@ impl Engine {
     pub fn export(&self, tier: Tier, from_ms: i64, to_ms: i64) -> Vec<ExportedRollup> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
-        for (start, bucket) in state.tiers[tier as usize].range(from_ms..to_ms) {
-            for (k, r) in &bucket.series {
-                out.push(ExportedRollup {
-                    tier,
-                    bucket_ms: *start,
-                    consumer: state.names.name(k.consumer).to_string(),
-                    api: state.names.name(k.api).to_string(),
-                    method: state.names.name(k.method).to_string(),
-                    route: state.names.name(k.route).to_string(),
-                    status_class: k.class,
-                    rollup: r.clone(),
-                });
-            }
-        }
+        self.each_bucket(
+            &state,
+            tier,
+            from_ms,
+            to_ms,
+            Part::Series,
+            |start, bucket| {
+                bucket.series(|k, r| {
+                    out.push(ExportedRollup {
+                        tier,
+                        bucket_ms: start,
+                        consumer: state.names.name(k.consumer).to_string(),
+                        api: state.names.name(k.api).to_string(),
+                        method: state.names.name(k.method).to_string(),
+                        route: state.names.name(k.route).to_string(),
+                        status_class: k.class,
+                        rollup: r.clone(),
+                    });
+                })
+            },
+        );
         out
     }
 
@@ -609,7 +674,7 @@ impl Engine {
     /// rebuilt from them.
     pub fn import(&self, rows: Vec<ExportedRollup>) {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        let State { names, tiers } = &mut *state;
+        let State { names, tiers, disk } = &mut *state;
         for row in rows {
             let key = SeriesKey {
                 consumer: names.id(&row.consumer),
@@ -618,7 +683,13 @@ impl Engine {
                 route: names.id(&row.route),
                 class: row.status_class,
             };
-            let bucket = tiers[row.tier as usize].entry(row.bucket_ms).or_default();
+            let on_disk = disk.buckets[row.tier as usize].contains(&row.bucket_ms);
+            let bucket = tiers[row.tier as usize]
+                .entry(row.bucket_ms)
+                .or_insert_with(|| Bucket {
+                    delta: on_disk,
+                    ..Bucket::default()
+                });
             bucket
                 .consumers
                 .entry(key.consumer)

@@ -349,6 +349,67 @@ impl Rollup {
     }
 }
 
+/// The digest tag of a sketch in [`Rollup::encode`]; 0..=4 are inline value counts.
+const SKETCH_TAG: u8 = 0xff;
+
+impl Rollup {
+    /// Appends the rollup in the bucket file's form: the counters as varints, the cost's bits,
+    /// then the latencies exactly as held (inline values bit for bit, or the sketch with its
+    /// configuration), so a rollup read back answers exactly as the one written.
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        for v in self.counters.to_array() {
+            crate::persist::put_varint(out, v);
+        }
+        out.extend_from_slice(&self.counters.cost_usd.to_bits().to_le_bytes());
+        match &self.latency {
+            Digest::Inline { len, values } => {
+                out.push(*len);
+                for v in &values[..*len as usize] {
+                    out.extend_from_slice(&v.to_bits().to_le_bytes());
+                }
+            }
+            Digest::Sketch(sketch) => {
+                out.push(SKETCH_TAG);
+                let mut bytes = Vec::with_capacity(256);
+                // Every field of a sketch is supported by the encoding, so this cannot fail; an
+                // empty sketch would be refused when read back rather than misread.
+                let encoded = crate::wire::to_bytes(&**sketch, &mut bytes);
+                debug_assert!(encoded.is_ok(), "{encoded:?}");
+                crate::persist::put_varint(out, bytes.len() as u64);
+                out.extend_from_slice(&bytes);
+            }
+        }
+    }
+
+    /// The inverse of [`Rollup::encode`]; `None` for bytes it did not write.
+    pub(crate) fn decode(r: &mut crate::persist::Reader<'_>) -> Option<Rollup> {
+        let mut counts = [0u64; 11];
+        for c in &mut counts {
+            *c = r.varint()?;
+        }
+        let cost = f64::from_bits(r.u64_le()?);
+        let latency = match r.u8()? {
+            SKETCH_TAG => {
+                let n = usize::try_from(r.varint()?).ok()?;
+                let sketch: DDSketch = crate::wire::from_bytes(r.bytes(n)?).ok()?;
+                Digest::Sketch(Box::new(sketch))
+            }
+            len if (len as usize) <= INLINE_VALUES => {
+                let mut values = [0.0; INLINE_VALUES];
+                for v in &mut values[..len as usize] {
+                    *v = f64::from_bits(r.u64_le()?);
+                }
+                Digest::Inline { len, values }
+            }
+            _ => return None,
+        };
+        Some(Rollup {
+            counters: Counters::from_array(counts, cost),
+            latency,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::{Counters, Engine, Rollup, Tier};
+use crate::{Counters, Engine, Part, Rollup, Tier};
 
 /// The numbers that name a series, as interned by the engine. Resolve them with
 /// [`Engine::names`]; a number never changes meaning while the engine lives.
@@ -75,11 +75,14 @@ impl Engine {
             return;
         }
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        for (start, bucket) in state.tiers[tier as usize].range(from_ms..to_ms) {
-            for (c, r) in &bucket.consumers {
-                f(*start, *c, r);
-            }
-        }
+        self.each_bucket(
+            &state,
+            tier,
+            from_ms,
+            to_ms,
+            Part::Consumers,
+            |start, bucket| bucket.consumers(|c, r| f(start, c, r)),
+        );
     }
 
     /// Visits each series rollup of `tier` in buckets starting in `[from_ms, to_ms)`, in time
@@ -95,18 +98,25 @@ impl Engine {
             return;
         }
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        for (start, bucket) in state.tiers[tier as usize].range(from_ms..to_ms) {
-            for (k, r) in &bucket.series {
-                let ids = SeriesIds {
-                    consumer: k.consumer,
-                    api: k.api,
-                    method: k.method,
-                    route: k.route,
-                    status_class: k.class,
-                };
-                f(*start, ids, r);
-            }
-        }
+        self.each_bucket(
+            &state,
+            tier,
+            from_ms,
+            to_ms,
+            Part::Series,
+            |start, bucket| {
+                bucket.series(|k, r| {
+                    let ids = SeriesIds {
+                        consumer: k.consumer,
+                        api: k.api,
+                        method: k.method,
+                        route: k.route,
+                        status_class: k.class,
+                    };
+                    f(start, ids, r);
+                })
+            },
+        );
     }
 
     /// Requests per consumer per bucket of `tier` over `[from_ms, to_ms)` (aligned down to the
@@ -128,11 +138,11 @@ impl Engine {
         let mut rows: rustc_hash::FxHashMap<u32, usize> = Default::default();
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         let to = from + len as i64 * step;
-        for (start, bucket) in state.tiers[tier as usize].range(from..to) {
+        self.each_bucket(&state, tier, from, to, Part::Consumers, |start, bucket| {
             let idx = ((start - from) / step) as usize;
-            for (c, r) in &bucket.consumers {
-                let row = *rows.entry(*c).or_insert_with(|| {
-                    grid.consumers.push(*c);
+            bucket.consumers(|c, r| {
+                let row = *rows.entry(c).or_insert_with(|| {
+                    grid.consumers.push(c);
                     grid.requests.resize(grid.consumers.len() * len, 0);
                     grid.consumers.len() - 1
                 });
@@ -140,8 +150,8 @@ impl Engine {
                 if let Some(cell) = grid.requests.get_mut(row * len + idx) {
                     *cell = cell.saturating_add(n);
                 }
-            }
-        }
+            });
+        });
         grid
     }
 }

@@ -378,3 +378,230 @@ fn an_engine_restored_from_archived_rollups_answers_the_same() {
         rb[0].rollup.quantiles([0.5, 0.99])
     );
 }
+
+/// (consumers, series) blobs of one bucket.
+type Parts = (Vec<u8>, Vec<u8>);
+
+/// A `BucketStore` in memory, counting reads, for the eviction tests.
+#[derive(Default)]
+struct MemStore {
+    buckets: std::sync::Mutex<HashMap<(u8, i64), Parts>>,
+    loads: std::sync::atomic::AtomicUsize,
+}
+
+impl BucketStore for MemStore {
+    fn save(&self, save: Save) -> Result<(), String> {
+        let mut b = self.buckets.lock().unwrap();
+        for s in save.buckets {
+            b.insert((s.tier as u8, s.start_ms), (s.consumers, s.series));
+        }
+        Ok(())
+    }
+
+    fn load(&self, tier: Tier, start_ms: i64, part: Part) -> Result<Option<Vec<u8>>, String> {
+        self.loads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let b = self.buckets.lock().unwrap();
+        Ok(b.get(&(tier as u8, start_ms)).map(|(c, s)| match part {
+            Part::Consumers => c.clone(),
+            Part::Series => s.clone(),
+        }))
+    }
+}
+
+/// Ten days of traffic from three consumers on three routes, ending a few minutes ago.
+fn ten_days(now: i64) -> Vec<(i64, &'static str, &'static str, u16, f64)> {
+    let consumers = ["acme", "globex", "initech"];
+    let routes = ["/pets", "/pets/{id}", "/orders"];
+    (0..6000i64)
+        .map(|i| {
+            let ts = now - 10 * DAY_MS + i * (10 * DAY_MS - 5 * MINUTE_MS) / 6000;
+            let status = if i % 17 == 0 { 503 } else { 200 };
+            (
+                ts,
+                consumers[(i % 3) as usize],
+                routes[((i / 3) % 3) as usize],
+                status,
+                5.0 + (i % 97) as f64 * 1.3,
+            )
+        })
+        .collect()
+}
+
+fn same_answers(a: &Engine, b: &Engine, now: i64) {
+    let windows = [
+        (now - 11 * DAY_MS, now + MINUTE_MS),
+        (
+            now - 3 * DAY_MS - 17 * MINUTE_MS,
+            now - 5 * HOUR_MS + 7 * MINUTE_MS,
+        ),
+        (now - 2 * HOUR_MS, now),
+    ];
+    for (from_ms, to_ms) in windows {
+        for api in [None, Some("shop".to_string())] {
+            let q = Query {
+                from_ms,
+                to_ms,
+                api: api.clone(),
+                ..Default::default()
+            };
+            let (ta, tb) = (a.consumer_totals(&q), b.consumer_totals(&q));
+            assert_eq!(ta.len(), tb.len());
+            for (x, y) in ta.iter().zip(&tb) {
+                assert_eq!(x.consumer, y.consumer);
+                assert_eq!(x.rollup.counters, y.rollup.counters);
+                assert_eq!(
+                    x.rollup.quantiles([0.5, 0.95, 0.99]),
+                    y.rollup.quantiles([0.5, 0.95, 0.99])
+                );
+            }
+            let (ra, rb) = (a.routes(&q, None), b.routes(&q, Some("acme")));
+            let ra_acme = a.routes(&q, Some("acme"));
+            assert_eq!(ra_acme.len(), rb.len());
+            for (x, y) in ra_acme.iter().zip(&rb) {
+                assert_eq!((&x.route, x.rollup.counters), (&y.route, y.rollup.counters));
+                assert_eq!(x.rollup.quantile(0.99), y.rollup.quantile(0.99));
+            }
+            let rb_all = b.routes(&q, None);
+            assert_eq!(ra.len(), rb_all.len());
+            for (x, y) in ra.iter().zip(&rb_all) {
+                assert_eq!(
+                    (
+                        &x.route,
+                        x.consumers,
+                        x.top_consumer_errors,
+                        &x.top_consumer
+                    ),
+                    (
+                        &y.route,
+                        y.consumers,
+                        y.top_consumer_errors,
+                        &y.top_consumer
+                    )
+                );
+                assert_eq!(x.rollup.counters, y.rollup.counters);
+            }
+            for step in [MINUTE_MS * 30, HOUR_MS, DAY_MS] {
+                let (sa, sb) = (
+                    a.consumer_series(&q, "globex", step),
+                    b.consumer_series(&q, "globex", step),
+                );
+                assert_eq!(sa.len(), sb.len());
+                for (x, y) in sa.iter().zip(&sb) {
+                    assert_eq!(x.0, y.0);
+                    assert_eq!(x.1.counters, y.1.counters, "step {step} at {}", x.0);
+                    assert_eq!(x.1.quantile(0.9), y.1.quantile(0.9));
+                }
+                let (sa, sb) = (a.total_series(&q, step), b.total_series(&q, step));
+                for (x, y) in sa.iter().zip(&sb) {
+                    assert_eq!(x.1.counters, y.1.counters);
+                }
+            }
+        }
+    }
+    for tier in Tier::ALL {
+        let (from, to) = (now - 11 * DAY_MS, now + DAY_MS);
+        let (ga, gb) = (
+            a.consumer_grid(tier, from, to),
+            b.consumer_grid(tier, from, to),
+        );
+        let (na, nb) = (a.names(), b.names());
+        let rows = |g: &ConsumerGrid, names: &[Arc<str>]| {
+            let mut rows: Vec<(String, Vec<u32>)> = g
+                .consumers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (names[*c as usize].to_string(), g.row(i).to_vec()))
+                .collect();
+            rows.sort();
+            rows
+        };
+        assert_eq!(rows(&ga, &na), rows(&gb, &nb), "{tier:?}");
+        let sum = |e: &Engine| {
+            let mut n = (0u64, 0u64);
+            e.scan_series(tier, from, to, |_, _, r| {
+                n.0 += r.counters.requests;
+                n.1 += r.counters.s5xx;
+            });
+            e.scan_consumers(tier, from, to, |_, _, r| n.0 += r.counters.requests);
+            n
+        };
+        assert_eq!(sum(a), sum(b), "{tier:?}");
+    }
+}
+
+fn fold(e: &Engine, events: &[(i64, &'static str, &'static str, u16, f64)]) {
+    e.ingest(events.iter().map(|(t, c, r, s, l)| ev(*t, c, r, *s, *l)));
+}
+
+#[test]
+fn answers_from_evicted_buckets_equal_answers_from_memory() {
+    let now = clientele_core::time::now_ms();
+    let events = ten_days(now);
+    let a = Engine::default();
+    let b = Engine::default();
+    let store = Arc::new(MemStore::default());
+    // A cache far smaller than the history, so answers come from decoded reads too.
+    b.attach(store.clone(), Persisted::default(), 64 * 1024)
+        .unwrap();
+    for chunk in events.chunks(500) {
+        fold(&a, chunk);
+        fold(&b, chunk);
+    }
+    let flushed = b.flush(now).unwrap();
+    assert!(flushed.buckets > 100, "{flushed:?}");
+    let (sa, sb) = (a.stats(), b.stats());
+    assert!(
+        sb.series_rollups * 20 < sa.series_rollups,
+        "memory keeps only the open buckets: {sa:?} vs {sb:?}"
+    );
+    assert!(sb.persisted_buckets > 100);
+    same_answers(&a, &b, now);
+    assert!(store.loads.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    // A second flush has nothing to write.
+    assert_eq!(b.flush(now).unwrap().buckets, 0);
+}
+
+#[test]
+fn late_events_for_written_buckets_are_counted_before_and_after_the_next_flush() {
+    let now = clientele_core::time::now_ms();
+    let events = ten_days(now);
+    let a = Engine::default();
+    let b = Engine::default();
+    b.attach(Arc::new(MemStore::default()), Persisted::default(), 1 << 20)
+        .unwrap();
+    fold(&a, &events);
+    fold(&b, &events);
+    b.flush(now).unwrap();
+    let open = b.stats();
+    // Late and back-dated events into buckets already on disk, of every tier, and a new name.
+    let late: Vec<_> = (0..200i64)
+        .map(|i| {
+            let ts = now - 2 * DAY_MS - i * 7 * MINUTE_MS;
+            let consumer = if i % 5 == 0 { "hooli" } else { "acme" };
+            (
+                ts,
+                consumer,
+                "/pets/{id}",
+                if i % 3 == 0 { 500 } else { 201 },
+                50.0 + i as f64,
+            )
+        })
+        .collect();
+    fold(&a, &late);
+    fold(&b, &late);
+    assert!(
+        b.stats().buckets > open.buckets,
+        "the late events wait in deltas"
+    );
+    same_answers(&a, &b, now);
+    let flushed = b.flush(now).unwrap();
+    assert!(flushed.buckets > 0);
+    let after = b.stats();
+    assert_eq!(
+        (after.buckets, after.series_rollups),
+        (open.buckets, open.series_rollups),
+        "deltas merged into the buckets on disk"
+    );
+    same_answers(&a, &b, now);
+}

@@ -17,11 +17,26 @@ use clientele_store::{EventStore, StoreError};
 /// Runs on the blocking pool, never on the async workers; it must not wait on the network.
 pub trait EventObserver: Send + Sync {
     fn observe(&self, events: &[Event]);
+
+    /// Events replayed from the store at start-up. An observer whose state is persisted skips
+    /// what it already holds; the others rebuild from them as from live events.
+    fn replay(&self, events: &[Event]) {
+        self.observe(events);
+    }
 }
 
 impl EventObserver for Engine {
     fn observe(&self, events: &[Event]) {
         self.ingest_events(events);
+        // A bulk import of history closes many buckets at once: write them now rather than at
+        // the next housekeeping tick, so memory stays bounded.
+        self.flush_if_large(clientele_core::time::now_ms());
+    }
+
+    fn replay(&self, events: &[Event]) {
+        // Days complete on disk are skipped: start-up does not re-fold history.
+        self.replay_events(events);
+        self.flush_if_large(clientele_core::time::now_ms());
     }
 }
 
@@ -107,11 +122,15 @@ impl Pipeline {
     /// Folds already stored events into every observer, without storing or exporting them: the
     /// start-up replay of raw events after the archive watermark.
     pub async fn replay(&self, events: Vec<Event>) {
-        self.fold(events).await;
+        self.fold_with(events, true).await;
+    }
+
+    async fn fold(&self, events: Vec<Event>) -> Vec<Event> {
+        self.fold_with(events, false).await
     }
 
     /// Runs the observers on the blocking pool and hands the events back.
-    async fn fold(&self, events: Vec<Event>) -> Vec<Event> {
+    async fn fold_with(&self, events: Vec<Event>, replay: bool) -> Vec<Event> {
         if self.observers.is_empty() || events.is_empty() {
             return events;
         }
@@ -119,7 +138,11 @@ impl Pipeline {
         let n = events.len();
         match tokio::task::spawn_blocking(move || {
             for o in observers.iter() {
-                o.observe(&events);
+                if replay {
+                    o.replay(&events);
+                } else {
+                    o.observe(&events);
+                }
             }
             events
         })

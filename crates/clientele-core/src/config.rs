@@ -305,6 +305,9 @@ pub struct AnalyticsConfig {
     pub day_retention_days: u32,
     /// Ingested events dated further ahead than this are refused (clock skew allowance).
     pub max_future_secs: u64,
+    /// Memory for closed rollup buckets read back from disk (`rollups.db`), in MiB. Only open
+    /// buckets live in memory; queries and detectors over older windows read through this cache.
+    pub rollup_cache_mib: u64,
 }
 
 impl Default for AnalyticsConfig {
@@ -314,6 +317,7 @@ impl Default for AnalyticsConfig {
             hour_retention_days: 35,
             day_retention_days: 400,
             max_future_secs: 300,
+            rollup_cache_mib: 64,
         }
     }
 }
@@ -784,6 +788,16 @@ impl Config {
             );
         }
 
+        if !(1..=65_536).contains(&a.rollup_cache_mib) {
+            return err(
+                "analytics.rollup_cache_mib",
+                format!(
+                    "{} is outside 1..=65536; it is the memory in MiB for rollup buckets read back from disk (default 64)",
+                    a.rollup_cache_mib
+                ),
+            );
+        }
+
         self.storage.validate(origin)?;
         if self.storage.raw_event_retention_days < a.minute_retention_days {
             return err(
@@ -1219,6 +1233,10 @@ mod tests {
             (
                 "[gateway]\nfirst_byte_timeout_secs = 0\n",
                 "gateway.first_byte_timeout_secs",
+            ),
+            (
+                "[analytics]\nrollup_cache_mib = 0\n",
+                "analytics.rollup_cache_mib",
             ),
         ] {
             let e = parse(text).unwrap_err();

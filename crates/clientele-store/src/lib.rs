@@ -13,6 +13,7 @@ use clientele_core::consumer::{ApiKey, Consumer};
 use clientele_core::event::Event;
 use clientele_core::keys::{KeyEntry, QuotaUsage};
 
+pub mod buckets;
 pub mod findings;
 pub mod log;
 #[cfg(feature = "postgres")]
@@ -21,6 +22,7 @@ pub mod sqlite;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 
+pub use buckets::{BucketFile, BucketRow, BucketSave};
 pub use findings::{Change, Delivery, DeliveryQuery, FindingQuery, FindingStore, Upserted};
 pub use log::EventLog;
 #[cfg(feature = "postgres")]
@@ -188,6 +190,10 @@ pub trait EventStore: Send + Sync {
     async fn prune_events(&self, before_ms: i64) -> Result<u64>;
     /// How many raw events are stored.
     async fn event_count(&self) -> Result<u64>;
+    /// How many raw events are stored per UTC day of event time: (day start, count), days
+    /// without events left out, oldest first. Start-up compares them with the events folded
+    /// into each day's persisted rollups to find the days to rebuild.
+    async fn day_counts(&self) -> Result<Vec<(i64, u64)>>;
 
     /// Saves rollups of buckets before `until_ms` (replacing rows with the same key) and moves
     /// the archive watermark to `until_ms`, in one transaction. Raw events before the watermark

@@ -727,7 +727,7 @@ fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
 }
 
 /// Bytes counts are stored as SQLite integers (i64); larger values saturate instead of wrapping.
-fn sql_u64(v: u64) -> i64 {
+pub(crate) fn sql_u64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
@@ -841,6 +841,22 @@ impl EventStore for SqliteStore {
     async fn prune_events(&self, before_ms: i64) -> Result<u64> {
         self.write(move |conn| {
             Ok(conn.execute("DELETE FROM events WHERE ts < ?1", [before_ms])? as u64)
+        })
+        .await
+    }
+
+    async fn day_counts(&self) -> Result<Vec<(i64, u64)>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT ts / 86400000 AS d, count(*) FROM events GROUP BY d ORDER BY d",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (d, n) = row?;
+                out.push((d * 86_400_000, u64::try_from(n).unwrap_or(0)));
+            }
+            Ok(out)
         })
         .await
     }

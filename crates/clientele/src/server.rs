@@ -172,11 +172,17 @@ pub async fn start(config: Config) -> Result<Running> {
         .with_observer(contracts.clone())
         .with_observer(governance.clone())
         .with_exporters(exporters.clone());
-    let archived_until = Arc::new(std::sync::atomic::AtomicI64::new(
-        clientele_app::rollups::restore(&pipeline, &engine)
+    // Closed rollup buckets live in rollups.db beside the event log they are derived from;
+    // start-up rebuilds only the days not complete there.
+    let buckets = Arc::new(
+        clientele_store::BucketFile::open(&event_dir).map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    let cache_bytes = usize::try_from(a.rollup_cache_mib << 20).unwrap_or(usize::MAX);
+    let restored =
+        clientele_app::rollups::restore_persisted(&pipeline, &engine, buckets.clone(), cache_bytes)
             .await
-            .map_err(|e| anyhow::anyhow!("restoring rollups: {e}"))?,
-    ));
+            .map_err(|e| anyhow::anyhow!("restoring rollups: {e}"))?;
+    let archived_until = Arc::new(std::sync::atomic::AtomicI64::new(restored.archived_until));
     if persist_quotas {
         // Budgets are counted in memory on one node: restore today's and this month's use.
         clientele_app::budgets::restore(&keys, &engine, clientele_core::time::now_ms());
@@ -368,9 +374,10 @@ pub async fn start(config: Config) -> Result<Running> {
         stats,
         wait_for(shutdown_rx.clone()),
     )));
-    tasks.push(tokio::spawn(clientele_app::rollups::archive_and_prune(
+    tasks.push(tokio::spawn(clientele_app::rollups::maintain(
         events,
         engine,
+        buckets,
         archived_until,
         config.storage.raw_event_retention_days,
         wait_for(shutdown_rx),

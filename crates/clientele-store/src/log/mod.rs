@@ -488,6 +488,15 @@ impl Inner {
         Ok(removed)
     }
 
+    fn day_counts(&self) -> Vec<(i64, u64)> {
+        let st = self.lock();
+        st.days
+            .iter()
+            .map(|(day, d)| (day * DAY_MS, d.segments.iter().map(|s| s.count).sum()))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
     fn count(&self) -> u64 {
         let st = self.lock();
         st.days
@@ -532,6 +541,11 @@ impl EventStore for EventLog {
     async fn event_count(&self) -> Result<u64> {
         let inner = self.inner.clone();
         blocking(move || Ok(inner.count())).await
+    }
+
+    async fn day_counts(&self) -> Result<Vec<(i64, u64)>> {
+        let inner = self.inner.clone();
+        blocking(move || Ok(inner.day_counts())).await
     }
 
     async fn archive_rollups(&self, rows: Vec<StoredRollup>, until_ms: i64) -> Result<()> {

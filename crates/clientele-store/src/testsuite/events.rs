@@ -91,6 +91,17 @@ pub async fn append_returns_only_new_events<S: Backend + EventStore>(fresh: &mut
     assert!(store.append_events(vec![]).await.unwrap().is_empty());
 }
 
+pub async fn day_counts_count_stored_events_per_utc_day<S: Backend + EventStore>(
+    fresh: &mut Fresh<S>,
+) {
+    let store = fresh.store();
+    assert!(store.day_counts().await.unwrap().is_empty());
+    store.append_events(sample()).await.unwrap();
+    // Duplicates are not stored, so not counted.
+    store.append_events(sample()).await.unwrap();
+    assert_eq!(store.day_counts().await.unwrap(), [(0, 1), (DAY, 4)]);
+}
+
 pub async fn duplicate_ids_are_ignored<S: Backend + EventStore>(fresh: &mut Fresh<S>) {
     let store = fresh.store();
     store.append_events(sample()[..4].to_vec()).await.unwrap();

@@ -127,6 +127,7 @@ macro_rules! event_store_suite {
     ($backend:ident, $ty:ty) => {
         $crate::__store_suite_tests!($backend, $ty, events:
             append_returns_only_new_events,
+            day_counts_count_stored_events_per_utc_day,
             duplicate_ids_are_ignored,
             duplicates_within_one_batch_are_stored_once,
             duplicates_of_back_dated_events_are_ignored,
