@@ -38,6 +38,21 @@ pub(crate) fn require(ui: &Ui, headers: &HeaderMap, uri: &Uri) -> Result<Session
     Err(format!("/login?next={}", url_enc(next)))
 }
 
+/// The page context of a signed-in admin on `path`, or (`Ok(Err)`) the redirect to the sign-in
+/// form that comes back here: the first step of every dashboard page.
+pub(crate) fn signed_in(
+    ui: &Ui,
+    headers: &HeaderMap,
+    uri: &Uri,
+    path: &str,
+    raw: Option<&str>,
+) -> Result<Result<Ctx, Response>, UiError> {
+    match require(ui, headers, uri) {
+        Ok(s) => Ok(Ok(ctx(&s, path, raw)?)),
+        Err(to) => Ok(Err(redirect(&to, &[]))),
+    }
+}
+
 pub(crate) fn ctx(session: &Session, path: &str, raw: Option<&str>) -> Result<Ctx, UiError> {
     let params = Params::parse(raw);
     let range = Range::from_params(&params, now_ms())?;

@@ -89,11 +89,10 @@ pub async fn page(
     uri: Uri,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, UiError> {
-    let s = match crate::admin::require(&ui, &headers, &uri) {
-        Ok(s) => s,
-        Err(to) => return Ok(crate::redirect(&to, &[])),
+    let ctx = match crate::admin::signed_in(&ui, &headers, &uri, "/ai", raw.as_deref())? {
+        Ok(ctx) => ctx,
+        Err(to_sign_in) => return Ok(to_sign_in),
     };
-    let ctx = crate::admin::ctx(&s, "/ai", raw.as_deref())?;
     let Json(list) = handlers::stats_models(
         State(ui.app.clone()),
         Query(ModelStatsQuery {

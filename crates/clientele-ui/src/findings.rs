@@ -187,11 +187,10 @@ pub async fn page(
     uri: Uri,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, UiError> {
-    let s = match crate::admin::require(&ui, &headers, &uri) {
-        Ok(s) => s,
-        Err(to) => return Ok(crate::redirect(&to, &[])),
+    let ctx = match crate::admin::signed_in(&ui, &headers, &uri, "/findings", raw.as_deref())? {
+        Ok(ctx) => ctx,
+        Err(to_sign_in) => return Ok(to_sign_in),
     };
-    let ctx = crate::admin::ctx(&s, "/findings", raw.as_deref())?;
     let p = &ctx.params;
     let severity = p.get("severity");
     if let Some(sev) = severity {

@@ -97,11 +97,10 @@ pub async fn page(
     uri: Uri,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, UiError> {
-    let s = match crate::admin::require(&ui, &headers, &uri) {
-        Ok(s) => s,
-        Err(to) => return Ok(crate::redirect(&to, &[])),
+    let ctx = match crate::admin::signed_in(&ui, &headers, &uri, "/governance", raw.as_deref())? {
+        Ok(ctx) => ctx,
+        Err(to_sign_in) => return Ok(to_sign_in),
     };
-    let ctx = crate::admin::ctx(&s, "/governance", raw.as_deref())?;
     let plan = ctx.params.owned("plan");
     let (list, findings) =
         risk_report(&ui.app, ctx.range.from_ms, ctx.range.to_ms, plan.as_deref()).await?;

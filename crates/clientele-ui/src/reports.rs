@@ -25,19 +25,6 @@ fn share(v: Option<f64>) -> String {
     v.map(pct).unwrap_or_else(|| "-".to_string())
 }
 
-async fn signed_in(
-    ui: &Ui,
-    headers: &HeaderMap,
-    uri: &Uri,
-    path: &str,
-    raw: Option<&str>,
-) -> Result<Result<Ctx, Response>, UiError> {
-    match crate::admin::require(ui, headers, uri) {
-        Ok(s) => Ok(Ok(crate::admin::ctx(&s, path, raw)?)),
-        Err(to) => Ok(Err(crate::redirect(&to, &[]))),
-    }
-}
-
 fn report_query(ctx: &Ctx) -> ReportQuery {
     ReportQuery {
         to: Some(ctx.range.to_ms.to_string()),
@@ -52,7 +39,7 @@ pub async fn portfolio(
     uri: Uri,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, UiError> {
-    let ctx = match signed_in(&ui, &headers, &uri, "/portfolio", raw.as_deref()).await? {
+    let ctx = match crate::admin::signed_in(&ui, &headers, &uri, "/portfolio", raw.as_deref())? {
         Ok(ctx) => ctx,
         Err(redirect) => return Ok(redirect),
     };
@@ -175,10 +162,11 @@ pub async fn outreach(
     uri: Uri,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, UiError> {
-    let ctx = match signed_in(&ui, &headers, &uri, "/reports/outreach", raw.as_deref()).await? {
-        Ok(ctx) => ctx,
-        Err(redirect) => return Ok(redirect),
-    };
+    let ctx =
+        match crate::admin::signed_in(&ui, &headers, &uri, "/reports/outreach", raw.as_deref())? {
+            Ok(ctx) => ctx,
+            Err(redirect) => return Ok(redirect),
+        };
     let r = api::outreach(&ui.app, &report_query(&ctx)).await?;
     let markup = html! {
         @if r.items.is_empty() {
@@ -210,10 +198,11 @@ pub async fn pricing(
     uri: Uri,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, UiError> {
-    let ctx = match signed_in(&ui, &headers, &uri, "/reports/pricing", raw.as_deref()).await? {
-        Ok(ctx) => ctx,
-        Err(redirect) => return Ok(redirect),
-    };
+    let ctx =
+        match crate::admin::signed_in(&ui, &headers, &uri, "/reports/pricing", raw.as_deref())? {
+            Ok(ctx) => ctx,
+            Err(redirect) => return Ok(redirect),
+        };
     let r = api::pricing(&ui.app, &report_query(&ctx)).await?;
     let markup = html! {
         @if r.items.is_empty() {
@@ -260,7 +249,7 @@ pub async fn sla(
     uri: Uri,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, UiError> {
-    let ctx = match signed_in(&ui, &headers, &uri, "/reports/sla", raw.as_deref()).await? {
+    let ctx = match crate::admin::signed_in(&ui, &headers, &uri, "/reports/sla", raw.as_deref())? {
         Ok(ctx) => ctx,
         Err(redirect) => return Ok(redirect),
     };
@@ -316,7 +305,8 @@ pub async fn agents(
     uri: Uri,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, UiError> {
-    let ctx = match signed_in(&ui, &headers, &uri, "/reports/agents", raw.as_deref()).await? {
+    let ctx = match crate::admin::signed_in(&ui, &headers, &uri, "/reports/agents", raw.as_deref())?
+    {
         Ok(ctx) => ctx,
         Err(redirect) => return Ok(redirect),
     };

@@ -74,26 +74,6 @@ fn event(ts: i64, consumer: &str, method: &str, route: &str, status: u16) -> Val
     })
 }
 
-async fn post_events(server: &Server, events: &[Value]) {
-    for chunk in events.chunks(200) {
-        let body: String = chunk.iter().map(|l| format!("{l}\n")).collect();
-        let (status, _, bytes) = send(
-            Method::POST,
-            &format!("http://{}/v1/events", server.admin),
-            &[
-                ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
-                ("content-type", "application/x-ndjson"),
-            ],
-            Some(Bytes::from(body)),
-        )
-        .await
-        .unwrap();
-        assert_eq!(status, 202, "{}", String::from_utf8_lossy(&bytes));
-        let v: Value = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(v["rejected"], json!([]), "{v}");
-    }
-}
-
 /// Where the incident goes: the current hour when enough of it has passed, else the previous
 /// one, so that it falls in one hourly slot. Returns `[start, end)`.
 fn incident_window(now: i64) -> (i64, i64) {

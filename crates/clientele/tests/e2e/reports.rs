@@ -21,7 +21,6 @@
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
 use chrono::{Datelike, TimeZone, Utc};
 use http::Method;
 use serde_json::{Value, json};
@@ -210,26 +209,6 @@ fn world(p_start: i64, m_start: i64, m_end: i64) -> (Vec<Value>, i64, i64) {
         day += DAY;
     }
     (out, incident_start, incident_end)
-}
-
-async fn post_events(server: &Server, events: &[Value]) {
-    for chunk in events.chunks(4000) {
-        let body: String = chunk.iter().map(|l| format!("{l}\n")).collect();
-        let (status, _, bytes) = send(
-            Method::POST,
-            &format!("http://{}/v1/events", server.admin),
-            &[
-                ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
-                ("content-type", "application/x-ndjson"),
-            ],
-            Some(Bytes::from(body)),
-        )
-        .await
-        .unwrap();
-        assert_eq!(status, 202, "{}", String::from_utf8_lossy(&bytes));
-        let v: Value = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(v["rejected"], json!([]), "{v}");
-    }
 }
 
 async fn get_csv(server: &Server, path: &str) -> (Vec<String>, Vec<BTreeMap<String, String>>) {

@@ -512,3 +512,37 @@ pub fn serve_refused(config: &std::path::Path) -> String {
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Posts events to `POST /v1/events` as NDJSON in batches under the test config's 64 KiB
+/// body limit, each of which must be accepted whole (202, nothing rejected).
+pub async fn post_events(server: &Server, events: &[Value]) {
+    let mut batches: Vec<String> = vec![String::new()];
+    for e in events {
+        let line = format!("{e}\n");
+        if batches
+            .last()
+            .is_some_and(|b| b.len() + line.len() > 60_000)
+        {
+            batches.push(String::new());
+        }
+        if let Some(b) = batches.last_mut() {
+            b.push_str(&line);
+        }
+    }
+    for body in batches.into_iter().filter(|b| !b.is_empty()) {
+        let (status, _, bytes) = send(
+            Method::POST,
+            &format!("http://{}/v1/events", server.admin),
+            &[
+                ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
+                ("content-type", "application/x-ndjson"),
+            ],
+            Some(Bytes::from(body)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 202, "{}", String::from_utf8_lossy(&bytes));
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["rejected"], json!([]), "{v}");
+    }
+}
