@@ -977,7 +977,9 @@ fn the_demo_runs_and_shows_the_failing_integration() {
             && stdout.contains("/portal   (a consumer's own view; sign in with acme's key ck_"),
         "{stdout}"
     );
-    // initech's orders fail: its row shows a high error rate.
+    // initech's orders fail: its row shows a high error rate. Its table covers a day of which
+    // the failing half is the evening and night (fewer calls) or the daytime, depending on when
+    // the test runs, so the rate is 25-40%; the others show their ordinary 404s, under 10%.
     let initech = stdout
         .lines()
         .rev()
@@ -990,7 +992,7 @@ fn the_demo_runs_and_shows_the_failing_integration() {
         .trim_end_matches('%')
         .parse()
         .unwrap();
-    assert!(rate > 30.0, "{initech}");
+    assert!(rate > 15.0, "{initech}");
     // The runaway loop on the free plan runs into its rate limit: its 429 column is not zero.
     let umbrella = stdout
         .lines()
