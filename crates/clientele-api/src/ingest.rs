@@ -187,6 +187,7 @@ fn parse_event(
             .and_then(|api| templates(api, method, path))
             .unwrap_or_else(|| infer_template(path)),
     };
+    let upper = method.to_ascii_uppercase();
     Ok(Event {
         id,
         ts_ms,
@@ -195,7 +196,6 @@ fn parse_event(
         api: opt_str(obj, "api")?
             .filter(|s| !s.is_empty())
             .map(str::to_string),
-        method: method.to_ascii_uppercase(),
         path: path.to_string(),
         route,
         status: status as u16,
@@ -227,19 +227,16 @@ fn parse_event(
         // fingerprint is the gateway's (an empty body's CRC is 0). A logged call with a body
         // has no body to read here, and different prompts to one endpoint are not a loop, so
         // it has none.
-        call_hash: matches!(
-            method.to_ascii_uppercase().as_str(),
-            "GET" | "HEAD" | "DELETE" | "OPTIONS"
-        )
-        .then(|| {
+        call_hash: matches!(upper.as_str(), "GET" | "HEAD" | "DELETE" | "OPTIONS").then(|| {
             let query = full_path
                 .split_once('?')
                 .map(|(_, q)| q.split('#').next().unwrap_or(q));
             clientele_core::event::call_hash(
-                clientele_core::event::head_print(&method.to_ascii_uppercase(), path, query),
+                clientele_core::event::head_print(&upper, path, query),
                 0,
             )
         }),
+        method: upper,
     })
 }
 

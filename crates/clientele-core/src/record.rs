@@ -360,14 +360,8 @@ impl<'a> Reader<'a> {
     }
 
     fn f64(&mut self) -> Result<f64, RecordError> {
-        let (bytes, rest) = self
-            .rest
-            .split_at_checked(8)
-            .ok_or(RecordError::Truncated)?;
-        self.rest = rest;
-        let mut b = [0u8; 8];
-        b.copy_from_slice(bytes);
-        Ok(f64::from_le_bytes(b))
+        // The same eight little-endian bytes, read as the float's bits.
+        self.u64_le().map(f64::from_bits)
     }
 
     fn str(&mut self) -> Result<&'a str, RecordError> {

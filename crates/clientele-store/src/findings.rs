@@ -8,7 +8,7 @@
 use async_trait::async_trait;
 use clientele_core::finding::{Finding, FindingKind, Severity};
 
-use crate::Result;
+use crate::{Result, StoreError};
 
 /// Which findings to list. Times select findings whose `[first_seen, last_seen]` overlaps
 /// `[from_ms, to_ms]`.
@@ -98,4 +98,27 @@ pub trait FindingStore: Send + Sync {
     /// Deletes findings last seen before `before_ms` and deliveries logged before it; returns
     /// how many rows went.
     async fn prune_findings(&self, before_ms: i64) -> Result<u64>;
+}
+
+/// Refuses a finding whose span ends before it starts; every backend checks this first.
+pub(crate) fn check_span(f: &Finding) -> Result<()> {
+    if f.first_seen_ms > f.last_seen_ms {
+        return Err(StoreError::Invalid(format!(
+            "finding {} ends before it starts",
+            f.dedup_key()
+        )));
+    }
+    Ok(())
+}
+
+/// A finding upserted onto the stored one of the same condition: the latest view of the
+/// condition wins, and an evaluation over older data only widens the span. Keeps the stored id.
+pub(crate) fn merge_into(old: Finding, new: Finding) -> Finding {
+    let newer = new.last_seen_ms >= old.last_seen_ms;
+    Finding {
+        id: old.id.clone(),
+        first_seen_ms: old.first_seen_ms.min(new.first_seen_ms),
+        last_seen_ms: old.last_seen_ms.max(new.last_seen_ms),
+        ..if newer { new } else { old }
+    }
 }

@@ -60,12 +60,7 @@ impl FindingStore for PostgresStore {
                 .map_err(|e| self.db_err(e))?;
             let mut out = Vec::with_capacity(findings.len());
             for f in findings {
-                if f.first_seen_ms > f.last_seen_ms {
-                    return Err(StoreError::Invalid(format!(
-                        "finding {} ends before it starts",
-                        f.dedup_key()
-                    )));
-                }
+                crate::findings::check_span(&f)?;
                 let key = f.dedup_key();
                 let existing = tx
                     .query_opt(
@@ -104,16 +99,8 @@ impl FindingStore for PostgresStore {
                         });
                     }
                     Some(old) => {
-                        // The latest view of the condition wins; an evaluation over older data
-                        // only widens the span.
-                        let newer = f.last_seen_ms >= old.last_seen_ms;
                         let previous = old.severity;
-                        let merged = Finding {
-                            id: old.id.clone(),
-                            first_seen_ms: old.first_seen_ms.min(f.first_seen_ms),
-                            last_seen_ms: old.last_seen_ms.max(f.last_seen_ms),
-                            ..if newer { f } else { old }
-                        };
+                        let merged = crate::findings::merge_into(old, f);
                         tx.execute(
                             "UPDATE findings SET severity = $2, first_seen = $3, last_seen = $4, summary = $5, evidence = $6 WHERE id = $1",
                             &[

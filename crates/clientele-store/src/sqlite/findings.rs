@@ -5,8 +5,8 @@ use clientele_core::finding::{Finding, FindingKind, Severity};
 use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
+use crate::Result;
 use crate::findings::{Change, Delivery, DeliveryQuery, FindingQuery, FindingStore, Upserted};
-use crate::{Result, StoreError};
 
 /// Created at open, beside the main schema; `IF NOT EXISTS` makes it safe on older stores.
 pub(super) const SCHEMA: &str = r#"
@@ -94,12 +94,7 @@ impl FindingStore for SqliteStore {
                     "UPDATE findings SET severity = ?2, first_seen = ?3, last_seen = ?4, summary = ?5, evidence = ?6 WHERE id = ?1",
                 )?;
                 for f in findings {
-                    if f.first_seen_ms > f.last_seen_ms {
-                        return Err(StoreError::Invalid(format!(
-                            "finding {} ends before it starts",
-                            f.dedup_key()
-                        )));
-                    }
+                    crate::findings::check_span(&f)?;
                     let key = f.dedup_key();
                     let existing = find
                         .query_row(
@@ -128,15 +123,8 @@ impl FindingStore for SqliteStore {
                             });
                         }
                         Some(old) => {
-                            // The latest view of the condition wins; an evaluation over older
-                            // data only widens the span.
-                            let newer = f.last_seen_ms >= old.last_seen_ms;
-                            let merged = Finding {
-                                id: old.id.clone(),
-                                first_seen_ms: old.first_seen_ms.min(f.first_seen_ms),
-                                last_seen_ms: old.last_seen_ms.max(f.last_seen_ms),
-                                ..if newer { f } else { old.clone() }
-                            };
+                            let previous = old.severity;
+                            let merged = crate::findings::merge_into(old, f);
                             update.execute(params![
                                 merged.id,
                                 merged.severity.as_str(),
@@ -147,9 +135,7 @@ impl FindingStore for SqliteStore {
                             ])?;
                             out.push(Upserted {
                                 finding: merged,
-                                change: Change::Updated {
-                                    previous: old.severity,
-                                },
+                                change: Change::Updated { previous },
                             });
                         }
                     }
