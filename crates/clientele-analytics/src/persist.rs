@@ -107,6 +107,10 @@ pub(crate) struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Reader<'a> {
+        Reader { buf }
+    }
+
     pub(crate) fn u8(&mut self) -> Option<u8> {
         let (&b, rest) = self.buf.split_first()?;
         self.buf = rest;
@@ -177,7 +181,7 @@ fn encode_series(map: &HashMap<SeriesKey, Rollup>) -> Vec<u8> {
 /// Calls `f` with each consumer rollup of a consumers blob, in id order, until it answers
 /// false; `None` for bytes this build did not write.
 fn walk_consumers(bytes: &[u8], mut f: impl FnMut(u32, &Rollup) -> bool) -> Option<()> {
-    let mut r = Reader { buf: bytes };
+    let mut r = Reader::new(bytes);
     if r.u8()? != FORMAT {
         return None;
     }
@@ -194,7 +198,7 @@ fn walk_consumers(bytes: &[u8], mut f: impl FnMut(u32, &Rollup) -> bool) -> Opti
 
 /// Calls `f` with each series rollup of a series blob; `None` for bytes this build did not write.
 fn walk_series(bytes: &[u8], mut f: impl FnMut(&SeriesKey, &Rollup)) -> Option<()> {
-    let mut r = Reader { buf: bytes };
+    let mut r = Reader::new(bytes);
     if r.u8()? != FORMAT {
         return None;
     }

@@ -136,17 +136,27 @@ pub struct Sample {
     pub unpriced: bool,
 }
 
-/// How many latencies a rollup keeps as plain values before it builds a sketch. Most rollups
-/// of a sparse tier (one consumer, one route, one minute) hold one or two requests, and a sketch
-/// costs allocations that dominate ingest. Quantiles of the plain values are exact.
+/// How many latencies a rollup keeps inline, without a heap allocation. Most rollups of a
+/// sparse tier (one consumer, one route, one minute) hold one or two requests, and a sketch
+/// costs allocations that dominate ingest.
 const INLINE_VALUES: usize = 4;
 
+/// How many latencies a rollup keeps as plain values (sorted, on the heap) before it builds a
+/// sketch. A sketch's store starts at 128 bins of 8 bytes, so a rollup of a few dozen requests
+/// (an hour of one quiet consumer on one route: most of the open hour and day buckets when
+/// thousands of consumers are active) costs a quarter of it this way, and its quantiles are
+/// exact. Past this, a sketch: fixed size whatever the count.
+const PLAIN_VALUES: usize = 32;
+
+/// The latencies of a rollup: plain values while there are few (sorted, so quantiles are an
+/// index), then a sketch.
 #[derive(Clone)]
 enum Digest {
     Inline {
         len: u8,
         values: [f64; INLINE_VALUES],
     },
+    Values(Vec<f64>),
     Sketch(Box<DDSketch>),
 }
 
@@ -159,16 +169,47 @@ impl Default for Digest {
     }
 }
 
+/// Inserts `v` into the sorted `values` after any equal ones.
+fn insert_sorted(values: &mut [f64], len: usize, v: f64) {
+    let at = values[..len].partition_point(|x| x.total_cmp(&v).is_le());
+    values.copy_within(at..len, at + 1);
+    values[at] = v;
+}
+
 impl Digest {
+    /// The plain values, sorted; `None` once a sketch holds them.
+    fn plain(&self) -> Option<&[f64]> {
+        match self {
+            Digest::Inline { len, values } => Some(&values[..*len as usize]),
+            Digest::Values(values) => Some(values),
+            Digest::Sketch(_) => None,
+        }
+    }
+
     fn add(&mut self, v: f64) {
         match self {
             Digest::Inline { len, values } if (*len as usize) < INLINE_VALUES => {
-                values[*len as usize] = v;
+                insert_sorted(values, *len as usize, v);
                 *len += 1;
             }
-            Digest::Inline { len, values } => {
+            Digest::Inline { values, .. } => {
+                let mut spilled = Vec::with_capacity(2 * INLINE_VALUES);
+                spilled.extend_from_slice(values);
+                let at = spilled.partition_point(|x| x.total_cmp(&v).is_le());
+                spilled.insert(at, v);
+                *self = Digest::Values(spilled);
+            }
+            Digest::Values(values) if values.len() < PLAIN_VALUES => {
+                if values.len() == values.capacity() {
+                    // Doubling, but never past the most it will hold.
+                    values.reserve_exact(values.len().min(PLAIN_VALUES - values.len()));
+                }
+                let at = values.partition_point(|x| x.total_cmp(&v).is_le());
+                values.insert(at, v);
+            }
+            Digest::Values(values) => {
                 let mut sketch = DDSketch::new(sketch_config());
-                for x in &values[..*len as usize] {
+                for x in values.iter() {
                     sketch.add(*x);
                 }
                 sketch.add(v);
@@ -179,36 +220,33 @@ impl Digest {
     }
 
     fn merge(&mut self, other: &Digest) {
-        match other {
-            Digest::Inline { len, values } => {
-                for v in &values[..*len as usize] {
-                    self.add(*v);
-                }
+        if let Some(values) = other.plain() {
+            for v in values {
+                self.add(*v);
             }
-            Digest::Sketch(o) => match self {
-                Digest::Sketch(s) => {
-                    // Every sketch is made with `sketch_config()` (persisted ones are decoded
-                    // bit-exact), and a differing configuration is the only way a merge fails.
-                    let merged = s.merge(o);
-                    debug_assert!(merged.is_ok(), "sketches with different configurations");
-                }
-                Digest::Inline { len, values } => {
-                    let mut sketch = o.clone();
-                    for v in &values[..*len as usize] {
-                        sketch.add(*v);
-                    }
-                    *self = Digest::Sketch(sketch);
-                }
-            },
+            return;
         }
+        let Digest::Sketch(o) = other else { return };
+        if let Digest::Sketch(s) = self {
+            // Every sketch is made with `sketch_config()` (persisted ones are decoded
+            // bit-exact), and a differing configuration is the only way a merge fails.
+            let merged = s.merge(o);
+            debug_assert!(merged.is_ok(), "sketches with different configurations");
+            return;
+        }
+        let mut sketch = o.clone();
+        for v in self.plain().unwrap_or_default() {
+            sketch.add(*v);
+        }
+        *self = Digest::Sketch(sketch);
     }
 
     fn to_sketch(&self) -> std::borrow::Cow<'_, DDSketch> {
         match self {
             Digest::Sketch(s) => std::borrow::Cow::Borrowed(s),
-            Digest::Inline { len, values } => {
+            plain => {
                 let mut sketch = DDSketch::new(sketch_config());
-                for v in &values[..*len as usize] {
+                for v in plain.plain().unwrap_or_default() {
                     sketch.add(*v);
                 }
                 std::borrow::Cow::Owned(sketch)
@@ -301,31 +339,27 @@ impl Rollup {
     /// The largest latency held, an upper bound of every quantile that costs no sketch.
     pub fn max_latency(&self) -> Option<f64> {
         match &self.latency {
-            Digest::Inline { len, values } => {
-                values[..*len as usize].iter().copied().reduce(f64::max)
-            }
             Digest::Sketch(s) => s.max(),
+            plain => plain.plain().and_then(|v| v.last().copied()),
         }
     }
 
     /// How many latencies the rollup holds (its requests, unless it was built from samples).
     pub fn latency_samples(&self) -> u64 {
         match &self.latency {
-            Digest::Inline { len, .. } => u64::from(*len),
             Digest::Sketch(s) => s.count() as u64,
+            plain => plain.plain().map_or(0, |v| v.len() as u64),
         }
     }
 
-    /// Several quantiles at once, sorting the inline values only once.
+    /// Several quantiles at once: an index into the sorted plain values, or the sketch's.
     pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Option<f64>; N] {
         match &self.latency {
-            Digest::Inline { len, values } => {
-                let mut sorted = *values;
-                let sorted = &mut sorted[..*len as usize];
-                sorted.sort_by(f64::total_cmp);
+            Digest::Sketch(sketch) => qs.map(|q| sketch_nearest_rank(sketch, q)),
+            plain => {
+                let sorted = plain.plain().unwrap_or_default();
                 qs.map(|q| nearest_rank(sorted.len() as u64, q).map(|i| sorted[i as usize]))
             }
-            Digest::Sketch(sketch) => qs.map(|q| sketch_nearest_rank(sketch, q)),
         }
     }
 
@@ -349,7 +383,7 @@ impl Rollup {
     }
 }
 
-/// The digest tag of a sketch in [`Rollup::encode`]; 0..=4 are inline value counts.
+/// The digest tag of a sketch in [`Rollup::encode`]; 0..=PLAIN_VALUES are plain value counts.
 const SKETCH_TAG: u8 = 0xff;
 
 impl Rollup {
@@ -362,9 +396,11 @@ impl Rollup {
         }
         out.extend_from_slice(&self.counters.cost_usd.to_bits().to_le_bytes());
         match &self.latency {
-            Digest::Inline { len, values } => {
-                out.push(*len);
-                for v in &values[..*len as usize] {
+            Digest::Inline { .. } | Digest::Values(_) => {
+                let values = self.latency.plain().unwrap_or_default();
+                // At most PLAIN_VALUES (32), below the sketch's tag.
+                out.push(values.len() as u8);
+                for v in values {
                     out.extend_from_slice(&v.to_bits().to_le_bytes());
                 }
             }
@@ -394,12 +430,14 @@ impl Rollup {
                 let sketch: DDSketch = crate::wire::from_bytes(r.bytes(n)?).ok()?;
                 Digest::Sketch(Box::new(sketch))
             }
-            len if (len as usize) <= INLINE_VALUES => {
-                let mut values = [0.0; INLINE_VALUES];
-                for v in &mut values[..len as usize] {
-                    *v = f64::from_bits(r.u64_le()?);
+            len if (len as usize) <= PLAIN_VALUES => {
+                // Files before PLAIN_VALUES wrote at most INLINE_VALUES values, unsorted: the
+                // values are put in order as they are read, whoever wrote them.
+                let mut digest = Digest::default();
+                for _ in 0..len {
+                    digest.add(f64::from_bits(r.u64_le()?));
                 }
-                Digest::Inline { len, values }
+                digest
             }
             _ => return None,
         };
@@ -491,8 +529,9 @@ mod tests {
 
     #[test]
     fn inline_percentiles_are_exact_nearest_rank() {
-        for n in 1..=INLINE_VALUES {
-            let values: Vec<f64> = [40.0, 10.0, 30.0, 20.0][..n].to_vec();
+        // Inline, then on the heap, then (past PLAIN_VALUES) the sketch's first value.
+        for n in 1..=PLAIN_VALUES {
+            let values: Vec<f64> = (0..n).map(|i| ((i * 37) % 41) as f64 + 0.5).collect();
             let mut r = Rollup::default();
             for v in &values {
                 r.add(&Sample {
@@ -553,6 +592,48 @@ mod tests {
                 prop_assert_eq!(ra.quantile(q), all.quantile(q));
             }
         }
+    }
+
+    #[test]
+    fn the_bucket_form_reads_back_exactly_at_every_size() {
+        for n in [
+            0usize,
+            1,
+            INLINE_VALUES,
+            INLINE_VALUES + 1,
+            PLAIN_VALUES,
+            PLAIN_VALUES + 1,
+            500,
+        ] {
+            let mut r = Rollup::default();
+            for i in 0..n {
+                r.add(&Sample {
+                    status: 200,
+                    latency_ms: ((i * 7919) % 503) as f64 * 0.25,
+                    ..Default::default()
+                });
+            }
+            let mut bytes = Vec::new();
+            r.encode(&mut bytes);
+            let back = Rollup::decode(&mut crate::persist::Reader::new(&bytes)).unwrap();
+            assert_eq!(back.counters, r.counters, "n={n}");
+            let qs = [0.0, 0.5, 0.95, 0.99, 1.0];
+            assert_eq!(back.quantiles(qs), r.quantiles(qs), "n={n}");
+            assert_eq!(back.latency_samples(), n as u64);
+        }
+        // A file written before PLAIN_VALUES: four values, unsorted, tag 4.
+        let mut old = Vec::new();
+        Rollup::default().encode(&mut old);
+        old.pop();
+        old.push(4);
+        for v in [40.0f64, 10.0, 30.0, 20.0] {
+            old.extend_from_slice(&v.to_bits().to_le_bytes());
+        }
+        let back = Rollup::decode(&mut crate::persist::Reader::new(&old)).unwrap();
+        assert_eq!(
+            back.quantiles([0.0, 0.5, 1.0]),
+            [Some(10.0), Some(20.0), Some(40.0)]
+        );
     }
 
     #[test]
