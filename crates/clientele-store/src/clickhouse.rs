@@ -7,9 +7,11 @@
 //! - `events` is a `ReplacingMergeTree` partitioned by UTC day of event time (`day`, days since
 //!   the epoch) and ordered by `(consumer, ts_ms, id)`: a consumer's drill-down reads a narrow
 //!   range, and retention ([`EventStore::prune_events`]) drops whole partitions.
-//! - Duplicates: [`EventStore::append_events`] asks for the batch's ids within the batch's
-//!   consumers, days and time range before its one insert per day, and inserts only the ids not
-//!   there (the embedded log's rule: the first copy stays). The replacing engine is only the
+//! - Duplicates: [`EventStore::append_events`] asks for the batch's (day, id) pairs in
+//!   `event_ids` (a narrow table ordered by `(day, id)`, filled by a materialized view from every
+//!   insert into `events`) before its one insert per day, and inserts only the events not there
+//!   (the embedded log's rule: an id is a duplicate within its UTC day whatever else it
+//!   carries, and the first copy stays). The replacing engine is only the
 //!   second line: a copy two nodes insert at the same instant (both checks before either insert)
 //!   collapses at the next merge, and every read here counts distinct ids, so even then no
 //!   answer counts it twice.
@@ -87,6 +89,15 @@ fn schema(db: &str) -> Vec<String> {
     call_hash Nullable(UInt64)
 ) ENGINE = ReplacingMergeTree() PARTITION BY day ORDER BY (consumer, ts_ms, id)
 SETTINGS index_granularity = 8192"
+        ),
+        // Each event's (day, id), kept by the insert itself: the duplicate check reads this
+        // narrow table by its key instead of a whole day of events.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.event_ids (day Int32, id String)
+ENGINE = ReplacingMergeTree() PARTITION BY day ORDER BY (day, id)"
+        ),
+        format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.event_ids_mv TO {db}.event_ids AS SELECT day, id FROM {db}.events"
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {db}.rollups (
@@ -522,34 +533,36 @@ impl ClickHouseStore {
         rows(&body)?.iter().map(event_of).collect()
     }
 
-    /// The ids of `events` already stored, asked within their consumers, days and time range
-    /// (partition and primary-key pruning), in chunks.
-    async fn existing(&self, events: &[Event]) -> Result<HashSet<String>> {
+    /// The (day, id) pairs of `events` already stored: the embedded log's rule, an id is a
+    /// duplicate within its UTC day of event time whatever else the event carries. Read from
+    /// `event_ids` by its key, in chunks.
+    async fn existing(&self, events: &[Event]) -> Result<HashSet<(i64, String)>> {
         let mut found = HashSet::new();
         for chunk in events.chunks(CHECK_CHUNK) {
-            let (mut lo, mut hi) = (i64::MAX, i64::MIN);
-            let mut consumers = BTreeSet::new();
             let mut days = BTreeSet::new();
             let mut ids = String::new();
             for e in chunk {
-                lo = lo.min(e.ts_ms);
-                hi = hi.max(e.ts_ms);
-                consumers.insert(e.consumer.as_deref().unwrap_or(""));
                 days.insert(e.ts_ms.div_euclid(DAY_MS));
                 if !ids.is_empty() {
                     ids.push(',');
                 }
                 ids.push_str(&quote(&e.id));
             }
-            let list = |set: Vec<String>| set.join(",");
+            let days: Vec<String> = days.iter().map(i64::to_string).collect();
             let sql = format!(
-                "SELECT DISTINCT id FROM events WHERE day IN ({}) AND consumer IN ({}) AND ts_ms >= {lo} AND ts_ms <= {hi} AND id IN ({ids}) FORMAT TSV",
-                list(days.iter().map(i64::to_string).collect()),
-                list(consumers.iter().map(|c| quote(c)).collect()),
+                "SELECT DISTINCT day, id FROM event_ids WHERE day IN ({}) AND id IN ({ids}) FORMAT TSV",
+                days.join(",")
             );
             let body = self.query(&sql, "").await?;
             for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                found.insert(unescape_tsv(line));
+                let Some(tab) = line.iter().position(|b| *b == b'\t') else {
+                    continue;
+                };
+                let day = std::str::from_utf8(&line[..tab])
+                    .ok()
+                    .and_then(|d| d.parse::<i64>().ok())
+                    .ok_or_else(|| bad_row("day"))?;
+                found.insert((day, unescape_tsv(&line[tab + 1..])));
             }
         }
         Ok(found)
@@ -575,7 +588,7 @@ impl ClickHouseStore {
         let stored = self.existing(&unique).await?;
         let fresh: Vec<Event> = unique
             .into_iter()
-            .filter(|e| !stored.contains(&e.id))
+            .filter(|e| !stored.contains(&(e.ts_ms.div_euclid(DAY_MS), e.id.clone())))
             .collect();
         let mut by_day: BTreeMap<i64, Vec<&Event>> = BTreeMap::new();
         for e in &fresh {
@@ -743,20 +756,27 @@ impl EventStore for ClickHouseStore {
         let parts = self
             .query(
                 &format!(
-                    "SELECT DISTINCT partition FROM system.parts WHERE database = {} AND table = 'events' AND active FORMAT TSV",
+                    "SELECT DISTINCT table, partition FROM system.parts WHERE database = {} AND table IN ('events', 'event_ids') AND active FORMAT TSV",
                     quote(&self.inner.db)
                 ),
                 "",
             )
             .await?;
-        for p in String::from_utf8_lossy(&parts).lines() {
-            let Ok(day) = p.trim().parse::<i64>() else {
-                continue;
-            };
-            if day < cut {
-                self.query(&format!("ALTER TABLE events DROP PARTITION {day}"), "")
-                    .await?;
-            }
+        // The events first: a failure between the two leaves ids without events, which only
+        // makes a re-sent event of a pruned day a duplicate, as the embedded log's pruning
+        // would not; the next prune drops them.
+        let mut drops: Vec<(String, i64)> = String::from_utf8_lossy(&parts)
+            .lines()
+            .filter_map(|l| {
+                let (table, day) = l.split_once('\t')?;
+                let day = day.trim().parse::<i64>().ok()?;
+                (day < cut).then(|| (table.to_string(), day))
+            })
+            .collect();
+        drops.sort_by_key(|(t, d)| (t != "events", *d));
+        for (table, day) in drops {
+            self.query(&format!("ALTER TABLE {table} DROP PARTITION {day}"), "")
+                .await?;
         }
         Ok(n)
     }

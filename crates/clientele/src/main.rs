@@ -14,6 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod cli;
 mod client;
+mod cluster;
 mod consumers_import;
 mod contract;
 mod control_plane;

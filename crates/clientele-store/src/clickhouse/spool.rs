@@ -34,6 +34,9 @@ use crate::{EventCursor, EventLog, EventQuery, EventStore, Result, StoreError, S
 pub const SHIP_EVENTS: usize = 50_000;
 /// How often the shipper looks for new events when it has caught up.
 pub const SHIP_EVERY: Duration = Duration::from_millis(500);
+/// The longest wait between attempts while ClickHouse is away: bounds how long after its return
+/// the spool starts draining.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(4);
 /// The default bound of the spool on disk.
 pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
 
@@ -267,7 +270,7 @@ impl Spool {
 
 /// Sends the spool to ClickHouse until `shutdown`: a shipment of up to [`SHIP_EVENTS`] events,
 /// numbered for other nodes' tails, as one insert per day; the cursor moves after the insert
-/// is acknowledged. Failures are retried with backoff (1 s doubling to 10 s), said once per
+/// is acknowledged. Failures are retried with backoff (1 s doubling to [`MAX_BACKOFF`]), said once per
 /// 10 s; nothing else waits for this.
 pub async fn ship(
     spool: Arc<Spool>,
@@ -301,7 +304,7 @@ pub async fn ship(
                         "cannot send events to ClickHouse; they wait in the local spool"
                     );
                     wait = backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     break;
                 }
             }
