@@ -86,7 +86,11 @@ fn schema(db: &str) -> Vec<String> {
     tokens_out Nullable(UInt64),
     cost_usd Nullable(Float64),
     close_code Nullable(UInt16),
-    call_hash Nullable(UInt64)
+    call_hash Nullable(UInt64),
+    tokens_cached Nullable(UInt64),
+    tokens_cache_write Nullable(UInt64),
+    tokens_reasoning Nullable(UInt64),
+    tls_fp Nullable(String)
 ) ENGINE = ReplacingMergeTree() PARTITION BY day ORDER BY (consumer, ts_ms, id)
 SETTINGS index_granularity = 8192"
         ),
@@ -127,7 +131,7 @@ ENGINE = ReplacingMergeTree(version) ORDER BY k"
 const COLUMNS: &str = "id, ts_ms, has_consumer, consumer, key_id, api, method, path, route, status, \
 latency_ms, upstream_latency_ms, request_bytes, response_bytes, client_ip, user_agent, session_id, \
 end_user, trace_id, outcome, plan, team, use_case, model, tokens_in, tokens_out, cost_usd, \
-close_code, call_hash";
+close_code, call_hash, tokens_cached, tokens_cache_write, tokens_reasoning, tls_fp";
 
 /// Events in ClickHouse. Cheap to clone.
 #[derive(Clone)]
@@ -312,6 +316,10 @@ fn row(e: &Event, node: &str, seq: u64) -> Value {
         "cost_usd": e.cost_usd,
         "close_code": e.close_code,
         "call_hash": e.call_hash,
+        "tokens_cached": e.tokens_cached,
+        "tokens_cache_write": e.tokens_cache_write,
+        "tokens_reasoning": e.tokens_reasoning,
+        "tls_fp": e.tls_fp,
     })
 }
 
@@ -392,6 +400,10 @@ fn event_of(m: &Map<String, Value>) -> Result<Event> {
         cost_usd: get_f64(m, "cost_usd"),
         close_code: get_u64(m, "close_code").and_then(|c| u16::try_from(c).ok()),
         call_hash: get_u64(m, "call_hash"),
+        tokens_cached: get_u64(m, "tokens_cached"),
+        tokens_cache_write: get_u64(m, "tokens_cache_write"),
+        tokens_reasoning: get_u64(m, "tokens_reasoning"),
+        tls_fp: opt_str(m, "tls_fp"),
     })
 }
 
