@@ -937,6 +937,43 @@ mod tests {
 
     crate::event_store_suite!(clickhouse_events, ClickHouseStore);
 
+    #[tokio::test]
+    async fn a_tail_reads_other_nodes_inserts_in_order_and_never_its_own() {
+        use crate::testsuite::{Backend, Fresh, event};
+        if !<ClickHouseStore as Backend>::available() {
+            return;
+        }
+        let fresh = Fresh::<ClickHouseStore>::new();
+        let store = fresh.store();
+        // Node a: two days in one shipment, so two inserts (1 and 2); node b: one.
+        let a = vec![
+            event("a1", "acme", 10, 200),
+            event("a2", "acme", DAY_MS + 10, 200),
+        ];
+        let (_, next) = store.append_from(a, "a", 1).await.unwrap();
+        assert_eq!(next, 3);
+        store
+            .append_from(vec![event("b1", "acme", 20, 200)], "b", 1)
+            .await
+            .unwrap();
+        let (rows, full) = store.tail("b", &BTreeMap::new(), 100).await.unwrap();
+        assert!(!full);
+        let seen: Vec<(String, u64, String)> = rows
+            .into_iter()
+            .map(|t| (t.node, t.seq, t.event.id))
+            .collect();
+        assert_eq!(
+            seen,
+            [("a".into(), 1, "a1".into()), ("a".into(), 2, "a2".into())]
+        );
+        let after = BTreeMap::from([("a".to_string(), 1)]);
+        let (rows, _) = store.tail("c", &after, 100).await.unwrap();
+        let ids: Vec<&str> = rows.iter().map(|t| t.event.id.as_str()).collect();
+        assert_eq!(ids, ["a2", "b1"], "after a's first insert, and all of b's");
+        let (rows, full) = store.tail("c", &BTreeMap::new(), 2).await.unwrap();
+        assert!(full && rows.len() == 2, "a full page says so");
+    }
+
     #[test]
     fn urls_name_the_database_and_refuse_what_they_cannot_carry() {
         let u = parse_url("http://127.0.0.1:8123").unwrap();

@@ -408,3 +408,82 @@ impl EventStore for SpooledLog {
         self.log.prune_rollups(tier, before_ms).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::testsuite::event;
+
+    fn dir() -> tempfile_dir::Dir {
+        tempfile_dir::Dir::new()
+    }
+
+    /// A folder removed when dropped (the crate has no tempfile dependency).
+    mod tempfile_dir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                let p = std::env::temp_dir().join(format!(
+                    "clientele-spool-{}",
+                    clientele_core::event::random_id128()
+                ));
+                Dir(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn a_spool_keeps_its_cursor_and_empties_once_everything_is_sent() {
+        let d = dir();
+        let spool = Spool::open(&d.0, 1 << 20).unwrap();
+        let batch: Vec<Event> = (0..10)
+            .map(|i| event(&format!("e{i}"), "acme", i, 200))
+            .collect();
+        assert!(spool.push(&batch).unwrap());
+        let (got, end) = spool.peek(4).unwrap();
+        assert_eq!(got, batch[..4]);
+        assert_eq!(spool.reserve(2).unwrap(), 1);
+        spool.commit(end, 4).unwrap();
+        drop(spool);
+        // Reopened: the cursor and the insert numbers survive; the rest is still waiting.
+        let spool = Spool::open(&d.0, 1 << 20).unwrap();
+        assert_eq!(spool.stats.pending.load(Ordering::Relaxed), 6);
+        let (got, end) = spool.peek(100).unwrap();
+        assert_eq!(got, batch[4..]);
+        assert_eq!(spool.reserve(1).unwrap(), 3, "numbers are never reused");
+        spool.commit(end, 6).unwrap();
+        assert_eq!(std::fs::metadata(d.0.join("spool")).unwrap().len(), 0);
+        assert!(spool.peek(100).unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn a_torn_last_frame_is_cut_and_a_full_spool_drops_and_counts() {
+        let d = dir();
+        let spool = Spool::open(&d.0, 1 << 20).unwrap();
+        spool
+            .push(&[event("a", "acme", 1, 200), event("b", "acme", 2, 200)])
+            .unwrap();
+        drop(spool);
+        // A crash in the middle of a write leaves half a frame at the end.
+        let path = d.0.join("spool");
+        let len = std::fs::metadata(&path).unwrap().len();
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len - 5).unwrap();
+        let spool = Spool::open(&d.0, 400).unwrap();
+        assert_eq!(spool.peek(10).unwrap().0, [event("a", "acme", 1, 200)]);
+        // Past the bound, a batch is refused whole and counted.
+        let big: Vec<Event> = (0..10)
+            .map(|i| event(&format!("x{i}"), "acme", i, 200))
+            .collect();
+        assert!(!spool.push(&big).unwrap());
+        assert_eq!(spool.stats.dropped.load(Ordering::Relaxed), 10);
+        assert_eq!(spool.peek(10).unwrap().0.len(), 1);
+    }
+}
