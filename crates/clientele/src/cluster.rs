@@ -277,3 +277,42 @@ async fn tail_once(
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn asking_for_clickhouse_is_an_error_not_a_panic_when_it_cannot_be_had() {
+        let dir = std::env::temp_dir().join(format!(
+            "clientele-cluster-{}",
+            clientele_core::event::random_id128()
+        ));
+        let sqlite = clientele_store::SqliteStore::open(&dir).unwrap();
+        let log = EventLog::open(&dir.join("events"), sqlite).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let storage = StorageConfig {
+            backend: StorageBackend::Clickhouse,
+            clickhouse_url: Some(format!("http://127.0.0.1:{port}")),
+            ..StorageConfig::default()
+        };
+        let err = open(&storage, &dir, log).await.err().unwrap().to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        if cfg!(feature = "clickhouse") {
+            assert!(
+                err.contains(&format!(
+                    "cannot reach ClickHouse at 127.0.0.1:{port}/clientele"
+                )),
+                "{err}"
+            );
+        } else {
+            assert!(err.contains("--features postgres,clickhouse"), "{err}");
+        }
+    }
+}
