@@ -15,6 +15,8 @@ command -v python3 >/dev/null || need+=(python3 python3-venv)  # exports test: O
 # The PostgreSQL control plane: the store suite and the two-node e2e start their own server
 # (initdb + pg_ctl from Debian's package, a temporary folder, a free port).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+# The ClickHouse event store's tests start a real server the same way (Debian's 18.16 package).
+command -v clickhouse-server >/dev/null || [ -x /usr/sbin/clickhouse-server ] || need+=(clickhouse-server)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -55,8 +57,9 @@ if ! [ -x "$st_venv/bin/schemathesis" ]; then
   "$st_venv/bin/python" -m pip install -q schemathesis
 fi
 
-# `postgres`: the PostgreSQL control plane, off in the default build, always built and tested here.
-cargo test --workspace --all-targets --features clientele/postgres,clientele-store/postgres "$@"
+# `postgres`: the PostgreSQL control plane; `clickhouse`: events in ClickHouse. Both off in the
+# default build, always built and tested here.
+cargo test --workspace --all-targets --features clientele/postgres,clientele-store/postgres,clientele/clickhouse,clientele-store/clickhouse "$@"
 
 # The admin API under schemathesis, on the debug binary the e2e tests just built: 0 server
 # errors, 0 response schema violations, within a bounded time (MAX_TIME, 90 s by default).

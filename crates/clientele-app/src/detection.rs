@@ -7,7 +7,18 @@ use std::time::Duration;
 
 use crate::findings::FindingsService;
 use clientele_analytics::HOUR_MS;
-use clientele_store::Change;
+use clientele_store::{Change, ControlStore};
+
+/// Nodes that share their events (every node sees the whole cluster's traffic) evaluate once
+/// per interval for the cluster: the node holding this lease in the shared control store.
+pub struct Lease {
+    pub control: Arc<dyn ControlStore>,
+    /// This node's name.
+    pub holder: String,
+}
+
+/// The lease's name in the control store.
+pub const DETECTION_LEASE: &str = "detection";
 
 /// How often findings past their retention are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -17,6 +28,7 @@ pub async fn run_periodic(
     interval: Duration,
     lookback_hours: u32,
     retention_days: u32,
+    lease: Option<Lease>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -39,6 +51,25 @@ pub async fn run_periodic(
         tokio::select! {
             () = &mut shutdown => return,
             _ = ticks.tick() => {}
+        }
+        if let Some(lease) = &lease {
+            // Held for two intervals and renewed every one: a node that stops is replaced
+            // after at most two, and two holders never overlap (the store's clock decides).
+            let ttl_ms = i64::try_from(interval.as_millis() * 2).unwrap_or(i64::MAX);
+            match lease
+                .control
+                .try_lease(DETECTION_LEASE, &lease.holder, ttl_ms)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    // Without the lease another node may be evaluating: skipping never alerts
+                    // twice, and findings could not be stored now anyway.
+                    tracing::warn!(error = %e, "cannot take the detection lease; skipping this evaluation");
+                    continue;
+                }
+            }
         }
         prune(&findings, retention_days, &mut last_prune).await;
         let now = clientele_core::time::now_ms();

@@ -125,6 +125,14 @@ impl Pipeline {
         self.fold_with(events, true).await;
     }
 
+    /// Folds events another node stored (and this node's log has just taken as new) into every
+    /// observer, as if they had arrived here, without storing or exporting them: each node's
+    /// rollups, contracts and detectors then see the whole cluster's traffic (`backend =
+    /// "clickhouse"`), while each node's exporters report its own.
+    pub async fn observe_stored(&self, events: Vec<Event>) {
+        self.fold(events).await;
+    }
+
     async fn fold(&self, events: Vec<Event>) -> Vec<Event> {
         self.fold_with(events, false).await
     }

@@ -197,6 +197,9 @@ pub struct StorageConfig {
     pub postgres_url: Option<String>,
     /// `http://host:8123`, ClickHouse's HTTP interface (with `backend = "clickhouse"`).
     pub clickhouse_url: Option<String>,
+    /// The bound of the local spool of events waiting for ClickHouse (default 1024 MiB):
+    /// what an outage can hold before new events stay in this node's log only (counted).
+    pub clickhouse_spool_mib: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -227,6 +230,7 @@ impl Default for StorageConfig {
             backend: StorageBackend::Sqlite,
             postgres_url: None,
             clickhouse_url: None,
+            clickhouse_spool_mib: None,
         }
     }
 }

@@ -14,6 +14,8 @@ use clientele_core::event::Event;
 use clientele_core::keys::{KeyEntry, QuotaUsage};
 
 pub mod buckets;
+#[cfg(feature = "clickhouse")]
+pub mod clickhouse;
 pub mod findings;
 pub mod log;
 #[cfg(feature = "postgres")]
@@ -23,6 +25,8 @@ pub mod sqlite;
 pub mod testsuite;
 
 pub use buckets::{BucketFile, BucketRow, BucketSave};
+#[cfg(feature = "clickhouse")]
+pub use clickhouse::ClickHouseStore;
 pub use findings::{Change, Delivery, DeliveryQuery, FindingQuery, FindingStore, Upserted};
 pub use log::EventLog;
 #[cfg(feature = "postgres")]

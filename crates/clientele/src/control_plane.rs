@@ -15,10 +15,8 @@ pub type ControlPlane = (Arc<dyn ControlStore>, Arc<dyn FindingStore>);
 pub async fn open(storage: &StorageConfig, sqlite: &SqliteStore) -> Result<ControlPlane> {
     match storage.backend {
         StorageBackend::Sqlite => Ok((Arc::new(sqlite.clone()), Arc::new(sqlite.clone()))),
-        StorageBackend::Postgres => postgres(storage).await,
-        StorageBackend::Clickhouse => bail!(
-            "storage.backend = \"clickhouse\": events in ClickHouse are not in this release yet; use backend = \"postgres\" (the control plane in PostgreSQL, events in each node's own log)"
-        ),
+        // With ClickHouse for events, the control plane is PostgreSQL too.
+        StorageBackend::Postgres | StorageBackend::Clickhouse => postgres(storage).await,
     }
 }
 
@@ -64,11 +62,14 @@ async fn migrate_postgres(storage: &StorageConfig) -> Result<String> {
 async fn postgres(storage: &StorageConfig) -> Result<ControlPlane> {
     let Some(url) = storage.postgres_url.as_deref() else {
         // The config's validation refuses this; kept as an error, not a panic.
-        bail!("storage.postgres_url: required with backend = \"postgres\"");
+        bail!(
+            "storage.postgres_url: required with backend = \"{}\"",
+            storage.backend.as_str()
+        );
     };
     let store = clientele_store::PostgresStore::connect(url)
         .await
-        .map_err(|e| anyhow::anyhow!("storage.backend = \"postgres\": {e}"))?;
+        .map_err(|e| anyhow::anyhow!("storage.backend = \"{}\": {e}", storage.backend.as_str()))?;
     tracing::info!(place = store.place(), "control plane on PostgreSQL");
     Ok((Arc::new(store.clone()), Arc::new(store)))
 }

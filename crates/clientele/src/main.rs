@@ -38,6 +38,7 @@ fn purge_freed_pages_at_once() {
 
 mod cli;
 mod client;
+mod cluster;
 mod consumers_import;
 mod contract;
 mod control_plane;

@@ -17,7 +17,7 @@ use clientele_core::keys::{KeyHasher, KeyIndex};
 use clientele_core::pipeline::{EventSink, PipelineStats};
 use clientele_gateway::limiter::Limiter;
 use clientele_gateway::{Gateway, GatewayOptions, ServeSettings, TlsFiles};
-use clientele_store::{ControlStore, EventLog, EventStore, SqliteStore};
+use clientele_store::{ControlStore, EventLog, SqliteStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -97,7 +97,13 @@ pub async fn start(config: Config) -> Result<Running> {
         .event_dir
         .clone()
         .unwrap_or_else(|| data_dir.clone());
-    let events: Arc<dyn EventStore> = Arc::new(open_event_log(&event_dir, store).await?);
+    let log = open_event_log(&event_dir, store).await?;
+    // With `backend = "clickhouse"`: a spool for ClickHouse before the log (crate::cluster).
+    let crate::cluster::Events {
+        store: events,
+        cluster,
+    } = crate::cluster::open(&config.storage, &event_dir, log).await?;
+    let node = cluster.as_ref().and_then(crate::cluster::Cluster::node);
     let keys = Arc::new(KeyIndex::with_plans(
         KeyHasher::new(control.key_secret()),
         config.plans.clone(),
@@ -307,8 +313,22 @@ pub async fn start(config: Config) -> Result<Running> {
         Duration::from_secs(config.detection.interval_secs),
         config.detection.lookback_hours,
         config.analytics.day_retention_days,
+        // Every node sees every event with ClickHouse: one evaluates for the cluster.
+        node.map(|holder| clientele_app::detection::Lease {
+            control: control.clone(),
+            holder,
+        }),
         wait_for(shutdown_rx.clone()),
     )));
+    if let Some(cluster) = cluster {
+        tasks.extend(crate::cluster::start(
+            cluster,
+            pipeline.clone(),
+            &exporters,
+            config.storage.raw_event_retention_days,
+            shutdown_rx.clone(),
+        )?);
+    }
 
     let plans: BTreeSet<String> = config.plans.keys().cloned().collect();
     let state = AppState {

@@ -5,6 +5,8 @@
 
 mod analytics;
 mod budgets;
+#[cfg(all(feature = "postgres", feature = "clickhouse"))]
+mod clickhouse;
 mod consumers_import;
 mod contract;
 mod durability;
