@@ -173,6 +173,11 @@ pub struct FeatureDayOut {
     /// The most countries within one hour of the day.
     pub max_countries_per_hour: u32,
     pub user_agents: u32,
+    /// Distinct TLS clients (ClientHello fingerprints, where the gateway terminates TLS; 0
+    /// otherwise).
+    pub tls_clients: u32,
+    /// The most TLS clients within one hour of the day.
+    pub max_tls_clients_per_hour: u32,
     pub sessions: u32,
     pub end_users: u32,
     /// Distinct ids called on item routes.
@@ -218,6 +223,8 @@ pub fn consumer_features(state: &AppState, id: &str) -> Option<ConsumerFeatures>
                 countries: d.countries.codes().collect(),
                 max_countries_per_hour: d.max_countries_per_hour,
                 user_agents: d.user_agents,
+                tls_clients: d.tls_clients,
+                max_tls_clients_per_hour: d.max_tls_clients_per_hour,
                 sessions: d.sessions,
                 end_users: d.end_users,
                 distinct_ids: d.distinct_ids,

@@ -90,8 +90,8 @@ fn ratio(a: u64, b: u64) -> f64 {
 /// `N` distinct ones, and whether more were seen. Serialised as the list of codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Countries<const N: usize> {
-    codes: [u16; N],
-    len: u8,
+    pub(crate) codes: [u16; N],
+    pub(crate) len: u8,
     /// More than `N` distinct countries were seen.
     pub overflow: bool,
 }
@@ -153,38 +153,41 @@ impl<const N: usize> Serialize for Countries<N> {
 }
 
 /// One consumer-hour.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct HourFeatures {
     /// Hour number (`ms / HOUR_MS`).
     pub hour: i64,
     pub counts: Counts,
     pub networks: Hll<64>,
+    /// Distinct TLS clients (`Event::tls_fp`: set where the gateway terminates TLS).
+    pub tls_clients: Hll<64>,
     /// Countries of the hour's client addresses (with `governance.ip_table` only).
     pub countries: Countries<4>,
     /// The most calls seen in one second of the hour: a lower bound of concurrency.
     pub max_per_second: u32,
-    second: i64,
-    in_second: u32,
+    pub(crate) second: i64,
+    pub(crate) in_second: u32,
 }
 
 /// One consumer-day still taking events, with full sketches.
-#[derive(Debug, Clone)]
-struct OpenDay {
-    day: i64,
-    counts: Counts,
-    hour_requests: [u32; 24],
-    networks: Hll<256>,
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct OpenDay {
+    pub(crate) day: i64,
+    pub(crate) counts: Counts,
+    pub(crate) hour_requests: [u32; 24],
+    pub(crate) networks: Hll<256>,
     /// Autonomous systems and countries (with `governance.ip_table` only).
-    asns: Hll<64>,
-    countries: Countries<16>,
-    max_countries_per_hour: u32,
-    user_agents: Hll<128>,
-    sessions: Hll<256>,
-    end_users: Hll<256>,
-    ids: Hll<256>,
-    id_min: u64,
-    id_max: u64,
-    max_per_second: u32,
+    pub(crate) asns: Hll<64>,
+    pub(crate) countries: Countries<16>,
+    pub(crate) max_countries_per_hour: u32,
+    pub(crate) user_agents: Hll<128>,
+    pub(crate) tls_clients: Hll<128>,
+    pub(crate) sessions: Hll<256>,
+    pub(crate) end_users: Hll<256>,
+    pub(crate) ids: Hll<256>,
+    pub(crate) id_min: u64,
+    pub(crate) id_max: u64,
+    pub(crate) max_per_second: u32,
 }
 
 /// One consumer-day as numbers: what judging and the risk score read.
@@ -205,6 +208,11 @@ pub struct DaySummary {
     /// three countries in the same hour, a key shared across the world is.
     pub max_countries_per_hour: u32,
     pub user_agents: u32,
+    /// Distinct TLS clients (fingerprints of the ClientHello, see `Event::tls_fp`; 0 for
+    /// traffic that did not come over TLS terminated by the gateway).
+    pub tls_clients: u32,
+    /// The most TLS clients within one hour of the day (of the hours kept, the last 48).
+    pub max_tls_clients_per_hour: u32,
     pub sessions: u32,
     pub end_users: u32,
     /// Distinct item ids called.
@@ -250,6 +258,7 @@ impl OpenDay {
             countries: Countries::default(),
             max_countries_per_hour: 0,
             user_agents: Hll::default(),
+            tls_clients: Hll::default(),
             sessions: Hll::default(),
             end_users: Hll::default(),
             ids: Hll::default(),
@@ -259,8 +268,15 @@ impl OpenDay {
         }
     }
 
-    fn summary(&self) -> DaySummary {
+    /// The day as numbers; `hours` (the consumer's hours kept) give the per-hour maxima.
+    fn summary(&self, hours: &VecDeque<HourFeatures>) -> DaySummary {
         let numeric = self.id_min <= self.id_max;
+        let max_tls_clients_per_hour = hours
+            .iter()
+            .filter(|h| h.hour.div_euclid(24) == self.day && !h.tls_clients.is_empty())
+            .map(|h| h.tls_clients.count())
+            .max()
+            .unwrap_or(0);
         DaySummary {
             day: self.day,
             counts: self.counts,
@@ -270,6 +286,8 @@ impl OpenDay {
             countries: self.countries,
             max_countries_per_hour: self.max_countries_per_hour,
             user_agents: self.user_agents.count(),
+            tls_clients: self.tls_clients.count(),
+            max_tls_clients_per_hour,
             sessions: self.sessions.count(),
             end_users: self.end_users.count(),
             distinct_ids: self.ids.count(),
@@ -281,16 +299,18 @@ impl OpenDay {
 }
 
 /// Everything kept about one consumer.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ConsumerFeatures {
     /// The plan the latest event named (the control plane's answer is preferred when judging).
     pub plan: Option<Arc<str>>,
-    hours: VecDeque<HourFeatures>,
-    open: Vec<OpenDay>,
-    sealed: VecDeque<DaySummary>,
-    cursors: [(u64, u64); ROUTE_CURSORS],
-    next_cursor: usize,
-    last_ts: Option<i64>,
+    pub(crate) hours: VecDeque<HourFeatures>,
+    pub(crate) open: Vec<OpenDay>,
+    pub(crate) sealed: VecDeque<DaySummary>,
+    pub(crate) cursors: [(u64, u64); ROUTE_CURSORS],
+    pub(crate) next_cursor: usize,
+    pub(crate) last_ts: Option<i64>,
+    /// Changed since it was last handed to persistence (not itself persisted).
+    pub(crate) dirty: bool,
 }
 
 /// What one event contributes, extracted once.
@@ -298,6 +318,8 @@ struct Extract {
     network: Option<u64>,
     owner: Option<Owner>,
     item: Option<ItemId>,
+    /// The hash of the TLS client fingerprint.
+    tls: Option<u64>,
 }
 
 struct ItemId {
@@ -326,6 +348,9 @@ impl ConsumerFeatures {
             add_counts(&mut h.counts, e, x, None, step);
             if let Some(n) = x.network {
                 h.networks.insert(n);
+            }
+            if let Some(t) = x.tls {
+                h.tls_clients.insert(t);
             }
             if let Some(o) = x.owner {
                 h.countries.insert(o.country);
@@ -440,7 +465,8 @@ impl ConsumerFeatures {
                 .min_by_key(|(_, d)| d.day)
                 .map(|(i, _)| i)?;
             let d = self.open.swap_remove(oldest);
-            self.seal(d.summary());
+            let summary = d.summary(&self.hours);
+            self.seal(summary);
         }
         self.open.iter_mut().find(|d| d.day == day)
     }
@@ -456,7 +482,7 @@ impl ConsumerFeatures {
     /// Every day kept, oldest first, open ones estimated now.
     pub fn days(&self) -> Vec<DaySummary> {
         let mut out: Vec<DaySummary> = self.sealed.iter().cloned().collect();
-        out.extend(self.open.iter().map(OpenDay::summary));
+        out.extend(self.open.iter().map(|d| d.summary(&self.hours)));
         out.sort_by_key(|d| d.day);
         out
     }
@@ -517,6 +543,9 @@ fn add_sketches(d: &mut OpenDay, e: &Event, x: &Extract) {
     }
     if let Some(ua) = e.user_agent.as_deref().filter(|v| !v.is_empty()) {
         d.user_agents.insert(hash_bytes(ua.as_bytes()));
+    }
+    if let Some(t) = x.tls {
+        d.tls_clients.insert(t);
     }
     if let Some(item) = &x.item {
         d.ids.insert(item.hash);
@@ -604,7 +633,7 @@ pub type BlockHook = Box<dyn Fn(&[(String, PolicyRule)]) + Send + Sync>;
 /// The feature store, shared by the pipeline (writer) and the evaluation (reader).
 #[derive(Default)]
 pub struct FeatureStore {
-    inner: RwLock<Inner>,
+    pub(crate) inner: RwLock<Inner>,
     /// Owners of addresses (`governance.ip_table`), when configured.
     ip_table: Option<Arc<IpTable>>,
     blocks: RwLock<Option<BlockHook>>,
@@ -619,10 +648,16 @@ impl std::fmt::Debug for FeatureStore {
 }
 
 #[derive(Debug, Default)]
-struct Inner {
-    consumers: HashMap<Arc<str>, ConsumerFeatures>,
+pub(crate) struct Inner {
+    pub(crate) consumers: HashMap<Arc<str>, ConsumerFeatures>,
     /// All attributed calls per day, for each consumer's share of traffic.
-    totals: VecDeque<(i64, u64)>,
+    pub(crate) totals: VecDeque<(i64, u64)>,
+    /// Every event folded per day, attributed or not: what start-up compares with the event
+    /// log's own count of the day to know whether the persisted state holds all of it.
+    pub(crate) folded: VecDeque<(i64, u64)>,
+    /// Set by a start-up load ([`FeatureStore::load`]): replayed events before this time are
+    /// already in the loaded state and are skipped.
+    pub(crate) replay_from: Option<i64>,
 }
 
 impl FeatureStore {
@@ -644,6 +679,7 @@ impl FeatureStore {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         let inner = &mut *inner;
         for e in events {
+            add_total(&mut inner.folded, e.ts_ms.div_euclid(DAY_MS));
             let Some(consumer) = e.consumer.as_deref() else {
                 continue;
             };
@@ -652,6 +688,11 @@ impl FeatureStore {
                 network: ip.map(|ip| mix(network(ip))),
                 owner: ip.and_then(|ip| self.ip_table.as_ref()?.lookup(ip)),
                 item: item_of(&e.route, &e.path),
+                tls: e
+                    .tls_fp
+                    .as_deref()
+                    .filter(|v| !v.is_empty())
+                    .map(|v| hash_bytes(v.as_bytes())),
             };
             let entry = match inner.consumers.get_mut(consumer) {
                 Some(c) => c,
@@ -663,6 +704,7 @@ impl FeatureStore {
                 }
             }
             entry.observe(e, &x);
+            entry.dirty = true;
             add_total(&mut inner.totals, e.ts_ms.div_euclid(DAY_MS));
         }
     }
@@ -761,7 +803,7 @@ impl ConsumerSource for Inner {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn event(consumer: &str, ts_ms: i64, path: &str, route: &str) -> Event {
