@@ -442,6 +442,7 @@ mod tests {
         assert_eq!(a_again, a);
         assert_eq!(b[1].as_ref(), Some(&fp_b));
         assert_ne!(fp_a, fp_b);
+        eprintln!("TLS 1.3 + ALPN http/1.1: {fp_a}\nTLS 1.2, two suites, no ALPN: {fp_b}");
         // The readable part: TLS 1.3 with SNI, HTTP/1.1 by ALPN; TLS 1.2 without ALPN.
         assert!(fp_a.starts_with("t13d") && fp_a[6..8] == *"h1", "{fp_a}");
         assert!(fp_b.starts_with("t12d") && fp_b[6..8] == *"00", "{fp_b}");
