@@ -356,7 +356,10 @@ impl Reader<'_> {
     }
 }
 
-fn days_list(w: &mut Writer, days: &VecDeque<(i64, u64)>) {
+/// (day number, count) per day, oldest first.
+type PerDay = VecDeque<(i64, u64)>;
+
+fn days_list(w: &mut Writer, days: &PerDay) {
     w.len(days.len());
     for (d, n) in days {
         w.i64(*d);
@@ -364,7 +367,7 @@ fn days_list(w: &mut Writer, days: &VecDeque<(i64, u64)>) {
     }
 }
 
-fn read_days_list(r: &mut Reader<'_>) -> Decoded<VecDeque<(i64, u64)>> {
+fn read_days_list(r: &mut Reader<'_>) -> Decoded<PerDay> {
     let n = r.len(16)?;
     (0..n).map(|_| Ok((r.i64()?, r.u64()?))).collect()
 }
@@ -377,7 +380,7 @@ fn encode_meta(inner: &Inner) -> Vec<u8> {
     w.0
 }
 
-fn decode_meta(blob: &[u8]) -> Decoded<(VecDeque<(i64, u64)>, VecDeque<(i64, u64)>)> {
+fn decode_meta(blob: &[u8]) -> Decoded<(PerDay, PerDay)> {
     let mut r = Reader(blob);
     let version = r.u8()?;
     if version != FORMAT {
