@@ -581,48 +581,95 @@ fn parse_ip(ip: &str) -> Option<std::net::IpAddr> {
     }
 }
 
+/// Dotted-quad IPv4 in one pass over the bytes: `str::split` and `str::parse` were two fifths
+/// of the per-event cost (callgrind). Parts of up to three digits (leading zeros allowed) and
+/// at most 255; anything else is not dotted-quad.
 fn ipv4(ip: &str) -> Option<u32> {
-    let mut out: u32 = 0;
-    let mut parts = 0;
-    for part in ip.split('.') {
-        if part.is_empty() || part.len() > 3 || !part.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let v: u32 = part.parse().ok()?;
-        if v > 255 {
-            return None;
-        }
-        parts += 1;
-        out = (out << 8) | v;
+    let b = ip.as_bytes();
+    if !(7..=15).contains(&b.len()) {
+        return None;
     }
-    (parts == 4).then_some(out)
+    let (mut out, mut part, mut digits, mut dots) = (0u32, 0u32, 0u32, 0u32);
+    for &c in b {
+        if c.is_ascii_digit() {
+            part = part * 10 + u32::from(c - b'0');
+            digits += 1;
+            if digits > 3 {
+                return None;
+            }
+        } else if c == b'.' {
+            if digits == 0 || part > 255 || dots == 3 {
+                return None;
+            }
+            out = (out << 8) | part;
+            (part, digits) = (0, 0);
+            dots += 1;
+        } else {
+            return None;
+        }
+    }
+    (dots == 3 && digits > 0 && part <= 255).then_some((out << 8) | part)
+}
+
+/// A decimal u64 of ASCII digits only (no sign), or `None`.
+fn decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 20 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &c in v {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+    }
+    Some(n)
 }
 
 /// The item id of a call on an item route: the path segment where the template has its first
 /// parameter. Templates are relative to the API, paths may carry its prefix, so the two are
 /// aligned from the end.
 fn item_of(route: &str, path: &str) -> Option<ItemId> {
-    // Runs for every event: no allocation, one pass over each string from the end.
-    let param = route.find('{')?;
-    let path = match path.as_bytes().iter().position(|&b| b == b'?') {
-        Some(q) => &path[..q],
-        None => path,
-    };
-    let path = path.trim_end_matches('/');
-    let route_t = route.trim_end_matches('/');
-    // Segments after the parameter's segment, counted in the template...
-    let after = route_t[param..].bytes().filter(|&b| b == b'/').count();
-    // ...are skipped from the end of the path, whose next segment is the value.
-    let mut segments = path.rsplit('/');
-    for _ in 0..after {
-        segments.next()?;
+    // Runs for every event: no allocation, byte scans from the end (memrchr) rather than
+    // `str::rsplit`, whose char searcher showed in the profile.
+    let route_b = route.as_bytes();
+    let param = route_b.iter().position(|&b| b == b'{')?;
+    let mut path = path.as_bytes();
+    if let Some(q) = path.iter().position(|&b| b == b'?') {
+        path = &path[..q];
     }
-    let value = segments.next().filter(|v| !v.is_empty())?;
-    let route_hash = hash_bytes(route.as_bytes());
+    while let [rest @ .., b'/'] = path {
+        path = rest;
+    }
+    let mut route_t = route_b;
+    while let [rest @ .., b'/'] = route_t {
+        route_t = rest;
+    }
+    // Segments after the parameter's segment, counted in the template...
+    let after = route_t
+        .get(param..)
+        .unwrap_or_default()
+        .iter()
+        .filter(|&&b| b == b'/')
+        .count();
+    // ...are skipped from the end of the path, whose next segment is the value.
+    let mut end = path.len();
+    for _ in 0..after {
+        end = path[..end].iter().rposition(|&b| b == b'/')?;
+    }
+    let start = path[..end]
+        .iter()
+        .rposition(|&b| b == b'/')
+        .map_or(0, |i| i + 1);
+    let value = &path[start..end];
+    if value.is_empty() {
+        return None;
+    }
+    let route_hash = hash_bytes(route_b);
     Some(ItemId {
         route: route_hash,
-        hash: mix(hash_bytes(value.as_bytes()) ^ route_hash),
-        numeric: value.parse::<u64>().ok(),
+        hash: mix(hash_bytes(value) ^ route_hash),
+        numeric: decimal(value),
     })
 }
 
@@ -857,12 +904,56 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn dotted_quads_parse_by_hand_as_the_standard_parser_does() {
+        for ip in ["10.1.2.3", "0.0.0.0", "255.255.255.255", "1.22.133.4"] {
+            let std: std::net::Ipv4Addr = ip.parse().unwrap();
+            assert_eq!(ipv4(ip), Some(u32::from(std)), "{ip}");
+        }
+        let padded = std::net::Ipv4Addr::new(192, 168, 1, 10);
+        assert_eq!(ipv4("192.168.001.010"), Some(u32::from(padded)));
+        for ip in [
+            "256.1.1.1",
+            "1.2.3",
+            "1.2.3.4.5",
+            "1..2.3",
+            ".1.2.3",
+            "1.2.3.",
+            "1.2.3.4a",
+            "1234.1.1.1",
+            "",
+            "::1",
+        ] {
+            assert_eq!(ipv4(ip), None, "{ip}");
+        }
+        assert_eq!(network_of("2001:db8::1"), network_of("2001:db8:0:1::1"));
+    }
+
+    #[test]
     fn items_align_templates_with_prefixed_paths() {
         let i = item_of("/items/{id}", "/shop/items/42").unwrap();
         assert_eq!(i.numeric, Some(42));
         assert!(item_of("/items", "/items").is_none());
         assert_eq!(
             item_of("/items/{id}", "/items/ab-12").unwrap().numeric,
+            None
+        );
+        // Trailing slashes and queries; segments after the parameter; a bare value.
+        assert_eq!(
+            item_of("/items/{id}/", "/items/7/?x=1").unwrap().numeric,
+            Some(7)
+        );
+        assert_eq!(
+            item_of("/users/{id}/orders", "/api/users/99/orders")
+                .unwrap()
+                .numeric,
+            Some(99)
+        );
+        assert!(item_of("/users/{id}/orders", "orders").is_none());
+        assert_eq!(item_of("{id}", "5").unwrap().numeric, Some(5));
+        assert_eq!(
+            item_of("/items/{id}", "/items/99999999999999999999999")
+                .unwrap()
+                .numeric,
             None
         );
     }
