@@ -1,6 +1,6 @@
 //! The governance features on disk: loaded from `rollups.db` at start-up so that the replay
-//! brings only the days not complete there, saved every minute and once more at a graceful
-//! stop (see `clientele_governance::persist`).
+//! brings only the days not complete there, saved every 10 minutes and once more at a
+//! graceful stop (see `clientele_governance::persist`).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -11,8 +11,10 @@ use clientele_governance::FeatureStore;
 use clientele_governance::persist::Loaded;
 use clientele_store::{BucketFile, EventStore, StoreError};
 
-/// How often the changed consumers are written.
-const SAVE_EVERY: Duration = Duration::from_secs(60);
+/// How often the changed consumers are written. Start-up trusts whole days, so what a crash
+/// costs is today's replay whatever the interval; saves between only matter for the days
+/// that closed since the last one (yesterday, in the first minutes after midnight UTC).
+const SAVE_EVERY: Duration = Duration::from_secs(600);
 
 /// Loads the saved features before the start-up replay ([`crate::rollups::restore_persisted`]),
 /// which then brings only the days they do not hold. A saved state that does not read is
@@ -49,17 +51,13 @@ pub async fn restore(
 }
 
 /// Writes the consumers changed since the last save. Blocking: call it on the blocking pool.
-/// On failure they are marked changed again, so the next save writes them.
+/// A failed write loses nothing: the next save again holds every change since the last one
+/// written.
 pub fn save(features: &FeatureStore, file: &BucketFile) -> Result<usize, StoreError> {
     let changes = features.take_changes();
-    match file.save_features(&changes.consumers, &changes.meta) {
-        Ok(()) => Ok(changes.consumers.len()),
-        Err(e) => {
-            let names: Vec<String> = changes.consumers.into_iter().map(|(c, _)| c).collect();
-            features.mark_unsaved(&names);
-            Err(e)
-        }
-    }
+    file.save_features(&changes.consumers, &changes.meta)?;
+    features.saved(changes.change);
+    Ok(changes.consumers.len())
 }
 
 /// Saves every [`SAVE_EVERY`] until `shutdown`. The last save of a graceful stop is the
@@ -79,7 +77,7 @@ pub async fn maintain(
         match tokio::task::spawn_blocking(move || save(&f, &b)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "saving governance features failed; retried in a minute")
+                tracing::warn!(error = %e, "saving governance features failed; retried at the next save")
             }
             Err(e) => tracing::warn!(error = %e, "saving governance features failed"),
         }

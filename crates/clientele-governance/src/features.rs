@@ -309,8 +309,9 @@ pub struct ConsumerFeatures {
     pub(crate) cursors: [(u64, u64); ROUTE_CURSORS],
     pub(crate) next_cursor: usize,
     pub(crate) last_ts: Option<i64>,
-    /// Changed since it was last handed to persistence (not itself persisted).
-    pub(crate) dirty: bool,
+    /// The store's change number when this consumer last changed (not persisted): saved when
+    /// above the last saved one.
+    pub(crate) changed: u64,
 }
 
 /// What one event contributes, extracted once.
@@ -686,6 +687,8 @@ pub struct FeatureStore {
     blocks: RwLock<Option<BlockHook>>,
     /// The latest block list, for the dashboard.
     blocked: RwLock<Vec<(String, PolicyRule)>>,
+    /// The change number the last successful save held (see [`crate::persist`]).
+    pub(crate) saved_change: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for FeatureStore {
@@ -705,6 +708,8 @@ pub(crate) struct Inner {
     /// Set by a start-up load ([`FeatureStore::load`]): replayed events before this time are
     /// already in the loaded state and are skipped.
     pub(crate) replay_from: Option<i64>,
+    /// Bumped by every `observe`: what saves compare consumers' `changed` with.
+    pub(crate) change: u64,
 }
 
 impl FeatureStore {
@@ -725,6 +730,8 @@ impl FeatureStore {
     pub fn observe(&self, events: &[Event]) {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         let inner = &mut *inner;
+        inner.change += 1;
+        let change = inner.change;
         for e in events {
             add_total(&mut inner.folded, e.ts_ms.div_euclid(DAY_MS));
             let Some(consumer) = e.consumer.as_deref() else {
@@ -751,7 +758,7 @@ impl FeatureStore {
                 }
             }
             entry.observe(e, &x);
-            entry.dirty = true;
+            entry.changed = change;
             add_total(&mut inner.totals, e.ts_ms.div_euclid(DAY_MS));
         }
     }

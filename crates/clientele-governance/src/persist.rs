@@ -1,7 +1,7 @@
 //! Persisting the feature store, so that start-up does not replay raw events for governance.
 //!
-//! Each save hands over the consumers changed since the previous one ([`FeatureStore::take_changes`]:
-//! cloned under the lock, encoded outside it) and the store-wide state: the calls per day and,
+//! Each save hands over the consumers changed since the last one written
+//! ([`FeatureStore::take_changes`], encoded under the read lock) and the store-wide state: the calls per day and,
 //! for every day, the number of events folded in. The caller writes them in one transaction
 //! (`rollups.db` in the binary). At start-up [`FeatureStore::load`] compares each day's folded
 //! count with the event log's own count of the day: days whose events are all in the saved
@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use clientele_core::event::Event;
 
@@ -35,6 +36,8 @@ pub struct FeatureSave {
     pub consumers: Vec<(String, Vec<u8>)>,
     /// The store-wide state (calls and folded events per day), replacing the previous one.
     pub meta: Vec<u8>,
+    /// The store's change number the save holds.
+    pub change: u64,
 }
 
 /// What a load did.
@@ -46,40 +49,28 @@ pub struct Loaded {
 }
 
 impl FeatureStore {
-    /// The consumers changed since the previous call and the store-wide state. Copies under
-    /// the lock (the pipeline waits for it), encodes after. If writing them fails, hand the
-    /// names back to [`FeatureStore::mark_unsaved`].
+    /// The consumers changed since the last save and the store-wide state, encoded under the
+    /// read lock (the pipeline waits for it; nothing is copied whole). Once written, hand
+    /// [`FeatureSave::change`] to [`FeatureStore::saved`]; a failed write is simply retried
+    /// by the next save, which again holds everything changed since the last success.
     pub fn take_changes(&self) -> FeatureSave {
-        let (changed, meta) = {
-            let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-            let changed: Vec<(Arc<str>, ConsumerFeatures)> = inner
-                .consumers
-                .iter_mut()
-                .filter(|(_, c)| c.dirty)
-                .map(|(k, c)| {
-                    c.dirty = false;
-                    (k.clone(), c.clone())
-                })
-                .collect();
-            (changed, encode_meta(&inner))
-        };
+        let since = self.saved_change.load(Ordering::Acquire);
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
         FeatureSave {
-            consumers: changed
-                .into_iter()
-                .map(|(k, c)| (k.to_string(), encode_consumer(&c)))
+            consumers: inner
+                .consumers
+                .iter()
+                .filter(|(_, c)| c.changed > since)
+                .map(|(k, c)| (k.to_string(), encode_consumer(c)))
                 .collect(),
-            meta,
+            meta: encode_meta(&inner),
+            change: inner.change,
         }
     }
 
-    /// Marks consumers as changed again (their save failed), so the next save writes them.
-    pub fn mark_unsaved(&self, consumers: &[String]) {
-        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        for id in consumers {
-            if let Some(c) = inner.consumers.get_mut(id.as_str()) {
-                c.dirty = true;
-            }
-        }
+    /// Records that a save of [`FeatureStore::take_changes`] was written.
+    pub fn saved(&self, change: u64) {
+        self.saved_change.fetch_max(change, Ordering::AcqRel);
     }
 
     /// Loads a saved state at start-up, before the replay. `log_days` is the event log's count
@@ -111,9 +102,11 @@ impl FeatureStore {
                 have < *n
             })
             .map(|(d, _)| d);
+        // Change 1: what the cut leaves differs from the saved rows, which start as saved (0).
         let mut inner = Inner {
             totals,
             folded,
+            change: 1,
             ..Inner::default()
         };
         let count = loaded.len();
@@ -125,6 +118,7 @@ impl FeatureStore {
         }
         inner.replay_from = Some(first_missing.map_or(i64::MAX, |d| d * DAY_MS));
         *self.inner.write().unwrap_or_else(|e| e.into_inner()) = inner;
+        self.saved_change.store(0, Ordering::Release);
         Ok(Loaded {
             consumers: count,
             replay_from: first_missing.map(|d| d * DAY_MS),
@@ -174,7 +168,7 @@ fn cut_at(inner: &mut Inner, day: i64) {
             c.next_cursor = 0;
         }
         // What remains differs from the saved rows: write it again at the next save.
-        c.dirty = true;
+        c.changed = 1;
         !(c.hours.is_empty() && c.open.is_empty() && c.sealed.is_empty())
     });
 }
@@ -588,7 +582,7 @@ mod tests {
             .iter()
             .map(|(k, c)| {
                 let mut c = c.clone();
-                c.dirty = false;
+                c.changed = 0;
                 (k.to_string(), c)
             })
             .collect();
@@ -603,6 +597,9 @@ mod tests {
         a.observe(&events);
         let save = a.take_changes();
         assert_eq!(save.consumers.len(), 3);
+        // Not written: the next save holds them again.
+        assert_eq!(a.take_changes().consumers.len(), 3);
+        a.saved(save.change);
         // A consumer's blob stays small: sketches of few values are written sparse.
         let bytes: usize = save.consumers.iter().map(|(_, b)| b.len()).sum();
         assert!(bytes < 3 * 24 * 1024, "{bytes}");
@@ -627,6 +624,19 @@ mod tests {
         e.id = "new".into();
         b.observe(&[e]);
         assert_eq!(b.take_changes().consumers.len(), 1);
+        // A save taken, then a change before it is recorded: the change is not lost.
+        let first = b.take_changes();
+        let mut e = event("c2", 20_410 * DAY_MS, "/x", "/x");
+        e.id = "newer".into();
+        b.observe(&[e]);
+        b.saved(first.change);
+        let next: Vec<String> = b
+            .take_changes()
+            .consumers
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect();
+        assert_eq!(next, ["c2"]);
     }
 
     #[test]
