@@ -609,6 +609,7 @@ async fn tls_termination_with_http2_by_alpn() {
             .await;
         if features["days"][0]["tls_clients"] == 1 {
             assert_eq!(features["days"][0]["max_tls_clients_per_hour"], 1);
+            assert_eq!(features["hours"][0]["tls_clients"], 1, "{features}");
             break;
         }
         assert!(Instant::now() < deadline, "{features}");
