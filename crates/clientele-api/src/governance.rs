@@ -173,6 +173,11 @@ pub struct FeatureDayOut {
     /// The most countries within one hour of the day.
     pub max_countries_per_hour: u32,
     pub user_agents: u32,
+    /// Distinct TLS clients (ClientHello fingerprints, where the gateway terminates TLS; 0
+    /// otherwise).
+    pub tls_clients: u32,
+    /// The most TLS clients within one hour of the day.
+    pub max_tls_clients_per_hour: u32,
     pub sessions: u32,
     pub end_users: u32,
     /// Distinct ids called on item routes.
@@ -193,18 +198,34 @@ pub struct FeatureDayOut {
     pub max_per_second: u32,
 }
 
+/// One consumer-hour of behaviour (the last 48 hours are kept).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FeatureHourOut {
+    /// The hour's start, RFC 3339.
+    pub hour: String,
+    pub requests: u64,
+    /// Distinct client networks (IPv4 /24, IPv6 /48).
+    pub networks: u32,
+    /// Distinct TLS clients (ClientHello fingerprints, where the gateway terminates TLS).
+    pub tls_clients: u32,
+    /// The most calls in one second.
+    pub max_per_second: u32,
+}
+
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ConsumerFeatures {
     pub consumer: String,
     /// Oldest first, up to five weeks.
     pub days: Vec<FeatureDayOut>,
+    /// Oldest first, the last 48 hours with calls.
+    pub hours: Vec<FeatureHourOut>,
     /// The plan-policy rule blocking the consumer now, if any.
     pub blocked_by: Option<String>,
 }
 
 /// The behavioural features kept for one consumer, or `None` when it has no traffic.
 pub fn consumer_features(state: &AppState, id: &str) -> Option<ConsumerFeatures> {
-    let (days, _) = state.governance.consumer(id)?;
+    let (days, hours) = state.governance.consumer(id)?;
     let r3 = clientele_governance::judge::round3;
     Some(ConsumerFeatures {
         consumer: id.to_string(),
@@ -218,6 +239,8 @@ pub fn consumer_features(state: &AppState, id: &str) -> Option<ConsumerFeatures>
                 countries: d.countries.codes().collect(),
                 max_countries_per_hour: d.max_countries_per_hour,
                 user_agents: d.user_agents,
+                tls_clients: d.tls_clients,
+                max_tls_clients_per_hour: d.max_tls_clients_per_hour,
                 sessions: d.sessions,
                 end_users: d.end_users,
                 distinct_ids: d.distinct_ids,
@@ -228,6 +251,16 @@ pub fn consumer_features(state: &AppState, id: &str) -> Option<ConsumerFeatures>
                 active_hours: d.active_hours(),
                 hour_profile: d.hour_requests.to_vec(),
                 max_per_second: d.max_per_second,
+            })
+            .collect(),
+        hours: hours
+            .into_iter()
+            .map(|h| FeatureHourOut {
+                hour: format_ts(h.hour * clientele_governance::features::HOUR_MS),
+                requests: h.counts.requests,
+                networks: h.networks.count(),
+                tls_clients: h.tls_clients.count(),
+                max_per_second: h.max_per_second,
             })
             .collect(),
         blocked_by: state

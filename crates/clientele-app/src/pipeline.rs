@@ -23,6 +23,12 @@ pub trait EventObserver: Send + Sync {
     fn replay(&self, events: &[Event]) {
         self.observe(events);
     }
+
+    /// The earliest event time this observer needs replayed at start-up: `None` for every
+    /// raw event kept, `Some(i64::MAX)` for none. The replay reads from the earliest of all.
+    fn replay_from(&self) -> Option<i64> {
+        None
+    }
 }
 
 impl EventObserver for Engine {
@@ -38,6 +44,12 @@ impl EventObserver for Engine {
         self.replay_events(events);
         self.flush_if_large(clientele_core::time::now_ms());
     }
+
+    /// `rollups::restore_persisted` asks for the engine's days itself: only it knows which
+    /// days the log holds that the bucket file does not.
+    fn replay_from(&self) -> Option<i64> {
+        Some(i64::MAX)
+    }
 }
 
 impl EventObserver for Contracts {
@@ -45,12 +57,27 @@ impl EventObserver for Contracts {
         // Drift is counted here, off the gateway's path, from stored events only.
         Contracts::observe(self, events);
     }
+
+    /// The usage table is not persisted: with a spec it needs every raw event kept; without
+    /// one (`observe` ignores everything) none.
+    fn replay_from(&self) -> Option<i64> {
+        self.is_empty().then_some(i64::MAX)
+    }
 }
 
 impl EventObserver for clientele_governance::FeatureStore {
     fn observe(&self, events: &[Event]) {
         // Behaviour per consumer-hour: networks, agents, end users, id walks (governance).
         clientele_governance::FeatureStore::observe(self, events);
+    }
+
+    fn replay(&self, events: &[Event]) {
+        // Only what the state loaded from rollups.db does not hold (`governance::restore`).
+        clientele_governance::FeatureStore::replay(self, events);
+    }
+
+    fn replay_from(&self) -> Option<i64> {
+        clientele_governance::FeatureStore::replay_from(self)
     }
 }
 
@@ -94,6 +121,15 @@ impl Pipeline {
 
     pub fn stats(&self) -> &Arc<PipelineStats> {
         &self.stats
+    }
+
+    /// The earliest event time some observer needs replayed at start-up (`None`: all).
+    pub fn replay_from(&self) -> Option<i64> {
+        let mut from = i64::MAX;
+        for o in self.observers.iter() {
+            from = from.min(o.replay_from()?);
+        }
+        Some(from)
     }
 
     /// Stores a batch, folds the events the store newly accepted (not duplicates) into every

@@ -81,8 +81,10 @@ async fn blocking<T: Send + 'static>(
 /// Attaches the bucket file to the engine and restores what memory should hold. A day is
 /// trusted when the events folded into its buckets on disk number at least the event log's
 /// events of that day; every other day with raw events (today's, one a crash interrupted, one that took
-/// late events not yet written) is forgotten on disk and rebuilt from its raw events. The other
-/// observers (contract usage, governance features) are not persisted and see every raw event.
+/// late events not yet written) is forgotten on disk and rebuilt from its raw events. Raw events
+/// are read from the earliest day some observer needs: the governance features, loaded first
+/// by [`crate::governance::restore`], only their days not complete in `rollups.db`; the
+/// contract usage table, not persisted, every raw event.
 pub async fn restore_persisted(
     pipeline: &Pipeline,
     engine: &Arc<Engine>,
@@ -166,9 +168,19 @@ pub async fn restore_persisted(
             .map_err(|e| StoreError::Backend(format!("importing archived rollups: {e}")))?;
     }
 
-    let from = clientele_core::time::now_ms() - engine.retention().day_ms;
+    // Raw events are read from the first day the engine rebuilds or some other observer needs
+    // (the governance features only after what rollups.db holds; the contract usage table,
+    // which is not persisted, everything).
+    let engine_from = forget.iter().min().copied().unwrap_or(i64::MAX);
+    let needed = pipeline
+        .replay_from()
+        .map_or(i64::MIN, |f| f.min(engine_from));
+    let from = (clientele_core::time::now_ms() - engine.retention().day_ms).max(needed);
     let mut cursor = None;
     loop {
+        if from == i64::MAX {
+            break;
+        }
         let (page, next) = events.scan_events(from, cursor, REPLAY_PAGE).await?;
         done.events_read += page.len();
         pipeline.replay(page).await;

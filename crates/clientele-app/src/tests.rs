@@ -251,3 +251,220 @@ mod persisted {
         assert_eq!(answers(&d.engine, now), with_late);
     }
 }
+
+mod governance_persisted {
+    use super::*;
+    use clientele_analytics::{DAY_MS, MINUTE_MS};
+    use clientele_governance::FeatureStore;
+    use clientele_governance::judge;
+    use clientele_store::{BucketFile, EventLog};
+
+    use crate::rollups::{Restored, restore_persisted};
+
+    struct Node {
+        pipeline: Pipeline,
+        engine: Arc<Engine>,
+        features: Arc<FeatureStore>,
+        file: Arc<BucketFile>,
+        restored: Restored,
+        replay_from: Option<i64>,
+    }
+
+    /// A node the way the binary wires it: features loaded first, then the rollup restore.
+    async fn start(dir: &std::path::Path) -> Node {
+        let sqlite = SqliteStore::open(dir).unwrap();
+        let store: Arc<dyn EventStore> =
+            Arc::new(EventLog::open(&dir.join("events"), sqlite).unwrap());
+        let engine = Arc::new(Engine::new(Retention::default()));
+        let features = Arc::new(FeatureStore::new());
+        let pipeline = Pipeline::new(store.clone(), Arc::new(PipelineStats::default()))
+            .with_observer(engine.clone())
+            .with_observer(features.clone());
+        let file = Arc::new(BucketFile::open(dir).unwrap());
+        let loaded = crate::governance::restore(&features, file.clone(), &store)
+            .await
+            .unwrap();
+        let restored = restore_persisted(&pipeline, &engine, file.clone(), 1 << 20)
+            .await
+            .unwrap();
+        Node {
+            pipeline,
+            engine,
+            features,
+            file,
+            restored,
+            replay_from: loaded.replay_from,
+        }
+    }
+
+    /// Three weeks of six consumers from a few networks and agents; `c3` walks an id space
+    /// in sequence yesterday (a scraping finding).
+    fn history(now: i64) -> Vec<Event> {
+        let start = now - 20 * DAY_MS;
+        let mut out: Vec<Event> = (0..24_000i64)
+            .map(|i| {
+                let ts = start + i * (20 * DAY_MS - 10 * MINUTE_MS) / 24_000;
+                let mut e = event(&format!("h{i}"), &format!("c{}", i % 6), ts, 200);
+                e.client_ip = Some(format!("10.{}.{}.1", i % 6, i % 3));
+                e.user_agent = Some(format!("app/{}", i % 2));
+                e.end_user = Some(format!("u{}", i % 13));
+                e.tls_fp = Some(format!("t13d15h2_{:012}_x", i % 2));
+                e
+            })
+            .collect();
+        let yesterday = (now - DAY_MS).div_euclid(DAY_MS) * DAY_MS;
+        out.extend((0..600i64).map(|i| {
+            let mut e = event(
+                &format!("w{i}"),
+                "c3",
+                yesterday + 3_600_000 + i * 2_000,
+                200,
+            );
+            e.route = "/items/{id}".into();
+            e.path = format!("/items/{}", 1_000 + i);
+            e
+        }));
+        out
+    }
+
+    /// What a test compares: every consumer's days and hours, and the findings.
+    fn answers(f: &FeatureStore, now: i64) -> (Vec<String>, Vec<String>) {
+        let mut days: Vec<String> = (0..6)
+            .map(|c| format!("{:?}", f.consumer(&format!("c{c}")).unwrap()))
+            .collect();
+        days.push(format!(
+            "{:?}",
+            (
+                f.total(now.div_euclid(DAY_MS)),
+                f.total(now.div_euclid(DAY_MS) - 3)
+            )
+        ));
+        let judged = judge::evaluate(f, now, 3 * DAY_MS, &[], &Default::default());
+        let findings = judged
+            .findings
+            .iter()
+            .map(|x| format!("{:?} {:?} {} {}", x.kind, x.consumer, x.summary, x.evidence))
+            .collect();
+        (days, findings)
+    }
+
+    async fn submit(p: &Pipeline, events: Vec<Event>) {
+        for chunk in events.chunks(2_000) {
+            p.submit(chunk.to_vec()).await.unwrap();
+        }
+    }
+
+    fn sorted(mut events: Vec<Event>) -> Vec<Event> {
+        events.sort_by_key(|e| e.ts_ms);
+        events
+    }
+
+    #[tokio::test]
+    async fn a_restart_loads_the_features_and_replays_only_what_they_lack() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = clientele_core::time::now_ms();
+        let today = now.div_euclid(DAY_MS) * DAY_MS;
+        let events = sorted(history(now));
+
+        let a = start(dir.path()).await;
+        assert_eq!(a.replay_from, None, "nothing saved yet");
+        submit(&a.pipeline, events.clone()).await;
+        a.engine.flush(clientele_core::time::now_ms()).unwrap();
+        crate::governance::save(&a.features, &a.file).unwrap();
+        let before = answers(&a.features, now);
+        assert!(
+            before
+                .1
+                .iter()
+                .any(|f| f.starts_with("Scraping Some(\"c3\")")),
+            "{:?}",
+            before.1
+        );
+        drop(a);
+
+        // Everything saved: the features replay nothing, and only the engine's open day is
+        // read from the raw events.
+        let b = start(dir.path()).await;
+        assert_eq!(
+            b.replay_from, None,
+            "every day is complete in the saved state"
+        );
+        let today_events = events.iter().filter(|e| e.ts_ms >= today).count();
+        let engine_from = b
+            .restored
+            .days_rebuilt
+            .iter()
+            .min()
+            .copied()
+            .unwrap_or(i64::MAX);
+        let expected = events.iter().filter(|e| e.ts_ms >= engine_from).count();
+        assert!(engine_from >= today - DAY_MS, "{:?}", b.restored);
+        assert_eq!(
+            b.restored.events_read, expected,
+            "older raw events are not read"
+        );
+        assert!(expected <= today_events + 1_300, "{expected}");
+        assert_eq!(answers(&b.features, now), before);
+
+        // Late events for a day five days back, then a crash before the next save: that day
+        // and the later ones are rebuilt from raw events, the older ones are loaded.
+        let late_day = today - 5 * DAY_MS;
+        let late: Vec<Event> = (0..200i64)
+            .map(|i| {
+                let mut e = event(
+                    &format!("late{i}"),
+                    "c1",
+                    late_day + 7_200_000 + i * 1_000,
+                    200,
+                );
+                e.client_ip = Some(format!("172.16.{i}.9"));
+                e
+            })
+            .collect();
+        submit(&b.pipeline, late.clone()).await;
+        b.engine.flush(clientele_core::time::now_ms()).unwrap();
+        drop(b);
+        let c = start(dir.path()).await;
+        assert_eq!(c.replay_from, Some(late_day));
+        let mut all = events.clone();
+        all.extend(late);
+        let all = sorted(all);
+        let reference = FeatureStore::new();
+        reference.observe(&all);
+        // The same distinct counts and calls as features built from every event in order
+        // (the think time and id steps restart at the cut, so they are left out here).
+        let shape = |f: &FeatureStore| -> Vec<(i64, u64, u32, u32, u32, u32)> {
+            let mut out = Vec::new();
+            for c in 0..6 {
+                for d in f.consumer(&format!("c{c}")).unwrap().0 {
+                    out.push((
+                        d.day,
+                        d.counts.requests,
+                        d.networks,
+                        d.user_agents,
+                        d.end_users,
+                        d.tls_clients,
+                    ));
+                }
+            }
+            out
+        };
+        assert_eq!(shape(&c.features), shape(&reference));
+        let c1_late = c
+            .features
+            .consumer("c1")
+            .unwrap()
+            .0
+            .into_iter()
+            .find(|d| d.day * DAY_MS == late_day)
+            .unwrap();
+        assert!(
+            c1_late.networks >= 150,
+            "late events count in the rebuilt day: {c1_late:?}"
+        );
+        assert!(
+            c.restored.events_read < all.len(),
+            "days before the cut are not read"
+        );
+    }
+}

@@ -21,7 +21,8 @@ pub mod llm_request;
 pub mod path;
 pub mod proxy;
 pub mod server;
+pub mod tls_fp;
 mod upgrade;
 
 pub use proxy::{Gateway, GatewayOptions};
-pub use server::{ServeSettings, TlsFiles, load_tls, serve};
+pub use server::{ServeSettings, TlsFiles, TlsFingerprint, load_tls, serve};

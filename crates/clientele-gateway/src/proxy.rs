@@ -383,7 +383,11 @@ impl Gateway {
                 tokens_cached: None,
                 tokens_cache_write: None,
                 tokens_reasoning: None,
-                tls_fp: None,
+                // The connection's, set once at its TLS handshake (`server::handshake`).
+                tls_fp: parts
+                    .extensions
+                    .get::<crate::server::TlsFingerprint>()
+                    .map(|f| f.0.to_string()),
             },
         };
 

@@ -14,7 +14,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 
 use clientele_core::config::GatewayConfig;
 use clientele_core::ratelog::Every;
@@ -23,6 +23,7 @@ use crate::conn::{
     Busy, BusyBody, BusyGuard, ConnLimits, IdleIo, IdleTimeouts, Refusal, descriptor_budget,
 };
 use crate::proxy::Gateway;
+use crate::tls_fp::HelloSummary;
 
 /// Certificate and key files for TLS termination.
 #[derive(Debug, Clone)]
@@ -106,6 +107,57 @@ impl ServeSettings {
     }
 }
 
+/// The time a client has for the whole TLS handshake, ClientHello included.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The TLS client fingerprint of a connection ([`crate::tls_fp`]), in each of its requests'
+/// extensions.
+#[derive(Debug, Clone)]
+pub struct TlsFingerprint(pub Arc<str>);
+
+/// The TLS handshake, in two steps so that the ClientHello can be read: the fingerprint is
+/// computed once here, from the parsed hello (whose size rustls bounds), before the handshake
+/// goes on. `None` when the handshake fails or times out (logged at debug level).
+async fn handshake<IO>(
+    acceptor: &TlsAcceptor,
+    stream: IO,
+    peer: std::net::SocketAddr,
+) -> Option<(tokio_rustls::server::TlsStream<IO>, TlsFingerprint)>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    // One deadline for both halves of the handshake.
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let lazy = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+    let start = match tokio::time::timeout_at(deadline, lazy).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed (ClientHello)");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out (ClientHello)");
+            return None;
+        }
+    };
+    let hello = HelloSummary::read(&start.client_hello());
+    match tokio::time::timeout_at(deadline, start.into_stream(acceptor.config().clone())).await {
+        Ok(Ok(tls_stream)) => {
+            let version = tls_stream.get_ref().1.protocol_version();
+            let fp = TlsFingerprint(Arc::from(hello.fingerprint(version)));
+            Some((tls_stream, fp))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
 /// Accept errors (usually EMFILE) wait this long at first, doubling up to `MAX_ACCEPT_BACKOFF`,
 /// so a full descriptor table does not spin the accept loop.
 const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
@@ -176,42 +228,38 @@ pub async fn serve(
         let busy = Arc::new(Busy::default());
         let stream = IdleIo::new(stream, settings.idle, busy.clone(), guard);
         let gw = gateway.clone();
-        let service = service_fn(move |req| {
-            let gw = gw.clone();
-            let busy = BusyGuard::new(&busy);
-            async move {
-                let response = gw.handle(req, peer).await;
-                Ok::<_, Infallible>(response.map(|body| BusyBody::new(body, busy)))
-            }
-        });
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
+            // The connection's TLS fingerprint goes on every request it carries (and so on
+            // every event), through the request's extensions.
+            let service = |fp: Option<TlsFingerprint>| {
+                service_fn(move |mut req| {
+                    let gw = gw.clone();
+                    let busy = BusyGuard::new(&busy);
+                    if let Some(fp) = &fp {
+                        req.extensions_mut().insert(fp.clone());
+                    }
+                    async move {
+                        let response = gw.handle(req, peer).await;
+                        Ok::<_, Infallible>(response.map(|body| BusyBody::new(body, busy)))
+                    }
+                })
+            };
             let result = match tls {
                 Some(acceptor) => {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls_stream)) => {
-                            let conn = builder
-                                .serve_connection_with_upgrades(TokioIo::new(tls_stream), service)
-                                .into_owned();
-                            watcher.watch(conn).await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    }
+                    let Some((tls_stream, fp)) = handshake(&acceptor, stream, peer).await else {
+                        return;
+                    };
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(tls_stream), service(Some(fp)))
+                        .into_owned();
+                    watcher.watch(conn).await
                 }
                 None => {
                     let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service(None))
                         .into_owned();
                     watcher.watch(conn).await
                 }
@@ -231,5 +279,173 @@ pub async fn serve(
         () = tokio::time::sleep(settings.grace) => {
             tracing::warn!(grace_secs = settings.grace.as_secs(), "gateway shutdown grace period ended with connections still open");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clientele_core::config::OutboundTls;
+    use clientele_core::event::Event;
+    use clientele_core::keys::{KeyHasher, KeyIndex};
+    use clientele_core::pipeline::{EventReceiver, EventSink, PipelineStats};
+    use clientele_http::testing::TestCa;
+    use rustls::crypto::ring::{cipher_suite, default_provider};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::conn::IdleTimeouts;
+    use crate::limiter::Limiter;
+    use crate::proxy::GatewayOptions;
+
+    fn settings() -> ServeSettings {
+        ServeSettings {
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            grace: Duration::from_secs(1),
+            header_read_timeout: Duration::from_secs(5),
+            idle: IdleTimeouts {
+                first_byte: Duration::from_secs(5),
+                idle: Duration::from_secs(5),
+            },
+            max_connections: 100,
+            max_connections_per_ip: 100,
+            reserved_fds: 0,
+        }
+    }
+
+    /// A gateway with no API on a loopback TLS listener: every request is refused, and each
+    /// refusal is one event.
+    async fn tls_gateway(
+        dir: &std::path::Path,
+    ) -> (
+        std::net::SocketAddr,
+        EventReceiver,
+        TestCa,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let ca = TestCa::new(dir);
+        let (cert, key) = ca.issue("gateway", "DNS:localhost", None, false);
+        let acceptor = load_tls(&TlsFiles { cert, key }).unwrap();
+        let (sink, rx) = EventSink::bounded(64, Arc::new(PipelineStats::default()));
+        let options = GatewayOptions {
+            trusted_proxies: Vec::new(),
+            session_header: "x-session-id".into(),
+            end_user_header: "x-end-user-id".into(),
+            max_request_body_bytes: 0,
+            hide_credentials: true,
+            outbound_tls: OutboundTls::default(),
+            prices: Arc::new(clientele_core::prices::PriceBook::shipped()),
+            max_identical_calls: None,
+        };
+        let keys = Arc::new(KeyIndex::new(KeyHasher::new([7; 32])));
+        let gateway =
+            Arc::new(Gateway::new(&[], options, keys, Arc::new(Limiter::local()), sink).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(
+            gateway,
+            listener,
+            Some(acceptor),
+            settings(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        (addr, rx, ca, stop)
+    }
+
+    fn client(
+        ca: &TestCa,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        suites: Option<Vec<rustls::SupportedCipherSuite>>,
+        alpn: &[&[u8]],
+    ) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&ca.ca_cert).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let mut provider = default_provider();
+        if let Some(suites) = suites {
+            provider.cipher_suites = suites;
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+
+    /// Two requests on one connection through `connector`: the events' fingerprints.
+    async fn fingerprints_of(
+        connector: &tokio_rustls::TlsConnector,
+        addr: std::net::SocketAddr,
+        rx: &mut EventReceiver,
+    ) -> Vec<Option<String>> {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(b"GET /one HTTP/1.1\r\nHost: localhost\r\n\r\nGET /two HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer).await;
+        assert!(
+            answer.starts_with(b"HTTP/1.1 "),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        let mut events: Vec<Event> = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while events.len() < 2 && tokio::time::Instant::now() < deadline {
+            match rx.try_recv() {
+                Ok(e) => events.push(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        assert_eq!(events.len(), 2, "one event per request");
+        events.into_iter().map(|e| e.tls_fp).collect()
+    }
+
+    #[tokio::test]
+    async fn a_real_handshake_fingerprints_the_client_on_every_event_of_its_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, mut rx, ca, _stop) = tls_gateway(dir.path()).await;
+        let modern = client(
+            &ca,
+            &[&rustls::version::TLS13, &rustls::version::TLS12],
+            None,
+            &[b"http/1.1"],
+        );
+        let old = client(
+            &ca,
+            &[&rustls::version::TLS12],
+            Some(vec![
+                cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+                cipher_suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+            ]),
+            &[],
+        );
+        let a = fingerprints_of(&modern, addr, &mut rx).await;
+        let a_again = fingerprints_of(&modern, addr, &mut rx).await;
+        let b = fingerprints_of(&old, addr, &mut rx).await;
+        let fp_a = a[0]
+            .clone()
+            .expect("a TLS connection's events carry its fingerprint");
+        let fp_b = b[0]
+            .clone()
+            .expect("a TLS connection's events carry its fingerprint");
+        // Every event of a connection, and every connection of one client, carry one.
+        assert_eq!(a[1].as_ref(), Some(&fp_a));
+        assert_eq!(a_again, a);
+        assert_eq!(b[1].as_ref(), Some(&fp_b));
+        assert_ne!(fp_a, fp_b);
+        eprintln!("TLS 1.3 + ALPN http/1.1: {fp_a}\nTLS 1.2, two suites, no ALPN: {fp_b}");
+        // The readable part: TLS 1.3 with SNI, HTTP/1.1 by ALPN; TLS 1.2 without ALPN.
+        assert!(fp_a.starts_with("t13d") && fp_a[6..8] == *"h1", "{fp_a}");
+        assert!(fp_b.starts_with("t12d") && fp_b[6..8] == *"00", "{fp_b}");
+        assert_eq!(fp_a.len(), 34, "{fp_a}");
     }
 }

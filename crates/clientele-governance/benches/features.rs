@@ -110,7 +110,11 @@ fn hour_of(rng: &mut Rng, consumer: usize, hour: i64, n: usize) -> Vec<Event> {
                 tokens_cached: None,
                 tokens_cache_write: None,
                 tokens_reasoning: None,
-                tls_fp: None,
+                // Gateway traffic over TLS: one or two client stacks per consumer.
+                tls_fp: Some(format!(
+                    "t13d15h2_8daaf6152771_{:012x}",
+                    (consumer % 7) as u64 * 2 + rng.next() % 2
+                )),
             }
         })
         .collect()

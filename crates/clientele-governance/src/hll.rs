@@ -80,6 +80,16 @@ impl<const M: usize> Hll<M> {
     pub fn is_empty(&self) -> bool {
         self.registers.iter().all(|&r| r == 0)
     }
+
+    /// The registers, for persistence.
+    pub fn registers(&self) -> &[u8; M] {
+        &self.registers
+    }
+
+    /// A sketch from persisted registers.
+    pub fn from_registers(registers: [u8; M]) -> Hll<M> {
+        Hll { registers }
+    }
 }
 
 /// A 64-bit hash of bytes good enough for HyperLogLog: FxHash (fast, 8 bytes a step) finished

@@ -51,6 +51,8 @@ struct History {
     /// Every country seen before (packed codes), for "new countries" in the evidence.
     countries: Vec<u16>,
     max_user_agents: u32,
+    /// The most TLS clients in a day, and whether any day came over terminated TLS at all.
+    max_tls_clients: u32,
     max_end_users: u32,
     walk_days: usize,
     /// The earliest day of the history that walked an id space.
@@ -79,6 +81,7 @@ struct Case {
 struct Peers {
     count: usize,
     networks: f64,
+    tls_clients: f64,
     end_users: f64,
     share: f64,
 }
@@ -207,6 +210,7 @@ fn history_of(days: &[DaySummary], day: i64) -> History {
             all
         },
         max_user_agents: before.iter().map(|d| d.user_agents).max().unwrap_or(0),
+        max_tls_clients: before.iter().map(|d| d.tls_clients).max().unwrap_or(0),
         max_end_users: before.iter().map(|d| d.end_users).max().unwrap_or(0),
         walk_days: walks.len(),
         first_walk_day: walks.iter().map(|d| d.day).min(),
@@ -281,6 +285,10 @@ fn peer_medians(
         .map(|(k, members)| {
             let total = totals.get(&k.1).copied().unwrap_or(0).max(1) as f64;
             let mut nets: Vec<f64> = members.iter().map(|c| f64::from(c.day.networks)).collect();
+            let mut tls: Vec<f64> = members
+                .iter()
+                .map(|c| f64::from(c.day.tls_clients))
+                .collect();
             let mut eus: Vec<f64> = members.iter().map(|c| f64::from(c.day.end_users)).collect();
             let mut shares: Vec<f64> = members
                 .iter()
@@ -290,6 +298,7 @@ fn peer_medians(
                 // The consumer itself is one of the members; the median barely moves for it.
                 count: members.len().saturating_sub(1),
                 networks: median(&mut nets),
+                tls_clients: median(&mut tls),
                 end_users: median(&mut eus),
                 share: median(&mut shares),
             };
@@ -367,12 +376,23 @@ impl Judging<'_> {
         // travelling.
         let in_hour = c.day.max_countries_per_hour;
         let geo_jump = in_hour >= 3 && in_hour > 2 * h.max_countries_per_hour.max(1);
-        if !((jump && beyond_peers) || geo_jump) {
+        // Many more TLS client stacks than the key ever had (where the gateway terminates
+        // TLS): one application is one or two stacks (an upgrade changes the fingerprint), a
+        // key passed around is curl, browsers, several SDKs. Judged only against a history
+        // that came over TLS, so a key moving from ingest to the gateway is not news.
+        let tls = c.day.tls_clients;
+        let own_tls = h.max_tls_clients;
+        let tls_jump = own_tls > 0
+            && tls >= 5
+            && tls >= 3 * own_tls
+            && (self.peers.count < MIN_PEERS
+                || f64::from(tls) >= 3.0 * self.peers.tls_clients + 2.0);
+        if !((jump && beyond_peers) || geo_jump || tls_jump) {
             return None;
         }
         let uas = c.day.user_agents;
         let ua_jump = uas >= 3 && uas >= 2 * h.max_user_agents.max(1);
-        let severity = if ua_jump || geo_jump {
+        let severity = if ua_jump || geo_jump || (tls_jump && jump) {
             Severity::Critical
         } else {
             Severity::Warning
@@ -387,10 +407,15 @@ impl Judging<'_> {
             .map(|code| crate::iptable::country_str(*code))
             .collect();
         let summary = format!(
-            "The key of {} was used from {nets} networks{}{} on {}, against at most {own} a day{} in its previous {} days: it is probably shared beyond the application it was issued to; ask the consumer, and rotate the key if the terms allow one application",
+            "The key of {} was used from {nets} networks{}{}{} on {}, against at most {own} a day{}{} in its previous {} days: it is probably shared beyond the application it was issued to; ask the consumer, and rotate the key if the terms allow one application",
             c.consumer,
             if ua_jump {
                 format!(" and {uas} user agents")
+            } else {
+                String::new()
+            },
+            if tls_jump {
+                format!(" by {tls} different TLS clients")
             } else {
                 String::new()
             },
@@ -416,6 +441,11 @@ impl Judging<'_> {
             } else {
                 String::new()
             },
+            if tls_jump {
+                format!(" and {own_tls} TLS clients")
+            } else {
+                String::new()
+            },
             h.days,
         );
         Some(self.finding(
@@ -428,6 +458,10 @@ impl Judging<'_> {
                 "baseline_max_networks_per_day": h.max_networks,
                 "user_agents": uas,
                 "baseline_max_user_agents_per_day": h.max_user_agents,
+                "tls_clients": tls,
+                "baseline_max_tls_clients_per_day": own_tls,
+                "plan_peer_median_tls_clients": self.peers.tls_clients,
+                "max_tls_clients_in_one_hour": c.day.max_tls_clients_per_hour,
                 "plan_peer_median_networks": self.peers.networks,
                 "plan_peers": self.peers.count,
                 "history_days": h.days,
@@ -708,4 +742,64 @@ pub fn day_label(day: i64) -> String {
         .get(..10)
         .unwrap_or_default()
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::tests::event;
+    use clientele_core::event::Event;
+
+    /// `days` days of 200 calls from two networks through `fps(day)` TLS clients.
+    fn key(consumer: &str, days: i64, fps: impl Fn(i64) -> Option<u64>) -> Vec<Event> {
+        let day0 = 20_500;
+        let mut out = Vec::new();
+        for d in 0..days {
+            for i in 0..200i64 {
+                let mut e = event(
+                    consumer,
+                    (day0 + d) * DAY_MS + 8 * HOUR_MS + i * 60_000,
+                    "/x",
+                    "/x",
+                );
+                e.client_ip = Some(format!("10.1.{}.1", i % 2));
+                e.tls_fp =
+                    fps(d).map(|n| format!("t13d1{}h2_{:012}_x", i as u64 % n, i as u64 % n));
+                out.push(e);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_key_used_by_many_more_tls_clients_than_ever_is_shared() {
+        let store = FeatureStore::new();
+        // One application: one TLS client for ten days, then eight on the last.
+        store.observe(&key("shared", 11, |d| Some(if d == 10 { 8 } else { 1 })));
+        // An application with three client stacks that shows a fourth.
+        store.observe(&key("steady", 11, |d| Some(if d == 10 { 4 } else { 3 })));
+        // A key that never came over terminated TLS before (ingest only) has no TLS baseline.
+        store.observe(&key("moved", 11, |d| (d == 10).then_some(8)));
+        let now = 20_510 * DAY_MS + 20 * HOUR_MS;
+        let judged = evaluate(&store, now, HOUR_MS, &[], &BTreeMap::new());
+        let sharing: Vec<&Finding> = judged
+            .findings
+            .iter()
+            .filter(|f| f.kind == FindingKind::KeySharing)
+            .collect();
+        assert_eq!(sharing.len(), 1, "{sharing:?}");
+        let f = sharing[0];
+        assert_eq!(f.consumer.as_deref(), Some("shared"));
+        // HyperLogLog estimates: near exact at these counts.
+        let n = f.evidence["tls_clients"].as_u64().unwrap();
+        assert!((7..=9).contains(&n), "{}", f.evidence);
+        assert_eq!(f.evidence["baseline_max_tls_clients_per_day"], 1);
+        let in_hour = f.evidence["max_tls_clients_in_one_hour"].as_u64().unwrap();
+        assert!((7..=9).contains(&in_hour), "{}", f.evidence);
+        assert!(
+            f.summary.contains(&format!("{n} different TLS clients")),
+            "{}",
+            f.summary
+        );
+    }
 }

@@ -6,7 +6,8 @@
 //! event whatever its source. [`judge::evaluate`] turns them into `key_sharing`, `scraping`,
 //! `reselling` and `policy_violation` findings, each consumer judged against its own history
 //! and its plan's peers, plus the block verdicts for `action = "block"` policies.
-//! [`risk::scores`] gives each consumer a 0-100 risk score with its factors.
+//! [`persist`] saves the store's state and loads it at start-up, so that governance does not
+//! replay raw events. [`risk::scores`] gives each consumer a 0-100 risk score with its factors.
 //!
 //! The crate depends on the core only: the detectors in `clientele-detect` and the API call it.
 
@@ -14,6 +15,7 @@ pub mod features;
 pub mod hll;
 pub mod iptable;
 pub mod judge;
+pub mod persist;
 pub mod risk;
 
 pub use features::{DaySummary, FeatureStore, HourFeatures};

@@ -7,7 +7,9 @@
 //! series in two columns so that a scan of consumers reads only the smaller one. Beside them:
 //! the names the blobs refer to by number, and per UTC day the number of events folded into the
 //! day's persisted buckets once the day is complete, which start-up compares with the event
-//! log's own count to decide which days to rebuild from raw events.
+//! log's own count to decide which days to rebuild from raw events. And the governance
+//! feature store's state (`clientele_governance::persist`, opaque blobs too): one row per
+//! consumer and one for the store-wide state, which holds its own per-day event counts.
 //!
 //! Calls are synchronous: the engine calls them from the blocking pool (the pipeline's
 //! observers, the housekeeping task) or from queries that run there.
@@ -34,6 +36,14 @@ CREATE TABLE IF NOT EXISTS names (
 CREATE TABLE IF NOT EXISTS days (
     day INTEGER PRIMARY KEY,
     events INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS features (
+    consumer TEXT PRIMARY KEY,
+    state BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS features_meta (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    state BLOB NOT NULL
 );
 "#;
 
@@ -182,6 +192,44 @@ impl BucketFile {
         Ok(out)
     }
 
+    /// Writes the governance features of the consumers given (replacing their rows) and the
+    /// store-wide state, in one transaction.
+    pub fn save_features(&self, consumers: &[(String, Vec<u8>)], meta: &[u8]) -> Result<()> {
+        let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction()?;
+        {
+            let mut row = tx.prepare_cached(
+                "INSERT OR REPLACE INTO features (consumer, state) VALUES (?1, ?2)",
+            )?;
+            for (consumer, state) in consumers {
+                row.execute(params![consumer, state])?;
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO features_meta (id, state) VALUES (0, ?1)",
+                params![meta],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every consumer's saved governance features and the store-wide state (`None` before
+    /// the first save).
+    #[allow(clippy::type_complexity)]
+    pub fn load_features(&self) -> Result<(Vec<(String, Vec<u8>)>, Option<Vec<u8>>)> {
+        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let meta = conn
+            .query_row("SELECT state FROM features_meta WHERE id = 0", [], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })
+            .optional()?;
+        let mut stmt = conn.prepare_cached("SELECT consumer, state FROM features")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        Ok((rows.collect::<rusqlite::Result<Vec<_>>>()?, meta))
+    }
+
     /// Deletes the buckets starting in `[from_ms, to_ms)` and the completed-day marks of days
     /// starting there: the day is rebuilt from raw events.
     pub fn forget(&self, from_ms: i64, to_ms: i64) -> Result<()> {
@@ -256,6 +304,27 @@ mod tests {
         // Reopened, it reads the same.
         let file = BucketFile::open(&dir).unwrap();
         assert_eq!(file.index().unwrap(), [(1, 3_600_000)]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn features_replace_their_rows_and_the_meta() {
+        let dir = std::env::temp_dir().join(format!("clientele-features-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let file = BucketFile::open(&dir).unwrap();
+        assert_eq!(file.load_features().unwrap(), (Vec::new(), None));
+        file.save_features(&[("a".into(), vec![1]), ("b".into(), vec![2])], &[9])
+            .unwrap();
+        file.save_features(&[("a".into(), vec![3])], &[10]).unwrap();
+        drop(file);
+        let file = BucketFile::open(&dir).unwrap();
+        let (mut rows, meta) = file.load_features().unwrap();
+        rows.sort();
+        assert_eq!(
+            rows,
+            [("a".to_string(), vec![3]), ("b".to_string(), vec![2])]
+        );
+        assert_eq!(meta, Some(vec![10]));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -205,6 +205,7 @@ fn features_table(f: &ConsumerFeatures) -> Markup {
                     th scope="col" class="num" { "Calls" }
                     th scope="col" class="num" { "Networks" }
                     th scope="col" class="num" { "User agents" }
+                    th scope="col" class="num" { "TLS clients" }
                     th scope="col" class="num" { "Sessions" }
                     th scope="col" class="num" { "End users" }
                     th scope="col" class="num" { "Item ids" }
@@ -221,6 +222,7 @@ fn features_table(f: &ConsumerFeatures) -> Markup {
                             td.num { (int(d.requests)) }
                             td.num { (int(u64::from(d.networks))) }
                             td.num { (int(u64::from(d.user_agents))) }
+                            td.num { (int(u64::from(d.tls_clients))) }
                             td.num { (int(u64::from(d.sessions))) }
                             td.num { (int(u64::from(d.end_users))) }
                             td.num { (int(u64::from(d.distinct_ids))) }

@@ -40,6 +40,11 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     writer: JoinHandle<()>,
+    /// Saved once more after the writer drained, so a graceful restart replays nothing.
+    features: (
+        Arc<clientele_governance::FeatureStore>,
+        Arc<clientele_store::BucketFile>,
+    ),
 }
 
 impl Running {
@@ -57,6 +62,16 @@ impl Running {
             tracing::warn!(
                 "event writer did not finish within 30 s; some events may not be stored"
             );
+        }
+        let (features, file) = self.features;
+        match tokio::task::spawn_blocking(move || clientele_app::governance::save(&features, &file))
+            .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "saving governance features at shutdown failed; the next start rebuilds the days since the last save")
+            }
+            Err(e) => tracing::warn!(error = %e, "saving governance features at shutdown failed"),
         }
         // The writer held the other reference; once it is gone, queued exports get a last try.
         if let Ok(exporters) = Arc::try_unwrap(self.exporters) {
@@ -142,8 +157,8 @@ pub async fn start(config: Config) -> Result<Running> {
         hour_ms: i64::from(a.hour_retention_days) * DAY_MS,
         day_ms: i64::from(a.day_retention_days) * DAY_MS,
     }));
-    // Governance features are rebuilt from the raw events the replay below reads: they hold
-    // at most five weeks, which the raw retention covers by default.
+    // Governance features are saved in rollups.db (below) and loaded at start-up; the replay
+    // rebuilds only the days not complete there.
     let governance = Arc::new(match config.governance.ip_table.clone() {
         Some(path) => {
             let table = tokio::task::spawn_blocking(move || {
@@ -184,6 +199,9 @@ pub async fn start(config: Config) -> Result<Running> {
         clientele_store::BucketFile::open(&event_dir).map_err(|e| anyhow::anyhow!("{e}"))?,
     );
     let cache_bytes = usize::try_from(a.rollup_cache_mib << 20).unwrap_or(usize::MAX);
+    clientele_app::governance::restore(&governance, buckets.clone(), &events)
+        .await
+        .map_err(|e| anyhow::anyhow!("restoring governance features: {e}"))?;
     let restored =
         clientele_app::rollups::restore_persisted(&pipeline, &engine, buckets.clone(), cache_bytes)
             .await
@@ -394,10 +412,15 @@ pub async fn start(config: Config) -> Result<Running> {
         stats,
         wait_for(shutdown_rx.clone()),
     )));
+    tasks.push(tokio::spawn(clientele_app::governance::maintain(
+        governance.clone(),
+        buckets.clone(),
+        wait_for(shutdown_rx.clone()),
+    )));
     tasks.push(tokio::spawn(clientele_app::rollups::maintain(
         events,
         engine,
-        buckets,
+        buckets.clone(),
         archived_until,
         config.storage.raw_event_retention_days,
         wait_for(shutdown_rx),
@@ -413,6 +436,7 @@ pub async fn start(config: Config) -> Result<Running> {
         shutdown: shutdown_tx,
         tasks,
         writer,
+        features: (governance, buckets),
     })
 }
 

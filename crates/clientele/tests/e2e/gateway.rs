@@ -592,6 +592,29 @@ async fn tls_termination_with_http2_by_alpn() {
         .output()
         .expect("curl is needed for this test");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
+    // The event carries the connection's TLS client fingerprint (curl: TLS 1.3, SNI, h2), and
+    // the governance features count it as one TLS client.
+    let events = server
+        .wait_events("acme", "", |e| e.iter().any(|e| e["tls_fp"].is_string()))
+        .await;
+    let fp = events[0]["tls_fp"].as_str().unwrap().to_string();
+    assert!(
+        fp.starts_with("t13d") && &fp[6..8] == "h2" && fp.len() == 34,
+        "{fp}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, features) = server
+            .admin(Method::GET, "/v1/governance/consumers/acme", None)
+            .await;
+        if features["days"][0]["tls_clients"] == 1 {
+            assert_eq!(features["days"][0]["max_tls_clients_per_hour"], 1);
+            assert_eq!(features["hours"][0]["tls_clients"], 1, "{features}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{features}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 //! trusted proxy's X-Forwarded-For, end users from X-End-User-Id) and through `POST
 //! /v1/events`, plan policies judged by the evaluation, a `block` policy refusing with 403
 //! problem+json (recorded as an event), the risk endpoint, the dashboard page, and features
-//! rebuilt after a restart.
+//! loaded from rollups.db after a restart.
 
 use http::Method;
 use serde_json::{Value, json};
@@ -210,11 +210,22 @@ async fn plan_policies_flag_and_block_and_the_risk_page_explains() {
     );
     assert!(page.body.contains(r#"id="features""#));
 
-    // Restart: the features are rebuilt from the stored events, and the next evaluation
-    // blocks the key again.
+    // Restart: the features saved at the graceful stop are loaded (no day to replay), and the
+    // next evaluation blocks the key again.
     let dir = std::mem::replace(&mut server.dir, tempfile::tempdir().unwrap());
     assert!(server.terminate().success());
     let server = Server::start_in(dir, upstream.addr, EXTRA).await;
+    let log = server.stderr();
+    let loaded = log
+        .lines()
+        .find(|l| l.contains("loaded governance features"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        loaded.contains("consumers=")
+            && !loaded.contains("consumers=0 ")
+            && !loaded.contains("replay_from="),
+        "every day is in the save: {loaded}"
+    );
     let (_, features) = server
         .admin(Method::GET, "/v1/governance/consumers/shared", None)
         .await;
