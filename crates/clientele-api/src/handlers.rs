@@ -206,6 +206,22 @@ pub struct EventOut {
     pub tokens_in: Option<u64>,
     pub tokens_out: Option<u64>,
     pub cost_usd: Option<f64>,
+    /// The parts of `tokens_in` read from (`tokens_cached`) and written to
+    /// (`tokens_cache_write`) the provider's prompt cache, and of `tokens_out` spent reasoning;
+    /// left out when the provider did not report them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_cached: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_cache_write: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_reasoning: Option<u64>,
+    /// The call's fingerprint (16 hex digits): identical calls (method, path, query and body)
+    /// share it, which is how `agent_loop` tells a loop from a refining query.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_hash: Option<String>,
+    /// The client's TLS ClientHello fingerprint, where the gateway terminated TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_fp: Option<String>,
 }
 
 impl From<Event> for EventOut {
@@ -235,6 +251,11 @@ impl From<Event> for EventOut {
             tokens_in: e.tokens_in,
             tokens_out: e.tokens_out,
             cost_usd: e.cost_usd,
+            tokens_cached: e.tokens_cached,
+            tokens_cache_write: e.tokens_cache_write,
+            tokens_reasoning: e.tokens_reasoning,
+            call_hash: e.call_hash.map(|h| format!("{h:016x}")),
+            tls_fp: e.tls_fp,
         }
     }
 }

@@ -10,8 +10,10 @@
 //!   Every number is bounded, so no sum of them can overflow a rollup and an event reads back
 //!   from the store exactly as it was counted: `request_bytes`/`response_bytes` at most
 //!   [`MAX_BYTES`] (1 TiB), `upstream_latency_ms` like `latency_ms`, `tokens_in`/`tokens_out` at
-//!   most [`MAX_TOKENS`], `cost_usd` finite and at most [`MAX_COST_USD`]. Strings hold no
-//!   control characters (NUL included).
+//!   most [`MAX_TOKENS`] (`tokens_cached`/`tokens_cache_write`/`tokens_reasoning` too, and as
+//!   parts of `tokens_in` and `tokens_out` at most those), `cost_usd` finite and at most
+//!   [`MAX_COST_USD`]. `call_hash` is 16 hex digits, `tls_fp` at most 128 characters. Strings
+//!   hold no control characters (NUL included).
 //! - Unknown fields are ignored, so that shippers may send extra context (host, pod) without
 //!   losing events.
 //! - Without `id`, the id is derived from the event's content, so a retried batch or a re-run
@@ -188,6 +190,39 @@ fn parse_event(
             .unwrap_or_else(|| infer_template(path)),
     };
     let upper = method.to_ascii_uppercase();
+    let tokens_in = opt_u64(obj, "tokens_in", MAX_TOKENS)?;
+    let tokens_out = opt_u64(obj, "tokens_out", MAX_TOKENS)?;
+    // The parts priced apart are parts: more cached than input tokens, or more reasoning than
+    // output tokens, is a shipper's mistake that would price tokens that were never used.
+    let tokens_cached = opt_u64(obj, "tokens_cached", MAX_TOKENS)?;
+    let tokens_cache_write = opt_u64(obj, "tokens_cache_write", MAX_TOKENS)?;
+    let tokens_reasoning = opt_u64(obj, "tokens_reasoning", MAX_TOKENS)?;
+    let input_parts = tokens_cached.unwrap_or(0) + tokens_cache_write.unwrap_or(0);
+    if input_parts > 0 && input_parts > tokens_in.unwrap_or(0) {
+        return Err(format!(
+            "tokens_cached plus tokens_cache_write ({input_parts}) exceed tokens_in ({}); tokens_in counts every input token, cached ones included",
+            tokens_in.unwrap_or(0)
+        ));
+    }
+    if let Some(r) = tokens_reasoning.filter(|r| *r > tokens_out.unwrap_or(0)) {
+        return Err(format!(
+            "tokens_reasoning ({r}) exceeds tokens_out ({}); tokens_out counts every output token, reasoning ones included",
+            tokens_out.unwrap_or(0)
+        ));
+    }
+    let tls_fp = match opt_str(obj, "tls_fp")? {
+        Some(f) if f.len() > 128 => return Err("tls_fp is longer than 128 characters".into()),
+        f => f.filter(|f| !f.is_empty()).map(str::to_string),
+    };
+    let given_hash = match opt_str(obj, "call_hash")? {
+        None => None,
+        Some(h) => Some(
+            u64::from_str_radix(h, 16)
+                .ok()
+                .filter(|_| h.len() == 16)
+                .ok_or_else(|| format!("call_hash {h:?} is not 16 hex digits"))?,
+        ),
+    };
     Ok(Event {
         id,
         ts_ms,
@@ -219,22 +254,29 @@ fn parse_event(
         team: opt_str(obj, "team")?.map(str::to_string),
         use_case: opt_str(obj, "use_case")?.map(str::to_string),
         model: opt_str(obj, "model")?.map(str::to_string),
-        tokens_in: opt_u64(obj, "tokens_in", MAX_TOKENS)?,
-        tokens_out: opt_u64(obj, "tokens_out", MAX_TOKENS)?,
+        tokens_in,
+        tokens_out,
+        tokens_cached,
+        tokens_cache_write,
+        tokens_reasoning,
+        tls_fp,
         cost_usd: opt_f64(obj, "cost_usd", MAX_COST_USD)?,
         close_code: None,
-        // Calls without a body are the same call when method, path and query are: their
-        // fingerprint is the gateway's (an empty body's CRC is 0). A logged call with a body
-        // has no body to read here, and different prompts to one endpoint are not a loop, so
-        // it has none.
-        call_hash: matches!(upper.as_str(), "GET" | "HEAD" | "DELETE" | "OPTIONS").then(|| {
-            let query = full_path
-                .split_once('?')
-                .map(|(_, q)| q.split('#').next().unwrap_or(q));
-            clientele_core::event::call_hash(
-                clientele_core::event::head_print(&upper, path, query),
-                0,
-            )
+        // A shipper that fingerprinted the call (as the events API shows it) is trusted.
+        // Otherwise calls without a body are the same call when method, path and query are:
+        // their fingerprint is the gateway's (an empty body's CRC is 0). A logged call with a
+        // body has no body to read here, and different prompts to one endpoint are not a loop,
+        // so it has none.
+        call_hash: given_hash.or_else(|| {
+            matches!(upper.as_str(), "GET" | "HEAD" | "DELETE" | "OPTIONS").then(|| {
+                let query = full_path
+                    .split_once('?')
+                    .map(|(_, q)| q.split('#').next().unwrap_or(q));
+                clientele_core::event::call_hash(
+                    clientele_core::event::head_print(&upper, path, query),
+                    0,
+                )
+            })
         }),
         method: upper,
     })
@@ -352,6 +394,18 @@ not json
             (r#","status":600"#, "status"),
             (r#","path":"/a\u0000b""#, "path"),
             (r#","user_agent":"x\u001b[31m""#, "user_agent"),
+            (r#","tokens_in":10,"tokens_cached":11"#, "tokens_cached"),
+            (
+                r#","tokens_in":10,"tokens_cached":5,"tokens_cache_write":6"#,
+                "tokens_in",
+            ),
+            (
+                r#","tokens_out":3,"tokens_reasoning":4"#,
+                "tokens_reasoning",
+            ),
+            (r#","tokens_cached":10000000001"#, "tokens_cached"),
+            (r#","call_hash":"12345""#, "call_hash"),
+            (r#","call_hash":"zz00000000000000""#, "call_hash"),
         ];
         for (extra, field) in cases {
             let text = line(extra);
@@ -367,6 +421,16 @@ not json
             line(r#","request_bytes":1099511627776,"cost_usd":1000000,"upstream_latency_ms":5"#);
         let (events, _) = parse_batch(ok.as_bytes(), true, B).unwrap();
         assert_eq!(events[0].request_bytes, MAX_BYTES);
+        let usage = line(
+            r#","tokens_in":100,"tokens_cached":60,"tokens_cache_write":40,"tokens_out":9,"tokens_reasoning":9,"tls_fp":"t13d_x","call_hash":"00000000DEADBEEF""#,
+        );
+        let e = &parse_batch(usage.as_bytes(), true, B).unwrap().0[0];
+        assert_eq!(
+            (e.tokens_cached, e.tokens_cache_write, e.tokens_reasoning),
+            (Some(60), Some(40), Some(9))
+        );
+        assert_eq!(e.tls_fp.as_deref(), Some("t13d_x"));
+        assert_eq!(e.call_hash, Some(0xdead_beef));
     }
 
     #[test]

@@ -153,6 +153,19 @@ pub struct Event {
     /// Identical calls share it; what tells an agent's loop from a refining query.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call_hash: Option<u64>,
+    /// For LLM traffic, the parts of the usage that are priced apart: input tokens read from
+    /// the provider's prompt cache (a subset of `tokens_in`), input tokens written to it, and
+    /// reasoning tokens (a subset of `tokens_out`). `None` when the provider did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_cached: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_cache_write: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_reasoning: Option<u64>,
+    /// A fingerprint of the client's TLS ClientHello, where the gateway terminated TLS: what
+    /// tells one client program from another behind the same key, whatever its user agent says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_fp: Option<String>,
 }
 
 /// The call fingerprint of `Event::call_hash`: the CRC-32 of the call's method, path and

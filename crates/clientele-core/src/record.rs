@@ -138,6 +138,12 @@ const END_USER: u32 = 1 << 15;
 const CLOSE_CODE: u32 = 1 << 16;
 /// Added after CLOSE_CODE, the same way (8 bytes, little-endian).
 const CALL_HASH: u32 = 1 << 17;
+/// Added after CALL_HASH, the same way: the usage parts priced apart (varints) and the TLS
+/// fingerprint.
+const TOKENS_CACHED: u32 = 1 << 18;
+const TOKENS_CACHE_WRITE: u32 = 1 << 19;
+const TOKENS_REASONING: u32 = 1 << 20;
+const TLS_FP: u32 = 1 << 21;
 
 fn present(e: &Event) -> u32 {
     let flags = [
@@ -159,6 +165,10 @@ fn present(e: &Event) -> u32 {
         (e.end_user.is_some(), END_USER),
         (e.close_code.is_some(), CLOSE_CODE),
         (e.call_hash.is_some(), CALL_HASH),
+        (e.tokens_cached.is_some(), TOKENS_CACHED),
+        (e.tokens_cache_write.is_some(), TOKENS_CACHE_WRITE),
+        (e.tokens_reasoning.is_some(), TOKENS_REASONING),
+        (e.tls_fp.is_some(), TLS_FP),
     ];
     flags.iter().filter(|(on, _)| *on).map(|(_, bit)| bit).sum()
 }
@@ -209,6 +219,13 @@ pub fn encode(e: &Event, out: &mut Vec<u8>) {
     if let Some(h) = e.call_hash {
         out.extend_from_slice(&h.to_le_bytes());
     }
+    for v in [e.tokens_cached, e.tokens_cache_write, e.tokens_reasoning]
+        .into_iter()
+        .flatten()
+    {
+        put_varint(out, v);
+    }
+    opt(out, &e.tls_fp);
 }
 
 /// Reads an event back from a payload written by [`encode`].
@@ -248,6 +265,10 @@ pub fn decode(payload: &[u8]) -> Result<Event, RecordError> {
         .map(|c| u16::try_from(c).map_err(|_| RecordError::Malformed("close code")))
         .transpose()?;
     let call_hash = r.has(CALL_HASH).then(|| r.u64_le()).transpose()?;
+    let tokens_cached = r.has(TOKENS_CACHED).then(|| r.varint()).transpose()?;
+    let tokens_cache_write = r.has(TOKENS_CACHE_WRITE).then(|| r.varint()).transpose()?;
+    let tokens_reasoning = r.has(TOKENS_REASONING).then(|| r.varint()).transpose()?;
+    let tls_fp = r.opt_string(TLS_FP)?;
     if !r.rest.is_empty() {
         return Err(RecordError::Malformed("trailing bytes"));
     }
@@ -280,6 +301,10 @@ pub fn decode(payload: &[u8]) -> Result<Event, RecordError> {
         cost_usd,
         close_code,
         call_hash,
+        tokens_cached,
+        tokens_cache_write,
+        tokens_reasoning,
+        tls_fp,
     })
 }
 
@@ -446,7 +471,23 @@ mod tests {
             cost_usd: Some(-0.0),
             close_code: Some(1001),
             call_hash: Some(u64::MAX - 7),
+            tokens_cached: Some(0),
+            tokens_cache_write: None,
+            tokens_reasoning: Some(u64::MAX),
+            tls_fp: Some("t13d1516h2_8daaf6152771_e5627efa2ab1".into()),
         }
+    }
+
+    #[test]
+    fn a_record_written_before_the_usage_parts_reads_as_it_did() {
+        // A payload from before TOKENS_CACHED..TLS_FP existed is the same bytes as one of an
+        // event without them: the new fields come last and only behind their bits.
+        let mut e = sample();
+        (e.tokens_cached, e.tokens_reasoning, e.tls_fp) = (None, None, None);
+        let mut p = Vec::new();
+        encode(&e, &mut p);
+        assert_eq!(decode(&p).unwrap(), e);
+        assert_eq!(present(&e) >> 18, 0);
     }
 
     #[test]

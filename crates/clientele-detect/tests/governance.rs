@@ -383,6 +383,10 @@ fn event(
         cost_usd: None,
         close_code: None,
         call_hash: None,
+        tokens_cached: None,
+        tokens_cache_write: None,
+        tokens_reasoning: None,
+        tls_fp: None,
     }
 }
 

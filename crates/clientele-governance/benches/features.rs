@@ -107,6 +107,10 @@ fn hour_of(rng: &mut Rng, consumer: usize, hour: i64, n: usize) -> Vec<Event> {
                 cost_usd: None,
                 close_code: None,
                 call_hash: None,
+                tokens_cached: None,
+                tokens_cache_write: None,
+                tokens_reasoning: None,
+                tls_fp: None,
             }
         })
         .collect()

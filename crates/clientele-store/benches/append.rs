@@ -45,6 +45,10 @@ fn event(i: u64, ts_ms: i64) -> Event {
         cost_usd: None,
         close_code: None,
         call_hash: None,
+        tokens_cached: None,
+        tokens_cache_write: None,
+        tokens_reasoning: None,
+        tls_fp: None,
     }
 }
 

@@ -23,7 +23,7 @@ mod findings;
 mod releases;
 
 /// 2 added `consumers.limits` and `quota_usage`.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
@@ -95,7 +95,11 @@ CREATE TABLE IF NOT EXISTS events (
     cost_usd REAL,
     end_user TEXT,
     close_code INTEGER,
-    call_hash INTEGER
+    call_hash INTEGER,
+    tokens_cached INTEGER,
+    tokens_cache_write INTEGER,
+    tokens_reasoning INTEGER,
+    tls_fp TEXT
 );
 CREATE INDEX IF NOT EXISTS events_consumer_ts ON events(consumer, ts);
 CREATE TABLE IF NOT EXISTS rollups (
@@ -175,10 +179,11 @@ impl SqliteStore {
                 )?;
             }
             Some(Ok(v)) if v == SCHEMA_VERSION => {}
-            Some(Ok(v @ (1..=4))) => {
+            Some(Ok(v @ (1..=5))) => {
                 // Version 1 had no per-consumer limits (the new table was created above);
                 // version 2 no end user on events; version 3 no WebSocket close code;
-                // version 4 no call fingerprint. Each step is one ALTER, data untouched.
+                // version 4 no call fingerprint; version 5 no usage parts or TLS
+                // fingerprint. Each step is ALTERs only, data untouched.
                 if v == 1 {
                     writer.execute_batch("ALTER TABLE consumers ADD COLUMN limits TEXT;")?;
                 }
@@ -188,9 +193,15 @@ impl SqliteStore {
                 if v <= 3 {
                     writer.execute_batch("ALTER TABLE events ADD COLUMN close_code INTEGER;")?;
                 }
+                if v <= 4 {
+                    writer.execute_batch("ALTER TABLE events ADD COLUMN call_hash INTEGER;")?;
+                }
                 writer.execute_batch(
-                    "ALTER TABLE events ADD COLUMN call_hash INTEGER;
-                     UPDATE meta SET v = '5' WHERE k = 'schema_version';",
+                    "ALTER TABLE events ADD COLUMN tokens_cached INTEGER;
+                     ALTER TABLE events ADD COLUMN tokens_cache_write INTEGER;
+                     ALTER TABLE events ADD COLUMN tokens_reasoning INTEGER;
+                     ALTER TABLE events ADD COLUMN tls_fp TEXT;
+                     UPDATE meta SET v = '6' WHERE k = 'schema_version';",
                 )?;
             }
             Some(other) => {
@@ -689,7 +700,10 @@ const EVENT_COLUMNS: &str =
     "id, ts, consumer, key_id, api, method, path, route, status, latency_ms,
     upstream_latency_ms, request_bytes, response_bytes, client_ip, user_agent, session_id,
     trace_id, outcome, plan, team, use_case, model, tokens_in, tokens_out, cost_usd, end_user,
-    close_code, call_hash";
+    close_code, call_hash, tokens_cached, tokens_cache_write, tokens_reasoning, tls_fp";
+
+/// How many columns `EVENT_COLUMNS` names: the index of whatever a query selects after them.
+const EVENT_COLUMN_COUNT: usize = 32;
 
 fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
     let outcome: String = r.get(17)?;
@@ -723,6 +737,10 @@ fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
         close_code: r.get(26)?,
         // Stored as the i64 with the same bits.
         call_hash: r.get::<_, Option<i64>>(27)?.map(|v| v as u64),
+        tokens_cached: r.get::<_, Option<i64>>(28)?.map(|v| v.max(0) as u64),
+        tokens_cache_write: r.get::<_, Option<i64>>(29)?.map(|v| v.max(0) as u64),
+        tokens_reasoning: r.get::<_, Option<i64>>(30)?.map(|v| v.max(0) as u64),
+        tls_fp: r.get(31)?,
     })
 }
 
@@ -744,7 +762,8 @@ impl EventStore for SqliteStore {
                 let mut stmt = tx.prepare_cached(&format!(
                     "INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) VALUES
                      (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                      ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)"
+                      ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28,
+                      ?29, ?30, ?31, ?32)"
                 ))?;
                 for e in events {
                     let n = stmt.execute(params![
@@ -775,7 +794,11 @@ impl EventStore for SqliteStore {
                         e.cost_usd,
                         e.end_user,
                         e.close_code,
-                        e.call_hash.map(|h| h as i64)
+                        e.call_hash.map(|h| h as i64),
+                        e.tokens_cached.map(sql_u64),
+                        e.tokens_cache_write.map(sql_u64),
+                        e.tokens_reasoning.map(sql_u64),
+                        e.tls_fp
                     ])?;
                     if n == 1 {
                         fresh.push(e);
@@ -803,7 +826,7 @@ impl EventStore for SqliteStore {
             ))?;
             let mut cursor = None;
             let rows = stmt.query_map(params![from_ms, ts, rowid, page as i64], |r| {
-                Ok((event_from_row(r)?, r.get::<_, i64>(28)?))
+                Ok((event_from_row(r)?, r.get::<_, i64>(EVENT_COLUMN_COUNT)?))
             })?;
             let mut out = Vec::with_capacity(page);
             for row in rows {
@@ -974,13 +997,22 @@ mod migration_tests {
     use super::*;
 
     #[test]
-    fn a_version_4_database_gains_the_call_fingerprint_column() {
+    fn the_column_count_is_the_columns_named() {
+        assert_eq!(EVENT_COLUMNS.split(',').count(), EVENT_COLUMN_COUNT);
+    }
+
+    #[test]
+    fn a_version_4_database_gains_every_later_column() {
         let mut fresh = crate::testsuite::Fresh::<SqliteStore>::new();
         let dir = fresh.dir().to_path_buf();
         // Make it what a version 4 build left.
         let conn = Connection::open(dir.join("clientele.db")).unwrap();
         conn.execute_batch(
             "ALTER TABLE events DROP COLUMN call_hash;
+             ALTER TABLE events DROP COLUMN tokens_cached;
+             ALTER TABLE events DROP COLUMN tokens_cache_write;
+             ALTER TABLE events DROP COLUMN tokens_reasoning;
+             ALTER TABLE events DROP COLUMN tls_fp;
              UPDATE meta SET v = '4' WHERE k = 'schema_version';",
         )
         .unwrap();
@@ -992,7 +1024,10 @@ mod migration_tests {
                 r.get(0)
             })
             .unwrap();
-        assert_eq!(v, "5");
-        conn.execute_batch("SELECT call_hash FROM events").unwrap();
+        assert_eq!(v, "6");
+        conn.execute_batch(
+            "SELECT call_hash, tokens_cached, tokens_cache_write, tokens_reasoning, tls_fp FROM events",
+        )
+        .unwrap();
     }
 }

@@ -94,6 +94,11 @@ impl Count {
 /// route's until its own history is rich.
 const PRIOR_REQUESTS: f64 = 50.0;
 
+/// How far above its own baseline a caller's window must be (binomial deviance, about a
+/// one-sided 12% test) to count among the consumers an API-wide incident affects: loose,
+/// because the pool carries the evidence, yet above what a handful of ordinary calls gives.
+const AFFECTED_Z: f64 = 1.2;
+
 /// A consumer's (or a route's) usual error rate from its daily counts. With enough errors a
 /// day, the median of daily rates (robust to an incident day); otherwise the pooled rate,
 /// blended with `prior` (the route's rate) when there is one.
@@ -498,7 +503,12 @@ impl ErrorDetector {
             if top.is_none_or(|t| excess > t.1.e as f64 - t.1.n as f64 * t.2) {
                 top = Some(p);
             }
-            if cnt.e >= 1 && cnt.rate() >= 2.0 * b {
+            // Affected means its own window leans clearly above its baseline, not one error
+            // in a handful of calls: at a 10% baseline, 1 in 4 is 25% but happens a third of
+            // the time (z 0.9), and a few such callers must not make two consumers' doing (a
+            // scraper's 404s, a blocked key's 403s) look spread over the route. One 503 in 12
+            // calls against 1% (z 1.6) is a quiet caller seeing the incident and counts.
+            if cnt.e >= 1 && cnt.rate() >= 2.0 * b && binomial_z(cnt.e, cnt.n, *b) >= AFFECTED_Z {
                 affected += 1;
             }
         }
@@ -583,5 +593,15 @@ mod tests {
         let mut one = vec![(0, c(100, 30), 0.01)];
         one.extend((1..10).map(|i| (i, c(12, 0), 0.01)));
         assert_eq!(d.api_wide(c(208, 30), 2.08, &one, 4.0), None);
+        // Two loud consumers (a scraper's 404s, a blocked key's 403s) and eight ordinary ones
+        // at a 10% baseline, a few of which saw one 404 in their handful of calls: not spread.
+        let mut two = vec![(0, c(600, 500), 0.1), (1, c(120, 120), 0.1)];
+        two.extend((2..6).map(|i| (i, c(4, 1), 0.1)));
+        two.extend((6..10).map(|i| (i, c(5, 0), 0.1)));
+        let mut pool = Count::default();
+        for p in &two {
+            pool.add(p.1);
+        }
+        assert_eq!(d.api_wide(pool, pool.n as f64 * 0.1, &two, 4.0), None);
     }
 }

@@ -39,6 +39,10 @@ pub fn event(id: &str, consumer: &str, ts_ms: i64, status: u16) -> Event {
         cost_usd: None,
         close_code: None,
         call_hash: None,
+        tokens_cached: None,
+        tokens_cache_write: None,
+        tokens_reasoning: None,
+        tls_fp: None,
     }
 }
 
@@ -189,6 +193,10 @@ pub async fn every_field_round_trips<S: Backend + EventStore>(fresh: &mut Fresh<
         cost_usd: Some(0.0123),
         close_code: Some(4001),
         call_hash: Some(0xfedc_ba98_7654_3210),
+        tokens_cached: Some(750_000),
+        tokens_cache_write: Some(0),
+        tokens_reasoning: Some(u64::from(u32::MAX) + 1),
+        tls_fp: Some("t13d1516h2_8daaf6152771_e5627efa2ab1".into()),
     };
     let mut bare = event("ev_bare", "acme", DAY + 124, 200);
     bare.api = None;

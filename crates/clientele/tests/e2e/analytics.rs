@@ -228,6 +228,33 @@ async fn backdated_ingest_feeds_per_consumer_and_per_route_stats() {
         })
         .await;
     assert_eq!(events.len(), 500);
+
+    // The usage parts, the call fingerprint and the TLS fingerprint a shipper sends come back
+    // from drill-down as sent (the fingerprint as 16 hex digits).
+    let usage = json!({"ts": now - 1_000, "consumer": "umbrella", "method": "POST", "path": "/v1/chat/completions",
+        "status": 200, "latency_ms": 900.0, "model": "gpt-4o", "tokens_in": 1200, "tokens_cached": 1000,
+        "tokens_cache_write": 200, "tokens_out": 300, "tokens_reasoning": 250, "tls_fp": "t13d1516h2_abc",
+        "call_hash": "0123456789abcdef"});
+    let (status, body) = post_ndjson(&server, &[usage]).await;
+    assert_eq!(
+        (status, body["accepted"].as_u64()),
+        (202, Some(1)),
+        "{body}"
+    );
+    let events = server.wait_events("umbrella", "", |e| !e.is_empty()).await;
+    let e = &events[0];
+    assert_eq!(
+        (
+            &e["tokens_cached"],
+            &e["tokens_cache_write"],
+            &e["tokens_reasoning"]
+        ),
+        (&json!(1000), &json!(200), &json!(250))
+    );
+    assert_eq!(
+        (&e["tls_fp"], &e["call_hash"]),
+        (&json!("t13d1516h2_abc"), &json!("0123456789abcdef"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
