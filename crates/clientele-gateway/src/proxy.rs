@@ -505,7 +505,11 @@ impl Gateway {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let budgets = entry.slot.as_ref().is_some_and(|s| s.policy.budgets.any());
+        // Budgets of the consumer, or of its session when the client names one.
+        let budgets = entry.slot.as_ref().is_some_and(|s| {
+            s.policy.budgets.any()
+                || (s.policy.session_budgets.any() && seen.event.session_id.is_some())
+        });
         // A small JSON body of an LLM request is read first when a budget needs its
         // `max_tokens` or a stream needs `include_usage` (bounded by PEEK_MAX; see
         // `llm_request`). Everything else streams.
@@ -604,6 +608,7 @@ impl Gateway {
                 .limiter
                 .check(
                     &entry.consumer,
+                    seen.event.session_id.as_deref(),
                     slot,
                     &seen.event.method,
                     &seen.event.route,
@@ -1025,12 +1030,8 @@ impl Gateway {
         status: LimitStatus,
         retry_secs: u64,
     ) -> Response<ResponseBody> {
-        let (key, usd) = match status.kind {
-            LimitKind::BudgetUsdDay => ("budget_usd_per_day", true),
-            LimitKind::BudgetUsdMonth => ("budget_usd_per_month", true),
-            LimitKind::TokensDay => ("tokens_per_day", false),
-            _ => ("tokens_per_month", false),
-        };
+        let key = status.kind.budget_key().unwrap_or("tokens_per_month");
+        let usd = status.kind.is_usd();
         let amount = |n: u64| {
             if usd {
                 serde_json::json!(n as f64 / 1e6)
@@ -1052,16 +1053,26 @@ impl Gateway {
         };
         let resets_at =
             clientele_core::time::format_ts(seen.event.ts_ms + (status.reset_secs as i64) * 1000);
-        let detail = format!(
-            "your {period} budget ({key}) of {} is spent: {} used; it resets at {resets_at} (UTC {}); ask the API's owner for a larger budget",
-            shown(status.limit),
-            shown(status.limit.saturating_sub(status.remaining)),
-            if status.kind.is_monthly() {
-                "start of next month"
-            } else {
-                "midnight"
-            },
-        );
+        let detail = if status.kind.is_session() {
+            format!(
+                "this session's budget ({key}) of {} is spent: {} used; it is forgotten after {} h without a request in the session (by {resets_at} if none comes); start a new session (a new {} value) or ask the API's owner for a larger budget",
+                shown(status.limit),
+                shown(status.limit.saturating_sub(status.remaining)),
+                status.reset_secs / 3600,
+                self.options.session_header,
+            )
+        } else {
+            format!(
+                "your {period} budget ({key}) of {} is spent: {} used; it resets at {resets_at} (UTC {}); ask the API's owner for a larger budget",
+                shown(status.limit),
+                shown(status.limit.saturating_sub(status.remaining)),
+                if status.kind.is_monthly() {
+                    "start of next month"
+                } else {
+                    "midnight"
+                },
+            )
+        };
         seen.event.status = StatusCode::TOO_MANY_REQUESTS.as_u16();
         seen.event.outcome = Outcome::BudgetExceeded;
         let mut problem = Problem::new(429, "budget-exceeded", "Budget exceeded", detail);
