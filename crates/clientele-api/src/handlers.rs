@@ -917,6 +917,24 @@ pub struct SessionOut {
     pub loops: u32,
     /// Whether the id was inferred from idle gaps.
     pub inferred: bool,
+    /// The most consecutive calls to one endpoint (a recursive or refining chain); `null`
+    /// for a session of no calls.
+    pub longest_chain: Option<ChainOut>,
+    /// `agent`, `service` or `interactive`, from the session's pattern and user agent: a
+    /// browser is interactive, an agent framework an agent; bursts of 10-60 calls (at most
+    /// 2 s apart) each followed by 30 s of silence, or LLM calls in bursts, an agent; a
+    /// steady pace or an HTTP library a service; anything else interactive.
+    pub class: String,
+    /// Why the session has its class, in words.
+    pub class_reason: String,
+}
+
+/// A run of consecutive calls to one endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChainOut {
+    /// `METHOD /route`.
+    pub endpoint: String,
+    pub calls: u32,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -959,6 +977,11 @@ pub async fn sessions(
             cost_usd: s.cost_usd,
             loops: s.loops,
             inferred: s.inferred,
+            longest_chain: s
+                .longest_chain
+                .map(|(endpoint, calls)| ChainOut { endpoint, calls }),
+            class: s.pattern.class().0.to_string(),
+            class_reason: s.pattern.class().1,
         })
         .collect();
     Ok(Json(SessionList { sessions }))

@@ -630,6 +630,20 @@ async fn sessions_from_the_header_with_a_loop_and_inferred_ones() {
     assert_eq!(run["requests"], 6, "{run}");
     assert_eq!(run["loops"], 1, "{run}");
     assert_eq!(run["tokens_in"], 6 * PROMPT_TOKENS, "{run}");
+    // Six LLM calls in a burst: an agent, and a chain of six calls to one endpoint.
+    assert_eq!(run["class"], "agent", "{run}");
+    assert!(
+        run["class_reason"].as_str().unwrap().contains("burst"),
+        "{run}"
+    );
+    assert_eq!(run["longest_chain"]["calls"], 6, "{run}");
+    assert!(
+        run["longest_chain"]["endpoint"]
+            .as_str()
+            .unwrap()
+            .ends_with("/v1/chat/completions"),
+        "{run}"
+    );
     let inferred: Vec<_> = sessions.iter().filter(|s| s["inferred"] == true).collect();
     assert_eq!(inferred.len(), 1, "{sessions:?}");
     assert_eq!(inferred[0]["requests"], 1);
@@ -920,4 +934,70 @@ async fn bench_streamed_completion_added_latency() {
         .admin(Method::GET, "/v1/consumers/bench/limits", None)
         .await;
     assert!(lim["budgets"][0]["used"].as_f64().unwrap() > 0.0, "{lim}");
+}
+
+/// MCP over HTTP: a JSON-RPC `tools/call` is attributed to its tool (the event's route is the
+/// tool's name), so per-tool counts come out of the route stats; other messages keep the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_tool_calls_are_attributed_per_tool() {
+    let (server, _) = start().await;
+    let (_, key) = server.consumer_with_key("agent-m", Some("pro")).await;
+    let auth = format!("Bearer {key}");
+    let call = |id: u32, tool: &str| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": tool, "arguments": {"q": "rust"}}})
+    };
+    let messages = [
+        call(1, "search_docs"),
+        call(2, "search_docs"),
+        call(3, "fetch_page"),
+        json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"}),
+    ];
+    for m in &messages {
+        let (status, _, _) = crate::support::send(
+            Method::POST,
+            &server.gw("/plain/mcp"),
+            &[
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ],
+            Some(Bytes::from(m.to_string())),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200);
+    }
+    let events = server
+        .wait_events("agent-m", "", |evs| evs.len() == 4)
+        .await;
+    let mut routes: Vec<&str> = events
+        .iter()
+        .map(|e| e["route"].as_str().unwrap())
+        .collect();
+    routes.sort_unstable();
+    assert_eq!(
+        routes,
+        vec!["/mcp", "fetch_page", "search_docs", "search_docs"],
+        "{events:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = server.admin(Method::GET, "/v1/stats/routes", None).await;
+        assert_eq!(status, 200, "{body}");
+        let search = body["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["route"] == "search_docs")
+            .cloned();
+        if let Some(r) = search.filter(|r| r["requests"] == 2) {
+            assert_eq!(r["method"], "POST", "{r}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no search_docs route: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
