@@ -354,7 +354,11 @@ TABLE=$(python3 - "$RAW" <<'PY'
 import csv, sys
 from statistics import median
 
-rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+all_rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+# A run that completed no request (a stalled proxy) has no latency to take a median of; it is
+# left out and named below.
+rows = [r for r in all_rows if int(r["requests"]) > 0]
+stalled = [r for r in all_rows if int(r["requests"]) == 0]
 def col(kind, target, key):
     return [float(r[key]) for r in rows if r["kind"] == kind and r["target"] == target]
 def by_round(kind, target, key):
@@ -366,6 +370,9 @@ out = ["| request | target | req/s | CPU-µs/req | p50 ms | p99 ms | added p50 m
        "|---|---|---:|---:|---:|---:|---:|---:|"]
 for kind in ("json", "sse"):
     for t in ("direct", "clientele", "litellm"):
+        if not col(kind, t, "req_s"):
+            out.append(f"| {kind} | {t} | 0 | — | — | — | — | — |")
+            continue
         rps = median(col(kind, t, "req_s"))
         cpu = median(col(kind, t, "cpu_us_per_req"))
         p50 = median(col(kind, t, "p50_us"))
@@ -376,12 +383,17 @@ for kind in ("json", "sse"):
             adds = []
             for key in ("p50_us", "p99_us"):
                 d, p = by_round(kind, "direct", key), by_round(kind, t, key)
-                adds.append(ms(median(p[r] - d[r] for r in p if r in d)))
+                diffs = [p[r] - d[r] for r in p if r in d]
+                adds.append(ms(median(diffs)) if diffs else "—")
             add50, add99 = adds
         out.append(f"| {kind} | {t} | {rps:,.0f} | {cpu:,.0f} | {ms(p50)} | {ms(p99)} | {add50} | {add99} |")
 out.append("")
 out.append("Medians over the rounds; added = the proxy's figure minus direct's in the same round;")
 out.append("CPU-µs/req = the target process's CPU time per request (direct: the mock's own).")
+if stalled:
+    out.append("")
+    out.append("**WARNING**: runs that completed no request within the run, left out of the medians: "
+               + ", ".join(f'{r["kind"]} {r["target"]} round {r["round"]}' for r in stalled))
 bad = [r for r in rows if int(r["non2xx"]) or int(r["socket_errors"])]
 if bad:
     out.append("")

@@ -554,6 +554,16 @@ async fn a_session_budget_holds_per_session_under_30_concurrent_requests() {
             .all(|e| e["session_id"] == "run-1"),
         "{events:?}"
     );
+    // The consumer's limits list the session budget.
+    let (status, limits) = server
+        .admin(Method::GET, "/v1/consumers/session-burner/limits", None)
+        .await;
+    assert_eq!(status, 200, "{limits}");
+    assert_eq!(
+        limits["session_budgets"],
+        json!([{"budget": "tokens_per_session", "unit": "tokens", "limit": 500.0}]),
+        "{limits}"
+    );
     // A negative session budget is refused naming the field.
     let (status, body) = server
         .admin(
