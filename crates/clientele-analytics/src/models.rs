@@ -16,6 +16,11 @@ pub struct ModelUsage {
     pub requests: u64,
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// The parts of `tokens_in` read from and written to the provider's prompt cache, and of
+    /// `tokens_out` spent reasoning, as the providers reported them (0 where they did not).
+    pub tokens_cached: u64,
+    pub tokens_cache_write: u64,
+    pub tokens_reasoning: u64,
     /// The summed cost; `None` when no request of the row had a price (the model is unpriced),
     /// so an unpriced model never reads as free.
     pub cost_usd: Option<f64>,
@@ -24,10 +29,13 @@ pub struct ModelUsage {
 }
 
 impl ModelUsage {
-    fn add(&mut self, o: &ModelUsage) {
+    pub fn add(&mut self, o: &ModelUsage) {
         self.requests = self.requests.saturating_add(o.requests);
         self.tokens_in = self.tokens_in.saturating_add(o.tokens_in);
         self.tokens_out = self.tokens_out.saturating_add(o.tokens_out);
+        self.tokens_cached = self.tokens_cached.saturating_add(o.tokens_cached);
+        self.tokens_cache_write = self.tokens_cache_write.saturating_add(o.tokens_cache_write);
+        self.tokens_reasoning = self.tokens_reasoning.saturating_add(o.tokens_reasoning);
         self.unpriced_requests = self.unpriced_requests.saturating_add(o.unpriced_requests);
         self.cost_usd = match (self.cost_usd, o.cost_usd) {
             (Some(a), Some(b)) => Some(crate::rollup::finite_sum(a, b)),
@@ -67,6 +75,9 @@ impl ModelTable {
                 requests: 1,
                 tokens_in: e.tokens_in.unwrap_or(0),
                 tokens_out: e.tokens_out.unwrap_or(0),
+                tokens_cached: e.tokens_cached.unwrap_or(0),
+                tokens_cache_write: e.tokens_cache_write.unwrap_or(0),
+                tokens_reasoning: e.tokens_reasoning.unwrap_or(0),
                 cost_usd: e.cost_usd,
                 unpriced_requests: u64::from(e.cost_usd.is_none()),
             };
@@ -106,6 +117,16 @@ impl ModelTable {
                 .total_cmp(&cost(&a.2))
                 .then((b.2.tokens_in + b.2.tokens_out).cmp(&(a.2.tokens_in + a.2.tokens_out)))
         });
+        out
+    }
+
+    /// Each consumer's use of every model in hours starting in `[from, to)`, summed: the
+    /// cache and reasoning parts the consumer stats show beside the rollups' tokens.
+    pub fn per_consumer(&self, from_ms: i64, to_ms: i64) -> BTreeMap<String, ModelUsage> {
+        let mut out: BTreeMap<String, ModelUsage> = BTreeMap::new();
+        for (_, consumer, u) in self.query(from_ms, to_ms, None) {
+            out.entry(consumer).or_default().add(&u);
+        }
         out
     }
 
@@ -189,8 +210,38 @@ mod tests {
         assert_eq!(rows[1].2.cost_usd, None, "unpriced is null, not 0");
         assert_eq!(rows[1].2.unpriced_requests, 1);
         assert_eq!(t.query(0, 3 * HOUR_MS, Some("b")).len(), 1);
+        let per = t.per_consumer(0, 3 * HOUR_MS);
+        assert_eq!((per["a"].requests, per["b"].tokens_out), (2, 3));
         t.prune(5 * HOUR_MS);
         assert_eq!(t.query(0, 10 * HOUR_MS, None).len(), 1);
+    }
+
+    #[test]
+    fn cache_and_reasoning_parts_are_summed() {
+        let t = ModelTable::default();
+        let mut a = event(HOUR_MS, "a", "claude-sonnet-4-5", 2_585, 15, Some(0.01));
+        a.tokens_cached = Some(2_048);
+        a.tokens_cache_write = Some(512);
+        let mut b = event(HOUR_MS + 1, "a", "claude-sonnet-4-5", 100, 10, Some(0.01));
+        b.tokens_cached = Some(50);
+        let mut c = event(HOUR_MS + 2, "a", "o4-mini", 37, 120, Some(0.01));
+        c.tokens_reasoning = Some(64);
+        t.ingest(&[a, b, c]);
+        let rows = t.query(0, 2 * HOUR_MS, None);
+        let claude = rows.iter().find(|r| r.0 == "claude-sonnet-4-5").unwrap();
+        assert_eq!(
+            (
+                claude.2.tokens_cached,
+                claude.2.tokens_cache_write,
+                claude.2.tokens_reasoning
+            ),
+            (2_098, 512, 0)
+        );
+        let per = t.per_consumer(0, 2 * HOUR_MS);
+        assert_eq!(
+            (per["a"].tokens_cached, per["a"].tokens_reasoning),
+            (2_098, 64)
+        );
     }
 
     #[test]

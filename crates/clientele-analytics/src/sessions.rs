@@ -8,6 +8,11 @@
 //! [`LOOP_REPEATS`] times or more. A session refining its query (the same endpoint with other
 //! parameters) makes different calls and is no loop. Events without a fingerprint (ingested,
 //! or stored before it existed) are never counted as loops.
+//!
+//! Each session also has its longest chain (the most consecutive calls to one endpoint,
+//! method and route, in the order stored: a recursive or refining agent shows as a long
+//! chain) and a class, `agent`, `service` or `interactive`, from its pattern and its user
+//! agent (see [`Pattern::class`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -43,8 +48,175 @@ pub struct Session {
     /// The calls repeated at least [`LOOP_REPEATS`] times, with their counts (filled by
     /// [`SessionTable::query`]).
     pub repeated: Vec<(String, u32)>,
+    /// The longest run of consecutive calls to one endpoint (`METHOD /route`) and its length.
+    pub longest_chain: Option<(String, u32)>,
+    /// How the session's calls came: the basis of its class.
+    pub pattern: Pattern,
     /// Per (method and path, fingerprint): how often the session made the call.
     calls: HashMap<(String, u64), u32>,
+    /// The run of calls in progress: its endpoint and length.
+    chain: (String, u32),
+}
+
+/// Calls closer than this are one burst.
+pub const BURST_GAP_MS: i64 = 2_000;
+/// A gap at least this long after a burst is the silence that ends it.
+pub const SILENCE_GAP_MS: i64 = 30_000;
+
+/// What a user agent says about its client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UaHint {
+    #[default]
+    None,
+    /// A web browser: a person.
+    Browser,
+    /// An agent framework or an LLM tool client.
+    Agent,
+    /// A plain HTTP library or command-line tool: a program.
+    Library,
+}
+
+impl UaHint {
+    /// Classifies a user agent by the products it names (case-insensitive).
+    pub fn of(ua: &str) -> UaHint {
+        let ua = ua.to_ascii_lowercase();
+        const AGENTS: [&str; 12] = [
+            "langchain",
+            "llamaindex",
+            "llama-index",
+            "autogen",
+            "crewai",
+            "claude-code",
+            "claude-cli",
+            "mcp",
+            "agent",
+            "openai-agents",
+            "semantic-kernel",
+            "smolagents",
+        ];
+        const LIBRARIES: [&str; 10] = [
+            "curl/",
+            "wget/",
+            "python-requests",
+            "python-httpx",
+            "aiohttp",
+            "go-http-client",
+            "okhttp",
+            "axios",
+            "java/",
+            "node-fetch",
+        ];
+        if AGENTS.iter().any(|a| ua.contains(a)) {
+            UaHint::Agent
+        } else if ua.starts_with("mozilla/") {
+            UaHint::Browser
+        } else if LIBRARIES.iter().any(|l| ua.contains(l)) {
+            UaHint::Library
+        } else {
+            UaHint::None
+        }
+    }
+}
+
+/// The shape of a session's traffic, folded one call at a time in constant memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Pattern {
+    last_ms: Option<i64>,
+    /// Gaps between consecutive calls: count, sum and sum of squares (ms).
+    gaps: u64,
+    gap_sum: f64,
+    gap_sq: f64,
+    /// The burst in progress, and bursts of 10 to 60 calls that ended in a silence.
+    burst: u32,
+    pub agent_bursts: u32,
+    pub max_burst: u32,
+    /// Calls to LLM APIs (with a model).
+    pub llm_calls: u64,
+    pub ua: UaHint,
+}
+
+impl Pattern {
+    fn add(&mut self, ts_ms: i64, llm: bool, ua: Option<&str>) {
+        if llm {
+            self.llm_calls += 1;
+        }
+        if self.ua == UaHint::None
+            && let Some(ua) = ua
+        {
+            self.ua = UaHint::of(ua);
+        }
+        let Some(last) = self.last_ms else {
+            self.last_ms = Some(ts_ms);
+            self.burst = 1;
+            self.max_burst = 1;
+            return;
+        };
+        let gap = (ts_ms - last).abs();
+        self.last_ms = Some(last.max(ts_ms));
+        self.gaps += 1;
+        self.gap_sum += gap as f64;
+        self.gap_sq += (gap as f64) * (gap as f64);
+        if gap <= BURST_GAP_MS {
+            self.burst += 1;
+        } else {
+            if gap >= SILENCE_GAP_MS && (10..=60).contains(&self.burst) {
+                self.agent_bursts += 1;
+            }
+            self.burst = 1;
+        }
+        self.max_burst = self.max_burst.max(self.burst);
+    }
+
+    /// The session's class and why, by the first rule that holds:
+    /// 1. a browser's user agent: `interactive`; an agent framework's: `agent`;
+    /// 2. bursts of 10-60 calls (at most 2 s apart) each ended by 30 s or more of silence, or
+    ///    LLM calls in bursts: `agent`;
+    /// 3. ten or more calls at a steady pace (the gaps' coefficient of variation under 0.5),
+    ///    or an HTTP library's user agent: `service`;
+    /// 4. otherwise `interactive` (irregular calls at a person's pace).
+    pub fn class(&self) -> (&'static str, String) {
+        match self.ua {
+            UaHint::Browser => return ("interactive", "a browser's user agent".into()),
+            UaHint::Agent => return ("agent", "an agent framework's user agent".into()),
+            _ => {}
+        }
+        if self.agent_bursts > 0 {
+            return (
+                "agent",
+                format!(
+                    "{} bursts of 10-60 calls, each followed by silence",
+                    self.agent_bursts
+                ),
+            );
+        }
+        if self.llm_calls > 0 && self.max_burst >= 3 {
+            return (
+                "agent",
+                format!(
+                    "LLM calls in bursts (up to {} calls at most 2 s apart)",
+                    self.max_burst
+                ),
+            );
+        }
+        if self.gaps >= 9 {
+            let mean = self.gap_sum / self.gaps as f64;
+            let var = (self.gap_sq / self.gaps as f64 - mean * mean).max(0.0);
+            let cv = if mean > 0.0 { var.sqrt() / mean } else { 0.0 };
+            if cv < 0.5 {
+                return (
+                    "service",
+                    format!(
+                        "a steady pace: a call every {:.1} s (variation {cv:.2})",
+                        mean / 1000.0
+                    ),
+                );
+            }
+        }
+        if self.ua == UaHint::Library {
+            return ("service", "an HTTP library's user agent".into());
+        }
+        ("interactive", "irregular calls at a person's pace".into())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -101,6 +273,17 @@ impl SessionTable {
             s.started_ms = s.started_ms.min(e.ts_ms);
             s.ended_ms = s.ended_ms.max(e.ts_ms);
             s.requests += 1;
+            s.pattern
+                .add(e.ts_ms, e.model.is_some(), e.user_agent.as_deref());
+            let endpoint = format!("{} {}", e.method, e.route);
+            if s.chain.0 == endpoint {
+                s.chain.1 += 1;
+            } else {
+                s.chain = (endpoint, 1);
+            }
+            if s.longest_chain.as_ref().is_none_or(|(_, n)| s.chain.1 > *n) {
+                s.longest_chain = Some(s.chain.clone());
+            }
             s.tokens_in = s.tokens_in.saturating_add(e.tokens_in.unwrap_or(0));
             s.tokens_out = s.tokens_out.saturating_add(e.tokens_out.unwrap_or(0));
             if let Some(c) = e.cost_usd {
@@ -145,7 +328,9 @@ impl SessionTable {
                         session_id: s.session_id.clone(),
                         consumer: s.consumer.clone(),
                         repeated,
+                        longest_chain: s.longest_chain.clone(),
                         calls: HashMap::new(),
+                        chain: (String::new(), 0),
                         ..*s
                     }
                 })
@@ -229,5 +414,72 @@ mod tests {
         assert_eq!(t.query(0, 100 * min, None, 1).len(), 1);
         t.prune(20 * min);
         assert_eq!(t.query(0, 100 * min, None, 100).len(), 1);
+    }
+
+    #[test]
+    fn longest_chain_and_classes() {
+        let t = SessionTable::default();
+        let mut evs = Vec::new();
+        // An agent: three bursts of 12 LLM calls 100 ms apart, a minute of silence between;
+        // its longest chain is 8 searches in a row.
+        for burst in 0..3i64 {
+            for i in 0..12i64 {
+                let path = if (2..10).contains(&i) {
+                    "/search"
+                } else {
+                    "/v1/chat/completions"
+                };
+                let mut e = event(burst * 60_000 + i * 100, "a", Some("agent"), path);
+                e.model = Some("gpt-4o".into());
+                evs.push(e);
+            }
+        }
+        // A service: a call every 10 s, give or take 1 s.
+        for i in 0..20i64 {
+            evs.push(event(i * 10_000 + (i % 3) * 500, "b", Some("svc"), "/poll"));
+        }
+        // A person: a browser, a few calls minutes apart.
+        for (i, gap) in [0i64, 5_000, 90_000, 100_000].iter().enumerate() {
+            let mut e = event(*gap, "c", Some("web"), if i % 2 == 0 { "/a" } else { "/b" });
+            e.user_agent = Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0".into());
+            evs.push(e);
+        }
+        // A program with curl's user agent, a handful of irregular calls.
+        for gap in [0i64, 40_000, 41_000, 200_000] {
+            let mut e = event(gap, "d", Some("cli"), "/x");
+            e.user_agent = Some("curl/8.5.0".into());
+            evs.push(e);
+        }
+        t.ingest(&evs);
+        let all = t.query(0, 1_000_000, None, 100);
+        let get = |id: &str| all.iter().find(|s| s.session_id == id).unwrap();
+        let agent = get("agent");
+        assert_eq!(
+            agent.longest_chain,
+            Some(("POST /search".to_string(), 8)),
+            "{agent:?}"
+        );
+        assert_eq!(
+            agent.pattern.class().0,
+            "agent",
+            "{:?}",
+            agent.pattern.class()
+        );
+        assert!(agent.pattern.class().1.contains("bursts"));
+        assert_eq!(
+            get("svc").pattern.class().0,
+            "service",
+            "{:?}",
+            get("svc").pattern
+        );
+        assert_eq!(
+            get("svc").longest_chain,
+            Some(("POST /poll".to_string(), 20))
+        );
+        assert_eq!(get("web").pattern.class().0, "interactive");
+        assert_eq!(get("web").longest_chain.as_ref().unwrap().1, 1);
+        assert_eq!(get("cli").pattern.class().0, "service");
+        assert_eq!(UaHint::of("LangChain/0.3 python-httpx/0.27"), UaHint::Agent);
+        assert_eq!(UaHint::of("OpenAI/Python 1.50.0"), UaHint::None);
     }
 }

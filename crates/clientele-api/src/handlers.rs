@@ -290,6 +290,12 @@ pub struct ConsumerStats {
     /// `unpriced_requests` instead of being taken as free.
     pub cost_usd: f64,
     pub unpriced_requests: u64,
+    /// The parts of `tokens_in` read from (`tokens_cached`) and written to
+    /// (`tokens_cache_write`) the providers' prompt caches, and of `tokens_out` spent
+    /// reasoning, as the providers reported them. Counted by whole hours (the model table's).
+    pub tokens_cached: u64,
+    pub tokens_cache_write: u64,
+    pub tokens_reasoning: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -736,7 +742,12 @@ fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
-fn consumer_stats(id: String, c: Option<&Consumer>, r: &Rollup) -> ConsumerStats {
+fn consumer_stats(
+    id: String,
+    c: Option<&Consumer>,
+    r: &Rollup,
+    parts: Option<&clientele_analytics::models::ModelUsage>,
+) -> ConsumerStats {
     let (p50_ms, p95_ms, p99_ms) = percentiles(r);
     let k = &r.counters;
     ConsumerStats {
@@ -758,6 +769,9 @@ fn consumer_stats(id: String, c: Option<&Consumer>, r: &Rollup) -> ConsumerStats
         tokens_out: k.tokens_out,
         cost_usd: k.cost_usd,
         unpriced_requests: k.unpriced,
+        tokens_cached: parts.map_or(0, |p| p.tokens_cached),
+        tokens_cache_write: parts.map_or(0, |p| p.tokens_cache_write),
+        tokens_reasoning: parts.map_or(0, |p| p.tokens_reasoning),
     }
 }
 
@@ -776,14 +790,20 @@ pub async fn stats_consumers(
         consumers: allowed,
     };
     let engine = state.engine.clone();
-    let rows = tokio::task::spawn_blocking(move || engine.consumer_totals(&query))
-        .await
-        .map_err(|e| ApiError::bad_request(format!("query failed: {e}")))?;
+    let (rows, parts) = tokio::task::spawn_blocking(move || {
+        (
+            engine.consumer_totals(&query),
+            engine.models.per_consumer(from_ms, to_ms),
+        )
+    })
+    .await
+    .map_err(|e| ApiError::bad_request(format!("query failed: {e}")))?;
     let consumers = rows
         .into_iter()
         .map(|row| {
             let c = by_id.get(&row.consumer);
-            consumer_stats(row.consumer, c, &row.rollup)
+            let p = parts.get(&row.consumer);
+            consumer_stats(row.consumer, c, &row.rollup, p)
         })
         .collect();
     Ok(Json(ConsumerStatsList {
@@ -812,6 +832,12 @@ pub struct ModelStats {
     pub requests: u64,
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// The parts of `tokens_in` read from and written to the prompt cache, and of
+    /// `tokens_out` spent reasoning (0 where the provider reported none); each is priced at
+    /// the model's own rate for it when the price book has one.
+    pub tokens_cached: u64,
+    pub tokens_cache_write: u64,
+    pub tokens_reasoning: u64,
     /// `null` when the model has no price (see `unpriced_requests`): unknown, not free.
     pub cost_usd: Option<f64>,
     /// Requests whose model had no price, so their cost is not in `cost_usd`.
@@ -847,6 +873,9 @@ pub async fn stats_models(
             requests: u.requests,
             tokens_in: u.tokens_in,
             tokens_out: u.tokens_out,
+            tokens_cached: u.tokens_cached,
+            tokens_cache_write: u.tokens_cache_write,
+            tokens_reasoning: u.tokens_reasoning,
             cost_usd: u.cost_usd,
             unpriced_requests: u.unpriced_requests,
         })
@@ -888,6 +917,24 @@ pub struct SessionOut {
     pub loops: u32,
     /// Whether the id was inferred from idle gaps.
     pub inferred: bool,
+    /// The most consecutive calls to one endpoint (a recursive or refining chain); `null`
+    /// for a session of no calls.
+    pub longest_chain: Option<ChainOut>,
+    /// `agent`, `service` or `interactive`, from the session's pattern and user agent: a
+    /// browser is interactive, an agent framework an agent; bursts of 10-60 calls (at most
+    /// 2 s apart) each followed by 30 s of silence, or LLM calls in bursts, an agent; a
+    /// steady pace or an HTTP library a service; anything else interactive.
+    pub class: String,
+    /// Why the session has its class, in words.
+    pub class_reason: String,
+}
+
+/// A run of consecutive calls to one endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChainOut {
+    /// `METHOD /route`.
+    pub endpoint: String,
+    pub calls: u32,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -930,6 +977,11 @@ pub async fn sessions(
             cost_usd: s.cost_usd,
             loops: s.loops,
             inferred: s.inferred,
+            longest_chain: s
+                .longest_chain
+                .map(|(endpoint, calls)| ChainOut { endpoint, calls }),
+            class: s.pattern.class().0.to_string(),
+            class_reason: s.pattern.class().1,
         })
         .collect();
     Ok(Json(SessionList { sessions }))
@@ -1044,7 +1096,7 @@ pub async fn consumer_detail(
     };
     let engine = state.engine.clone();
     let id_owned = id.to_string();
-    let (totals, routes, series) = tokio::task::spawn_blocking(move || {
+    let (totals, routes, series, parts) = tokio::task::spawn_blocking(move || {
         let totals = engine
             .consumer_totals(&query)
             .pop()
@@ -1052,7 +1104,18 @@ pub async fn consumer_detail(
             .unwrap_or_default();
         let routes = engine.routes(&query, Some(&id_owned));
         let series = engine.consumer_series(&query, &id_owned, step_ms);
-        (totals, routes, series)
+        let parts = engine
+            .models
+            .query(from_ms, to_ms, Some(&id_owned))
+            .into_iter()
+            .fold(
+                clientele_analytics::models::ModelUsage::default(),
+                |mut sum, (_, _, u)| {
+                    sum.add(&u);
+                    sum
+                },
+            );
+        (totals, routes, series, parts)
     })
     .await
     .map_err(|e| ApiError::bad_request(format!("query failed: {e}")))?;
@@ -1063,7 +1126,7 @@ pub async fn consumer_detail(
         from: format_ts(from_ms),
         to: format_ts(to_ms),
         step: step_name,
-        totals: consumer_stats(id.to_string(), consumer.as_ref(), &totals),
+        totals: consumer_stats(id.to_string(), consumer.as_ref(), &totals, Some(&parts)),
         routes: routes
             .into_iter()
             .map(|r| {

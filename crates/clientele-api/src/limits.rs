@@ -66,6 +66,40 @@ pub struct BudgetUsageOut {
     pub resets_at: String,
 }
 
+/// One per-session budget that applies.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionBudgetOut {
+    /// The config key: `budget_usd_per_session` or `tokens_per_session`.
+    pub budget: String,
+    /// `usd` or `tokens`.
+    pub unit: String,
+    pub limit: f64,
+}
+
+fn session_budgets_of(policy: Option<&LimitPolicy>) -> Vec<SessionBudgetOut> {
+    let Some(policy) = policy else {
+        return Vec::new();
+    };
+    policy
+        .session_budgets
+        .kinds()
+        .into_iter()
+        .filter_map(|(kind, limit)| {
+            let limit = limit?;
+            let usd = kind.is_usd();
+            Some(SessionBudgetOut {
+                budget: kind.budget_key()?.to_string(),
+                unit: if usd { "usd" } else { "tokens" }.to_string(),
+                limit: if usd {
+                    limit as f64 / 1e6
+                } else {
+                    limit as f64
+                },
+            })
+        })
+        .collect()
+}
+
 fn budgets_of(
     policy: Option<&LimitPolicy>,
     slot: Option<&Arc<LimitSlot>>,
@@ -138,6 +172,10 @@ pub struct ConsumerLimits {
     pub month: Option<QuotaUsageOut>,
     /// The budgets of AI traffic that apply, with their use in the current period.
     pub budgets: Vec<BudgetUsageOut>,
+    /// The budgets of each of the consumer's sessions (`budget_usd_per_session`,
+    /// `tokens_per_session`): what one session named by the session header may spend. Their
+    /// use is per session, so it is not shown here.
+    pub session_budgets: Vec<SessionBudgetOut>,
     pub from: String,
     pub to: String,
     pub step: String,
@@ -334,6 +372,7 @@ async fn consumer_limits(
             now,
         ),
         budgets: budgets_of(policy.as_ref(), slots.get(id), now),
+        session_budgets: session_budgets_of(policy.as_ref()),
         from: format_ts(from_ms),
         to: format_ts(to_ms),
         step,

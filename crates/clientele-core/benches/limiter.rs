@@ -41,6 +41,8 @@ fn plans() -> BTreeMap<String, PlanConfig> {
             budget_usd_per_month: None,
             tokens_per_day: None,
             tokens_per_month: None,
+            budget_usd_per_session: None,
+            tokens_per_session: None,
             routes: BTreeMap::new(),
             policy: None,
         },

@@ -612,6 +612,12 @@ pub struct PlanConfig {
     pub tokens_per_day: Option<u64>,
     #[serde(default)]
     pub tokens_per_month: Option<u64>,
+    /// Budgets of one session (the client's session header, `[gateway] session_header`): US
+    /// dollars and tokens for as long as the session lasts.
+    #[serde(default)]
+    pub budget_usd_per_session: Option<f64>,
+    #[serde(default)]
+    pub tokens_per_session: Option<u64>,
     /// Per-route limits for every consumer on the plan, keyed `"GET /search"` or `"/search"`.
     #[serde(default)]
     pub routes: BTreeMap<String, crate::limits::RouteLimit>,
@@ -982,7 +988,13 @@ impl Config {
             if let Err(e) = crate::limits::check_budgets(
                 [plan.budget_usd_per_day, plan.budget_usd_per_month],
                 [plan.tokens_per_day, plan.tokens_per_month],
-            ) {
+            )
+            .and_then(|()| {
+                crate::limits::check_session_budgets(
+                    plan.budget_usd_per_session,
+                    plan.tokens_per_session,
+                )
+            }) {
                 return err(&key, e);
             }
             for (route, limit) in &plan.routes {

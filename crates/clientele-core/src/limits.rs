@@ -53,6 +53,11 @@ pub struct LimitOverride {
     pub tokens_per_day: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_per_month: Option<u64>,
+    /// Budgets of each of the consumer's sessions (see [`SessionBudgets`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd_per_session: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_session: Option<u64>,
     /// Keyed like the plan's: `"GET /search"` or `"/search"` (every method).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub routes: BTreeMap<String, RouteLimit>,
@@ -78,6 +83,7 @@ impl LimitOverride {
             [self.budget_usd_per_day, self.budget_usd_per_month],
             [self.tokens_per_day, self.tokens_per_month],
         )?;
+        check_session_budgets(self.budget_usd_per_session, self.tokens_per_session)?;
         for (key, limit) in &self.routes {
             RouteMatch::parse(key).map_err(|e| format!("routes.{key:?}: {e}"))?;
             check_route_limit(limit).map_err(|e| format!("routes.{key:?}.{e}"))?;
@@ -129,6 +135,25 @@ pub fn check_budgets(usd: [Option<f64>; 2], tokens: [Option<u64>; 2]) -> Result<
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// Checks the per-session budgets like the others; the error starts with the field name.
+pub fn check_session_budgets(usd: Option<f64>, tokens: Option<u64>) -> Result<(), String> {
+    if let Some(v) = usd
+        && !(v.is_finite() && (0.000_001..=1_000_000.0).contains(&v))
+    {
+        return Err(format!(
+            "budget_usd_per_session must be between 0.000001 and 1000000 US dollars (got {v})"
+        ));
+    }
+    if let Some(v) = tokens
+        && (v == 0 || v > COUNT_MASK)
+    {
+        return Err(format!(
+            "tokens_per_session must be between 1 and {COUNT_MASK} (got {v}); leave it out for no session budget"
+        ));
     }
     Ok(())
 }
@@ -200,7 +225,37 @@ pub struct LimitPolicy {
     pub quota_per_month: Option<u64>,
     pub routes: Vec<(RouteMatch, RouteLimit)>,
     pub budgets: Budgets,
+    pub session_budgets: SessionBudgets,
 }
+
+/// Budgets of one session of a consumer, resolved: what the session may spend for as long as
+/// it lasts (the client's session header names it; a request without one has no session
+/// budget). USD in micro-dollars. The gateway counts each (consumer, session) apart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionBudgets {
+    pub usd_micros: Option<u64>,
+    pub tokens: Option<u64>,
+}
+
+impl SessionBudgets {
+    pub fn any(&self) -> bool {
+        self.usd_micros.is_some() || self.tokens.is_some()
+    }
+
+    /// The limits with their kinds, in the order the Redis script takes them.
+    pub fn kinds(&self) -> [(LimitKind, Option<u64>); 2] {
+        [
+            (LimitKind::BudgetUsdSession, self.usd_micros),
+            (LimitKind::TokensSession, self.tokens),
+        ]
+    }
+}
+
+/// How long a session's budget use is remembered after its last request: a session that
+/// comes back later starts again (the session header is the client's, and a budget per
+/// session is a brake on a runaway session, not a cap on the consumer; the day and month
+/// budgets are that).
+pub const SESSION_BUDGET_IDLE_MS: i64 = 24 * 3_600_000;
 
 /// Spending budgets of AI traffic, resolved: `[usd_day, usd_month, tokens_day, tokens_month]`,
 /// USD in micro-dollars (integers, so they are counted with the same atomics as quotas).
@@ -243,6 +298,15 @@ impl BudgetCharge {
     /// The amount counted by budget `i` (of [`BUDGET_KINDS`]).
     pub fn amount(&self, i: usize) -> u64 {
         if i < 2 { self.micro_usd } else { self.tokens }
+    }
+
+    /// The amount counted by a budget of `kind`.
+    pub fn amount_of(&self, kind: LimitKind) -> u64 {
+        if kind.is_usd() {
+            self.micro_usd
+        } else {
+            self.tokens
+        }
     }
 }
 
@@ -314,6 +378,15 @@ impl LimitPolicy {
                         .or(plan.and_then(|p| p.tokens_per_month)),
                 ])
             },
+            session_budgets: SessionBudgets {
+                usd_micros: o
+                    .and_then(|o| o.budget_usd_per_session)
+                    .or(plan.and_then(|p| p.budget_usd_per_session))
+                    .map(Budgets::micro_usd),
+                tokens: o
+                    .and_then(|o| o.tokens_per_session)
+                    .or(plan.and_then(|p| p.tokens_per_session)),
+            },
         })
     }
 
@@ -372,6 +445,9 @@ pub enum LimitKind {
     BudgetUsdMonth,
     TokensDay,
     TokensMonth,
+    /// Budgets of one session ([`SessionBudgets`]).
+    BudgetUsdSession,
+    TokensSession,
 }
 
 impl LimitKind {
@@ -385,11 +461,39 @@ impl LimitKind {
             LimitKind::BudgetUsdMonth => "budget_usd_month",
             LimitKind::TokensDay => "tokens_day",
             LimitKind::TokensMonth => "tokens_month",
+            LimitKind::BudgetUsdSession => "budget_usd_session",
+            LimitKind::TokensSession => "tokens_session",
         }
     }
 
     pub fn is_budget(self) -> bool {
-        BUDGET_KINDS.contains(&self)
+        BUDGET_KINDS.contains(&self) || self.is_session()
+    }
+
+    /// Whether the limit is a session's budget (its period is the session).
+    pub fn is_session(self) -> bool {
+        matches!(self, LimitKind::BudgetUsdSession | LimitKind::TokensSession)
+    }
+
+    /// The config key that sets the budget of this kind.
+    pub fn budget_key(self) -> Option<&'static str> {
+        Some(match self {
+            LimitKind::BudgetUsdDay => "budget_usd_per_day",
+            LimitKind::BudgetUsdMonth => "budget_usd_per_month",
+            LimitKind::TokensDay => "tokens_per_day",
+            LimitKind::TokensMonth => "tokens_per_month",
+            LimitKind::BudgetUsdSession => "budget_usd_per_session",
+            LimitKind::TokensSession => "tokens_per_session",
+            _ => return None,
+        })
+    }
+
+    /// Whether the limit counts US dollars (as micro-dollars).
+    pub fn is_usd(self) -> bool {
+        matches!(
+            self,
+            LimitKind::BudgetUsdDay | LimitKind::BudgetUsdMonth | LimitKind::BudgetUsdSession
+        )
     }
 
     /// Whether the limit's period is the calendar month.
@@ -403,8 +507,10 @@ impl LimitKind {
     /// The unit of the RateLimit fields' counts (`qu` in RateLimit-Policy).
     pub fn unit(self) -> &'static str {
         match self {
-            LimitKind::BudgetUsdDay | LimitKind::BudgetUsdMonth => "usd-micros",
-            LimitKind::TokensDay | LimitKind::TokensMonth => "tokens",
+            LimitKind::BudgetUsdDay | LimitKind::BudgetUsdMonth | LimitKind::BudgetUsdSession => {
+                "usd-micros"
+            }
+            LimitKind::TokensDay | LimitKind::TokensMonth | LimitKind::TokensSession => "tokens",
             _ => "requests",
         }
     }
@@ -977,6 +1083,8 @@ pub fn rate_status(kind: LimitKind, rate: f64, burst: u32, remaining: u64) -> Li
 pub fn quota_status(kind: LimitKind, limit: u64, used: u64, left_ms: i64) -> LimitStatus {
     let window_secs = if kind.is_monthly() {
         30 * 86_400
+    } else if kind.is_session() {
+        (SESSION_BUDGET_IDLE_MS / 1000) as u64
     } else {
         86_400
     };
@@ -1003,6 +1111,8 @@ mod tests {
             budget_usd_per_month: None,
             tokens_per_day: None,
             tokens_per_month: None,
+            budget_usd_per_session: None,
+            tokens_per_session: None,
             routes: BTreeMap::new(),
             policy: None,
         }

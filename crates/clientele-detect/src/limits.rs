@@ -528,6 +528,8 @@ mod tests {
                 budget_usd_per_month: None,
                 tokens_per_day: None,
                 tokens_per_month: None,
+                budget_usd_per_session: None,
+                tokens_per_session: None,
                 routes: BTreeMap::new(),
                 policy: None,
             },

@@ -512,13 +512,16 @@ impl Meter {
         };
         event.tokens_in = Some(usage.input);
         event.tokens_out = Some(usage.output);
+        event.tokens_cached = usage.cache_read;
+        event.tokens_cache_write = usage.cache_write;
+        event.tokens_reasoning = usage.reasoning;
         if let Some(model) = self.scanner.model() {
             let tokens = Tokens {
                 input: usage.input,
                 output: usage.output,
-                cache_read: usage.cache_read,
-                cache_write: usage.cache_write,
-                reasoning: usage.reasoning,
+                cache_read: usage.cache_read.unwrap_or(0),
+                cache_write: usage.cache_write.unwrap_or(0),
+                reasoning: usage.reasoning.unwrap_or(0),
             };
             event.cost_usd = self.prices.cost_usd(model, &tokens);
             event.model = Some(model.to_string());

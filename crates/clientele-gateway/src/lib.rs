@@ -21,6 +21,7 @@ pub mod llm_request;
 pub mod path;
 pub mod proxy;
 pub mod server;
+pub mod session_budget;
 pub mod tls_fp;
 mod upgrade;
 

@@ -18,7 +18,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use clientele_core::config::{FailurePolicy, LimitsConfig};
-use clientele_core::limits::{BudgetCharge, Decision, LimitSlot, LimiterStats, Reserved};
+use clientele_core::limits::{
+    BudgetCharge, Decision, LimitSlot, LimiterStats, Reserved, SESSION_BUDGET_IDLE_MS, quota_status,
+};
+
+use crate::session_budget::{SessionHeld, SessionTable, session_key};
 
 /// What the gateway does with a request.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +37,8 @@ pub struct Limiter {
     #[cfg(feature = "redis")]
     redis: Option<redis_mode::RedisLimiter>,
     stats: Arc<LimiterStats>,
+    /// Per-session budgets on one node (with Redis they are counted in its script).
+    sessions: Arc<SessionTable>,
 }
 
 impl Limiter {
@@ -44,6 +50,7 @@ impl Limiter {
             #[cfg(feature = "redis")]
             redis: None,
             stats,
+            sessions: Arc::default(),
         }
     }
 
@@ -61,6 +68,7 @@ impl Limiter {
             Ok(Limiter {
                 redis: Some(redis),
                 stats,
+                sessions: Arc::default(),
             })
         }
         #[cfg(not(feature = "redis"))]
@@ -84,30 +92,86 @@ impl Limiter {
     }
 
     /// Decides on one request, reserving `charge` against the consumer's budgets when it has
-    /// any: the reservation is held by the request and settled (or released) when it ends.
+    /// any, and against its session's (`session`, the client's session header) when the
+    /// policy sets per-session budgets: the reservation is held by the request and settled
+    /// (or released) when it ends.
+    #[allow(clippy::too_many_arguments)]
     pub async fn check(
         &self,
         consumer: &str,
+        session: Option<&str>,
         slot: &Arc<LimitSlot>,
         method: &str,
         route: &str,
         now_ms: i64,
         charge: BudgetCharge,
     ) -> (Verdict, Reservation) {
+        let session = session.filter(|_| slot.policy.session_budgets.any());
         #[cfg(feature = "redis")]
         if let Some(redis) = &self.redis {
             let (verdict, held) = redis
-                .check(consumer, slot, method, route, now_ms, charge, &self.stats)
+                .check(
+                    consumer,
+                    session,
+                    slot,
+                    method,
+                    route,
+                    now_ms,
+                    charge,
+                    &self.stats,
+                )
                 .await;
-            return (self.count(verdict), Reservation(held));
+            return (
+                self.count(verdict),
+                Reservation {
+                    held,
+                    session: None,
+                },
+            );
         }
-        let _ = consumer;
+        // The session's budgets first: a refusal there reserves nothing anywhere, and a
+        // refusal by the consumer's limits after it gives the session's reservation back
+        // (dropping `Reservation` releases it).
+        let mut session_held = None;
+        if let Some(session) = session {
+            let key = session_key(consumer, session);
+            match self
+                .sessions
+                .reserve(key, slot.policy.session_budgets, charge, now_ms)
+            {
+                Ok(held) => session_held = Some(held),
+                Err(spent) => {
+                    let status =
+                        quota_status(spent.kind, spent.limit, spent.used, SESSION_BUDGET_IDLE_MS);
+                    let refused = Decision::Refused {
+                        status,
+                        retry_after_ms: SESSION_BUDGET_IDLE_MS as u64,
+                    };
+                    return (
+                        self.count(Verdict::Decided(refused)),
+                        Reservation::default(),
+                    );
+                }
+            }
+        }
         let (decision, reserved) = slot.check_with(method, route, now_ms, charge);
         let held = reserved.map(|reserved| Held::Local {
             slot: slot.clone(),
             reserved,
         });
-        (self.count(Verdict::Decided(decision)), Reservation(held))
+        (
+            self.count(Verdict::Decided(decision)),
+            Reservation {
+                held,
+                session: session_held,
+            },
+        )
+    }
+
+    /// What one session has spent on this node (tokens, micro-dollars); `(0, 0)` with Redis,
+    /// where the counts live there.
+    pub fn session_spent(&self, consumer: &str, session: &str) -> (u64, u64) {
+        self.sessions.spent(session_key(consumer, session))
     }
 
     fn count(&self, v: Verdict) -> Verdict {
@@ -122,11 +186,14 @@ impl Limiter {
     }
 }
 
-/// A request's reservation against its consumer's budgets. [`Reservation::settle`] replaces
-/// the estimate by the real use when the response ends; dropping it unsettled (the request
-/// failed before an answer) gives the whole estimate back.
+/// A request's reservation against its consumer's budgets and its session's.
+/// [`Reservation::settle`] replaces the estimate by the real use when the response ends;
+/// dropping it unsettled (the request failed before an answer) gives the whole estimate back.
 #[derive(Default)]
-pub struct Reservation(Option<Held>);
+pub struct Reservation {
+    held: Option<Held>,
+    session: Option<SessionHeld>,
+}
 
 enum Held {
     Local {
@@ -139,21 +206,27 @@ enum Held {
 
 impl Reservation {
     pub fn is_held(&self) -> bool {
-        self.0.is_some()
+        self.held.is_some() || self.session.is_some()
     }
 
     /// Settles to `actual`, the tokens and cost the provider reported.
     pub fn settle(mut self, actual: BudgetCharge) {
-        if let Some(held) = self.0.take() {
+        if let Some(held) = self.held.take() {
             held.settle(actual);
+        }
+        if let Some(session) = self.session.take() {
+            session.settle(actual);
         }
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if let Some(held) = self.0.take() {
+        if let Some(held) = self.held.take() {
             held.settle(BudgetCharge::default());
+        }
+        if let Some(session) = self.session.take() {
+            session.release();
         }
     }
 }
@@ -204,16 +277,19 @@ mod redis_mode {
 
     /// GCRA cells and quota counters, checked and committed atomically.
     ///
-    /// KEYS: the `n` rate cells, then the day and month quota counters, then the four budget
-    /// counters (USD day, USD month, tokens day, tokens month).
+    /// KEYS: the `n` rate cells, then the day and month quota counters, then the six budget
+    /// counters (USD day, USD month, tokens day, tokens month, then the session's USD and
+    /// tokens).
     /// ARGV: n, then (interval_us, capacity_us) per cell, then day limit, day ttl ms, month
-    /// limit, month ttl ms (a limit of 0 = no such quota), then (limit, charge) per budget.
-    /// Returns `{1, used_day, used_month, remaining_1..n, budget_used_1..4}` when allowed, or
+    /// limit, month ttl ms (a limit of 0 = no such quota), then (limit, charge) per budget,
+    /// then the session counters' idle ttl ms.
+    /// Returns `{1, used_day, used_month, remaining_1..n, budget_used_1..6}` when allowed, or
     /// `{0, which, retry_after_us[, used]}` when refused, `which` = 1..n for a cell, n+1 the
     /// day quota, n+2 the month quota, n+2+j budget j. A budget admits while anything is
     /// left and then counts the whole charge, in the same script as the check, so concurrent
-    /// requests cannot all pass one check before any is counted. Time is Redis's own, so
-    /// nodes' clocks need not agree.
+    /// requests cannot all pass one check before any is counted. A session's counters live
+    /// until the session has been idle for the ttl (each use renews it). Time is Redis's own,
+    /// so nodes' clocks need not agree.
     const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -233,16 +309,20 @@ if month_limit > 0 then
   month_used = tonumber(redis.call('GET', KEYS[n + 2]) or '0')
   if month_used >= month_limit then return {0, n + 2, month_ttl * 1000} end
 end
+local session_ttl = tonumber(ARGV[b + 16])
+local function budget_ttl(j)
+  if j > 4 then return session_ttl end
+  if j % 2 == 0 then return month_ttl end
+  return day_ttl
+end
 local budget_used = {}
-for j = 1, 4 do
+for j = 1, 6 do
   local limit = tonumber(ARGV[b + 2 + 2 * j])
   budget_used[j] = 0
   if limit > 0 then
     budget_used[j] = tonumber(redis.call('GET', KEYS[n + 2 + j]) or '0')
     if budget_used[j] >= limit then
-      local ttl = day_ttl
-      if j % 2 == 0 then ttl = month_ttl end
-      return {0, n + 2 + j, ttl * 1000, budget_used[j]}
+      return {0, n + 2 + j, budget_ttl(j) * 1000, budget_used[j]}
     end
   end
 end
@@ -270,13 +350,15 @@ if month_limit > 0 then
   month_used = redis.call('INCR', KEYS[n + 2])
   if month_used == 1 then redis.call('PEXPIRE', KEYS[n + 2], month_ttl + 3600000) end
 end
-for j = 1, 4 do
+for j = 1, 6 do
   local limit = tonumber(ARGV[b + 2 + 2 * j])
   if limit > 0 then
-    local ttl = day_ttl
-    if j % 2 == 0 then ttl = month_ttl end
     budget_used[j] = redis.call('INCRBY', KEYS[n + 2 + j], tonumber(ARGV[b + 3 + 2 * j]))
-    if redis.call('PTTL', KEYS[n + 2 + j]) < 0 then redis.call('PEXPIRE', KEYS[n + 2 + j], ttl + 3600000) end
+    if j > 4 then
+      redis.call('PEXPIRE', KEYS[n + 2 + j], session_ttl)
+    elseif redis.call('PTTL', KEYS[n + 2 + j]) < 0 then
+      redis.call('PEXPIRE', KEYS[n + 2 + j], budget_ttl(j) + 3600000)
+    end
   end
   -- Every slot is set: a nil would end the reply there.
   out[3 + n + j] = budget_used[j]
@@ -303,7 +385,7 @@ return 1
         conn: ConnectionManager,
         settle: Arc<redis::Script>,
         timeout: Duration,
-        keys: Vec<(String, usize)>,
+        keys: Vec<(String, LimitKind)>,
         charge: BudgetCharge,
         slot: Arc<LimitSlot>,
         reserved: Reserved,
@@ -318,7 +400,12 @@ return 1
             let deltas: Vec<(String, i64)> = self
                 .keys
                 .into_iter()
-                .map(|(k, i)| (k, actual.amount(i) as i64 - self.charge.amount(i) as i64))
+                .map(|(k, kind)| {
+                    (
+                        k,
+                        actual.amount_of(kind) as i64 - self.charge.amount_of(kind) as i64,
+                    )
+                })
                 .filter(|(_, d)| *d != 0)
                 .collect();
             if deltas.is_empty() {
@@ -411,6 +498,7 @@ return 1
         pub(super) async fn check(
             &self,
             consumer: &str,
+            session: Option<&str>,
             slot: &Arc<LimitSlot>,
             method: &str,
             route: &str,
@@ -462,6 +550,18 @@ return 1
             for key in &budget_keys {
                 inv.key(key);
             }
+            // A session's counters, named by the (consumer, session) key so a long header
+            // value makes no long Redis key; passed (and never touched) without a session.
+            let session_label = session.map_or_else(
+                || "none".to_string(),
+                |s| format!("{:016x}", session_key(consumer, s)),
+            );
+            let session_budgets = policy.session_budgets.kinds();
+            let session_keys: [String; 2] = session_budgets
+                .map(|(kind, _)| format!("{base}:session:{session_label}:{}", kind.as_str()));
+            for key in &session_keys {
+                inv.key(key);
+            }
             inv.arg(cells.len());
             for (_, rate, burst, _) in &cells {
                 let interval = LimitPolicy::interval_us(*rate);
@@ -475,6 +575,15 @@ return 1
                 inv.arg(policy.budgets.0[i].unwrap_or(0))
                     .arg(charge.amount(i));
             }
+            for (kind, limit) in session_budgets {
+                let limit = if session.is_some() {
+                    limit.unwrap_or(0)
+                } else {
+                    0
+                };
+                inv.arg(limit).arg(charge.amount_of(kind));
+            }
+            inv.arg(SESSION_BUDGET_IDLE_MS);
 
             let mut conn = self.conn.clone();
             let answer: Result<Vec<i64>, String> =
@@ -509,16 +618,20 @@ return 1
                     let limit = policy.quota_per_month.unwrap_or(0);
                     quota_status(LimitKind::MonthlyQuota, limit, limit, periods.month_left_ms)
                 } else {
-                    let j = ((which - n - 3).max(0) as usize).min(BUDGET_KINDS.len() - 1);
-                    let kind = BUDGET_KINDS[j];
-                    let limit = policy.budgets.0[j].unwrap_or(0);
+                    let j = ((which - n - 3).max(0) as usize).min(BUDGET_KINDS.len() + 1);
+                    let (kind, limit) = match BUDGET_KINDS.get(j) {
+                        Some(kind) => (*kind, policy.budgets.0[j]),
+                        None => session_budgets[j - BUDGET_KINDS.len()],
+                    };
                     let used = answer.get(3).copied().unwrap_or(0).max(0) as u64;
                     let left = if kind.is_monthly() {
                         periods.month_left_ms
+                    } else if kind.is_session() {
+                        SESSION_BUDGET_IDLE_MS
                     } else {
                         periods.day_left_ms
                     };
-                    quota_status(kind, limit, used, left)
+                    quota_status(kind, limit.unwrap_or(0), used, left)
                 };
                 return (
                     Verdict::Decided(Decision::Refused {
@@ -567,7 +680,14 @@ return 1
                 };
                 slot.budget[j].restore(period, used);
                 tightest.keep(quota_status(kind, limit, used, left));
-                keys.push((budget_keys[j].clone(), j));
+                keys.push((budget_keys[j].clone(), kind));
+            }
+            if session.is_some() {
+                for (i, (kind, limit)) in session_budgets.into_iter().enumerate() {
+                    if limit.is_some() {
+                        keys.push((session_keys[i].clone(), kind));
+                    }
+                }
             }
             let held = (!keys.is_empty()).then(|| {
                 Held::Redis(RedisHeld {

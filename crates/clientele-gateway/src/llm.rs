@@ -59,14 +59,16 @@ pub fn flavor_of_path(path: &str) -> Option<Flavor> {
 }
 
 /// Tokens of one response, in OpenAI's convention: `input` includes `cache_read` and
-/// `cache_write`, `output` includes `reasoning`.
+/// `cache_write`, `output` includes `reasoning`. The parts are `None` when the provider did
+/// not report them (OpenAI reports no cache writes, Anthropic no reasoning tokens), which
+/// the event keeps apart from a reported 0.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     pub input: u64,
     pub output: u64,
-    pub cache_read: u64,
-    pub cache_write: u64,
-    pub reasoning: u64,
+    pub cache_read: Option<u64>,
+    pub cache_write: Option<u64>,
+    pub reasoning: Option<u64>,
     /// The response ended before the provider reported its final usage; the figures are what
     /// had passed (output estimated from the deltas seen).
     pub partial: bool,
@@ -356,16 +358,20 @@ impl UsageScanner {
         if self.input.is_none() && self.output.is_none() && self.deltas == 0 {
             return None;
         }
-        let cache_read = self.cache_read.unwrap_or(0);
-        let cache_write = self.cache_write.unwrap_or(0);
         let input = match self.flavor {
             Flavor::OpenAi => self.input.unwrap_or(0),
             Flavor::Anthropic => self
                 .input
                 .unwrap_or(0)
-                .saturating_add(cache_read)
-                .saturating_add(cache_write),
+                .saturating_add(self.cache_read.unwrap_or(0))
+                .saturating_add(self.cache_write.unwrap_or(0)),
         };
+        // A part is never more than its whole (a provider's slip would price tokens that
+        // were never used).
+        let cache_read = self.cache_read.map(|c| c.min(input));
+        let cache_write = self
+            .cache_write
+            .map(|c| c.min(input - cache_read.unwrap_or(0)));
         let partial = !self.final_seen;
         let output = if partial {
             self.output.unwrap_or(0).max(self.deltas)
@@ -377,7 +383,7 @@ impl UsageScanner {
             output,
             cache_read,
             cache_write,
-            reasoning: self.reasoning.unwrap_or(0),
+            reasoning: self.reasoning.map(|r| r.min(output)),
             partial,
             error: self.error,
         })
@@ -420,7 +426,13 @@ mod tests {
         expected
     }
 
-    fn full(input: u64, output: u64, cache_read: u64, cache_write: u64, reasoning: u64) -> Usage {
+    fn full(
+        input: u64,
+        output: u64,
+        cache_read: Option<u64>,
+        cache_write: Option<u64>,
+        reasoning: Option<u64>,
+    ) -> Usage {
         Usage {
             input,
             output,
@@ -435,14 +447,14 @@ mod tests {
     #[test]
     fn openai_chat_json() {
         let (u, m) = scan("openai_chat.json", Flavor::OpenAi, false);
-        assert_eq!(u, Some(full(1_234, 56, 1_024, 0, 0)));
+        assert_eq!(u, Some(full(1_234, 56, Some(1_024), None, Some(0))));
         assert_eq!(m.as_deref(), Some("gpt-4o-2024-08-06"));
     }
 
     #[test]
     fn openai_chat_stream_with_usage() {
         let (u, m) = scan("openai_chat_stream_usage.sse", Flavor::OpenAi, true);
-        assert_eq!(u, Some(full(19, 10, 0, 0, 0)));
+        assert_eq!(u, Some(full(19, 10, Some(0), None, Some(0))));
         assert_eq!(m.as_deref(), Some("gpt-4o-mini-2024-07-18"));
     }
 
@@ -459,14 +471,14 @@ mod tests {
     #[test]
     fn openai_responses_stream_with_reasoning() {
         let (u, m) = scan("openai_responses_stream.sse", Flavor::OpenAi, true);
-        assert_eq!(u, Some(full(37, 120, 0, 0, 64)));
+        assert_eq!(u, Some(full(37, 120, Some(0), None, Some(64))));
         assert_eq!(m.as_deref(), Some("o4-mini-2025-04-16"));
     }
 
     #[test]
     fn openai_embeddings_json() {
         let (u, m) = scan("openai_embeddings.json", Flavor::OpenAi, false);
-        assert_eq!(u, Some(full(8, 0, 0, 0, 0)));
+        assert_eq!(u, Some(full(8, 0, None, None, None)));
         assert_eq!(m.as_deref(), Some("text-embedding-3-small"));
     }
 
@@ -474,14 +486,14 @@ mod tests {
     fn anthropic_stream_with_cache_tokens() {
         let (u, m) = scan("anthropic_messages_stream.sse", Flavor::Anthropic, true);
         // input 25 + cache read 2048 + cache write 512; output from message_delta.
-        assert_eq!(u, Some(full(2_585, 15, 2_048, 512, 0)));
+        assert_eq!(u, Some(full(2_585, 15, Some(2_048), Some(512), None)));
         assert_eq!(m.as_deref(), Some("claude-sonnet-4-5-20250929"));
     }
 
     #[test]
     fn anthropic_json() {
         let (u, m) = scan("anthropic_messages.json", Flavor::Anthropic, false);
-        assert_eq!(u, Some(full(2_095, 503, 0, 2_000, 0)));
+        assert_eq!(u, Some(full(2_095, 503, Some(0), Some(2_000), None)));
         assert_eq!(m.as_deref(), Some("claude-3-5-haiku-20241022"));
     }
 
@@ -512,7 +524,7 @@ mod tests {
         let body = br#"{"model":"gpt-4o","choices":[{"message":{"content":"say \"usage\": {\"prompt_tokens\": 999}"}}],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
         let mut s = UsageScanner::new(Flavor::OpenAi, false);
         s.feed(body);
-        assert_eq!(s.usage(), Some(full(3, 4, 0, 0, 0)));
+        assert_eq!(s.usage(), Some(full(3, 4, None, None, None)));
     }
 
     #[test]

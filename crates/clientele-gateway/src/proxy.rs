@@ -509,7 +509,11 @@ impl Gateway {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let budgets = entry.slot.as_ref().is_some_and(|s| s.policy.budgets.any());
+        // Budgets of the consumer, or of its session when the client names one.
+        let budgets = entry.slot.as_ref().is_some_and(|s| {
+            s.policy.budgets.any()
+                || (s.policy.session_budgets.any() && seen.event.session_id.is_some())
+        });
         // A small JSON body of an LLM request is read first when a budget needs its
         // `max_tokens` or a stream needs `include_usage` (bounded by PEEK_MAX; see
         // `llm_request`). Everything else streams.
@@ -524,12 +528,14 @@ impl Gateway {
             .calls
             .as_ref()
             .and_then(|g| seen.event.session_id.clone().map(|s| (g, s)));
-        let for_llm = llm.is_some()
-            && (budgets || inject)
-            && parts.method == http::Method::POST
-            && is_json(parts.headers.get(header::CONTENT_TYPE));
+        let json_post =
+            parts.method == http::Method::POST && is_json(parts.headers.get(header::CONTENT_TYPE));
+        let for_llm = llm.is_some() && (budgets || inject) && json_post;
+        // An MCP server's JSON-RPC `tools/call` is attributed to its tool: the small body is
+        // read first for the tool's name (see `mcp_tool`).
+        let for_mcp = json_post && is_mcp_path(relative);
         let mut read_print = None;
-        if (for_llm || guard.is_some())
+        if (for_llm || for_mcp || guard.is_some())
             && declared.is_some_and(|n| n > 0 && n <= PEEK_MAX && (limit == 0 || n <= limit))
             && let Some(incoming) = body.take()
         {
@@ -540,6 +546,9 @@ impl Gateway {
                     read_print = Some(crate::body::BodyPrint::of(&bytes));
                     if for_llm {
                         facts = crate::llm_request::read_facts(&bytes);
+                    }
+                    if for_mcp && let Some(tool) = mcp_tool(&bytes) {
+                        seen.event.route = tool;
                     }
                     let rewritten = facts
                         .as_ref()
@@ -608,6 +617,7 @@ impl Gateway {
                 .limiter
                 .check(
                     &entry.consumer,
+                    seen.event.session_id.as_deref(),
                     slot,
                     &seen.event.method,
                     &seen.event.route,
@@ -1029,12 +1039,8 @@ impl Gateway {
         status: LimitStatus,
         retry_secs: u64,
     ) -> Response<ResponseBody> {
-        let (key, usd) = match status.kind {
-            LimitKind::BudgetUsdDay => ("budget_usd_per_day", true),
-            LimitKind::BudgetUsdMonth => ("budget_usd_per_month", true),
-            LimitKind::TokensDay => ("tokens_per_day", false),
-            _ => ("tokens_per_month", false),
-        };
+        let key = status.kind.budget_key().unwrap_or("tokens_per_month");
+        let usd = status.kind.is_usd();
         let amount = |n: u64| {
             if usd {
                 serde_json::json!(n as f64 / 1e6)
@@ -1056,16 +1062,26 @@ impl Gateway {
         };
         let resets_at =
             clientele_core::time::format_ts(seen.event.ts_ms + (status.reset_secs as i64) * 1000);
-        let detail = format!(
-            "your {period} budget ({key}) of {} is spent: {} used; it resets at {resets_at} (UTC {}); ask the API's owner for a larger budget",
-            shown(status.limit),
-            shown(status.limit.saturating_sub(status.remaining)),
-            if status.kind.is_monthly() {
-                "start of next month"
-            } else {
-                "midnight"
-            },
-        );
+        let detail = if status.kind.is_session() {
+            format!(
+                "this session's budget ({key}) of {} is spent: {} used; it is forgotten after {} h without a request in the session (by {resets_at} if none comes); start a new session (a new {} value) or ask the API's owner for a larger budget",
+                shown(status.limit),
+                shown(status.limit.saturating_sub(status.remaining)),
+                status.reset_secs / 3600,
+                self.options.session_header,
+            )
+        } else {
+            format!(
+                "your {period} budget ({key}) of {} is spent: {} used; it resets at {resets_at} (UTC {}); ask the API's owner for a larger budget",
+                shown(status.limit),
+                shown(status.limit.saturating_sub(status.remaining)),
+                if status.kind.is_monthly() {
+                    "start of next month"
+                } else {
+                    "midnight"
+                },
+            )
+        };
         seen.event.status = StatusCode::TOO_MANY_REQUESTS.as_u16();
         seen.event.outcome = Outcome::BudgetExceeded;
         let mut problem = Problem::new(429, "budget-exceeded", "Budget exceeded", detail);
@@ -1251,6 +1267,40 @@ fn insert_limit_headers(headers: &mut http::HeaderMap, s: &LimitStatus) {
     headers.insert(h::RATELIMIT_RESET.clone(), HeaderValue::from(s.reset_secs));
 }
 
+/// Whether a path is an MCP server's endpoint (the Streamable HTTP transport's `/mcp`, or
+/// `/mcp/` under a prefix).
+fn is_mcp_path(path: &str) -> bool {
+    path.trim_end_matches('/').ends_with("/mcp")
+}
+
+/// The tool an MCP JSON-RPC request calls (`{"method": "tools/call", "params": {"name": …}}`),
+/// as the event's route; `None` for any other message. The name is kept to 128 printable
+/// characters.
+fn mcp_tool(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Call<'a> {
+        #[serde(borrow)]
+        method: Option<std::borrow::Cow<'a, str>>,
+        params: Option<Params>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params {
+        name: Option<String>,
+    }
+    let call: Call = serde_json::from_slice(body).ok()?;
+    if call.method.as_deref() != Some("tools/call") {
+        return None;
+    }
+    let name: String = call
+        .params?
+        .name?
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(128)
+        .collect();
+    (!name.is_empty()).then_some(name)
+}
+
 /// Whether a Content-Type is JSON (`application/json`, `…+json`).
 fn is_json(v: Option<&HeaderValue>) -> bool {
     v.and_then(|v| v.to_str().ok()).is_some_and(|t| {
@@ -1316,6 +1366,22 @@ fn source_is(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mcp_tool_calls_name_their_tool() {
+        let call = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"search_docs","arguments":{"q":"rust"}}}"#;
+        assert_eq!(mcp_tool(call).as_deref(), Some("search_docs"));
+        let list = br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+        assert_eq!(mcp_tool(list), None);
+        assert_eq!(mcp_tool(br#"{"method":"tools/call","params":{}}"#), None);
+        assert_eq!(mcp_tool(b"not json"), None);
+        let long = format!(
+            r#"{{"method":"tools/call","params":{{"name":"{}\n"}}}}"#,
+            "x".repeat(500)
+        );
+        assert_eq!(mcp_tool(long.as_bytes()).unwrap(), "x".repeat(128));
+        assert!(is_mcp_path("/mcp") && is_mcp_path("/tools/mcp/") && !is_mcp_path("/mcpx"));
+    }
 
     #[test]
     fn prefixes_match_whole_segments() {

@@ -81,6 +81,8 @@ fn plans_rank_by_what_they_allow() {
         budget_usd_per_month: None,
         tokens_per_day: None,
         tokens_per_month: None,
+        budget_usd_per_session: None,
+        tokens_per_session: None,
         routes: Default::default(),
         policy: None,
     };

@@ -416,3 +416,222 @@ async fn a_restart_keeps_the_budget_used() {
         lim["budgets"]
     );
 }
+
+/// [`ai_config`] with a plan whose only budget is per session.
+fn session_config(provider: SocketAddr, limits: &str) -> impl Fn(SocketAddr, SocketAddr) -> String {
+    let make = ai_config(provider, limits);
+    move |gateway, admin| {
+        make(gateway, admin).replace(
+            "[plans.free]",
+            &format!(
+                "[plans.sessions]\nrate_per_second = 1000\nburst = 1000\n\
+                 tokens_per_session = {TOKENS_PER_DAY}\n\n[plans.free]"
+            ),
+        )
+    }
+}
+
+/// Sends `n` chat requests of session `session` at once, spread over `urls`.
+async fn session_burst(
+    urls: &[String],
+    key: &str,
+    session: Option<&str>,
+    n: usize,
+) -> Vec<(u16, Value)> {
+    let auth = format!("Bearer {key}");
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (url, auth) = (urls[i % urls.len()].clone(), auth.clone());
+            let session = session.map(str::to_string);
+            tokio::spawn(async move {
+                let mut headers = vec![
+                    ("authorization", auth.as_str()),
+                    ("content-type", "application/json"),
+                ];
+                if let Some(s) = &session {
+                    headers.push(("x-session-id", s.as_str()));
+                }
+                let (status, h, body) = send(Method::POST, &url, &headers, Some(chat_body()))
+                    .await
+                    .unwrap();
+                let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                if status == 429 {
+                    assert_eq!(h["content-type"], "application/problem+json");
+                    let policy = h["ratelimit-policy"].to_str().unwrap();
+                    assert!(
+                        policy.starts_with("\"tokens_session\";q=500;w=86400")
+                            && policy.contains("qu=\"tokens\""),
+                        "{policy}"
+                    );
+                    assert!(h.contains_key("retry-after"));
+                }
+                (status, body)
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// 30 concurrent requests of one session against its 500-token budget, over `urls` (one node
+/// or two sharing Redis): the session's spend holds within one estimate, another session and
+/// a request without a session are not refused, and a failed request gives its estimate back.
+async fn check_session_budget(urls: &[String], key: &str, served: &AtomicU64) {
+    let before = served.load(Ordering::SeqCst);
+    let answers = session_burst(urls, key, Some("run-1"), 30).await;
+    let ok = answers.iter().filter(|a| a.0 == 200).count() as u64;
+    assert_eq!(
+        ok + answers.iter().filter(|a| a.0 == 429).count() as u64,
+        30,
+        "{answers:?}"
+    );
+    assert!(ok >= 1, "nothing was allowed");
+    // Without the reservation all 30 would pass: 1,500 tokens against 500.
+    assert!(
+        ok * (PROMPT + COMPLETION) <= TOKENS_PER_DAY + estimate(),
+        "{ok} requests of the session allowed: {} tokens against a session budget of {TOKENS_PER_DAY}",
+        ok * (PROMPT + COMPLETION)
+    );
+    // Refused requests never reached the provider.
+    assert_eq!(served.load(Ordering::SeqCst) - before, ok);
+    for (status, body) in answers.iter().filter(|a| a.0 == 429) {
+        assert!(
+            body["type"].as_str().unwrap().ends_with("budget-exceeded"),
+            "{status} {body}"
+        );
+        assert_eq!(body["budget"], "tokens_per_session", "{body}");
+        assert_eq!(body["unit"], "tokens", "{body}");
+        assert_eq!(body["limit"], TOKENS_PER_DAY, "{body}");
+        assert!(body["used"].as_u64().unwrap() >= TOKENS_PER_DAY, "{body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("new session"),
+            "{body}"
+        );
+    }
+    // The settled session goes on until its real use reaches the budget, then stays refused.
+    let mut total = ok;
+    loop {
+        match session_burst(&urls[..1], key, Some("run-1"), 1).await[0].0 {
+            200 => total += 1,
+            429 => break,
+            s => panic!("unexpected {s}"),
+        }
+        assert!(total < 30, "the session budget never refused");
+    }
+    let spent = total * (PROMPT + COMPLETION);
+    assert!(
+        (TOKENS_PER_DAY..TOKENS_PER_DAY + PROMPT + COMPLETION).contains(&spent),
+        "{total} requests, {spent} tokens, against {TOKENS_PER_DAY}"
+    );
+    // Another session of the same consumer, and a request naming none, pass.
+    assert_eq!(session_burst(urls, key, Some("run-2"), 2).await[0].0, 200);
+    assert_eq!(session_burst(urls, key, None, 1).await[0].0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_budget_holds_per_session_under_30_concurrent_requests() {
+    let (provider, served) = start_provider(Duration::from_millis(400)).await;
+    let server =
+        Server::start_with(tempfile::tempdir().unwrap(), session_config(provider, "")).await;
+    let (_, key) = server
+        .consumer_with_key("session-burner", Some("sessions"))
+        .await;
+    let url = server.gw("/ai/v1/chat/completions");
+    check_session_budget(&[url], &key, &served).await;
+    // The refusals are events with the budget's outcome, in the refused session.
+    let events = server
+        .wait_events("session-burner", "", |evs| {
+            evs.iter().any(|e| e["outcome"] == "budget_exceeded")
+        })
+        .await;
+    assert!(
+        events
+            .iter()
+            .filter(|e| e["outcome"] == "budget_exceeded")
+            .all(|e| e["session_id"] == "run-1"),
+        "{events:?}"
+    );
+    // The consumer's limits list the session budget.
+    let (status, limits) = server
+        .admin(Method::GET, "/v1/consumers/session-burner/limits", None)
+        .await;
+    assert_eq!(status, 200, "{limits}");
+    assert_eq!(
+        limits["session_budgets"],
+        json!([{"budget": "tokens_per_session", "unit": "tokens", "limit": 500.0}]),
+        "{limits}"
+    );
+    // A negative session budget is refused naming the field.
+    let (status, body) = server
+        .admin(
+            Method::PUT,
+            "/v1/consumers/session-burner/limits",
+            Some(json!({"budget_usd_per_session": -1.0})),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("budget_usd_per_session"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_sharing_redis_hold_one_session_budget() {
+    let redis = Redis::start();
+    let (provider, served) = start_provider(Duration::from_millis(400)).await;
+    let limits = format!(
+        "\n[limits]\nredis_url = \"{}\"\nredis_timeout_ms = 200\n",
+        redis.url()
+    );
+    let a = Server::start_with(
+        tempfile::tempdir().unwrap(),
+        session_config(provider, &limits),
+    )
+    .await;
+    let data = a.dir.path().join("data");
+    let make = session_config(provider, &limits);
+    let b = Server::start_with(tempfile::tempdir().unwrap(), move |gateway, admin| {
+        make(gateway, admin).replace(
+            "data_dir = \"data\"",
+            &format!("data_dir = {data:?}\nevent_dir = \"events-b\""),
+        )
+    })
+    .await;
+    let (_, key) = a
+        .consumer_with_key("cluster-session", Some("sessions"))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, _) = send(
+            Method::GET,
+            &b.gw("/ai/v1/models"),
+            &[("authorization", &format!("Bearer {key}"))],
+            None,
+        )
+        .await
+        .unwrap();
+        if status != 401 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node b never knew the key"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let urls = [
+        a.gw("/ai/v1/chat/completions"),
+        b.gw("/ai/v1/chat/completions"),
+    ];
+    check_session_budget(&urls, &key, &served).await;
+    let (_, status) = a.admin(Method::GET, "/v1/status", None).await;
+    assert_eq!(status["limiter_mode"], "redis");
+    assert_eq!(status["limiter_redis_errors"], 0);
+}

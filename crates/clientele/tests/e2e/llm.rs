@@ -44,7 +44,26 @@ async fn provider(req: Request<Incoming>, seen: Seen) -> Result<Response<UpBody>
             .push(format!("accept-encoding: {enc:?}"));
     }
     let anthropic = req.uri().path().ends_with("/v1/messages");
+    let responses = req.uri().path().ends_with("/v1/responses");
     let body = req.into_body().collect().await.unwrap().to_bytes();
+    if responses {
+        // The golden responses-API stream (reasoning tokens), one frame per event.
+        let golden =
+            include_str!("../../../clientele-gateway/tests/llm/openai_responses_stream.sse");
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            for event in golden.split_inclusive("\n\n") {
+                if tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let resp = Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(StreamBody::new(ReceiverStream(rx)).boxed())
+            .unwrap();
+        return Ok(resp);
+    }
     if anthropic {
         // The golden Anthropic stream (with cache tokens), one frame per event.
         let golden =
@@ -65,6 +84,15 @@ async fn provider(req: Request<Incoming>, seen: Seen) -> Result<Response<UpBody>
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = body["model"].as_str().unwrap_or("gpt-4o-mini");
+    if model == "golden" {
+        // The golden chat completion (cached prompt tokens), byte for byte.
+        let golden = include_str!("../../../clientele-gateway/tests/llm/openai_chat.json");
+        let resp = Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(golden.as_bytes())).boxed())
+            .unwrap();
+        return Ok(resp);
+    }
     let answer_model = match model {
         "gpt-4o-mini" => "gpt-4o-mini-2024-07-18",
         other => other,
@@ -384,11 +412,169 @@ async fn anthropic_sdk_stream_with_cache_tokens_is_priced_per_kind() {
     assert_eq!(e["tokens_in"], 25 + 2048 + 512, "{e}");
     assert_eq!(e["tokens_out"], 15, "{e}");
     assert_eq!(e["model"], "claude-sonnet-4-5-20250929");
+    // The parts priced apart are on the event; Anthropic reports no reasoning tokens.
+    assert_eq!(e["tokens_cached"], 2048, "{e}");
+    assert_eq!(e["tokens_cache_write"], 512, "{e}");
+    assert!(e.get("tokens_reasoning").is_none(), "{e}");
     // claude-sonnet-4-5: $3 in, $0.30 cache read, $3.75 cache write, $15 out per million.
     let want = (25.0 * 3.0 + 2048.0 * 0.30 + 512.0 * 3.75 + 15.0 * 15.0) / 1e6;
     assert!(
         (e["cost_usd"].as_f64().unwrap() - want).abs() < 1e-12,
         "{e}"
+    );
+    let models = wait_models(&server, "agent-d").await;
+    let row = &models[0];
+    assert_eq!(
+        (
+            &row["tokens_in"],
+            &row["tokens_cached"],
+            &row["tokens_cache_write"],
+            &row["tokens_reasoning"]
+        ),
+        (&json!(2585), &json!(2048), &json!(512), &json!(0)),
+        "{row}"
+    );
+    let (status, stats) = server
+        .admin(Method::GET, "/v1/stats/consumers/agent-d", None)
+        .await;
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(
+        (&stats["tokens_cached"], &stats["tokens_cache_write"]),
+        (&json!(2048), &json!(512)),
+        "{stats}"
+    );
+}
+
+/// `GET /v1/stats/models?consumer=…` once it has a row for the consumer.
+async fn wait_models(server: &Server, consumer: &str) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = server
+            .admin(
+                Method::GET,
+                &format!("/v1/stats/models?consumer={consumer}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let rows = body["models"].as_array().cloned().unwrap_or_default();
+        if !rows.is_empty() {
+            return rows;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no model row for {consumer}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The golden OpenAI frames through the gateway: a chat completion with cached prompt
+/// tokens (JSON) and a responses-API stream with reasoning tokens (SSE), each part on the
+/// event and priced at its own rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_cached_and_reasoning_tokens_are_kept_and_priced() {
+    let (server, _) = start().await;
+    let (_, key) = server.consumer_with_key("agent-r", Some("pro")).await;
+    let post = |path: &str, body: Value| {
+        Request::builder()
+            .method(Method::POST)
+            .uri(server.gw(path))
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    };
+    for req in [
+        post(
+            "/ai/v1/chat/completions",
+            json!({"model": "golden", "messages": [{"role": "user", "content": "describe"}]}),
+        ),
+        post(
+            "/ai/v1/responses",
+            json!({"model": "o4-mini", "stream": true, "input": "hi"}),
+        ),
+    ] {
+        let resp = client().request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap();
+    }
+    let events = server
+        .wait_events("agent-r", "", |evs| {
+            evs.len() == 2 && evs.iter().all(|e| e["tokens_in"].is_u64())
+        })
+        .await;
+    let by_model = |m: &str| {
+        events
+            .iter()
+            .find(|e| e["model"] == m)
+            .unwrap_or_else(|| panic!("no event of {m}: {events:?}"))
+            .clone()
+    };
+    let chat = by_model("gpt-4o-2024-08-06");
+    assert_eq!(
+        (
+            &chat["tokens_in"],
+            &chat["tokens_cached"],
+            &chat["tokens_out"],
+            &chat["tokens_reasoning"]
+        ),
+        (&json!(1234), &json!(1024), &json!(56), &json!(0)),
+        "{chat}"
+    );
+    assert!(
+        chat.get("tokens_cache_write").is_none(),
+        "OpenAI reports none: {chat}"
+    );
+    // gpt-4o: $2.50 in, $1.25 cached, $10 out per million.
+    let want = (210.0 * 2.50 + 1024.0 * 1.25 + 56.0 * 10.0) / 1e6;
+    assert!(
+        (chat["cost_usd"].as_f64().unwrap() - want).abs() < 1e-12,
+        "{chat}"
+    );
+    let reasoning = by_model("o4-mini-2025-04-16");
+    assert_eq!(
+        (
+            &reasoning["tokens_in"],
+            &reasoning["tokens_out"],
+            &reasoning["tokens_reasoning"],
+            &reasoning["tokens_cached"]
+        ),
+        (&json!(37), &json!(120), &json!(64), &json!(0)),
+        "{reasoning}"
+    );
+    // o4-mini: $1.10 in, $4.40 out (reasoning billed as output) per million.
+    let want = (37.0 * 1.10 + 120.0 * 4.40) / 1e6;
+    assert!(
+        (reasoning["cost_usd"].as_f64().unwrap() - want).abs() < 1e-12,
+        "{reasoning}"
+    );
+    let models = wait_models(&server, "agent-r").await;
+    let reasoning_sum: u64 = models
+        .iter()
+        .filter_map(|m| m["tokens_reasoning"].as_u64())
+        .sum();
+    let cached_sum: u64 = models
+        .iter()
+        .filter_map(|m| m["tokens_cached"].as_u64())
+        .sum();
+    assert_eq!((cached_sum, reasoning_sum), (1024, 64), "{models:?}");
+    let (status, list) = server.admin(Method::GET, "/v1/stats/consumers", None).await;
+    assert_eq!(status, 200, "{list}");
+    let mine = list["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["consumer"] == "agent-r")
+        .unwrap_or_else(|| panic!("agent-r not listed: {list}"));
+    assert_eq!(
+        (
+            &mine["tokens_cached"],
+            &mine["tokens_reasoning"],
+            &mine["tokens_cache_write"]
+        ),
+        (&json!(1024), &json!(64), &json!(0)),
+        "{mine}"
     );
 }
 
@@ -444,6 +630,20 @@ async fn sessions_from_the_header_with_a_loop_and_inferred_ones() {
     assert_eq!(run["requests"], 6, "{run}");
     assert_eq!(run["loops"], 1, "{run}");
     assert_eq!(run["tokens_in"], 6 * PROMPT_TOKENS, "{run}");
+    // Six LLM calls in a burst: an agent, and a chain of six calls to one endpoint.
+    assert_eq!(run["class"], "agent", "{run}");
+    assert!(
+        run["class_reason"].as_str().unwrap().contains("burst"),
+        "{run}"
+    );
+    assert_eq!(run["longest_chain"]["calls"], 6, "{run}");
+    assert!(
+        run["longest_chain"]["endpoint"]
+            .as_str()
+            .unwrap()
+            .ends_with("/v1/chat/completions"),
+        "{run}"
+    );
     let inferred: Vec<_> = sessions.iter().filter(|s| s["inferred"] == true).collect();
     assert_eq!(inferred.len(), 1, "{sessions:?}");
     assert_eq!(inferred[0]["requests"], 1);
@@ -734,4 +934,70 @@ async fn bench_streamed_completion_added_latency() {
         .admin(Method::GET, "/v1/consumers/bench/limits", None)
         .await;
     assert!(lim["budgets"][0]["used"].as_f64().unwrap() > 0.0, "{lim}");
+}
+
+/// MCP over HTTP: a JSON-RPC `tools/call` is attributed to its tool (the event's route is the
+/// tool's name), so per-tool counts come out of the route stats; other messages keep the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_tool_calls_are_attributed_per_tool() {
+    let (server, _) = start().await;
+    let (_, key) = server.consumer_with_key("agent-m", Some("pro")).await;
+    let auth = format!("Bearer {key}");
+    let call = |id: u32, tool: &str| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": tool, "arguments": {"q": "rust"}}})
+    };
+    let messages = [
+        call(1, "search_docs"),
+        call(2, "search_docs"),
+        call(3, "fetch_page"),
+        json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"}),
+    ];
+    for m in &messages {
+        let (status, _, _) = crate::support::send(
+            Method::POST,
+            &server.gw("/plain/mcp"),
+            &[
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ],
+            Some(Bytes::from(m.to_string())),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200);
+    }
+    let events = server
+        .wait_events("agent-m", "", |evs| evs.len() == 4)
+        .await;
+    let mut routes: Vec<&str> = events
+        .iter()
+        .map(|e| e["route"].as_str().unwrap())
+        .collect();
+    routes.sort_unstable();
+    assert_eq!(
+        routes,
+        vec!["/mcp", "fetch_page", "search_docs", "search_docs"],
+        "{events:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = server.admin(Method::GET, "/v1/stats/routes", None).await;
+        assert_eq!(status, 200, "{body}");
+        let search = body["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["route"] == "search_docs")
+            .cloned();
+        if let Some(r) = search.filter(|r| r["requests"] == 2) {
+            assert_eq!(r["method"], "POST", "{r}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no search_docs route: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
