@@ -992,6 +992,29 @@ pub(crate) fn detail_points(d: &handlers::ConsumerDetail) -> (Vec<i64>, Vec<Poin
     (ts, points)
 }
 
+/// What kind of client a consumer is, from its sessions' classes: the most common one, with
+/// how many of the sessions have it ("agent, 12 of 14 sessions"), or that there were none.
+fn client_class(sessions: &[handlers::SessionOut]) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for s in sessions {
+        match counts.iter_mut().find(|(c, _)| *c == s.class) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((&s.class, 1)),
+        }
+    }
+    // The most sessions first; a tie goes to the class named first in the API's order.
+    let order = |c: &str| {
+        ["agent", "service", "interactive"]
+            .iter()
+            .position(|x| *x == c)
+    };
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(order(a.0).cmp(&order(b.0))));
+    match counts.first() {
+        None => "no sessions in this range".to_string(),
+        Some((class, n)) => format!("{class}, {n} of {} sessions", sessions.len()),
+    }
+}
+
 pub(crate) fn consumer_tiles(t: &ConsumerStats) -> String {
     tiles(&[
         ("Requests", int(t.requests), "requests"),
@@ -1059,8 +1082,23 @@ pub async fn consumer(
         }
         let _ = write!(
             body,
-            "<div><dt>Created</dt><dd>{}</dd></div></dl>",
+            "<div><dt>Created</dt><dd>{}</dd></div>",
             esc(&crate::html::when(c.created_at_ms))
+        );
+        let Json(sessions) = handlers::sessions(
+            State(app.clone()),
+            Query(handlers::SessionsQuery {
+                from: Some(r.start_rfc3339()),
+                to: Some(r.end_rfc3339()),
+                consumer: Some(id.clone()),
+                limit: Some(1000),
+            }),
+        )
+        .await?;
+        let _ = write!(
+            body,
+            r#"<div data-testid="client-class"><dt>Client</dt><dd>{}</dd></div></dl>"#,
+            esc(&client_class(&sessions.sessions))
         );
     }
     body.push_str(&consumer_tiles(&detail.totals));

@@ -346,15 +346,26 @@ async fn consumer_overrides_and_route_limits_through_the_admin_api() {
     assert_eq!(overview["mode"], "local");
 }
 
-/// Starts a node against `redis` with its own data dir, or sharing `share`'s store.
+/// Starts a node against `redis` with its own data dir, or sharing `share`'s store. Redis
+/// calls time out after 100 ms, as the outage tests need to be quick.
 async fn redis_node(
     up: std::net::SocketAddr,
     redis: &str,
     policy: &str,
     share: Option<&Server>,
 ) -> Server {
+    redis_node_with_timeout(up, redis, policy, share, 100).await
+}
+
+async fn redis_node_with_timeout(
+    up: std::net::SocketAddr,
+    redis: &str,
+    policy: &str,
+    share: Option<&Server>,
+    timeout_ms: u64,
+) -> Server {
     let extra = format!(
-        "{TINY}\n[plans.shared]\nrate_per_second = 10\nburst = 10\nquota_per_day = 50\n\n[limits]\nredis_url = \"{redis}\"\nredis_timeout_ms = 100\non_redis_error = \"{policy}\"\n"
+        "{TINY}\n[plans.shared]\nrate_per_second = 10\nburst = 10\nquota_per_day = 50\n\n[limits]\nredis_url = \"{redis}\"\nredis_timeout_ms = {timeout_ms}\non_redis_error = \"{policy}\"\n"
     );
     let Some(first) = share else {
         return Server::start(up, &extra).await;
@@ -374,8 +385,10 @@ async fn redis_node(
 async fn two_nodes_sharing_redis_enforce_one_limit() {
     let redis = Redis::start();
     let up = start_upstream().await;
-    let a = redis_node(up.addr, &redis.url(), "open", None).await;
-    let b = redis_node(up.addr, &redis.url(), "open", Some(&a)).await;
+    // A generous timeout: this test is about one limit shared by two nodes, and a call timed
+    // out on a loaded machine fails open (as configured), which would let extra requests by.
+    let a = redis_node_with_timeout(up.addr, &redis.url(), "open", None, 2000).await;
+    let b = redis_node_with_timeout(up.addr, &redis.url(), "open", Some(&a), 2000).await;
     let (_, key) = a.consumer_with_key("acme", Some("shared")).await;
     let deadline = Instant::now() + Duration::from_secs(3);
     while get_with_key(&b, "/pets/1", &key).await.0 == 401 {

@@ -443,6 +443,19 @@ async fn dashboard_pages_answer_and_refuse_bad_parameters_with_html() {
     );
     assert_eq!(stats["errors_5xx"], 1);
     assert!(!page.body.contains(&key), "keys are never shown");
+    // Its six requests are one inferred session, whose class is the consumer's.
+    let class = page
+        .body
+        .split(r#"<div data-testid="client-class"><dt>Client</dt><dd>"#)
+        .nth(1)
+        .and_then(|rest| rest.split("</dd>").next())
+        .unwrap_or_default();
+    assert!(
+        ["agent", "service", "interactive"]
+            .iter()
+            .any(|c| class == format!("{c}, 1 of 1 sessions")),
+        "{class:?}"
+    );
     let page = b.get(&server, "/consumers/acme?errors=429").await;
     assert!(!page.body.contains(">503</span>"), "only 429s listed");
     assert!(page.body.contains("No error responses in this range."));
