@@ -117,7 +117,9 @@ impl UaHint {
 /// The shape of a session's traffic, folded one call at a time in constant memory.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Pattern {
-    last_ms: Option<i64>,
+    /// The latest call so far; meaningless before the first (`max_burst` is 0 until then),
+    /// a plain `i64` rather than an `Option` to keep every session's slot 8 bytes smaller.
+    last_ms: i64,
     /// Gaps between consecutive calls: count, sum and sum of squares (ms).
     gaps: u64,
     gap_sum: f64,
@@ -141,14 +143,15 @@ impl Pattern {
         {
             self.ua = UaHint::of(ua);
         }
-        let Some(last) = self.last_ms else {
-            self.last_ms = Some(ts_ms);
+        if self.max_burst == 0 {
+            self.last_ms = ts_ms;
             self.burst = 1;
             self.max_burst = 1;
             return;
-        };
+        }
+        let last = self.last_ms;
         let gap = (ts_ms - last).abs();
-        self.last_ms = Some(last.max(ts_ms));
+        self.last_ms = last.max(ts_ms);
         self.gaps += 1;
         self.gap_sum += gap as f64;
         self.gap_sq += (gap as f64) * (gap as f64);
