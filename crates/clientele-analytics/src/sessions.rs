@@ -14,8 +14,8 @@
 //! chain) and a class, `agent`, `service` or `interactive`, from its pattern and its user
 //! agent (see [`Pattern::class`]).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use clientele_core::event::Event;
 
@@ -52,10 +52,6 @@ pub struct Session {
     pub longest_chain: Option<(String, u32)>,
     /// How the session's calls came: the basis of its class.
     pub pattern: Pattern,
-    /// Per (method and path, fingerprint): how often the session made the call.
-    calls: HashMap<(String, u64), u32>,
-    /// The run of calls in progress: its endpoint and length.
-    chain: (String, u32),
 }
 
 /// Calls closer than this are one burst.
@@ -121,7 +117,9 @@ impl UaHint {
 /// The shape of a session's traffic, folded one call at a time in constant memory.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Pattern {
-    last_ms: Option<i64>,
+    /// The latest call so far; meaningless before the first (`max_burst` is 0 until then),
+    /// a plain `i64` rather than an `Option` to keep every session's slot 8 bytes smaller.
+    last_ms: i64,
     /// Gaps between consecutive calls: count, sum and sum of squares (ms).
     gaps: u64,
     gap_sum: f64,
@@ -145,14 +143,15 @@ impl Pattern {
         {
             self.ua = UaHint::of(ua);
         }
-        let Some(last) = self.last_ms else {
-            self.last_ms = Some(ts_ms);
+        if self.max_burst == 0 {
+            self.last_ms = ts_ms;
             self.burst = 1;
             self.max_burst = 1;
             return;
-        };
+        }
+        let last = self.last_ms;
         let gap = (ts_ms - last).abs();
-        self.last_ms = Some(last.max(ts_ms));
+        self.last_ms = last.max(ts_ms);
         self.gaps += 1;
         self.gap_sum += gap as f64;
         self.gap_sq += (gap as f64) * (gap as f64);
@@ -219,11 +218,100 @@ impl Pattern {
     }
 }
 
+/// A session's id as stored: the client's own, or the start of an inferred one (formatted as
+/// `inferred-{ms}` only when queried, so an inferred session holds no string for it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum SessionKey {
+    Client(Box<str>),
+    Inferred(i64),
+}
+
+impl SessionKey {
+    fn id(&self) -> String {
+        match self {
+            SessionKey::Client(id) => id.to_string(),
+            SessionKey::Inferred(start) => format!("inferred-{start}"),
+        }
+    }
+}
+
+/// What the table holds per session: a [`Session`] without its names (the key holds them,
+/// the consumer interned) and without `repeated` (built by [`SessionTable::query`]). With
+/// sparse consumers nearly every event is a session of its own, up to [`MAX_SESSIONS`], so
+/// a session of one request allocates nothing beyond its map slot.
+#[derive(Debug)]
+struct Entry {
+    started_ms: i64,
+    ended_ms: i64,
+    requests: u64,
+    tokens_in: u64,
+    tokens_out: u64,
+    cost_usd: Option<f64>,
+    loops: u32,
+    /// The length of the run of calls in progress, and of the longest run.
+    chain_len: u32,
+    longest_len: u32,
+    /// Their endpoints (`METHOD /route`), interned in [`State::endpoints`].
+    chain: Arc<str>,
+    longest: Arc<str>,
+    pattern: Pattern,
+    /// Per (method and path, fingerprint): how often the session made the call. Allocated
+    /// at a client session's first fingerprinted call only: inferred sessions count no loops.
+    /// Boxed despite `clippy::box_collection`: 8 bytes in every map slot rather than
+    /// the 48 of an empty map, for the few sessions that have calls.
+    #[allow(clippy::box_collection)]
+    calls: Option<Box<HashMap<(String, u64), u32>>>,
+}
+
+impl Entry {
+    fn to_session(&self, consumer: &str, key: &SessionKey) -> Session {
+        let mut repeated: Vec<(String, u32)> = self
+            .calls
+            .iter()
+            .flat_map(|calls| calls.iter())
+            .filter(|(_, n)| **n >= LOOP_REPEATS)
+            .map(|((c, _), n)| (c.clone(), *n))
+            .collect();
+        repeated.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        Session {
+            session_id: key.id(),
+            consumer: consumer.to_string(),
+            started_ms: self.started_ms,
+            ended_ms: self.ended_ms,
+            requests: self.requests,
+            tokens_in: self.tokens_in,
+            tokens_out: self.tokens_out,
+            cost_usd: self.cost_usd,
+            loops: self.loops,
+            inferred: matches!(key, SessionKey::Inferred(_)),
+            repeated,
+            longest_chain: (self.longest_len > 0)
+                .then(|| (self.longest.to_string(), self.longest_len)),
+            pattern: self.pattern,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
-    sessions: HashMap<(String, String), Session>,
-    /// Per consumer: the inferred session in progress and its last request.
-    open: HashMap<String, (String, i64)>,
+    sessions: HashMap<(Arc<str>, SessionKey), Entry>,
+    /// Per consumer: the start of the inferred session in progress (its id) and its last
+    /// request.
+    open: HashMap<Arc<str>, (i64, i64)>,
+    /// Consumer names and endpoints, each stored once however many sessions name it;
+    /// [`SessionTable::prune`] drops those no session names any more.
+    names: HashSet<Arc<str>>,
+    endpoints: HashSet<Arc<str>>,
+}
+
+/// The set's copy of `s`, added if new.
+fn intern(set: &mut HashSet<Arc<str>>, s: &str) -> Arc<str> {
+    if let Some(a) = set.get(s) {
+        return a.clone();
+    }
+    let a: Arc<str> = Arc::from(s);
+    set.insert(a.clone());
+    a
 }
 
 /// A mutex held only for a map update or a scan (never across an await).
@@ -234,55 +322,76 @@ pub struct SessionTable {
 
 impl SessionTable {
     pub fn ingest(&self, events: &[Event]) {
-        let mut state = None;
+        let mut guard = None;
+        // `METHOD /route` of the event at hand, formatted into one buffer for all events.
+        let mut endpoint = String::new();
         for e in events {
             let Some(consumer) = &e.consumer else {
                 continue;
             };
-            let st =
-                state.get_or_insert_with(|| self.state.lock().unwrap_or_else(|e| e.into_inner()));
-            let (id, inferred) = match &e.session_id {
-                Some(id) => (id.clone(), false),
+            let st: &mut State =
+                guard.get_or_insert_with(|| self.state.lock().unwrap_or_else(|e| e.into_inner()));
+            let name = intern(&mut st.names, consumer);
+            let (key, inferred) = match &e.session_id {
+                Some(id) => (SessionKey::Client(id.as_str().into()), false),
                 None => {
-                    let id = match st.open.get_mut(consumer) {
-                        Some((id, last)) if (e.ts_ms - *last).abs() <= IDLE_GAP_MS => {
+                    let start = match st.open.get_mut(consumer.as_str()) {
+                        Some((start, last)) if (e.ts_ms - *last).abs() <= IDLE_GAP_MS => {
                             *last = (*last).max(e.ts_ms);
-                            id.clone()
+                            *start
                         }
                         _ => {
-                            let id = format!("inferred-{}", e.ts_ms);
-                            st.open.insert(consumer.clone(), (id.clone(), e.ts_ms));
-                            id
+                            st.open.insert(name.clone(), (e.ts_ms, e.ts_ms));
+                            e.ts_ms
                         }
                     };
-                    (id, true)
+                    (SessionKey::Inferred(start), true)
                 }
             };
-            let key = (consumer.clone(), id.clone());
+            let key = (name, key);
             if st.sessions.len() >= MAX_SESSIONS && !st.sessions.contains_key(&key) {
                 continue;
             }
-            let s = st.sessions.entry(key).or_insert_with(|| Session {
-                session_id: id,
-                consumer: consumer.clone(),
-                started_ms: e.ts_ms,
-                ended_ms: e.ts_ms,
-                inferred,
-                ..Session::default()
+            endpoint.clear();
+            endpoint.push_str(&e.method);
+            endpoint.push(' ');
+            endpoint.push_str(&e.route);
+            let endpoints = &mut st.endpoints;
+            let s = st.sessions.entry(key).or_insert_with(|| {
+                let ep = intern(endpoints, &endpoint);
+                Entry {
+                    started_ms: e.ts_ms,
+                    ended_ms: e.ts_ms,
+                    requests: 0,
+                    tokens_in: 0,
+                    tokens_out: 0,
+                    cost_usd: None,
+                    loops: 0,
+                    // No run yet: the first call below extends this empty one to length 1.
+                    chain_len: 0,
+                    longest_len: 0,
+                    chain: ep.clone(),
+                    longest: ep,
+                    pattern: Pattern::default(),
+                    calls: None,
+                }
             });
             s.started_ms = s.started_ms.min(e.ts_ms);
             s.ended_ms = s.ended_ms.max(e.ts_ms);
             s.requests += 1;
             s.pattern
                 .add(e.ts_ms, e.model.is_some(), e.user_agent.as_deref());
-            let endpoint = format!("{} {}", e.method, e.route);
-            if s.chain.0 == endpoint {
-                s.chain.1 += 1;
+            if *s.chain == *endpoint {
+                s.chain_len += 1;
             } else {
-                s.chain = (endpoint, 1);
+                s.chain = intern(endpoints, &endpoint);
+                s.chain_len = 1;
             }
-            if s.longest_chain.as_ref().is_none_or(|(_, n)| s.chain.1 > *n) {
-                s.longest_chain = Some(s.chain.clone());
+            if s.chain_len > s.longest_len {
+                s.longest_len = s.chain_len;
+                if !Arc::ptr_eq(&s.longest, &s.chain) {
+                    s.longest = s.chain.clone();
+                }
             }
             s.tokens_in = s.tokens_in.saturating_add(e.tokens_in.unwrap_or(0));
             s.tokens_out = s.tokens_out.saturating_add(e.tokens_out.unwrap_or(0));
@@ -290,10 +399,13 @@ impl SessionTable {
                 s.cost_usd = Some(crate::rollup::finite_sum(s.cost_usd.unwrap_or(0.0), c));
             }
             let Some(print) = e.call_hash else { continue };
+            if inferred {
+                continue;
+            }
+            let calls = s.calls.get_or_insert_with(Default::default);
             let call = (format!("{} {}", e.method, e.path), print);
-            let known = s.calls.len() < MAX_CALLS || s.calls.contains_key(&call);
-            if known && !inferred {
-                let n = s.calls.entry(call).or_insert(0);
+            if calls.len() < MAX_CALLS || calls.contains_key(&call) {
+                let n = calls.entry(call).or_insert(0);
                 *n += 1;
                 if *n == LOOP_REPEATS {
                     s.loops += 1;
@@ -313,27 +425,10 @@ impl SessionTable {
         let mut out: Vec<Session> = {
             let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
             st.sessions
-                .values()
-                .filter(|s| s.ended_ms >= from_ms && s.started_ms < to_ms)
-                .filter(|s| consumer.is_none_or(|c| c == s.consumer))
-                .map(|s| {
-                    let mut repeated: Vec<(String, u32)> = s
-                        .calls
-                        .iter()
-                        .filter(|(_, n)| **n >= LOOP_REPEATS)
-                        .map(|((c, _), n)| (c.clone(), *n))
-                        .collect();
-                    repeated.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-                    Session {
-                        session_id: s.session_id.clone(),
-                        consumer: s.consumer.clone(),
-                        repeated,
-                        longest_chain: s.longest_chain.clone(),
-                        calls: HashMap::new(),
-                        chain: (String::new(), 0),
-                        ..*s
-                    }
-                })
+                .iter()
+                .filter(|(_, s)| s.ended_ms >= from_ms && s.started_ms < to_ms)
+                .filter(|((c, _), _)| consumer.is_none_or(|want| want == &**c))
+                .map(|((c, key), s)| s.to_session(c, key))
                 .collect()
         };
         out.sort_by(|a, b| {
@@ -345,11 +440,14 @@ impl SessionTable {
         out
     }
 
-    /// Drops sessions that ended before `cutoff_ms`.
+    /// Drops sessions that ended before `cutoff_ms`, and the names only they used.
     pub fn prune(&self, cutoff_ms: i64) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.sessions.retain(|_, s| s.ended_ms >= cutoff_ms);
         st.open.retain(|_, (_, last)| *last >= cutoff_ms);
+        // The set's own reference is the one left when nothing else names it.
+        st.names.retain(|n| Arc::strong_count(n) > 1);
+        st.endpoints.retain(|n| Arc::strong_count(n) > 1);
     }
 }
 
