@@ -18,7 +18,10 @@
 //! - Each row carries the `node` that inserted it and that node's insert `seq`: nodes tail
 //!   each other's inserts by `(node, seq)` ([`ClickHouseStore::tail`]). A node's inserts are one
 //!   at a time and each covers one day, so one part: an insert is visible whole or not at all,
-//!   and in `seq` order.
+//!   and in `seq` order. The tail reads `event_seqs` (ordered by `(node, seq)`, one row per
+//!   insert, day and consumer with its time span, filled by a view) and then only those key
+//!   ranges of `events`; a view writes after the table it watches, so an insert the index shows
+//!   is already in `events`.
 //! - The rollup archive of the trait is a small replacing table read with `FINAL`; pruning it
 //!   writes tombstones (no synchronous `ALTER ... DELETE` on 18.16).
 
