@@ -18,7 +18,10 @@
 //! - Each row carries the `node` that inserted it and that node's insert `seq`: nodes tail
 //!   each other's inserts by `(node, seq)` ([`ClickHouseStore::tail`]). A node's inserts are one
 //!   at a time and each covers one day, so one part: an insert is visible whole or not at all,
-//!   and in `seq` order.
+//!   and in `seq` order. The tail reads `event_seqs` (ordered by `(node, seq)`, one row per
+//!   insert, day and consumer with its time span, filled by a view) and then only those key
+//!   ranges of `events`; a view writes after the table it watches, so an insert the index shows
+//!   is already in `events`.
 //! - The rollup archive of the trait is a small replacing table read with `FINAL`; pruning it
 //!   writes tombstones (no synchronous `ALTER ... DELETE` on 18.16).
 
@@ -103,6 +106,26 @@ ENGINE = ReplacingMergeTree() PARTITION BY day ORDER BY (day, id)"
         format!(
             "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.event_ids_mv TO {db}.event_ids AS SELECT day, id FROM {db}.events"
         ),
+        // The tail's index: one row per (insert, day, consumer) with its event times, kept by
+        // the insert itself (each insert is one block, so the view's GROUP BY sums one insert).
+        // Ordered by (node, seq), so a poll reads only the inserts after its cursor, and the
+        // events it then fetches by their key ranges: no scan of `events`.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.event_seqs (
+    node String,
+    seq UInt64,
+    day Int32,
+    consumer String,
+    min_ts Int64,
+    max_ts Int64,
+    n UInt64
+) ENGINE = MergeTree() PARTITION BY day ORDER BY (node, seq)
+SETTINGS index_granularity = 1024"
+        ),
+        format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.event_seqs_mv TO {db}.event_seqs AS {SEQS_OF_EVENTS}",
+            SEQS_OF_EVENTS = seqs_of(&format!("{db}.events"))
+        ),
         format!(
             "CREATE TABLE IF NOT EXISTS {db}.rollups (
     tier UInt8,
@@ -125,6 +148,13 @@ ORDER BY (tier, bucket_ms, consumer, api, method, route, status_class)"
 ENGINE = ReplacingMergeTree(version) ORDER BY k"
         ),
     ]
+}
+
+/// `event_seqs`' rows for the events of `table`: the view's query, and the one-off backfill's.
+fn seqs_of(table: &str) -> String {
+    format!(
+        "SELECT node, seq, day, consumer, min(ts_ms) AS min_ts, max(ts_ms) AS max_ts, count() AS n FROM {table} GROUP BY node, seq, day, consumer"
+    )
 }
 
 /// The event columns, in the order rows are read.
@@ -472,11 +502,40 @@ impl ClickHouseStore {
         for statement in schema(&store.inner.db) {
             store.query_in(&statement, "", false).await?;
         }
+        store.backfill_seqs().await?;
         let now_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         store.inner.version.store(now_ns, Ordering::Relaxed);
         Ok(store)
+    }
+
+    /// Rows in the active parts of `table`, from the parts' metadata (no read of the table).
+    async fn stored_rows(&self, table: &str) -> Result<u64> {
+        let body = self
+            .query(
+                &format!(
+                    "SELECT sum(rows) FROM system.parts WHERE database = {} AND table = {} AND active FORMAT TSV",
+                    quote(&self.inner.db),
+                    quote(table)
+                ),
+                "",
+            )
+            .await?;
+        Ok(String::from_utf8_lossy(&body).trim().parse().unwrap_or(0))
+    }
+
+    /// A database made before `event_seqs` existed: fills it once from `events`. The view
+    /// already exists by now, so an insert racing this shows up twice in the index, which
+    /// only widens what a poll fetches (the events read are the same); so does two nodes'
+    /// backfills racing.
+    async fn backfill_seqs(&self) -> Result<()> {
+        if self.stored_rows("event_seqs").await? > 0 || self.stored_rows("events").await? == 0 {
+            return Ok(());
+        }
+        self.query(&format!("INSERT INTO event_seqs {}", seqs_of("events")), "")
+            .await?;
+        Ok(())
     }
 
     /// `ClickHouse at host:port/db`.
@@ -626,31 +685,74 @@ impl ClickHouseStore {
     /// Events other nodes inserted after `after` (their last `seq` read, per node; nodes not
     /// named are read from the start), in (node, seq) order, at most about `limit`. Never this
     /// `node`'s own. The answer's last insert may be cut by the limit: callers re-read it.
+    ///
+    /// Two reads, neither a scan: `event_seqs` by its key (node, seq) for the inserts after the
+    /// cursor, then `events` by its key, the (day, consumer, time) ranges those inserts cover.
+    /// An idle poll is the first read only, and finds nothing.
     pub async fn tail(
         &self,
         node: &str,
         after: &BTreeMap<String, u64>,
         limit: usize,
     ) -> Result<(Vec<Tailed>, bool)> {
-        let names: Vec<String> = after.keys().map(|n| quote(n)).collect();
-        let seqs: Vec<String> = after.values().map(|s| format!("toUInt64({s})")).collect();
-        let floor = if after.is_empty() {
-            "0".to_string()
-        } else {
-            format!(
-                "transform(node, [{}], [{}], toUInt64(0))",
-                names.join(","),
-                seqs.join(",")
-            )
-        };
+        let limit = limit.max(1);
         let sql = format!(
-            "SELECT node, seq, {COLUMNS} FROM events WHERE node != {} AND seq > {floor} ORDER BY node, seq LIMIT {limit} FORMAT JSONEachRow",
-            quote(node)
+            "SELECT node, seq, day, consumer, min_ts, max_ts, n FROM event_seqs WHERE {} ORDER BY node, seq LIMIT {limit} FORMAT JSONEachRow",
+            after_cursor(node, after)
+        );
+        let entries = rows(&self.query(&sql, "").await?)?;
+        let mut full = entries.len() >= limit;
+        // The highest insert taken per node, and each (day, consumer)'s span of event times.
+        let mut upto: BTreeMap<String, u64> = BTreeMap::new();
+        let mut spans: BTreeMap<(i64, String), (i64, i64)> = BTreeMap::new();
+        let mut total = 0u64;
+        let mut last_taken: Option<(String, u64)> = None;
+        for m in &entries {
+            let n = get_str(m, "node")?;
+            let seq = get_u64(m, "seq").ok_or_else(|| bad_row("seq"))?;
+            if let Some((ln, ls)) = &last_taken {
+                // Past the limit: finish the insert that reached it, then stop.
+                if (ln.as_str(), *ls) != (n.as_str(), seq) {
+                    full = true;
+                    break;
+                }
+            }
+            let day = get_i64(m, "day").ok_or_else(|| bad_row("day"))?;
+            let lo = get_i64(m, "min_ts").ok_or_else(|| bad_row("min_ts"))?;
+            let hi = get_i64(m, "max_ts").ok_or_else(|| bad_row("max_ts"))?;
+            total += get_u64(m, "n").ok_or_else(|| bad_row("n"))?;
+            let span = spans
+                .entry((day, get_str(m, "consumer")?))
+                .or_insert((lo, hi));
+            *span = (span.0.min(lo), span.1.max(hi));
+            let top = upto.entry(n.clone()).or_insert(seq);
+            *top = (*top).max(seq);
+            if last_taken.is_none() && total >= limit as u64 {
+                full = true;
+                last_taken = Some((n, seq));
+            }
+        }
+        if upto.is_empty() {
+            return Ok((Vec::new(), false));
+        }
+        let keys: Vec<String> = spans
+            .iter()
+            .map(|((day, consumer), (lo, hi))| {
+                format!(
+                    "(day = {day} AND consumer = {} AND ts_ms >= {lo} AND ts_ms <= {hi})",
+                    quote(consumer)
+                )
+            })
+            .collect();
+        let sql = format!(
+            "SELECT node, seq, {COLUMNS} FROM events WHERE ({}) AND node != {} AND seq > {} AND seq <= {} ORDER BY node, seq FORMAT JSONEachRow",
+            keys.join(" OR "),
+            quote(node),
+            per_node(after),
+            per_node(&upto)
         );
         let body = self.query(&sql, "").await?;
-        let rows = rows(&body)?;
-        let full = rows.len() >= limit;
-        let tailed = rows
+        let tailed = rows(&body)?
             .iter()
             .map(|m| {
                 Ok(Tailed {
@@ -666,6 +768,46 @@ impl ClickHouseStore {
     fn next_version(&self) -> u64 {
         self.inner.version.fetch_add(1, Ordering::Relaxed) + 1
     }
+}
+
+/// `node`'s number in `seqs`, 0 for a node not there, as a ClickHouse expression.
+fn per_node(seqs: &BTreeMap<String, u64>) -> String {
+    if seqs.is_empty() {
+        return "toUInt64(0)".to_string();
+    }
+    let names: Vec<String> = seqs.keys().map(|n| quote(n)).collect();
+    let values: Vec<String> = seqs.values().map(|s| format!("toUInt64({s})")).collect();
+    format!(
+        "transform(node, [{}], [{}], toUInt64(0))",
+        names.join(","),
+        values.join(",")
+    )
+}
+
+/// The rows of `event_seqs` after the cursor, never `me`'s, written as ranges of its key
+/// (node, seq) so that the server reads only those: `seq > n` for each node read so far, and
+/// every node between them (or before the first, after the last), which is new, whole.
+fn after_cursor(me: &str, after: &BTreeMap<String, u64>) -> String {
+    let mut points: BTreeMap<&str, Option<u64>> =
+        after.iter().map(|(n, s)| (n.as_str(), Some(*s))).collect();
+    points.insert(me, None);
+    let mut ranges = Vec::with_capacity(points.len() * 2 + 1);
+    let mut prev: Option<&str> = None;
+    for (name, floor) in &points {
+        let q = quote(name);
+        ranges.push(match prev {
+            None => format!("node < {q}"),
+            Some(p) => format!("(node > {} AND node < {q})", quote(p)),
+        });
+        if let Some(s) = floor {
+            ranges.push(format!("(node = {q} AND seq > {s})"));
+        }
+        prev = Some(name);
+    }
+    if let Some(last) = prev {
+        ranges.push(format!("node > {}", quote(last)));
+    }
+    ranges.join(" OR ")
 }
 
 /// A TSV field back to its text (the server escapes `\`, tab, newline and a few more).
@@ -768,7 +910,7 @@ impl EventStore for ClickHouseStore {
         let parts = self
             .query(
                 &format!(
-                    "SELECT DISTINCT table, partition FROM system.parts WHERE database = {} AND table IN ('events', 'event_ids') AND active FORMAT TSV",
+                    "SELECT DISTINCT table, partition FROM system.parts WHERE database = {} AND table IN ('events', 'event_ids', 'event_seqs') AND active FORMAT TSV",
                     quote(&self.inner.db)
                 ),
                 "",
@@ -972,6 +1114,95 @@ mod tests {
         assert_eq!(ids, ["a2", "b1"], "after a's first insert, and all of b's");
         let (rows, full) = store.tail("c", &BTreeMap::new(), 2).await.unwrap();
         assert!(full && rows.len() == 2, "a full page says so");
+    }
+
+    #[tokio::test]
+    async fn a_poll_reads_the_new_inserts_not_the_table_also_after_a_backfill() {
+        use crate::testsuite::{Backend, Fresh, event};
+        use testing::{BUDGET_ROWS, ChServer};
+        if !<ClickHouseStore as Backend>::available() {
+            return;
+        }
+        let server = ChServer::shared().unwrap();
+        let fresh = Fresh::<ClickHouseStore>::new();
+        let store = fresh.store();
+        let db = store.database().to_string();
+        // 400,000 events of node `old` over two days, 400 inserts of 1,000, 50 consumers:
+        // written by the server itself, through the views like any insert.
+        let d0 = 20_000_i64;
+        let old_rows = 400_000_u64;
+        server.query(&format!(
+            "INSERT INTO {db}.events (day, consumer, has_consumer, ts_ms, id, node, seq, method, path, route, status, latency_ms, request_bytes, response_bytes, outcome)
+             SELECT intDiv(ts, {DAY_MS}), concat('c', toString(number % 50)), 1, ts, concat('old', toString(number)), 'old', intDiv(number, 1000) + 1, 'GET', '/x', '/x', 200, 1.0, 0, 0, 'proxied'
+             FROM (SELECT number, {} + number * 432 AS ts FROM system.numbers LIMIT {old_rows})",
+            d0 * DAY_MS
+        ));
+        // Node `a`: a late event (day 1, so insert 1) and 300 new ones (day 2, insert 2).
+        let mut batch = vec![event("late", "c7", (d0 + 1) * DAY_MS + 5_000, 200)];
+        for i in 0..300 {
+            batch.push(event(
+                &format!("a{i}"),
+                &format!("c{}", i % 3),
+                (d0 + 2) * DAY_MS + i * 10,
+                200,
+            ));
+        }
+        let (_, next) = store.append_from(batch, "a", 1).await.unwrap();
+        assert_eq!(next, 3);
+
+        let budget = ClickHouseStore::connect(&server.budget_url(&db))
+            .await
+            .unwrap();
+        // The check can fail: the former tail, a scan of `events`' node and seq, is refused.
+        let scan = budget
+            .query(
+                "SELECT node, seq FROM events WHERE node != 'b' AND seq > 0 ORDER BY node, seq LIMIT 10 FORMAT TSV",
+                "",
+            )
+            .await;
+        assert!(
+            scan.as_ref()
+                .is_err_and(|e| e.to_string().contains("Limit for rows")),
+            "a scan of {old_rows} rows must exceed the budget of {BUDGET_ROWS}: {scan:?}"
+        );
+
+        let check = |budget: ClickHouseStore| async move {
+            // `a` is new to this reader, `old` was read up to its last insert.
+            let after = BTreeMap::from([("old".to_string(), 400)]);
+            let (rows, full) = budget.tail("b", &after, 120_000).await.unwrap();
+            assert!(!full);
+            let got: Vec<(String, u64)> = rows.iter().map(|t| (t.node.clone(), t.seq)).collect();
+            assert_eq!(got.len(), 301);
+            assert_eq!(got[0], ("a".to_string(), 1));
+            assert_eq!(rows[0].event.id, "late");
+            assert!(got[1..].iter().all(|g| *g == ("a".to_string(), 2)));
+            // Idle: nothing after the cursor.
+            let after = BTreeMap::from([("old".to_string(), 400), ("a".to_string(), 2)]);
+            let (rows, full) = budget.tail("b", &after, 120_000).await.unwrap();
+            assert!(rows.is_empty() && !full);
+            // Part of `a`: its second insert.
+            let after = BTreeMap::from([("old".to_string(), 400), ("a".to_string(), 1)]);
+            let (rows, _) = budget.tail("b", &after, 120_000).await.unwrap();
+            assert_eq!(rows.len(), 300);
+            assert!(rows.iter().all(|t| t.node == "a" && t.seq == 2));
+            // A limit inside an insert takes that insert whole and says the page is full.
+            let after = BTreeMap::from([("old".to_string(), 400)]);
+            let (rows, full) = budget.tail("b", &after, 100).await.unwrap();
+            assert!(full && rows.len() == 301, "{}", rows.len());
+        };
+        check(budget.clone()).await;
+
+        // A database from before the index: it is made and filled at connect.
+        server.query(&format!("DROP TABLE {db}.event_seqs_mv"));
+        server.query(&format!("DROP TABLE {db}.event_seqs"));
+        ClickHouseStore::connect(&server.url(&db)).await.unwrap();
+        let indexed = server.query(&format!("SELECT sum(n) FROM {db}.event_seqs"));
+        assert_eq!(indexed.trim(), (old_rows + 301).to_string());
+        check(budget).await;
+        // Connecting again does not fill it twice.
+        ClickHouseStore::connect(&server.url(&db)).await.unwrap();
+        let indexed = server.query(&format!("SELECT sum(n) FROM {db}.event_seqs"));
+        assert_eq!(indexed.trim(), (old_rows + 301).to_string());
     }
 
     #[test]

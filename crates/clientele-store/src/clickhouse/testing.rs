@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 
 use super::ClickHouseStore;
 
+/// The most rows one query may read as user `budget` (the server refuses more): a test
+/// connects as `budget` to prove a query reads only what it needs, not a whole table.
+pub const BUDGET_ROWS: u64 = 60_000;
+
 pub struct ChServer {
     dir: PathBuf,
     bin: PathBuf,
@@ -100,13 +104,16 @@ impl ChServer {
         .unwrap();
         std::fs::write(
             dir.join("users.xml"),
-            r#"<?xml version="1.0"?>
+            format!(
+                r#"<?xml version="1.0"?>
 <yandex>
-  <profiles><default></default></profiles>
-  <users><default><password></password><networks><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></default></users>
+  <profiles><default></default><budget><max_rows_to_read>{BUDGET_ROWS}</max_rows_to_read><read_overflow_mode>throw</read_overflow_mode></budget></profiles>
+  <users><default><password></password><networks><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></default>
+  <budget><password></password><networks><ip>127.0.0.1</ip></networks><profile>budget</profile><quota>default</quota></budget></users>
   <quotas><default></default></quotas>
 </yandex>
-"#,
+"#
+            ),
         )
         .unwrap();
         let server = ChServer {
@@ -208,6 +215,11 @@ impl ChServer {
     /// The URL of database `db` on this server, as `[storage] clickhouse_url` takes it.
     pub fn url(&self, db: &str) -> String {
         format!("http://127.0.0.1:{}/?database={db}", self.http_port)
+    }
+
+    /// [`ChServer::url`] as user `budget`, whose queries may read at most [`BUDGET_ROWS`] rows.
+    pub fn budget_url(&self, db: &str) -> String {
+        format!("http://budget@127.0.0.1:{}/?database={db}", self.http_port)
     }
 
     /// Runs `sql` and returns the answer's body (TSV unless the query says otherwise).
