@@ -42,27 +42,15 @@ ADMIN_TOKEN="bench-admin-token-0123456789"
 MASTER_KEY="sk-bench-litellm-master"
 MODEL="gpt-4o-mini"
 
-die() { echo "bench-ai: $*" >&2; exit 1; }
-for v in ROUNDS DURATION CONNS; do
-  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
-done
+BENCH=bench-ai
+source scripts/bench-lib.sh
+positive_ints ROUNDS DURATION CONNS
 [[ $GAP_MS =~ ^[0-9]+$ ]] || die "GAP_MS must be a whole number of milliseconds (got '$GAP_MS')"
 
-exec 9>"${TMPDIR:-/tmp}/bench-ai.lock"
-flock -n 9 || die "another bench-ai run is in progress (lock ${TMPDIR:-/tmp}/bench-ai.lock)"
+bench_lock
 
 # ----- tools -----------------------------------------------------------------------------------
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v curl >/dev/null || need+=(curl)
-command -v python3 >/dev/null || need+=(python3)
-command -v taskset >/dev/null || need+=(util-linux)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing: ${need[*]}"
-  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+install_missing wrk curl python3 taskset=util-linux
 [ "$(nproc)" -ge 2 ] || die "needs at least 2 CPUs (proxy on CPU 0, wrk and the mock on CPU 1)"
 
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
@@ -81,58 +69,9 @@ BIN="$TARGET_DIR/release/clientele"
 MOCK="$TARGET_DIR/release/examples/mock_llm"
 [ -x "$BIN" ] && [ -x "$MOCK" ] || die "no binaries at $BIN and $MOCK after the build"
 
-# ----- processes and cleanup -------------------------------------------------------------------
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/bench-ai.XXXXXX")
-STARTED=()
-
-alive() {
-  local st
-  st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
-  [ -n "$st" ] && [ "$st" != Z ]
-}
-
-cleanup() {
-  local rc=$? pid deadline
-  trap - EXIT INT TERM
-  for pid in ${STARTED[@]+"${STARTED[@]}"}; do kill -TERM "$pid" 2>/dev/null || true; done
-  deadline=$((SECONDS + 15))
-  for pid in ${STARTED[@]+"${STARTED[@]}"}; do
-    while alive "$pid" && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
-    if alive "$pid"; then
-      echo "bench-ai: pid $pid ignored SIGTERM; killing it" >&2
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  done
-  wait 2>/dev/null || true
-  rm -rf "$TMP"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-PORTS=()
-while [ ${#PORTS[@]} -lt 4 ]; do
-  p=$(free_port)
-  [[ " ${PORTS[*]-} " == *" $p "* ]] || PORTS+=("$p")
-done
+# ----- ports ----------------------------------------------------------------------------------
+distinct_ports 4
 PORT_UP=${PORTS[0]} PORT_CL=${PORTS[1]} PORT_ADMIN=${PORTS[2]} PORT_LL=${PORTS[3]}
-
-# Polls until `curl ARGS` answers 200, giving up after $1 seconds or when process $2 dies.
-wait_200() {
-  local deadline=$((SECONDS + $1)) pid=$2 code
-  shift 2
-  while :; do
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" || true)
-    [ "$code" = 200 ] && return 0
-    alive "$pid" || return 1
-    [ $SECONDS -lt $deadline ] || return 1
-    sleep 0.3
-  done
-}
 
 JSON_BODY="{\"model\":\"$MODEL\",\"max_tokens\":16,\"messages\":[{\"role\":\"user\",\"content\":\"count to five\"}]}"
 SSE_BODY="{\"model\":\"$MODEL\",\"max_tokens\":16,\"stream\":true,\"stream_options\":{\"include_usage\":true},\"messages\":[{\"role\":\"user\",\"content\":\"count to five\"}]}"
@@ -141,8 +80,8 @@ SSE_BODY="{\"model\":\"$MODEL\",\"max_tokens\":16,\"stream\":true,\"stream_optio
 taskset -c 1 "$MOCK" --listen "127.0.0.1:$PORT_UP" --gap-ms "$GAP_MS" </dev/null >"$TMP/mock.log" 2>&1 9>&- &
 MOCK_PID=$!
 STARTED+=("$MOCK_PID")
-wait_200 20 "$MOCK_PID" -H 'content-type: application/json' -d "$JSON_BODY" \
-  "http://127.0.0.1:$PORT_UP/v1/chat/completions" || die "the mock did not start: $(cat "$TMP/mock.log")"
+wait_200 "http://127.0.0.1:$PORT_UP/v1/chat/completions" 20 "$MOCK_PID" \
+  -H 'content-type: application/json' -d "$JSON_BODY" || die "the mock did not start: $(cat "$TMP/mock.log")"
 
 # ----- clientele on CPU 0 ----------------------------------------------------------------------
 cat >"$TMP/clientele.toml" <<EOF
@@ -168,7 +107,7 @@ env -u CLIENTELE_ADMIN_TOKEN -u CLIENTELE_LOG -u RUST_LOG \
   taskset -c 0 "$BIN" serve --config "$TMP/clientele.toml" </dev/null >"$TMP/clientele.log" 2>&1 9>&- &
 CL_PID=$!
 STARTED+=("$CL_PID")
-wait_200 30 "$CL_PID" "http://127.0.0.1:$PORT_ADMIN/healthz" \
+wait_200 "http://127.0.0.1:$PORT_ADMIN/healthz" 30 "$CL_PID" \
   || die "clientele did not become healthy: $(tail -n 20 "$TMP/clientele.log")"
 admin() { # method path [json-body]
   curl -sS --max-time 10 --fail-with-body -X "$1" \
@@ -179,8 +118,8 @@ resp=$(admin POST /v1/consumers '{"id":"bench-agent","plan":"agents"}') || die "
 resp=$(admin POST /v1/consumers/bench-agent/keys '{}') || die "creating the key failed: $resp"
 CL_KEY=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])' <<<"$resp") \
   || die "no key in the response: $resp"
-wait_200 30 "$CL_PID" -H "Authorization: Bearer $CL_KEY" -H 'content-type: application/json' \
-  -d "$JSON_BODY" "http://127.0.0.1:$PORT_CL/v1/chat/completions" \
+wait_200 "http://127.0.0.1:$PORT_CL/v1/chat/completions" 30 "$CL_PID" \
+  -H "Authorization: Bearer $CL_KEY" -H 'content-type: application/json' -d "$JSON_BODY" \
   || die "clientele does not accept the new key: $(tail -n 20 "$TMP/clientele.log")"
 
 # ----- litellm on CPU 0 ------------------------------------------------------------------------
@@ -203,8 +142,8 @@ env LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_LOG=ERROR \
   --num_workers 1 </dev/null >"$TMP/litellm.log" 2>&1 9>&- &
 LL_PID=$!
 STARTED+=("$LL_PID")
-wait_200 180 "$LL_PID" -H "Authorization: Bearer $MASTER_KEY" -H 'content-type: application/json' \
-  -d "$JSON_BODY" "http://127.0.0.1:$PORT_LL/v1/chat/completions" \
+wait_200 "http://127.0.0.1:$PORT_LL/v1/chat/completions" 180 "$LL_PID" \
+  -H "Authorization: Bearer $MASTER_KEY" -H 'content-type: application/json' -d "$JSON_BODY" \
   || die "litellm did not answer: $(tail -n 30 "$TMP/litellm.log")"
 
 # ----- every target answers the same thing, and the proxies enforce their keys -----------------

@@ -44,33 +44,18 @@ WARMUP_SECS=2       # unrecorded run per target first: fills connection pools an
 ADMIN_TOKEN="bench-admin-token-0123456789"
 REQ_PATH="/pets/1"
 
-die() { echo "bench-gateway: $*" >&2; exit 1; }
-for v in ROUNDS DURATION CONNS; do
-  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
-done
-
-# Two runs at once share the two CPUs and make each other's numbers meaningless, so refuse.
-exec 9>"${TMPDIR:-/tmp}/bench-gateway.lock"
-flock -n 9 || die "another bench-gateway run is in progress (lock ${TMPDIR:-/tmp}/bench-gateway.lock)"
+BENCH=bench-gateway
+source scripts/bench-lib.sh
+positive_ints ROUNDS DURATION CONNS
+bench_lock
 
 # nginx lives in /usr/sbin, which is not on a normal user's PATH.
 PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 # ----- tools -----------------------------------------------------------------------------------
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-command -v curl >/dev/null || need+=(curl)
-command -v python3 >/dev/null || need+=(python3)
-command -v taskset >/dev/null || need+=(util-linux)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing: ${need[*]}"
-  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-  # Debian starts the packaged nginx service on install on some systems; it is not ours to stop,
-  # and it does not matter: our instances use their own ports.
-fi
+# Debian starts the packaged nginx service on install on some systems; it is not ours to stop,
+# and it does not matter: our instances use their own ports.
+install_missing nginx wrk curl python3 taskset=util-linux
 [ "$(nproc)" -ge 2 ] || die "needs at least 2 CPUs (proxy on CPU 0, wrk and upstream on CPU 1)"
 
 echo "building clientele (release)..."
@@ -78,64 +63,11 @@ cargo build --release -p clientele
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/clientele"
 [ -x "$BIN" ] || die "no binary at $BIN after the build"
 
-# ----- processes and cleanup -------------------------------------------------------------------
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/bench-gateway.XXXXXX")
+# ----- processes ------------------------------------------------------------------------------
 # nginx workers drop root to 'nobody' and must reach their temp dirs inside $TMP.
 chmod 711 "$TMP"
-STARTED=()   # every process this script started (nginx masters and workers, clientele)
-
-# True while the process exists and is not a zombie (our own children stay zombies until reaped).
-alive() {
-  local st
-  st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
-  [ -n "$st" ] && [ "$st" != Z ]
-}
-
-cleanup() {
-  local rc=$? pid deadline
-  trap - EXIT INT TERM
-  for pid in ${STARTED[@]+"${STARTED[@]}"}; do kill -TERM "$pid" 2>/dev/null || true; done
-  # clientele drains and flushes on SIGTERM; give everything a moment, then force it.
-  deadline=$((SECONDS + 15))
-  for pid in ${STARTED[@]+"${STARTED[@]}"}; do
-    while alive "$pid" && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
-    if alive "$pid"; then
-      echo "bench-gateway: pid $pid ignored SIGTERM; killing it" >&2
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  done
-  wait 2>/dev/null || true
-  rm -rf "$TMP"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-# Four distinct ports; the kernel rarely repeats one, but a repeat would be a confusing failure.
-PORTS=()
-while [ ${#PORTS[@]} -lt 4 ]; do
-  p=$(free_port)
-  [[ " ${PORTS[*]-} " == *" $p "* ]] || PORTS+=("$p")
-done
+distinct_ports 4
 PORT_UP=${PORTS[0]} PORT_NG=${PORTS[1]} PORT_G=${PORTS[2]} PORT_A=${PORTS[3]}
-
-# Polls a URL until it answers 200, giving up after $2 seconds or as soon as process $3 dies.
-# Extra arguments go to curl.
-wait_200() {
-  local url=$1 deadline=$((SECONDS + $2)) pid=$3 code
-  shift 3
-  while :; do
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" "$url" || true)
-    [ "$code" = 200 ] && return 0
-    alive "$pid" || return 1
-    [ $SECONDS -lt $deadline ] || return 1
-    sleep 0.2
-  done
-}
 
 # Temp paths are Debian's /var/lib/nginx by default, unwritable for non-root; keep all in $dir.
 # keepalive_requests is raised everywhere (default 1000) so no target pays for periodic

@@ -198,7 +198,7 @@ fn parse_event(
     let tokens_cache_write = opt_u64(obj, "tokens_cache_write", MAX_TOKENS)?;
     let tokens_reasoning = opt_u64(obj, "tokens_reasoning", MAX_TOKENS)?;
     let input_parts = tokens_cached.unwrap_or(0) + tokens_cache_write.unwrap_or(0);
-    if input_parts > 0 && input_parts > tokens_in.unwrap_or(0) {
+    if input_parts > tokens_in.unwrap_or(0) {
         return Err(format!(
             "tokens_cached plus tokens_cache_write ({input_parts}) exceed tokens_in ({}); tokens_in counts every input token, cached ones included",
             tokens_in.unwrap_or(0)

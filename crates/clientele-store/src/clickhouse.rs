@@ -512,17 +512,21 @@ impl ClickHouseStore {
 
     /// Rows in the active parts of `table`, from the parts' metadata (no read of the table).
     async fn stored_rows(&self, table: &str) -> Result<u64> {
-        let body = self
-            .query(
-                &format!(
-                    "SELECT sum(rows) FROM system.parts WHERE database = {} AND table = {} AND active FORMAT TSV",
-                    quote(&self.inner.db),
-                    quote(table)
-                ),
-                "",
-            )
-            .await?;
-        Ok(String::from_utf8_lossy(&body).trim().parse().unwrap_or(0))
+        self.query_number(&format!(
+            "SELECT sum(rows) FROM system.parts WHERE database = {} AND table = {} AND active FORMAT TSV",
+            quote(&self.inner.db),
+            quote(table)
+        ))
+        .await
+    }
+
+    /// The one number a `... FORMAT TSV` query answers; 0 for an empty answer (no row).
+    async fn query_number<T: std::str::FromStr + Default>(&self, sql: &str) -> Result<T> {
+        let body = self.query(sql, "").await?;
+        Ok(String::from_utf8_lossy(&body)
+            .trim()
+            .parse()
+            .unwrap_or_default())
     }
 
     /// A database made before `event_seqs` existed: fills it once from `events`. The view
@@ -897,16 +901,11 @@ impl EventStore for ClickHouseStore {
     async fn prune_events(&self, before_ms: i64) -> Result<u64> {
         // Whole days ending at or before the cut: their partitions are dropped.
         let cut = before_ms.div_euclid(DAY_MS);
-        let counted = self
-            .query(
-                &format!("SELECT uniqExact(id) FROM events WHERE day < {cut} FORMAT TSV"),
-                "",
-            )
+        let n: u64 = self
+            .query_number(&format!(
+                "SELECT uniqExact(id) FROM events WHERE day < {cut} FORMAT TSV"
+            ))
             .await?;
-        let n: u64 = String::from_utf8_lossy(&counted)
-            .trim()
-            .parse()
-            .unwrap_or(0);
         let parts = self
             .query(
                 &format!(
@@ -1034,28 +1033,19 @@ impl EventStore for ClickHouseStore {
                 sketch: hex::decode(get_str(&m, "sketch")?).map_err(|_| bad_row("sketch"))?,
             });
         }
-        let mark = self
-            .query(
-                "SELECT v FROM meta FINAL WHERE k = 'archived_until' FORMAT TSV",
-                "",
-            )
+        let until = self
+            .query_number("SELECT v FROM meta FINAL WHERE k = 'archived_until' FORMAT TSV")
             .await?;
-        let until = String::from_utf8_lossy(&mark).trim().parse().unwrap_or(0);
         Ok((out, until))
     }
 
     async fn prune_rollups(&self, tier: u8, before_ms: i64) -> Result<u64> {
         let filter = format!("tier = {tier} AND bucket_ms < {before_ms} AND deleted = 0");
-        let counted = self
-            .query(
-                &format!("SELECT count() FROM rollups FINAL WHERE {filter} FORMAT TSV"),
-                "",
-            )
+        let n: u64 = self
+            .query_number(&format!(
+                "SELECT count() FROM rollups FINAL WHERE {filter} FORMAT TSV"
+            ))
             .await?;
-        let n: u64 = String::from_utf8_lossy(&counted)
-            .trim()
-            .parse()
-            .unwrap_or(0);
         if n > 0 {
             // Tombstones with a newer version replace the rows.
             let version = self.next_version();

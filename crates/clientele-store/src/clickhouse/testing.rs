@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use crate::testsuite::{database_of, free_port, on_ci, on_own_runtime};
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,10 +28,6 @@ pub struct ChServer {
     child: Mutex<Option<Child>>,
 }
 
-fn on_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
 /// `CLIENTELE_CLICKHOUSE_BIN`, else Debian's `/usr/sbin/clickhouse-server`, else `PATH`.
 fn find_bin() -> Option<PathBuf> {
     if let Some(bin) = std::env::var_os("CLIENTELE_CLICKHOUSE_BIN") {
@@ -43,14 +41,6 @@ fn find_bin() -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join("clickhouse-server"))
         .find(|p| p.exists())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl ChServer {
@@ -258,27 +248,6 @@ impl Drop for ChServer {
     }
 }
 
-/// Runs an async setup step on a runtime of its own, on another thread, so it works from
-/// inside a test's runtime (where blocking on a future is refused).
-fn on_own_runtime<T, F, Fut>(f: F) -> T
-where
-    T: Send,
-    F: FnOnce() -> Fut + Send,
-    Fut: std::future::Future<Output = T>,
-{
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(f())
-        })
-        .join()
-        .unwrap()
-    })
-}
-
 /// The suite opens one database per test folder (the same folder, the same database, so a
 /// reopen finds what was written) on the process's shared server.
 impl crate::testsuite::Backend for ClickHouseStore {
@@ -288,14 +257,7 @@ impl crate::testsuite::Backend for ClickHouseStore {
 
     fn open_in(dir: &Path) -> Self {
         let server = ChServer::shared().expect("available() was checked");
-        let name = dir.file_name().unwrap().to_string_lossy();
-        let db = format!(
-            "t_{}",
-            name.chars()
-                .filter(char::is_ascii_alphanumeric)
-                .collect::<String>()
-                .to_lowercase()
-        );
+        let db = database_of(dir);
         let url = server.url(&db);
         on_own_runtime(|| async move { ClickHouseStore::connect(&url).await.unwrap() })
     }

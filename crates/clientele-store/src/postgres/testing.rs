@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use crate::testsuite::{database_of, free_port, on_ci, on_own_runtime};
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,10 +22,6 @@ pub struct PgServer {
     bin: PathBuf,
     port: u16,
     as_postgres: bool,
-}
-
-fn on_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
 /// Where `initdb` and `pg_ctl` are: `CLIENTELE_PG_BIN`, else Debian's newest
@@ -56,14 +54,6 @@ fn is_root() -> bool {
         .arg("-u")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl PgServer {
@@ -293,27 +283,6 @@ impl Drop for PgServer {
     }
 }
 
-/// Runs an async setup step on a runtime of its own, on another thread, so it works from
-/// inside a test's runtime (where blocking on a future is refused).
-pub fn on_own_runtime<T, F, Fut>(f: F) -> T
-where
-    T: Send,
-    F: FnOnce() -> Fut + Send,
-    Fut: std::future::Future<Output = T>,
-{
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(f())
-        })
-        .join()
-        .unwrap()
-    })
-}
-
 /// The suite opens one database per test folder (the same folder, the same database, so a
 /// reopen finds what was written) on the process's shared server. The connection made here
 /// ends with its setup runtime; the store opens new ones on the test's runtime as needed.
@@ -324,14 +293,7 @@ impl crate::testsuite::Backend for PostgresStore {
 
     fn open_in(dir: &Path) -> Self {
         let server = PgServer::shared().expect("available() was checked");
-        let name = dir.file_name().unwrap().to_string_lossy();
-        let db = format!(
-            "t_{}",
-            name.chars()
-                .filter(char::is_ascii_alphanumeric)
-                .collect::<String>()
-                .to_lowercase()
-        );
+        let db = database_of(dir);
         server.create_database(&db);
         let url = server.url(&db);
         on_own_runtime(|| async move { PostgresStore::connect(&url).await.unwrap() })

@@ -33,6 +33,55 @@ pub trait Backend: Sized + Send + Sync + 'static {
     }
 }
 
+/// Whether `CI` is set (to anything but empty, `false` or `0`): there, a backend whose server
+/// is not installed fails its tests instead of skipping them.
+pub fn on_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// A loopback port free at the time of asking, for a test server.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs an async setup step on a runtime of its own, on another thread, so it works from
+/// inside a test's runtime (where blocking on a future is refused).
+pub fn on_own_runtime<T, F, Fut>(f: F) -> T
+where
+    T: Send,
+    F: FnOnce() -> Fut + Send,
+    Fut: std::future::Future<Output = T>,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(f())
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// The database a server-backed suite uses for a test folder: the same folder, the same
+/// database, so a reopen finds what was written.
+pub fn database_of(dir: &Path) -> String {
+    let name = dir.file_name().unwrap().to_string_lossy();
+    format!(
+        "t_{}",
+        name.chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect::<String>()
+            .to_lowercase()
+    )
+}
+
 /// A backend opened in a fresh temporary folder, removed when this is dropped.
 pub struct Fresh<S: Backend> {
     store: Option<S>,

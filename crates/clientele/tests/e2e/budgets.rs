@@ -323,21 +323,13 @@ async fn a_dollar_budget_set_on_the_consumer_holds() {
     assert_eq!(refusal.2["limit"], 0.0001, "{}", refusal.2);
     assert_eq!(refusal.2["unit"], "usd");
     // A bad value is refused with the field named.
-    let (status, body) = server
-        .admin(
-            Method::PUT,
-            "/v1/consumers/spender/limits",
-            Some(json!({"budget_usd_per_day": -1})),
-        )
-        .await;
-    assert_eq!(status, 422, "{body}");
-    assert!(
-        body["detail"]
-            .as_str()
-            .unwrap()
-            .contains("budget_usd_per_day"),
-        "{body}"
-    );
+    refused_naming(
+        &server,
+        "/v1/consumers/spender/limits",
+        json!({"budget_usd_per_day": -1}),
+        "budget_usd_per_day",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -565,21 +557,13 @@ async fn a_session_budget_holds_per_session_under_30_concurrent_requests() {
         "{limits}"
     );
     // A negative session budget is refused naming the field.
-    let (status, body) = server
-        .admin(
-            Method::PUT,
-            "/v1/consumers/session-burner/limits",
-            Some(json!({"budget_usd_per_session": -1.0})),
-        )
-        .await;
-    assert_eq!(status, 422, "{body}");
-    assert!(
-        body["detail"]
-            .as_str()
-            .unwrap()
-            .contains("budget_usd_per_session"),
-        "{body}"
-    );
+    refused_naming(
+        &server,
+        "/v1/consumers/session-burner/limits",
+        json!({"budget_usd_per_session": -1.0}),
+        "budget_usd_per_session",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -634,4 +618,11 @@ async fn two_nodes_sharing_redis_hold_one_session_budget() {
     let (_, status) = a.admin(Method::GET, "/v1/status", None).await;
     assert_eq!(status["limiter_mode"], "redis");
     assert_eq!(status["limiter_redis_errors"], 0);
+}
+
+/// A limits update that is refused with 422, its detail naming `field`.
+async fn refused_naming(server: &Server, path: &str, limits: Value, field: &str) {
+    let (status, body) = server.admin(Method::PUT, path, Some(limits)).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains(field), "{body}");
 }

@@ -29,6 +29,22 @@ const CHUNKS: &[&str] = &["one", " two", " three", " four", " five"];
 /// The authorization headers the mock provider received (and any `Accept-Encoding`).
 type Seen = Arc<Mutex<Vec<String>>>;
 
+/// A golden SSE file served one frame per event, as a provider streams it.
+fn golden_stream(golden: &'static str) -> Response<UpBody> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        for event in golden.split_inclusive("\n\n") {
+            if tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(StreamBody::new(ReceiverStream(rx)).boxed())
+        .unwrap()
+}
+
 async fn provider(req: Request<Incoming>, seen: Seen) -> Result<Response<UpBody>, Infallible> {
     let auth = req
         .headers()
@@ -50,37 +66,13 @@ async fn provider(req: Request<Incoming>, seen: Seen) -> Result<Response<UpBody>
         // The golden responses-API stream (reasoning tokens), one frame per event.
         let golden =
             include_str!("../../../clientele-gateway/tests/llm/openai_responses_stream.sse");
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(async move {
-            for event in golden.split_inclusive("\n\n") {
-                if tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let resp = Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(StreamBody::new(ReceiverStream(rx)).boxed())
-            .unwrap();
-        return Ok(resp);
+        return Ok(golden_stream(golden));
     }
     if anthropic {
         // The golden Anthropic stream (with cache tokens), one frame per event.
         let golden =
             include_str!("../../../clientele-gateway/tests/llm/anthropic_messages_stream.sse");
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(async move {
-            for event in golden.split_inclusive("\n\n") {
-                if tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let resp = Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(StreamBody::new(ReceiverStream(rx)).boxed())
-            .unwrap();
-        return Ok(resp);
+        return Ok(golden_stream(golden));
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = body["model"].as_str().unwrap_or("gpt-4o-mini");
