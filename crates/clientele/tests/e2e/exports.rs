@@ -273,15 +273,7 @@ flush_interval_ms = 50
     })
     .await;
     let doc = decode_otlp("traces", "protobuf", &traces, server.dir.path());
-    let spans: Vec<&Value> = doc["resourceSpans"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|rs| rs["scopeSpans"].as_array().unwrap())
-        .flat_map(|ss| ss["spans"].as_array().unwrap())
-        .collect();
-    let span = spans
-        .iter()
+    let span = spans_of(&doc)
         .find(|s| {
             s["traceId"] == "4bf92f3577b34da6a3ce929d0e0e4736"
                 && attr(&s["attributes"], "url.path").is_some_and(|v| v["stringValue"] == "/status")
@@ -317,10 +309,20 @@ flush_interval_ms = 50
         doc["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"],
         "clientele"
     );
-    // The span the upstream was told is its parent is the span exported for the request.
-    let echo_span = spans
-        .iter()
-        .find(|s| attr(&s["attributes"], "url.path").is_some_and(|v| v["stringValue"] == "/echo"))
+    // The span the upstream was told is its parent is the span exported for the request. It may
+    // be in a later batch than the /status span (CI saw this), so wait for its own batch.
+    let echo_traces = wait_for_path(&got, "/v1/traces", |b| {
+        b.windows(16)
+            .any(|w| w == hex_bytes("4bf92f3577b34da6a3ce929d0e0e4736"))
+            && b.windows(5).any(|w| w == b"/echo")
+    })
+    .await;
+    let echo_doc = decode_otlp("traces", "protobuf", &echo_traces, server.dir.path());
+    let echo_span = spans_of(&echo_doc)
+        .find(|s| {
+            s["traceId"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+                && attr(&s["attributes"], "url.path").is_some_and(|v| v["stringValue"] == "/echo")
+        })
         .expect("the echo request's span");
     assert_eq!(
         upstream_parent,
@@ -364,6 +366,16 @@ flush_interval_ms = 50
     assert!(first["consumer"].as_str().unwrap().starts_with('c'));
     assert!(dir.join("events.ndjson.1").exists(), "no rotation happened");
     assert!(!dir.join("events.ndjson.3").exists(), "keep = 2");
+}
+
+/// Every span of a decoded OTLP traces document.
+fn spans_of(doc: &Value) -> impl Iterator<Item = &Value> {
+    doc["resourceSpans"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|rs| rs["scopeSpans"].as_array().into_iter().flatten())
+        .flat_map(|ss| ss["spans"].as_array().into_iter().flatten())
 }
 
 fn hex_bytes(h: &str) -> Vec<u8> {
