@@ -39,8 +39,28 @@ pub fn on_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
-/// A loopback port free at the time of asking, for a test server.
+/// A loopback port free at the time of asking, for a server a test starts on a port it names.
+///
+/// Chosen at random below the kernel's ephemeral range, where no `bind(:0)` and no outgoing
+/// connection of a parallel test can take it in the moment before the server binds it: from
+/// the ephemeral range, PostgreSQL once failed in CI with "Address already in use".
 pub fn free_port() -> u16 {
+    const LOWEST: u16 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral > LOWEST + 1_000 {
+        let span = u64::from(ephemeral - LOWEST);
+        for _ in 0..100 {
+            let random =
+                u64::from_str_radix(&clientele_core::event::random_id128()[..16], 16).unwrap_or(0);
+            let port = LOWEST + (random % span) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

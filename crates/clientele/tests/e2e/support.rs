@@ -161,13 +161,7 @@ pub struct Server {
     pub stderr_path: PathBuf,
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use clientele_store::testsuite::free_port;
 
 /// The test config: `/` routed to `upstream`, two plans, and `extra` inserted after the
 /// `[gateway]` keys (so it may add gateway keys or whole sections).
