@@ -2,7 +2,7 @@
 //!
 //! Every event is folded into rollups keyed by (consumer, api, method, route, status class) in
 //! three tiers: minutes, hours and days. Each rollup holds additive counters and a DDSketch of
-//! latency, which merges without loss, so the hour tier is exactly the merge of its minutes.
+//! latency (`sketch`: the crate's mapping over a compact store), which merges without loss, so the hour tier is exactly the merge of its minutes.
 //! A query over a window is planned into the coarsest buckets that tile it (minutes at the
 //! ragged edges, hours, then whole days), so a 30-day window touches about as many rollups as a
 //! one-hour window does. Queries never read raw events.
@@ -21,6 +21,7 @@ mod persist;
 pub mod rollup;
 mod scan;
 pub mod sessions;
+mod sketch;
 mod wire;
 
 use persist::View;

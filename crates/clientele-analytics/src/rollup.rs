@@ -1,17 +1,6 @@
 //! One rollup: the counters and latency sketch of a set of requests.
 
-use sketches_ddsketch::{Config, DDSketch};
-
-/// Relative accuracy of latency percentiles: within 1% of the true value.
-const SKETCH_ALPHA: f64 = 0.01;
-/// Enough bins for 1 µs to ~10 hours at 1% accuracy; the sketch collapses the lowest bins past it.
-const SKETCH_MAX_BINS: u32 = 2048;
-/// Latencies are milliseconds; anything below a microsecond is noise.
-const SKETCH_MIN_VALUE: f64 = 1e-3;
-
-fn sketch_config() -> Config {
-    Config::new(SKETCH_ALPHA, SKETCH_MAX_BINS, SKETCH_MIN_VALUE)
-}
+use crate::sketch::Sketch;
 
 /// Request counters, all additive so that rollups merge by addition.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -142,10 +131,8 @@ pub struct Sample {
 const INLINE_VALUES: usize = 4;
 
 /// How many latencies a rollup keeps as plain values (sorted, on the heap) before it builds a
-/// sketch. A sketch's store starts at 128 bins of 8 bytes, so a rollup of a few dozen requests
-/// (an hour of one quiet consumer on one route: most of the open hour and day buckets when
-/// thousands of consumers are active) costs a quarter of it this way, and its quantiles are
-/// exact. Past this, a sketch: fixed size whatever the count.
+/// sketch. 32 values (256 bytes) cost about what a sketch of the same values does, and their
+/// quantiles are exact. Past this, a sketch: bounded whatever the count.
 const PLAIN_VALUES: usize = 32;
 
 /// The latencies of a rollup: plain values while there are few (sorted, so quantiles are an
@@ -157,7 +144,7 @@ enum Digest {
         values: [f64; INLINE_VALUES],
     },
     Values(Vec<f64>),
-    Sketch(Box<DDSketch>),
+    Sketch(Box<Sketch>),
 }
 
 impl Default for Digest {
@@ -208,7 +195,7 @@ impl Digest {
                 values.insert(at, v);
             }
             Digest::Values(values) => {
-                let mut sketch = DDSketch::new(sketch_config());
+                let mut sketch = Sketch::default();
                 for x in values.iter() {
                     sketch.add(*x);
                 }
@@ -228,10 +215,7 @@ impl Digest {
         }
         let Digest::Sketch(o) = other else { return };
         if let Digest::Sketch(s) = self {
-            // Every sketch is made with `sketch_config()` (persisted ones are decoded
-            // bit-exact), and a differing configuration is the only way a merge fails.
-            let merged = s.merge(o);
-            debug_assert!(merged.is_ok(), "sketches with different configurations");
+            s.merge(o);
             return;
         }
         let mut sketch = o.clone();
@@ -241,11 +225,11 @@ impl Digest {
         *self = Digest::Sketch(sketch);
     }
 
-    fn to_sketch(&self) -> std::borrow::Cow<'_, DDSketch> {
+    fn to_sketch(&self) -> std::borrow::Cow<'_, Sketch> {
         match self {
             Digest::Sketch(s) => std::borrow::Cow::Borrowed(s),
             plain => {
-                let mut sketch = DDSketch::new(sketch_config());
+                let mut sketch = Sketch::default();
                 for v in plain.plain().unwrap_or_default() {
                     sketch.add(*v);
                 }
@@ -268,20 +252,10 @@ pub fn nearest_rank(n: u64, q: f64) -> Option<u64> {
     Some(k.clamp(1, n) - 1)
 }
 
-/// The sketch's value at the nearest rank. DDSketch answers rank `floor(q' * (n - 1))`, so the
-/// wanted rank is asked for as a `q'` in the middle of that rank's interval; the first and last
-/// ranks are the exact minimum and maximum the sketch keeps.
-fn sketch_nearest_rank(sketch: &DDSketch, q: f64) -> Option<f64> {
-    let n = sketch.count() as u64;
-    let rank = nearest_rank(n, q)?;
-    let asked = if rank == 0 {
-        0.0
-    } else if rank + 1 >= n {
-        1.0
-    } else {
-        ((rank as f64 + 0.5) / (n - 1) as f64).min(1.0)
-    };
-    sketch.quantile(asked).ok().flatten()
+/// The sketch's value at the nearest rank: the exact minimum and maximum at the ends, else the
+/// value of the sketch's key holding that rank.
+fn sketch_nearest_rank(sketch: &Sketch, q: f64) -> Option<f64> {
+    sketch.at_rank(nearest_rank(sketch.count(), q)?)
 }
 
 /// Counters plus a mergeable latency sketch (DDSketch: relative-error guarantee, mergeable
@@ -347,7 +321,7 @@ impl Rollup {
     /// How many latencies the rollup holds (its requests, unless it was built from samples).
     pub fn latency_samples(&self) -> u64 {
         match &self.latency {
-            Digest::Sketch(s) => s.count() as u64,
+            Digest::Sketch(s) => s.count(),
             plain => plain.plain().map_or(0, |v| v.len() as u64),
         }
     }
@@ -363,17 +337,15 @@ impl Rollup {
         }
     }
 
-    /// The sketch encoded for persistence, configuration included. The crate's Java-compatible
-    /// encoding decodes into a default configuration, and a sketch only merges with one of
-    /// exactly the same configuration, so it would silently drop data; serde with
-    /// `float_roundtrip` keeps the configuration bit-exact.
+    /// The sketch encoded for persistence (the `sketches-ddsketch` crate's serde layout, see
+    /// `sketch`), configuration included; serde_json with `float_roundtrip` keeps it bit-exact.
     pub fn sketch_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(&*self.latency.to_sketch()).unwrap_or_default()
     }
 
     pub fn from_parts(counters: Counters, sketch: &[u8]) -> Option<Rollup> {
-        let latency: DDSketch = serde_json::from_slice(sketch).ok()?;
-        if latency.count() as u64 > counters.requests {
+        let latency: Sketch = serde_json::from_slice(sketch).ok()?;
+        if latency.count() > counters.requests {
             return None;
         }
         Some(Rollup {
@@ -427,7 +399,7 @@ impl Rollup {
         let latency = match r.u8()? {
             SKETCH_TAG => {
                 let n = usize::try_from(r.varint()?).ok()?;
-                let sketch: DDSketch = crate::wire::from_bytes(r.bytes(n)?).ok()?;
+                let sketch: Sketch = crate::wire::from_bytes(r.bytes(n)?).ok()?;
                 Digest::Sketch(Box::new(sketch))
             }
             len if (len as usize) <= PLAIN_VALUES => {
