@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::findings::FindingsService;
 use clientele_analytics::HOUR_MS;
+use clientele_core::pipeline::PipelineStats;
 use clientele_store::{Change, ControlStore};
 
 /// Nodes that share their events (every node sees the whole cluster's traffic) evaluate once
@@ -23,8 +24,13 @@ pub const DETECTION_LEASE: &str = "detection";
 /// How often findings past their retention are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
+/// Runs the detectors every `interval`. With `pipeline`, a tick while history is being
+/// back-filled (`PipelineStats::backfilling`) is skipped: the hours the backfill has not reached
+/// yet would be judged empty, and every consumer's traffic would seem to have stopped. An
+/// evaluation asked for (`POST /v1/findings/evaluate`) always runs.
 pub async fn run_periodic(
     findings: Arc<FindingsService>,
+    pipeline: Option<Arc<PipelineStats>>,
     interval: Duration,
     lookback_hours: u32,
     retention_days: u32,
@@ -51,6 +57,15 @@ pub async fn run_periodic(
         tokio::select! {
             () = &mut shutdown => return,
             _ = ticks.tick() => {}
+        }
+        if pipeline
+            .as_ref()
+            .is_some_and(|p| p.backfilling(clientele_core::time::now_ms()))
+        {
+            tracing::debug!(
+                "history is being back-filled; this evaluation waits for the next interval"
+            );
+            continue;
         }
         if let Some(lease) = &lease {
             // Held for two intervals and renewed every one: a node that stops is replaced

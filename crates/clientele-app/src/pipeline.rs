@@ -170,6 +170,8 @@ impl Pipeline {
     }
 
     async fn fold(&self, events: Vec<Event>) -> Vec<Event> {
+        self.stats
+            .note_folded(&events, clientele_core::time::now_ms());
         self.fold_with(events, false).await
     }
 

@@ -9,7 +9,7 @@
 //! the rest.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -30,9 +30,33 @@ pub struct PipelineStats {
     pub stored: AtomicU64,
     /// Events the store refused or failed to write.
     pub store_errors: AtomicU64,
+    /// When (wall-clock ms) events more than an hour old were last folded: a backfill or an
+    /// import of history is arriving, and until it ends the recent hours look emptier than
+    /// they will be (see [`PipelineStats::backfilling`]). 0: never.
+    pub backdated_at_ms: AtomicI64,
 }
 
+/// Events older than this when they are folded are history arriving, not live traffic.
+pub const BACKDATED_MS: i64 = 3_600_000;
+/// How long after the last back-dated batch history is taken to be still arriving. A backfill
+/// posts its batches back to back; this is several of its gaps even on a loaded machine.
+pub const BACKFILL_QUIET_MS: i64 = 5_000;
+
 impl PipelineStats {
+    /// Notes that a batch is being folded; marks a backfill when it holds history.
+    pub fn note_folded(&self, events: &[Event], now_ms: i64) {
+        if events.iter().any(|e| e.ts_ms < now_ms - BACKDATED_MS) {
+            self.backdated_at_ms.store(now_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether history was folded within the last [`BACKFILL_QUIET_MS`]: judging the recent
+    /// hours now would take the part not yet arrived for a drop.
+    pub fn backfilling(&self, now_ms: i64) -> bool {
+        let at = self.backdated_at_ms.load(Ordering::Relaxed);
+        at > 0 && now_ms - at < BACKFILL_QUIET_MS
+    }
+
     pub fn snapshot(&self) -> PipelineSnapshot {
         PipelineSnapshot {
             offered: self.offered.load(Ordering::Relaxed),
@@ -180,6 +204,25 @@ impl EventReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_marks_a_backfill_for_a_few_seconds_and_live_traffic_does_not() {
+        let stats = PipelineStats::default();
+        let now = 1_800_000_000_000;
+        let at = |ts_ms| Event { ts_ms, ..event() };
+        stats.note_folded(&[at(now - 1_000), at(now - 60_000)], now);
+        assert!(
+            !stats.backfilling(now),
+            "live and a minute late: not history"
+        );
+        stats.note_folded(&[at(now - 1_000), at(now - 3 * BACKDATED_MS)], now);
+        assert!(stats.backfilling(now));
+        assert!(stats.backfilling(now + BACKFILL_QUIET_MS - 1));
+        assert!(
+            !stats.backfilling(now + BACKFILL_QUIET_MS),
+            "the backfill ended"
+        );
+    }
 
     fn event() -> Event {
         crate::event::Event {

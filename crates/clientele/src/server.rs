@@ -328,6 +328,7 @@ pub async fn start(config: Config) -> Result<Running> {
     )));
     tasks.push(tokio::spawn(clientele_app::detection::run_periodic(
         findings.clone(),
+        Some(stats.clone()),
         Duration::from_secs(config.detection.interval_secs),
         config.detection.lookback_hours,
         config.analytics.day_retention_days,
