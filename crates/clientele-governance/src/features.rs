@@ -268,6 +268,17 @@ impl OpenDay {
         }
     }
 
+    /// Bytes its sketches hold on the heap.
+    fn heap_bytes(&self) -> usize {
+        self.networks.heap_bytes()
+            + self.asns.heap_bytes()
+            + self.user_agents.heap_bytes()
+            + self.tls_clients.heap_bytes()
+            + self.sessions.heap_bytes()
+            + self.end_users.heap_bytes()
+            + self.ids.heap_bytes()
+    }
+
     /// The day as numbers; `hours` (the consumer's hours kept) give the per-hour maxima.
     fn summary(&self, hours: &VecDeque<HourFeatures>) -> DaySummary {
         let numeric = self.id_min <= self.id_max;
@@ -499,6 +510,12 @@ impl ConsumerFeatures {
             + self.hours.capacity() * std::mem::size_of::<HourFeatures>()
             + self.open.capacity() * std::mem::size_of::<OpenDay>()
             + self.sealed.capacity() * std::mem::size_of::<DaySummary>()
+            + self
+                .hours
+                .iter()
+                .map(|h| h.networks.heap_bytes() + h.tls_clients.heap_bytes())
+                .sum::<usize>()
+            + self.open.iter().map(OpenDay::heap_bytes).sum::<usize>()
     }
 }
 

@@ -203,7 +203,7 @@ impl Writer {
     }
     /// Sparse (index, value) pairs when fewer than a third of the registers are set.
     fn hll<const M: usize>(&mut self, h: &Hll<M>) {
-        let regs = h.registers();
+        let regs = h.to_registers();
         let set = regs.iter().filter(|&&r| r != 0).count();
         if set * 3 < M {
             self.u8(1);
@@ -214,7 +214,7 @@ impl Writer {
             }
         } else {
             self.u8(0);
-            self.0.extend_from_slice(regs);
+            self.0.extend_from_slice(&regs);
         }
     }
     fn counts(&mut self, c: &Counts) {
