@@ -1,6 +1,6 @@
 //! What the log keeps in memory about its segments: a small index entry per block of records
-//! (time range, status classes, a Bloom filter of consumers) and the fingerprints of the ids of
-//! the days whose duplicates it checks.
+//! (time range, the range of its time ids, status classes, a Bloom filter of consumers) and the
+//! fingerprints of ids it checks duplicates against.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
@@ -18,6 +18,9 @@ pub struct Block {
     pub count: u32,
     pub min_ts: i64,
     pub max_ts: i64,
+    /// The range of the milliseconds its time ids carry ([`time_id_ms`]); MAX..MIN for none.
+    pub min_id_ms: i64,
+    pub max_id_ms: i64,
     /// Bit n set when a record has a status in n00..n99.
     pub classes: u16,
     pub consumers: Bloom,
@@ -31,6 +34,8 @@ impl Block {
             count: 0,
             min_ts: i64::MAX,
             max_ts: i64::MIN,
+            min_id_ms: i64::MAX,
+            max_id_ms: i64::MIN,
             classes: 0,
             consumers: Bloom::default(),
         }
@@ -40,12 +45,17 @@ impl Block {
         self.count >= BLOCK_RECORDS
     }
 
-    /// Records that the frame `[start, end)` holds an event of `consumer` at `ts_ms`.
-    pub fn add(&mut self, end: u64, ts_ms: i64, status: u16, consumer: Option<&str>) {
+    /// Records that the frame `[start, end)` holds an event of `consumer` at `ts_ms`, whose id
+    /// is `id`.
+    pub fn add(&mut self, end: u64, id: &str, ts_ms: i64, status: u16, consumer: Option<&str>) {
         self.end = end;
         self.count += 1;
         self.min_ts = self.min_ts.min(ts_ms);
         self.max_ts = self.max_ts.max(ts_ms);
+        if let Some(ms) = time_id_ms(id, ts_ms) {
+            self.min_id_ms = self.min_id_ms.min(ms);
+            self.max_id_ms = self.max_id_ms.max(ms);
+        }
         self.classes |= class_bit(status);
         if let Some(c) = consumer {
             self.consumers.insert(c);
@@ -61,6 +71,35 @@ impl Block {
             && self.classes & classes != 0
             && self.consumers.may_contain(consumer)
     }
+
+    /// Whether the block may hold a time id carrying `ms`.
+    pub fn may_hold_id_ms(&self, ms: i64) -> bool {
+        self.min_id_ms <= ms && ms <= self.max_id_ms
+    }
+}
+
+/// How far a time id's milliseconds may be from its event's time: the gateway's ids carry the
+/// event's own time (`clientele_core::event::event_id`), exactly.
+pub const TIME_ID_SLACK_MS: i64 = 3_600_000;
+
+/// The milliseconds a *time id* carries: an id in the gateway's form (32 lowercase hex digits,
+/// the first 12 the milliseconds, as UUIDv7) whose time is within [`TIME_ID_SLACK_MS`] of its
+/// event's. Its duplicates can only be events of about the same time, so the log finds them
+/// from the blocks whose time ids cover that millisecond, and keeps only the last few minutes'
+/// fingerprints in memory. Any other id (a client's, a content hash) is a plain id, kept in
+/// its day's set. A client id that happens to look like a time id is still checked exactly,
+/// the same way.
+pub fn time_id_ms(id: &str, ts_ms: i64) -> Option<i64> {
+    let b = id.as_bytes();
+    if b.len() != 32
+        || !b
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    {
+        return None;
+    }
+    let ms = i64::from_str_radix(id.get(..12)?, 16).ok()?;
+    (ms.abs_diff(ts_ms) <= TIME_ID_SLACK_MS as u64).then_some(ms)
 }
 
 fn class_bit(status: u16) -> u16 {
@@ -158,7 +197,7 @@ mod tests {
     fn the_filter_never_misses_and_rarely_says_maybe() {
         let mut block = Block::new(0);
         for i in 0..BLOCK_RECORDS {
-            block.add(u64::from(i), 10, 200, Some(&format!("member-{i}")));
+            block.add(u64::from(i), "x", 10, 200, Some(&format!("member-{i}")));
         }
         for i in 0..BLOCK_RECORDS {
             let p = ConsumerProbe::new(&format!("member-{i}"));

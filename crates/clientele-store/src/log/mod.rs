@@ -5,10 +5,15 @@
 //!   [`EventStore::append_events`] returns, the events are in the kernel's page cache: a crash of
 //!   the process loses none of them. A background thread `fdatasync`s written segments every
 //!   [`FSYNC_INTERVAL`], so a power loss loses at most that much.
-//! - **Duplicates** are found by 128-bit fingerprints of event ids, kept per day for at most
-//!   [`ID_DAYS`] days at a time (today's, yesterday's, and the days a backfill touches). A day
-//!   not in memory is read back from its segments when a batch touches it, so the check is
-//!   exact for every stored day while memory stays bounded by those few days.
+//! - **Duplicates** are found by 128-bit fingerprints of event ids, exactly, for every stored
+//!   day, in memory that does not grow with traffic. The gateway's ids carry their event's time
+//!   (*time ids*, `index::time_id_ms`): only the last [`RECENT_MINUTES`]' fingerprints are kept,
+//!   by minute, and an older one is looked for in the blocks whose time ids cover its
+//!   millisecond (read back, once per block and batch). Any other id (a client's, a content
+//!   hash) is a *plain id*: its day's fingerprints are kept for at most [`ID_DAYS`] days at a
+//!   time (today's, yesterday's, and the days a backfill touches), and a day not in memory is
+//!   read back from its segments when a batch touches it. Keeping every id of three days, as
+//!   before, held 20-34 bytes per event: gigabytes a day for a busy gateway.
 //! - **Drill-down** reads only the blocks whose index entry (time range, status classes, a
 //!   Bloom filter of consumers) may hold the consumer, newest first, and stops once the
 //!   answer is complete.
@@ -38,7 +43,7 @@ mod segment;
 
 #[cfg(test)]
 use index::{ConsumerProbe, classes_of};
-use index::{IdSet, fingerprint};
+use index::{IdSet, fingerprint, time_id_ms};
 #[cfg(test)]
 use segment::HEADER_LEN;
 use segment::Segment;
@@ -47,8 +52,13 @@ pub use segment::MAX_SEGMENT_BYTES;
 
 /// How often written segments are flushed to the disk: the most a power loss can take.
 pub const FSYNC_INTERVAL: Duration = Duration::from_secs(1);
-/// Days whose id fingerprints are held in memory at once (16 bytes and a little per event).
+/// Days whose plain id fingerprints are held in memory at once (16 bytes and a little per
+/// event with a plain id).
 pub const ID_DAYS: usize = 3;
+/// Minutes of time id fingerprints held in memory, by the minute the ids carry: duplicates of
+/// the gateway's own events come from a replay of its ring or a retried batch, seconds later.
+pub const RECENT_MINUTES: i64 = 3;
+const MINUTE_MS: i64 = 60_000;
 
 /// A segment that failed its checksum at start-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +87,11 @@ struct State {
     next_id: u32,
     /// Bumped by every append; orders days by last use for evicting id sets.
     tick: u64,
+    /// Fingerprints of the time ids stored, by the minute they carry, from `covered_from` on:
+    /// every stored time id of those minutes is here.
+    recent: BTreeMap<i64, IdSet>,
+    /// The first minute `recent` holds completely; older time ids are looked for on disk.
+    covered_from: i64,
     /// Segments written since the last flush.
     dirty: BTreeMap<u32, Arc<File>>,
     /// A segment was created or deleted since the last flush of the folder.
@@ -143,7 +158,9 @@ impl EventLog {
                 .then(|| entry.ids.take().unwrap_or_default());
             let opened = Segment::open(&path, day, seq, id, |head| {
                 if let Some(ids) = ids.as_mut() {
-                    ids.insert(fingerprint(head.id));
+                    if time_id_ms(head.id, head.ts_ms).is_none() {
+                        ids.insert(fingerprint(head.id));
+                    }
                 }
             });
             entry.ids = ids;
@@ -169,6 +186,20 @@ impl EventLog {
                 }
             }
         }
+        // Nothing is in `recent` yet: it covers only minutes after any time id stored (an
+        // event from a fast clock may carry a minute ahead of now) and after this one.
+        let newest_id_ms = state
+            .days
+            .values()
+            .flat_map(|d| d.segments.iter())
+            .flat_map(|s| s.blocks.iter())
+            .map(|b| b.max_id_ms)
+            .max()
+            .unwrap_or(i64::MIN);
+        state.covered_from = clientele_core::time::now_ms()
+            .max(newest_id_ms)
+            .div_euclid(MINUTE_MS)
+            .saturating_add(1);
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
             state: Mutex::new(state),
@@ -184,7 +215,19 @@ impl EventLog {
         &self.inner.damaged
     }
 
-    /// Days whose id fingerprints are in memory now (at most [`ID_DAYS`] between appends).
+    /// Id fingerprints held in memory: the plain ids of the days loaded and the recent minutes'
+    /// time ids.
+    pub fn fingerprints_in_memory(&self) -> usize {
+        let st = self.inner.lock();
+        st.days
+            .values()
+            .filter_map(|d| d.ids.as_ref())
+            .map(IdSet::len)
+            .sum::<usize>()
+            + st.recent.values().map(IdSet::len).sum::<usize>()
+    }
+
+    /// Days whose plain id fingerprints are in memory now (at most [`ID_DAYS`] between appends).
     pub fn loaded_id_days(&self) -> Vec<i64> {
         let st = self.inner.lock();
         st.days
@@ -279,9 +322,15 @@ impl Inner {
     }
 
     fn append(&self, events: Vec<Event>) -> Result<Vec<Event>> {
+        self.append_at(events, clientele_core::time::now_ms())
+    }
+
+    /// [`Inner::append`] at the wall-clock time `now_ms`, which moves the recent window.
+    fn append_at(&self, events: Vec<Event>, now_ms: i64) -> Result<Vec<Event>> {
         let mut st = self.lock();
         st.tick += 1;
         let tick = st.tick;
+        st.advance_recent(now_ms);
         let plans = st.plan_append(&events, tick)?;
         st.write_plans(&self.dir, &plans)?;
         st.commit_plans(&plans, &events);
@@ -309,7 +358,8 @@ struct DayWrite {
     buf: Vec<u8>,
     /// (start in `buf`, end in `buf`, index of the event in the batch).
     frames: Vec<(u64, u64, usize)>,
-    fingerprints: Vec<u128>,
+    /// Each new frame's fingerprint, with the minute its id carries when it is a time id.
+    fingerprints: Vec<(u128, Option<i64>)>,
 }
 
 impl State {
@@ -317,20 +367,73 @@ impl State {
     fn plan_append(&mut self, events: &[Event], tick: u64) -> Result<BTreeMap<i64, DayWrite>> {
         let mut plans: BTreeMap<i64, DayWrite> = BTreeMap::new();
         let mut in_batch = IdSet::with_capacity_and_hasher(events.len(), Default::default());
+        // Blocks read back for older time ids, once per batch: (day, segment, block).
+        let mut read_back: BTreeMap<(i64, usize, usize), IdSet> = BTreeMap::new();
         for (i, e) in events.iter().enumerate() {
             let day = day_of(e.ts_ms);
             let fp = fingerprint(&e.id);
-            let known = self.day_ids(day, tick)?;
-            if known.contains(&fp) || !in_batch.insert(fp) {
+            let time_id = time_id_ms(&e.id, e.ts_ms);
+            let minute = time_id.map(|ms| ms.div_euclid(MINUTE_MS));
+            let known = match (time_id, minute) {
+                (Some(_), Some(m)) if m >= self.covered_from => {
+                    self.recent.get(&m).is_some_and(|ids| ids.contains(&fp))
+                }
+                (Some(ms), _) => self.on_disk(day, ms, fp, &mut read_back)?,
+                _ => self.day_ids(day, tick)?.contains(&fp),
+            };
+            if known || !in_batch.insert(fp) {
                 continue;
             }
             let plan = plans.entry(day).or_default();
             let start = plan.buf.len() as u64;
             record::encode_frame(e, &mut plan.buf);
             plan.frames.push((start, plan.buf.len() as u64, i));
-            plan.fingerprints.push(fp);
+            plan.fingerprints.push((fp, minute));
         }
         Ok(plans)
+    }
+
+    /// Whether a time id carrying `ms` with fingerprint `fp` is stored in `day`: looked for in
+    /// the blocks whose time ids cover `ms`, each read back at most once per batch.
+    fn on_disk(
+        &self,
+        day: i64,
+        ms: i64,
+        fp: u128,
+        read_back: &mut BTreeMap<(i64, usize, usize), IdSet>,
+    ) -> Result<bool> {
+        let Some(entry) = self.days.get(&day) else {
+            return Ok(false);
+        };
+        for (si, seg) in entry.segments.iter().enumerate() {
+            for (bi, block) in seg.blocks.iter().enumerate() {
+                if !block.may_hold_id_ms(ms) {
+                    continue;
+                }
+                let ids = match read_back.entry((day, si, bi)) {
+                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        let mut ids = IdSet::default();
+                        load_block_ids(seg, block, &mut ids, |_| true)?;
+                        v.insert(ids)
+                    }
+                };
+                if ids.contains(&fp) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Moves the recent window to the last [`RECENT_MINUTES`] before `now_ms`; the minutes it
+    /// leaves are found on disk from then on.
+    fn advance_recent(&mut self, now_ms: i64) {
+        let from = now_ms.div_euclid(MINUTE_MS) - RECENT_MINUTES;
+        if from > self.covered_from {
+            self.covered_from = from;
+            self.recent = self.recent.split_off(&from);
+        }
     }
 
     /// The id fingerprints of `day`, read back from its segments when not in memory.
@@ -420,8 +523,19 @@ impl State {
                 seg.sealed = true;
             }
             self.dirty.insert(seg.id, seg.file.clone());
-            if let Some(ids) = entry.ids.as_mut() {
-                ids.extend(plan.fingerprints.iter().copied());
+            for &(fp, minute) in &plan.fingerprints {
+                match minute {
+                    Some(m) if m >= self.covered_from => {
+                        self.recent.entry(m).or_default().insert(fp);
+                    }
+                    // Older time ids are found from their block's range.
+                    Some(_) => {}
+                    None => {
+                        if let Some(ids) = entry.ids.as_mut() {
+                            ids.insert(fp);
+                        }
+                    }
+                }
             }
         }
     }
@@ -447,20 +561,35 @@ impl State {
     }
 }
 
-/// Adds the id fingerprints of a segment's frames to `ids`.
+/// Adds the plain id fingerprints of a segment's frames to `ids`.
 fn load_ids(seg: &Segment, ids: &mut IdSet) -> Result<()> {
     for block in &seg.blocks {
-        let bytes = segment::read_range(&seg.file, block.start, block.end)
-            .map_err(|e| backend("cannot read", &seg.path, e))?;
-        let mut at = 0usize;
-        while at < bytes.len() {
-            let (payload, len) = record::read_frame(&bytes[at..])
-                .map_err(|e| backend("event frame damaged in", &seg.path, e))?;
-            let head = record::decode_head(payload)
-                .map_err(|e| backend("event frame damaged in", &seg.path, e))?;
+        load_block_ids(seg, block, ids, |head| {
+            time_id_ms(head.id, head.ts_ms).is_none()
+        })?;
+    }
+    Ok(())
+}
+
+/// Adds the fingerprints of the ids of a block's frames that `want` accepts to `ids`.
+fn load_block_ids(
+    seg: &Segment,
+    block: &index::Block,
+    ids: &mut IdSet,
+    want: impl Fn(&record::Head<'_>) -> bool,
+) -> Result<()> {
+    let bytes = segment::read_range(&seg.file, block.start, block.end)
+        .map_err(|e| backend("cannot read", &seg.path, e))?;
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let (payload, len) = record::read_frame(&bytes[at..])
+            .map_err(|e| backend("event frame damaged in", &seg.path, e))?;
+        let head = record::decode_head(payload)
+            .map_err(|e| backend("event frame damaged in", &seg.path, e))?;
+        if want(&head) {
             ids.insert(fingerprint(head.id));
-            at += len;
         }
+        at += len;
     }
     Ok(())
 }

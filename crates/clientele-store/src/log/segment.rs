@@ -141,7 +141,7 @@ impl Segment {
             self.blocks.push(Block::new(start));
         }
         if let Some(block) = self.blocks.last_mut() {
-            block.add(end, event.ts_ms, event.status, event.consumer);
+            block.add(end, event.id, event.ts_ms, event.status, event.consumer);
         }
         self.count += 1;
         self.len = end;

@@ -169,3 +169,78 @@ async fn drill_down_reads_few_blocks_of_a_busy_day() {
     let blocks = st.days[&1].segments[0].blocks.len();
     assert!(candidates * 10 < blocks, "{candidates} of {blocks} blocks");
 }
+
+/// The gateway's events (time ids) keep only the last minutes' fingerprints in memory, yet a
+/// duplicate of any of them is found: from memory, from the blocks on disk, after a restart,
+/// and for an event from a fast clock stored ahead of the restart's minute.
+#[tokio::test]
+async fn time_ids_hold_minutes_of_fingerprints_and_every_duplicate_is_still_found() {
+    use clientele_core::event::event_id;
+    let mut fresh = Fresh::<EventLog>::new();
+    let base = 1_800_000_000_000 - 1_800_000_000_000 % MINUTE_MS;
+    let per_minute = 300;
+    let minutes = 20;
+    let mut all = Vec::new();
+    {
+        let store = fresh.store();
+        for m in 0..minutes {
+            let batch: Vec<Event> = (0..per_minute)
+                .map(|i| {
+                    let ts = base + m * MINUTE_MS + i * 150;
+                    event(&event_id(ts), "acme", ts, 200)
+                })
+                .collect();
+            let now = base + m * MINUTE_MS + 59_000;
+            let new = store.inner.append_at(batch.clone(), now).unwrap();
+            assert_eq!(new.len(), batch.len());
+            all.extend(batch);
+            assert!(
+                store.fingerprints_in_memory()
+                    <= (RECENT_MINUTES as usize + 1) * per_minute as usize,
+                "minute {m}: {}",
+                store.fingerprints_in_memory()
+            );
+        }
+        let end = base + minutes * MINUTE_MS;
+        // Every one again, recent or long gone from memory: all duplicates.
+        let again = store.inner.append_at(all.clone(), end).unwrap();
+        assert!(again.is_empty(), "{} duplicates stored", again.len());
+        // And shuffled into one batch with a new event: only the new one.
+        let mut mixed: Vec<Event> = all.iter().rev().step_by(7).cloned().collect();
+        let ts = end + 1_000;
+        let new_one = event(&event_id(ts), "acme", ts, 200);
+        mixed.push(new_one.clone());
+        assert_eq!(store.inner.append_at(mixed, end + 2_000).unwrap().len(), 1);
+        all.push(new_one);
+        // An event from a clock 30 minutes fast.
+        let ahead = end + 30 * MINUTE_MS;
+        let fast = event(&event_id(ahead), "acme", ahead, 200);
+        assert_eq!(
+            store
+                .inner
+                .append_at(vec![fast.clone()], end + 3_000)
+                .unwrap()
+                .len(),
+            1
+        );
+        all.push(fast);
+    }
+    // After a restart (the ring replays what it held): nothing is stored twice.
+    let store = fresh.reopen();
+    let replayed = store.append_events(all.clone()).await.unwrap();
+    assert!(
+        replayed.is_empty(),
+        "{} stored twice after a restart: {:?}",
+        replayed.len(),
+        replayed
+            .iter()
+            .map(|e| (&e.id, e.ts_ms))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(store.event_count().await.unwrap(), all.len() as u64);
+    assert_eq!(
+        store.fingerprints_in_memory(),
+        0,
+        "no time id is kept for old minutes"
+    );
+}
