@@ -67,7 +67,11 @@ pub struct RequestFacts {
 /// Reads the facts of a JSON request body; `None` when it is not a JSON object of that
 /// shape (the request is then forwarded untouched and estimated from its size).
 pub fn read_facts(body: &[u8]) -> Option<RequestFacts> {
-    let f: Fields = serde_json::from_slice(body).ok()?;
+    // JSON is UTF-8 (RFC 8259). serde skips the members it ignores without checking their
+    // bytes, so a body with invalid UTF-8 there would read, and be rewritten for usage: such a
+    // body is forwarded untouched instead (found by fuzzing, `fuzz/fuzz_targets/llm_request.rs`).
+    let text = std::str::from_utf8(body).ok()?;
+    let f: Fields = serde_json::from_str(text).ok()?;
     Some(RequestFacts {
         model: f.model,
         max_output: f
@@ -205,6 +209,17 @@ mod tests {
         ] {
             assert!(with_include_usage(body, &read_facts(body).unwrap()).is_none());
         }
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_is_not_read_nor_rewritten() {
+        // The fuzzer's find: invalid UTF-8 inside a member serde ignores.
+        let mut body = br#"{"model":"gpt-4o","stream":true,"streak_options":{"includ"#.to_vec();
+        body.extend_from_slice(&[0xed, 0xa0, 0x80]);
+        body.extend_from_slice(br#"_usage":false},"max_tokens":0}"#);
+        assert_eq!(read_facts(&body), None);
+        body.retain(|b| b.is_ascii());
+        assert!(read_facts(&body).is_some_and(|f| f.stream));
     }
 
     #[test]
