@@ -24,6 +24,10 @@ seed() { mkdir -p "corpus/$1"; printf '%s' "$2" > "corpus/$1/seed-$3"; }
 seed ingest_line '{"ts":1767225600000,"consumer":"acme","method":"GET","path":"/pets/1?x=1","status":200,"latency_ms":12.5,"request_bytes":10,"response_bytes":99,"tokens_in":5,"cost_usd":0.01,"api":"petstore","upstream_latency_ms":3}' 1
 seed ingest_line '[{"ts":"2026-01-01T00:00:00Z","consumer":"a","method":"post","path":"/x","status":503,"latency_ms":1,"route":"/x"}]' 2
 seed path_normalise '/a//b/./c/../%7Euser/%2e%2e/x%20y' 1
+# LLM requests: a streamed chat request without stream_options, one with it, one not streamed.
+seed llm_request '{"model":"gpt-4o-mini","stream":true,"max_tokens":64,"messages":[{"role":"user","content":"hi"}]}' 1
+seed llm_request '{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":false},"max_completion_tokens":9}' 2
+seed llm_request '{"model":"claude-sonnet-4","max_tokens":1024,"messages":[]}' 3
 seed json_schema $'{"type":"object","required":["a"],"properties":{"a":{"type":"integer","minimum":1},"b":{"anyOf":[{"type":"string","format":"date-time"},{"type":"null"}]}},"additionalProperties":false}\n{"a":2,"b":"2026-01-01T00:00:00Z"}' 1
 # One line of each access-log shape `clientele import` reads (the logformat.rs unit tests' lines).
 nginx='{"time_iso8601":"2026-10-10T13:55:36+00:00","remote_addr":"203.0.113.7","request":"POST /orders/42?x=1 HTTP/1.1","status":"422","body_bytes_sent":"87","request_length":"311","request_time":"0.035","upstream_response_time":"0.010, 0.020","http_user_agent":"acme-sdk/2","http_x_consumer_id":"acme"}'
