@@ -584,6 +584,39 @@ async fn openai_cached_and_reasoning_tokens_are_kept_and_priced() {
         (&json!(1024), &json!(64), &json!(0)),
         "{mine}"
     );
+    // The dashboard's AI page shows the parts per consumer and per model: requests, tokens
+    // in, cache reads, cache writes, tokens out, reasoning.
+    let mut browser = crate::ui::admin_browser(&server).await;
+    let page = browser.get(&server, "/ai?range=24h").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("of which cache reads"), "{}", page.body);
+    let numbers = |marker: &str| -> Vec<String> {
+        let at = page
+            .body
+            .find(marker)
+            .unwrap_or_else(|| panic!("{marker} not on the page: {}", page.body));
+        let row = &page.body[at..];
+        let row = &row[..row.find("</tr>").unwrap()];
+        row.split(r#"<td class="num">"#)
+            .skip(1)
+            .map(|c| c[..c.find("</td>").unwrap()].to_string())
+            .collect()
+    };
+    let consumer = numbers(">agent-r</a>");
+    assert_eq!(consumer[2..4], ["1,024", "0"], "{consumer:?}");
+    assert_eq!(consumer[5], "64", "{consumer:?}");
+    let chat = numbers("<code>gpt-4o-2024-08-06</code>");
+    assert_eq!(
+        (&chat[2], &chat[5]),
+        (&"1,024".to_string(), &"0".to_string()),
+        "{chat:?}"
+    );
+    let o4 = numbers("<code>o4-mini-2025-04-16</code>");
+    assert_eq!(
+        (&o4[2], &o4[5]),
+        (&"0".to_string(), &"64".to_string()),
+        "{o4:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
