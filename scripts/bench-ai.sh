@@ -20,12 +20,22 @@
 # concurrent connections (default 64), and the added p50/p99 against direct (per round, the
 # proxy's run minus the direct run beside it; the median over ROUNDS rounds).
 #
+# Paced mode (RATE=<req/s>): closed-loop at saturation, p99 is mostly queueing in whichever
+# process is the bottleneck. With RATE set, each wrk connection waits a random gap (exponential,
+# mean CONNS/RATE seconds) after each answer before its next request, so the CONNS connections
+# together offer about RATE req/s (a little less: a connection's answer time adds to its gap)
+# and the added p99 is measured below saturation, at the same offered load for every target.
+# wrk times each request from its send, so the gaps are not in the latencies. Pick RATE below the
+# slowest target's saturation (LiteLLM: tens of req/s here); each run then serves about
+# RATE x DURATION requests, so use a longer DURATION (e.g. 30) for a p99 worth the name.
+#
 # CPU layout (2-core machine): each proxy gets CPU 0 to itself (clientele's runtime sizes itself
 # to the one CPU it may use; LiteLLM runs one uvicorn worker, its default); wrk and the mock
 # share CPU 1. Targets alternate within each round, so drift on the machine spreads over all.
 # Anything else busy on the machine makes the numbers noisy: see the load average printed.
 #
-# Usage: bash scripts/bench-ai.sh      (env: ROUNDS=3 DURATION=8 CONNS=64 GAP_MS=1)
+# Usage: bash scripts/bench-ai.sh      (env: ROUNDS=3 DURATION=8 CONNS=64 GAP_MS=1 RATE=)
+#        RATE=20 DURATION=30 bash scripts/bench-ai.sh      (paced, see above)
 # The first run installs LiteLLM into target/bench-ai/venv (a few minutes); later runs reuse it.
 # Results: printed, and written to bench-results/ai-<timestamp>.md with the raw numbers.
 set -euo pipefail
@@ -36,6 +46,7 @@ ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-8}"
 CONNS="${CONNS:-64}"
 GAP_MS="${GAP_MS:-1}"
+RATE="${RATE:-}"
 WARMUP_SECS=3
 LITELLM_VERSION="${LITELLM_VERSION:-1.108.7}"
 ADMIN_TOKEN="bench-admin-token-0123456789"
@@ -46,6 +57,7 @@ BENCH=bench-ai
 source scripts/bench-lib.sh
 positive_ints ROUNDS DURATION CONNS
 [[ $GAP_MS =~ ^[0-9]+$ ]] || die "GAP_MS must be a whole number of milliseconds (got '$GAP_MS')"
+[ -z "$RATE" ] || positive_ints RATE
 
 bench_lock
 
@@ -180,6 +192,17 @@ wrk.body = [[$body]]
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "${AUTH[$t]}"
 EOF
+    if [ -n "$RATE" ]; then
+      # wrk calls delay() before each request of a connection: an exponential gap (a Poisson
+      # arrival per connection) with mean CONNS/RATE s, so the connections do not march in step.
+      cat >>"$TMP/$k-$t.lua" <<EOF
+local mean_ms = $CONNS * 1000 / $RATE
+math.randomseed(os.time())
+function delay()
+  return math.floor(-math.log(1 - math.random()) * mean_ms)
+end
+EOF
+    fi
   done
 done
 
@@ -249,7 +272,7 @@ HEADER=$(cat <<EOF
 machine: $(nproc) CPUs ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n1)), kernel $(uname -r), $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'), $("$VENV/bin/python" --version)
 clientele: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo " (uncommitted changes)"), release build; litellm $LL_REPORTED (one uvicorn worker, no database)
 load average at start: $(cut -d' ' -f1-3 /proc/loadavg)
-settings: ROUNDS=$ROUNDS DURATION=${DURATION}s CONNS=$CONNS GAP_MS=$GAP_MS (between stream chunks); proxy on CPU 0, wrk + mock on CPU 1
+settings: ROUNDS=$ROUNDS DURATION=${DURATION}s CONNS=$CONNS GAP_MS=$GAP_MS (between stream chunks), $(if [ -n "$RATE" ]; then echo "paced: about $RATE req/s offered"; else echo "closed loop (saturation)"; fi); proxy on CPU 0, wrk + mock on CPU 1
 EOF
 )
 echo
@@ -288,7 +311,7 @@ say "$CHECK"
 
 # ----- report ----------------------------------------------------------------------------------
 mkdir -p bench-results
-REPORT="bench-results/ai-$(date +%Y%m%d-%H%M%S).md"
+REPORT="bench-results/ai-${RATE:+paced$RATE-}$(date +%Y%m%d-%H%M%S).md"
 TABLE=$(python3 - "$RAW" <<'PY'
 import csv, sys
 from statistics import median
@@ -343,7 +366,7 @@ PY
 )
 
 {
-  echo "# AI gateway benchmark: clientele vs LiteLLM proxy"
+  echo "# AI gateway benchmark: clientele vs LiteLLM proxy${RATE:+, paced at about $RATE req/s}"
   echo
   echo "$HEADER" | sed 's/^/- /'
   echo "- run at: $(date -u +%Y-%m-%dT%H:%M:%SZ)"

@@ -556,6 +556,11 @@ impl Tightest {
         }
     }
 
+    /// The most constraining status kept, if any.
+    pub fn status(&self) -> Option<LimitStatus> {
+        self.0
+    }
+
     /// The decision for an allowed request.
     pub fn allowed(self) -> Decision {
         match self.0 {

@@ -1,5 +1,6 @@
 //! `agent_loop`: a session that repeats the identical call (same method, path, query and body,
-//! by the gateway's fingerprint `Event::call_hash`) at least [`LOOP_REPEATS`] times, read
+//! by the gateway's fingerprint `Event::call_hash`; for an LLM answer asking for tool calls,
+//! the same route, tool names and arguments) at least [`LOOP_REPEATS`] times, read
 //! from the engine's sessions within the lookback. One finding per consumer and repeated
 //! call; the session and the count are in the evidence. Two different prompts to
 //! `POST /v1/chat/completions`, or a search refining its query, are different calls.

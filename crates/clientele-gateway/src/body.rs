@@ -443,7 +443,8 @@ impl ResponseBody {
     }
 
     /// Puts the call fingerprint on the event: `head` (the CRC of method, path and query) and
-    /// the request body's print as it stands when the response ends.
+    /// the request body's print as it stands when the response ends, or the print of the
+    /// tool calls the LLM answer asked for (see [`crate::llm`]).
     pub fn with_call(mut self, head: u32, print: Arc<BodyPrint>) -> Self {
         self.call = Some((head, print));
         self
@@ -473,11 +474,16 @@ impl ResponseBody {
             if let Some(outcome) = outcome {
                 f.event.outcome = outcome;
             }
+            let tools = self.usage.as_ref().and_then(|m| m.scanner.tool_print());
             if let Some(meter) = self.usage.take() {
                 meter.settle(&mut f.event);
             }
             if let Some((head, print)) = self.call.take() {
-                f.event.call_hash = Some(call_hash(head, print.get()));
+                // An LLM answer that asks for tool calls is fingerprinted by them (route,
+                // tool names and arguments) rather than by its request, which carries the
+                // whole conversation and so differs every turn: an agent calling the same
+                // tool with the same arguments again is then a repeat for `agent_loop`.
+                f.event.call_hash = Some(call_hash(head, tools.unwrap_or_else(|| print.get())));
             }
             if let Some(budget) = self.budget.take() {
                 budget.settle(crate::llm_request::actual(

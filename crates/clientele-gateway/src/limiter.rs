@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use clientele_core::config::{FailurePolicy, LimitsConfig};
 use clientele_core::limits::{
-    BudgetCharge, Decision, LimitSlot, LimiterStats, Reserved, SESSION_BUDGET_IDLE_MS, quota_status,
+    BudgetCharge, Decision, LimitSlot, LimiterStats, Reserved, SESSION_BUDGET_IDLE_MS, Tightest,
+    quota_status,
 };
 
 use crate::session_budget::{SessionHeld, SessionTable, session_key};
@@ -155,6 +156,19 @@ impl Limiter {
             }
         }
         let (decision, reserved) = slot.check_with(method, route, now_ms, charge);
+        // The RateLimit headers report the tightest of the consumer's limits and the
+        // session's budgets, so a client sees what is left of its session too.
+        let session_status = session_held.as_ref().and_then(SessionHeld::status);
+        let decision = match (decision, session_status) {
+            (Decision::Allowed { status }, Some(session)) => {
+                let mut tightest = Tightest::default();
+                tightest.keep(status);
+                tightest.keep(session);
+                tightest.allowed()
+            }
+            (Decision::Unlimited, Some(session)) => Decision::Allowed { status: session },
+            (decision, _) => decision,
+        };
         let held = reserved.map(|reserved| Held::Local {
             slot: slot.clone(),
             reserved,
@@ -684,7 +698,11 @@ return 1
             }
             if session.is_some() {
                 for (i, (kind, limit)) in session_budgets.into_iter().enumerate() {
-                    if limit.is_some() {
+                    if let Some(limit) = limit {
+                        // The script answers the session counters after the consumer's.
+                        let at = 3 + cells.len() + BUDGET_KINDS.len() + i;
+                        let used = answer.get(at).copied().unwrap_or(0).max(0) as u64;
+                        tightest.keep(quota_status(kind, limit, used, SESSION_BUDGET_IDLE_MS));
                         keys.push((session_keys[i].clone(), kind));
                     }
                 }

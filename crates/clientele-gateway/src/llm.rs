@@ -19,6 +19,20 @@
 //!   `message_delta` the running output count. Anthropic's `input_tokens` leave out cached
 //!   tokens; OpenAI's include them. [`Usage`] holds OpenAI's convention (input includes cache).
 //!
+//! The tool calls a response asks for are fingerprinted on the same pass ([`UsageScanner::tool_print`]),
+//! so a session's agent that calls the same tool with the same arguments again is seen as
+//! repeating itself even though its requests differ (a chat request carries the whole
+//! conversation, which grows every turn). The CRC-32 is fed the raw (still escaped) bytes of
+//! the string values of `name` and `arguments` keys (OpenAI: chat `tool_calls[].function`,
+//! streamed as `delta.tool_calls` fragments, and the responses API's `function_call` items),
+//! or of `name`, `partial_json` and the `input` object (Anthropic `tool_use` blocks and their
+//! `input_json_delta`s), in the order they pass, never held. Consecutive values of one kind
+//! are fed as one (a tag byte only when the kind changes), so however a provider splits the
+//! arguments into fragments the print is the same. Ids (`call_…`, `toolu_…`) are left out:
+//! they differ on every answer. A response is a tool call when an arguments value passed;
+//! the names alone (the responses API echoes its tool definitions) are not. The same call
+//! answered streamed and not streamed has two prints (the bytes differ); an agent keeps one.
+//!
 //! A stream that ends before its usage (the client left, the upstream broke, or an OpenAI
 //! stream without `include_usage`) is counted from what passed: the input the stream had
 //! already reported, and one output token per content delta seen, and marked `partial`.
@@ -91,6 +105,20 @@ enum Want {
     Usage,
     Model,
     Error,
+    /// A tool's name: a string hashed into the tool print.
+    ToolName,
+    /// A tool call's arguments (or a fragment of them): a string hashed into the tool print.
+    ToolArgs,
+    /// Anthropic's `input` object, hashed whole into the tool print.
+    ToolInput,
+}
+
+/// What the tool print was last fed: a tag byte is hashed when it changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ToolPart {
+    None,
+    Name,
+    Args,
 }
 
 /// The per-response scanner. Its memory is bounded by [`MAX_USAGE_BYTES`] plus
@@ -128,6 +156,14 @@ pub struct UsageScanner {
     reports: u32,
     deltas: u64,
     error: bool,
+    /// The tool calls' fingerprint (see the module docs): the hasher, the part last fed,
+    /// whether the string being lexed is hashed, the brace depth of an `input` object being
+    /// hashed (0: none), and whether arguments were seen.
+    tools: crc32fast::Hasher,
+    tool_part: ToolPart,
+    tool_string: bool,
+    tool_depth: u32,
+    tool_seen: bool,
 }
 
 impl UsageScanner {
@@ -155,6 +191,11 @@ impl UsageScanner {
             reports: 0,
             deltas: 0,
             error: false,
+            tools: crc32fast::Hasher::new(),
+            tool_part: ToolPart::None,
+            tool_string: false,
+            tool_depth: 0,
+            tool_seen: false,
         }
     }
 
@@ -175,6 +216,18 @@ impl UsageScanner {
             self.capture_byte(b);
             return;
         }
+        if self.tool_depth > 0 {
+            // Anthropic's `input` object: every byte to its closing brace; braces inside
+            // strings do not count (the lexer's string state is still the previous byte's).
+            self.tools.update(&[b]);
+            if !self.in_string {
+                match b {
+                    b'{' => self.tool_depth += 1,
+                    b'}' => self.tool_depth -= 1,
+                    _ => {}
+                }
+            }
+        }
         if self.in_string {
             if self.escaped {
                 self.escaped = false;
@@ -182,8 +235,12 @@ impl UsageScanner {
                 self.escaped = true;
             } else if b == b'"' {
                 self.in_string = false;
+                self.tool_string = false;
                 self.string_closed();
                 return;
+            }
+            if self.tool_string {
+                self.tools.update(&[b]);
             }
             if let Some(buf) = self.model_buf.as_mut() {
                 if buf.len() < MAX_MODEL_BYTES {
@@ -210,6 +267,27 @@ impl UsageScanner {
             (Expect::Value(Want::Error), b'{') => {
                 self.expect = Expect::Nothing;
                 self.error = true;
+            }
+            (Expect::Value(want @ (Want::ToolName | Want::ToolArgs)), b'"') => {
+                let part = if want == Want::ToolName {
+                    ToolPart::Name
+                } else {
+                    self.tool_seen = true;
+                    ToolPart::Args
+                };
+                self.tool_feed_part(part);
+                self.expect = Expect::Nothing;
+                self.in_string = true;
+                self.tool_string = true;
+                self.key_len = 0;
+                self.key_long = false;
+            }
+            (Expect::Value(Want::ToolInput), b'{') if self.tool_depth == 0 => {
+                self.tool_seen = true;
+                self.tool_feed_part(ToolPart::Args);
+                self.tools.update(b"{");
+                self.tool_depth = 1;
+                self.expect = Expect::Nothing;
             }
             (Expect::Value(Want::Model), b'"') if self.model.is_none() => {
                 self.expect = Expect::Nothing;
@@ -240,6 +318,10 @@ impl UsageScanner {
             b"usage" => Expect::Colon(Want::Usage),
             b"model" => Expect::Colon(Want::Model),
             b"error" => Expect::Colon(Want::Error),
+            b"name" => Expect::Colon(Want::ToolName),
+            b"arguments" if self.flavor == Flavor::OpenAi => Expect::Colon(Want::ToolArgs),
+            b"partial_json" if self.flavor == Flavor::Anthropic => Expect::Colon(Want::ToolArgs),
+            b"input" if self.flavor == Flavor::Anthropic => Expect::Colon(Want::ToolInput),
             b"delta" => {
                 // Every streamed content chunk carries a `delta` key (chat chunks, Anthropic's
                 // content_block_delta, the responses API's `*.delta` events): the estimate of
@@ -296,6 +378,8 @@ impl UsageScanner {
         self.expect = Expect::Nothing;
         self.capturing = false;
         self.capture.clear();
+        self.tool_string = false;
+        self.tool_depth = 0;
         if self.model_buf.take().is_some() {
             // A model string cut by a line end was not a model.
         }
@@ -345,6 +429,24 @@ impl UsageScanner {
                 }
             }
         }
+    }
+
+    /// Feeds the tag of `part` when the print's last part was another one.
+    fn tool_feed_part(&mut self, part: ToolPart) {
+        if self.tool_part != part {
+            self.tool_part = part;
+            self.tools.update(if part == ToolPart::Name {
+                b"\0n"
+            } else {
+                b"\0a"
+            });
+        }
+    }
+
+    /// The fingerprint of the tool calls the response asked for (names and arguments, in
+    /// order), or `None` when it asked for none.
+    pub fn tool_print(&self) -> Option<u32> {
+        self.tool_seen.then(|| self.tools.clone().finalize())
     }
 
     /// The model the response named, if any.
@@ -517,6 +619,152 @@ mod tests {
         assert!(u.partial);
         assert_eq!(u.input, 2_585);
         assert_eq!(u.output, 3, "three content deltas passed before the cut");
+    }
+
+    /// The tool print of `text`, the same whole and in every chunk size from 1 to 17 bytes.
+    fn tools_of(text: &str, flavor: Flavor, sse: bool) -> Option<u32> {
+        let mut whole = UsageScanner::new(flavor, sse);
+        whole.feed(text.as_bytes());
+        for size in 1..=17 {
+            let mut s = UsageScanner::new(flavor, sse);
+            for chunk in text.as_bytes().chunks(size) {
+                s.feed(chunk);
+            }
+            assert_eq!(s.tool_print(), whole.tool_print(), "in chunks of {size}");
+        }
+        whole.tool_print()
+    }
+
+    /// Each tool-call golden file has a print that the same call gives again (with other
+    /// ids) and that another argument, or another tool, changes.
+    #[test]
+    fn tool_calls_are_fingerprinted_by_name_and_arguments() {
+        let cases = [
+            (
+                "openai_chat_tool_calls.json",
+                Flavor::OpenAi,
+                false,
+                "call_9pw1qnYScqvGrCH58HWCvFH6",
+            ),
+            (
+                "openai_chat_stream_tool_calls.sse",
+                Flavor::OpenAi,
+                true,
+                "call_9pw1qnYScqvGrCH58HWCvFH6",
+            ),
+            (
+                "openai_responses_function_call.sse",
+                Flavor::OpenAi,
+                true,
+                "call_Wq3nT8xYz1AbCdEfGhIjKlMn",
+            ),
+            (
+                "anthropic_messages_tool_use.json",
+                Flavor::Anthropic,
+                false,
+                "toolu_01A09q90qw90lq917835lq9",
+            ),
+            (
+                "anthropic_messages_stream_tool_use.sse",
+                Flavor::Anthropic,
+                true,
+                "toolu_01T1x1fJ34qAmk2tNTrN7Up6",
+            ),
+        ];
+        for (name, flavor, sse, id) in cases {
+            let text = golden(name);
+            assert!(text.contains(id) && text.contains("Par"), "{name}");
+            let print = tools_of(&text, flavor, sse);
+            assert!(print.is_some(), "{name} asks for a tool call");
+            let other_ids = text.replace(id, "call_other0000000000000000000");
+            assert_eq!(
+                tools_of(&other_ids, flavor, sse),
+                print,
+                "{name}: ids do not count"
+            );
+            // "Par" + "is" is split across fragments in the Anthropic stream.
+            let other_city = text.replace("Par", "Lyo");
+            assert_ne!(
+                tools_of(&other_city, flavor, sse),
+                print,
+                "{name}: arguments count"
+            );
+            let other_tool = text.replace("get_weather", "get_forecast");
+            assert_ne!(
+                tools_of(&other_tool, flavor, sse),
+                print,
+                "{name}: names count"
+            );
+        }
+        // The usage of a tool-call answer is read as before.
+        let (u, _) = scan("openai_chat_stream_tool_calls.sse", Flavor::OpenAi, true);
+        assert_eq!(u, Some(full(82, 18, Some(0), None, Some(0))));
+        let (u, _) = scan(
+            "anthropic_messages_stream_tool_use.sse",
+            Flavor::Anthropic,
+            true,
+        );
+        assert_eq!(u, Some(full(472, 89, None, None, None)));
+    }
+
+    #[test]
+    fn answers_without_tool_calls_have_no_tool_print() {
+        for (name, flavor, sse) in [
+            ("openai_chat.json", Flavor::OpenAi, false),
+            ("openai_chat_stream_usage.sse", Flavor::OpenAi, true),
+            ("openai_responses_stream.sse", Flavor::OpenAi, true),
+            ("anthropic_messages_stream.sse", Flavor::Anthropic, true),
+            ("anthropic_messages.json", Flavor::Anthropic, false),
+        ] {
+            assert_eq!(tools_of(&golden(name), flavor, sse), None, "{name}");
+        }
+        // Tool definitions echoed without a call (the responses API) are not a call.
+        let mut s = UsageScanner::new(Flavor::OpenAi, false);
+        s.feed(br#"{"tools":[{"type":"function","name":"get_weather"}],"output":[]}"#);
+        assert_eq!(s.tool_print(), None);
+        // Arguments quoted in a message's text are not arguments.
+        s.feed(br#"{"content":"\"arguments\": \"{}\""}"#);
+        assert_eq!(s.tool_print(), None);
+    }
+
+    /// A provider may split the arguments into other fragments on another answer: the
+    /// print of the chat stream does not depend on where.
+    #[test]
+    fn streamed_arguments_split_elsewhere_print_the_same() {
+        let chunk = |delta: &str| {
+            format!(
+                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"tool_calls\":[{delta}]}}}}]}}\n\n"
+            )
+        };
+        let stream = |fragments: &[&str]| {
+            let mut text = chunk(
+                r#"{"index":0,"id":"call_1","type":"function","function":{"name":"search","arguments":""}}"#,
+            );
+            for f in fragments {
+                text += &chunk(&format!(
+                    r#"{{"index":0,"function":{{"arguments":"{f}"}}}}"#
+                ));
+            }
+            text
+        };
+        let a = tools_of(
+            &stream(&[r#"{\"q\":"#, r#"\"rust\"}"#]),
+            Flavor::OpenAi,
+            true,
+        );
+        let b = tools_of(
+            &stream(&[r#"{\""#, r#"q\":\"ru"#, r#"st\"}"#]),
+            Flavor::OpenAi,
+            true,
+        );
+        let c = tools_of(&stream(&[r#"{\"q\":\"rust lang\"}"#]), Flavor::OpenAi, true);
+        assert!(a.is_some());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        // A name and its arguments are told apart from a longer name without arguments'
+        // first bytes.
+        let moved = stream(&[r#"{\"q\":"#, r#"\"rust\"}"#]).replace(r#""search""#, r#""search{""#);
+        assert_ne!(tools_of(&moved, Flavor::OpenAi, true), a);
     }
 
     #[test]

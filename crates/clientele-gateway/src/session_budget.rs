@@ -13,7 +13,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use clientele_core::limits::{BudgetCharge, LimitKind, SESSION_BUDGET_IDLE_MS, SessionBudgets};
+use clientele_core::limits::{
+    BudgetCharge, LimitKind, LimitStatus, SESSION_BUDGET_IDLE_MS, SessionBudgets, Tightest,
+    quota_status,
+};
 
 const SHARDS: usize = 16;
 /// Sessions remembered per shard (16 × 8,192 ≈ 131k sessions, about 5 MiB).
@@ -70,6 +73,16 @@ pub struct SessionHeld {
     table: Arc<SessionTable>,
     key: u64,
     charge: BudgetCharge,
+    /// The session budget with the least share left once this request's estimate is
+    /// counted, for the RateLimit headers of the allowed request.
+    status: Option<LimitStatus>,
+}
+
+impl SessionHeld {
+    /// The session budget to report in the RateLimit headers (the least share left).
+    pub fn status(&self) -> Option<LimitStatus> {
+        self.status
+    }
 }
 
 impl SessionTable {
@@ -107,10 +120,21 @@ impl SessionTable {
         }
         spent.tokens = spent.tokens.saturating_add(charge.tokens);
         spent.micro_usd = spent.micro_usd.saturating_add(charge.micro_usd);
+        let mut tightest = Tightest::default();
+        for (kind, limit) in budgets.kinds() {
+            let Some(limit) = limit else { continue };
+            let used = if kind.is_usd() {
+                spent.micro_usd
+            } else {
+                spent.tokens
+            };
+            tightest.keep(quota_status(kind, limit, used, SESSION_BUDGET_IDLE_MS));
+        }
         Ok(SessionHeld {
             table: self.clone(),
             key,
             charge,
+            status: tightest.status(),
         })
     }
 

@@ -1,6 +1,8 @@
 //! The AI page: tokens and cost per consumer and per model over the chosen range. Read through
 //! the API's own `GET /v1/stats/models` handler, so the page and the API cannot disagree. A
-//! model without a price shows as "unpriced", never as $0.
+//! model without a price shows as "unpriced", never as $0. The priced-apart parts of the
+//! tokens (read from and written to the prompt cache, of `tokens_in`; reasoning, of
+//! `tokens_out`) have their own columns, per consumer and per model.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -21,6 +23,9 @@ struct Sum {
     requests: u64,
     tokens_in: u64,
     tokens_out: u64,
+    cached: u64,
+    cache_write: u64,
+    reasoning: u64,
     cost: Option<f64>,
     unpriced: u64,
 }
@@ -30,6 +35,9 @@ impl Sum {
         self.requests += m.requests;
         self.tokens_in += m.tokens_in;
         self.tokens_out += m.tokens_out;
+        self.cached += m.tokens_cached;
+        self.cache_write += m.tokens_cache_write;
+        self.reasoning += m.tokens_reasoning;
         self.unpriced += m.unpriced_requests;
         if let Some(c) = m.cost_usd {
             self.cost = Some(self.cost.unwrap_or(0.0) + c);
@@ -48,7 +56,7 @@ pub fn usd(v: Option<f64>) -> String {
 
 fn table(title: &str, first: &str, rows: &[(String, Option<String>, Sum)]) -> String {
     let mut out = format!(
-        r#"<div class="table-wrap"><table><caption>{}</caption><thead><tr><th scope="col">{}</th><th scope="col" class="num">Requests</th><th scope="col" class="num">Tokens in</th><th scope="col" class="num">Tokens out</th><th scope="col" class="num">Cost</th><th scope="col" class="num">Unpriced requests</th></tr></thead><tbody>"#,
+        r#"<div class="table-wrap"><table><caption>{}</caption><thead><tr><th scope="col">{}</th><th scope="col" class="num">Requests</th><th scope="col" class="num">Tokens in</th><th scope="col" class="num">of which cache reads</th><th scope="col" class="num">of which cache writes</th><th scope="col" class="num">Tokens out</th><th scope="col" class="num">of which reasoning</th><th scope="col" class="num">Cost</th><th scope="col" class="num">Unpriced requests</th></tr></thead><tbody>"#,
         esc(title),
         esc(first)
     );
@@ -59,10 +67,13 @@ fn table(title: &str, first: &str, rows: &[(String, Option<String>, Sum)]) -> St
         };
         let _ = write!(
             out,
-            r#"<tr><td>{cell}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td></tr>"#,
+            r#"<tr><td>{cell}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td></tr>"#,
             int(s.requests),
             int(s.tokens_in),
+            int(s.cached),
+            int(s.cache_write),
             int(s.tokens_out),
+            int(s.reasoning),
             usd(s.cost),
             int(s.unpriced)
         );

@@ -615,6 +615,8 @@ async fn two_nodes_sharing_redis_hold_one_session_budget() {
         b.gw("/ai/v1/chat/completions"),
     ];
     check_session_budget(&urls, &key, &served).await;
+    // The RateLimit fields of an allowed request carry the session budget from Redis too.
+    check_session_headers(&urls[1], &key, "run-h").await;
     let (_, status) = a.admin(Method::GET, "/v1/status", None).await;
     assert_eq!(status["limiter_mode"], "redis");
     assert_eq!(status["limiter_redis_errors"], 0);
@@ -625,4 +627,54 @@ async fn refused_naming(server: &Server, path: &str, limits: Value, field: &str)
     let (status, body) = server.admin(Method::PUT, path, Some(limits)).await;
     assert_eq!(status, 422, "{body}");
     assert!(body["detail"].as_str().unwrap().contains(field), "{body}");
+}
+
+/// An allowed request of a session with a per-session budget reports what is left of it in
+/// the IETF RateLimit fields when it is the tightest limit (here against a rate of 1,000/s),
+/// and a request naming no session reports the consumer's rate. `session` is new.
+async fn check_session_headers(url: &str, key: &str, session: &'static str) {
+    let auth = format!("Bearer {key}");
+    let call = |session: Option<&'static str>| {
+        let (url, auth) = (url.to_string(), auth.clone());
+        async move {
+            let mut headers = vec![
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ];
+            if let Some(s) = session {
+                headers.push(("x-session-id", s));
+            }
+            let (status, h, _) = send(Method::POST, &url, &headers, Some(chat_body()))
+                .await
+                .unwrap();
+            assert_eq!(status, 200);
+            let get = |name: &str| h[name].to_str().unwrap().to_string();
+            (get("ratelimit-policy"), get("ratelimit"))
+        }
+    };
+    let (policy, current) = call(Some(session)).await;
+    assert!(
+        policy.starts_with(&format!("\"tokens_session\";q={TOKENS_PER_DAY};w=")),
+        "{policy}"
+    );
+    assert!(policy.contains("qu=\"tokens\""), "{policy}");
+    // The request's own estimate is counted before it is forwarded.
+    let left = TOKENS_PER_DAY - estimate();
+    assert!(
+        current.starts_with(&format!("\"tokens_session\";r={left};t=")),
+        "{current}"
+    );
+    let (policy, _) = call(None).await;
+    assert!(!policy.contains("tokens_session"), "{policy}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_request_reports_its_session_budget_in_the_ratelimit_fields() {
+    let (provider, _) = start_provider(Duration::from_millis(1)).await;
+    let server =
+        Server::start_with(tempfile::tempdir().unwrap(), session_config(provider, "")).await;
+    let (_, key) = server
+        .consumer_with_key("session-headers", Some("sessions"))
+        .await;
+    check_session_headers(&server.gw("/ai/v1/chat/completions"), &key, "run-h").await;
 }

@@ -30,11 +30,15 @@ const CHUNKS: &[&str] = &["one", " two", " three", " four", " five"];
 type Seen = Arc<Mutex<Vec<String>>>;
 
 /// A golden SSE file served one frame per event, as a provider streams it.
-fn golden_stream(golden: &'static str) -> Response<UpBody> {
+fn golden_stream(golden: &str) -> Response<UpBody> {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let events: Vec<Bytes> = golden
+        .split_inclusive("\n\n")
+        .map(|e| Bytes::copy_from_slice(e.as_bytes()))
+        .collect();
     tokio::spawn(async move {
-        for event in golden.split_inclusive("\n\n") {
-            if tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_err() {
+        for event in events {
+            if tx.send(Ok(Frame::data(event))).await.is_err() {
                 return;
             }
         }
@@ -76,6 +80,18 @@ async fn provider(req: Request<Incoming>, seen: Seen) -> Result<Response<UpBody>
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = body["model"].as_str().unwrap_or("gpt-4o-mini");
+    if model.starts_with("tool-") {
+        // The golden streamed tool call, with a new call id every turn; "tool-refine" asks
+        // for another city every turn, "tool-fixed" for Paris again.
+        let turn = body["messages"].as_array().map_or(0, Vec::len);
+        let golden =
+            include_str!("../../../clientele-gateway/tests/llm/openai_chat_stream_tool_calls.sse");
+        let mut text = golden.replace("call_9pw1qnYScqvGrCH58HWCvFH6", &format!("call_{turn:024}"));
+        if model == "tool-refine" {
+            text = text.replace("Paris", &format!("Paris-{turn}"));
+        }
+        return Ok(golden_stream(&text));
+    }
     if model == "golden" {
         // The golden chat completion (cached prompt tokens), byte for byte.
         let golden = include_str!("../../../clientele-gateway/tests/llm/openai_chat.json");
@@ -568,6 +584,39 @@ async fn openai_cached_and_reasoning_tokens_are_kept_and_priced() {
         (&json!(1024), &json!(64), &json!(0)),
         "{mine}"
     );
+    // The dashboard's AI page shows the parts per consumer and per model: requests, tokens
+    // in, cache reads, cache writes, tokens out, reasoning.
+    let mut browser = crate::ui::admin_browser(&server).await;
+    let page = browser.get(&server, "/ai?range=24h").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("of which cache reads"), "{}", page.body);
+    let numbers = |marker: &str| -> Vec<String> {
+        let at = page
+            .body
+            .find(marker)
+            .unwrap_or_else(|| panic!("{marker} not on the page: {}", page.body));
+        let row = &page.body[at..];
+        let row = &row[..row.find("</tr>").unwrap()];
+        row.split(r#"<td class="num">"#)
+            .skip(1)
+            .map(|c| c[..c.find("</td>").unwrap()].to_string())
+            .collect()
+    };
+    let consumer = numbers(">agent-r</a>");
+    assert_eq!(consumer[2..4], ["1,024", "0"], "{consumer:?}");
+    assert_eq!(consumer[5], "64", "{consumer:?}");
+    let chat = numbers("<code>gpt-4o-2024-08-06</code>");
+    assert_eq!(
+        (&chat[2], &chat[5]),
+        (&"1,024".to_string(), &"0".to_string()),
+        "{chat:?}"
+    );
+    let o4 = numbers("<code>o4-mini-2025-04-16</code>");
+    assert_eq!(
+        (&o4[2], &o4[5]),
+        (&"0".to_string(), &"64".to_string()),
+        "{o4:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -992,4 +1041,86 @@ async fn mcp_tool_calls_are_attributed_per_tool() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// An agent that asks the model again and again gets the same tool call back (same name and
+/// arguments, new call ids) while its requests differ every turn (the conversation grows):
+/// the response's tool calls make the call fingerprint, so the session is an `agent_loop`.
+/// A session whose tool arguments change every turn is a chain, not a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_repeating_a_tool_call_is_a_loop_and_one_refining_it_is_not() {
+    let (server, _) = start().await;
+    let (_, key) = server.consumer_with_key("agent-t", Some("pro")).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/llm_tools.py");
+    let python = crate::exports::python();
+    let base = server.gw("/ai/v1");
+    for (session, model) in [("stuck-1", "tool-fixed"), ("refine-1", "tool-refine")] {
+        let (python, base, key) = (python.clone(), base.clone(), key.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(&python)
+                .args([script, &base, &key, session, model, "6"])
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {python}: {e}; run scripts/test.sh"))
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "the openai SDK failed (pip install openai, or run scripts/test.sh):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let sdk: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let calls = sdk["calls"].as_array().unwrap();
+        assert_eq!(calls.len(), 6, "{sdk}");
+        assert_eq!(calls[0][0][0], "get_weather", "{sdk}");
+        let first = &calls[0][0][1];
+        if model == "tool-fixed" {
+            assert_eq!(first, r#"{"city":"Paris","unit":"celsius"}"#, "{sdk}");
+            assert!(calls.iter().all(|c| c == &calls[0]), "{sdk}");
+        } else {
+            assert_ne!(calls[0], calls[1], "{sdk}");
+        }
+    }
+    let events = server
+        .wait_events("agent-t", "", |evs| {
+            evs.len() == 12 && evs.iter().all(|e| e["call_hash"].is_string())
+        })
+        .await;
+    // Every request differed (the conversation grew); the stuck session's answers did not.
+    let prints = |session: &str| {
+        events
+            .iter()
+            .filter(|e| e["session_id"] == session)
+            .map(|e| e["call_hash"].as_str().unwrap().to_string())
+            .collect::<std::collections::HashSet<_>>()
+    };
+    assert_eq!(prints("stuck-1").len(), 1, "{events:#?}");
+    assert_eq!(prints("refine-1").len(), 6, "{events:#?}");
+
+    let (status, report) = server
+        .admin(Method::POST, "/v1/findings/evaluate", None)
+        .await;
+    assert_eq!(status, 200, "{report}");
+    let loops: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "agent_loop")
+        .collect();
+    assert_eq!(loops.len(), 1, "{report:#}");
+    assert_eq!(loops[0]["consumer"], "agent-t");
+    assert_eq!(loops[0]["evidence"]["session_id"], "stuck-1");
+    assert_eq!(loops[0]["evidence"]["count"], 6);
+    let (_, sessions) = server
+        .admin(Method::GET, "/v1/sessions?consumer=agent-t", None)
+        .await;
+    let refine = sessions["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["session_id"] == "refine-1")
+        .expect("the refining session")
+        .clone();
+    assert_eq!(refine["loops"], 0, "{refine}");
+    assert_eq!(refine["longest_chain"]["calls"], 6, "{refine}");
 }
