@@ -503,11 +503,14 @@ test("ai: tokens and cost per consumer and per model as GET /v1/stats/models ans
   const alpha = rows.filter((r) => r.consumer === "alpha");
   const alphaRow = perConsumer.locator("tbody tr", { hasText: "alpha" });
   assert.equal(await alphaRow.locator("td").nth(2).textContent(), int(alpha.reduce((a, r) => a + r.tokens_in, 0)));
+  // Tokens in, of which cache reads and cache writes, tokens out, of which reasoning, cost.
+  assert.equal(await alphaRow.locator("td").nth(3).textContent(), int(alpha.reduce((a, r) => a + (r.tokens_cached ?? 0), 0)));
+  assert.equal(await alphaRow.locator("td").nth(5).textContent(), int(alpha.reduce((a, r) => a + r.tokens_out, 0)));
   const alphaCost = alpha.reduce((a, r) => a + r.cost_usd, 0);
-  assert.equal(await alphaRow.locator("td").nth(4).textContent(), `$${alphaCost.toFixed(6)}`);
+  assert.equal(await alphaRow.locator("td").nth(7).textContent(), `$${alphaCost.toFixed(6)}`);
   // The model without a price reads "unpriced", never $0.
   const perModel = page.locator("table", { has: page.locator("caption", { hasText: "Cost per model" }) });
-  assert.equal(await perModel.locator("tbody tr", { hasText: "local-model" }).locator("td").nth(4).textContent(), "unpriced");
+  assert.equal(await perModel.locator("tbody tr", { hasText: "local-model" }).locator("td").nth(7).textContent(), "unpriced");
   await shot(page, "07b-ai");
   await context.close();
 });
