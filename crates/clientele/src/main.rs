@@ -36,12 +36,12 @@ fn purge_freed_pages_at_once() {
     }
 }
 
-/// mimalloc asks for transparent huge pages on its segments, and khugepaged later fills the
-/// rest of each 2 MiB page around the few live objects there: in the 30-minute soak at 10,000
-/// consumers half the heap sat in huge pages (310 of 635 MiB) and RSS crept up well after the
-/// working set stopped growing, the bloat Redis and MongoDB document when they tell users to
-/// disable THP. Disabled for the process before anything large is allocated; the
-/// environment's `MIMALLOC_ALLOW_THP`, when set, wins.
+/// mimalloc asks for transparent huge pages on its segments, and a 2 MiB page is resident whole
+/// however little of it is live: in the 30-minute soak at 10,000 consumers half the heap sat in
+/// huge pages (310 of 635 MiB). Redis and MongoDB tell users to disable THP for this bloat. A
+/// soak with them off ended at the same RSS on a busy machine, so the gain is not measured
+/// here. Disabled for the process before anything large is allocated; the environment's
+/// `MIMALLOC_ALLOW_THP`, when set, wins.
 #[cfg(all(target_os = "linux", not(feature = "system-alloc")))]
 fn no_transparent_huge_pages() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
