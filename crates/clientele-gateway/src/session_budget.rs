@@ -29,6 +29,17 @@ struct Spent {
     last_ms: i64,
 }
 
+impl Spent {
+    /// What the session has used of a budget of `kind`: micro-dollars or tokens.
+    fn used(&self, kind: LimitKind) -> u64 {
+        if kind.is_usd() {
+            self.micro_usd
+        } else {
+            self.tokens
+        }
+    }
+}
+
 /// The sessions' spending, shared by the gateway's requests.
 #[derive(Debug)]
 pub struct SessionTable {
@@ -109,11 +120,7 @@ impl SessionTable {
         spent.last_ms = now_ms;
         for (kind, limit) in budgets.kinds() {
             let Some(limit) = limit else { continue };
-            let used = if kind.is_usd() {
-                spent.micro_usd
-            } else {
-                spent.tokens
-            };
+            let used = spent.used(kind);
             if used >= limit {
                 return Err(SessionRefusal { kind, limit, used });
             }
@@ -123,12 +130,12 @@ impl SessionTable {
         let mut tightest = Tightest::default();
         for (kind, limit) in budgets.kinds() {
             let Some(limit) = limit else { continue };
-            let used = if kind.is_usd() {
-                spent.micro_usd
-            } else {
-                spent.tokens
-            };
-            tightest.keep(quota_status(kind, limit, used, SESSION_BUDGET_IDLE_MS));
+            tightest.keep(quota_status(
+                kind,
+                limit,
+                spent.used(kind),
+                SESSION_BUDGET_IDLE_MS,
+            ));
         }
         Ok(SessionHeld {
             table: self.clone(),

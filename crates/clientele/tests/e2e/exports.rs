@@ -263,22 +263,9 @@ flush_interval_ms = 50
         "clientele_requests_total{api=\"petstore\",status_class=\"2xx\",outcome=\"proxied\"} 85"
     ));
 
-    // Traces: one span per request, decoded by the official schema.
-    // The two traced requests may land in different export batches: wait for the one holding
-    // the /status span.
-    let traces = wait_for_path(&got, "/v1/traces", |b| {
-        b.windows(16)
-            .any(|w| w == hex_bytes("4bf92f3577b34da6a3ce929d0e0e4736"))
-            && b.windows(7).any(|w| w == b"/status")
-    })
-    .await;
-    let doc = decode_otlp("traces", "protobuf", &traces, server.dir.path());
-    let span = spans_of(&doc)
-        .find(|s| {
-            s["traceId"] == "4bf92f3577b34da6a3ce929d0e0e4736"
-                && attr(&s["attributes"], "url.path").is_some_and(|v| v["stringValue"] == "/status")
-        })
-        .expect("the span of the traced request");
+    // Traces: one span per request, decoded by the official schema. The two traced requests
+    // may land in different export batches: each span is read from the batch holding it.
+    let (doc, span) = traced_span(&got, server.dir.path(), "/status").await;
     assert_eq!(span["kind"], "SPAN_KIND_SERVER");
     assert_eq!(span["status"]["code"], "STATUS_CODE_ERROR");
     let a = &span["attributes"];
@@ -309,21 +296,8 @@ flush_interval_ms = 50
         doc["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"],
         "clientele"
     );
-    // The span the upstream was told is its parent is the span exported for the request. It may
-    // be in a later batch than the /status span (CI saw this), so wait for its own batch.
-    let echo_traces = wait_for_path(&got, "/v1/traces", |b| {
-        b.windows(16)
-            .any(|w| w == hex_bytes("4bf92f3577b34da6a3ce929d0e0e4736"))
-            && b.windows(5).any(|w| w == b"/echo")
-    })
-    .await;
-    let echo_doc = decode_otlp("traces", "protobuf", &echo_traces, server.dir.path());
-    let echo_span = spans_of(&echo_doc)
-        .find(|s| {
-            s["traceId"] == "4bf92f3577b34da6a3ce929d0e0e4736"
-                && attr(&s["attributes"], "url.path").is_some_and(|v| v["stringValue"] == "/echo")
-        })
-        .expect("the echo request's span");
+    // The span the upstream was told is its parent is the span exported for the request.
+    let (_, echo_span) = traced_span(&got, server.dir.path(), "/echo").await;
     assert_eq!(
         upstream_parent,
         format!(
@@ -366,6 +340,25 @@ flush_interval_ms = 50
     assert!(first["consumer"].as_str().unwrap().starts_with('c'));
     assert!(dir.join("events.ndjson.1").exists(), "no rotation happened");
     assert!(!dir.join("events.ndjson.3").exists(), "keep = 2");
+}
+
+/// The span of the test's traced request to `path`, with the decoded traces batch holding it.
+async fn traced_span(got: &Received, dir: &Path, path: &str) -> (Value, Value) {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traces = wait_for_path(got, "/v1/traces", |b| {
+        b.windows(16).any(|w| w == hex_bytes(TRACE))
+            && b.windows(path.len()).any(|w| w == path.as_bytes())
+    })
+    .await;
+    let doc = decode_otlp("traces", "protobuf", &traces, dir);
+    let span = spans_of(&doc)
+        .find(|s| {
+            s["traceId"] == TRACE
+                && attr(&s["attributes"], "url.path").is_some_and(|v| v["stringValue"] == path)
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("the span of the traced request to {path}"));
+    (doc, span)
 }
 
 /// Every span of a decoded OTLP traces document.

@@ -833,17 +833,8 @@ async fn identical_calls_past_max_identical_calls_are_refused_and_the_loop_is_a_
         3
     );
     // The session repeated one call 6 times: an agent_loop finding, naming it.
-    let (status, report) = server
-        .admin(Method::POST, "/v1/findings/evaluate", None)
-        .await;
-    assert_eq!(status, 200, "{report}");
-    let loops: Vec<&Value> = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["kind"] == "agent_loop")
-        .collect();
-    assert_eq!(loops.len(), 1, "{report:#}");
+    let loops = agent_loops(&server).await;
+    assert_eq!(loops.len(), 1, "{loops:#?}");
     assert_eq!(loops[0]["consumer"], "agent-g");
     assert_eq!(loops[0]["evidence"]["session_id"], "loop-1");
     assert_eq!(loops[0]["evidence"]["count"], 6);
@@ -1097,17 +1088,8 @@ async fn an_agent_repeating_a_tool_call_is_a_loop_and_one_refining_it_is_not() {
     assert_eq!(prints("stuck-1").len(), 1, "{events:#?}");
     assert_eq!(prints("refine-1").len(), 6, "{events:#?}");
 
-    let (status, report) = server
-        .admin(Method::POST, "/v1/findings/evaluate", None)
-        .await;
-    assert_eq!(status, 200, "{report}");
-    let loops: Vec<&Value> = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["kind"] == "agent_loop")
-        .collect();
-    assert_eq!(loops.len(), 1, "{report:#}");
+    let loops = agent_loops(&server).await;
+    assert_eq!(loops.len(), 1, "{loops:#?}");
     assert_eq!(loops[0]["consumer"], "agent-t");
     assert_eq!(loops[0]["evidence"]["session_id"], "stuck-1");
     assert_eq!(loops[0]["evidence"]["count"], 6);
@@ -1123,4 +1105,19 @@ async fn an_agent_repeating_a_tool_call_is_a_loop_and_one_refining_it_is_not() {
         .clone();
     assert_eq!(refine["loops"], 0, "{refine}");
     assert_eq!(refine["longest_chain"]["calls"], 6, "{refine}");
+}
+
+/// The `agent_loop` findings of an evaluation asked for now.
+async fn agent_loops(server: &Server) -> Vec<Value> {
+    let (status, report) = server
+        .admin(Method::POST, "/v1/findings/evaluate", None)
+        .await;
+    assert_eq!(status, 200, "{report}");
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "agent_loop")
+        .cloned()
+        .collect()
 }
