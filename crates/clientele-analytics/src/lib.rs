@@ -56,6 +56,15 @@ impl Tier {
     pub fn from_index(i: u8) -> Option<Tier> {
         Tier::ALL.get(i as usize).copied()
     }
+
+    /// The tier a bucket of this one is made of.
+    pub fn finer(self) -> Option<Tier> {
+        match self {
+            Tier::Minute => None,
+            Tier::Hour => Some(Tier::Minute),
+            Tier::Day => Some(Tier::Hour),
+        }
+    }
 }
 
 /// How long each tier is kept, in milliseconds.
@@ -234,11 +243,11 @@ impl Default for Engine {
     }
 }
 
-fn floor_to(t: i64, size: i64) -> i64 {
+pub(crate) fn floor_to(t: i64, size: i64) -> i64 {
     t.div_euclid(size) * size
 }
 
-fn ceil_to(t: i64, size: i64) -> i64 {
+pub(crate) fn ceil_to(t: i64, size: i64) -> i64 {
     -floor_to(-t, size)
 }
 
@@ -292,19 +301,42 @@ impl Engine {
             })
             .collect();
         let now = clientele_core::time::now_ms();
+        let derive = self.persist.get().is_some();
         for tier in Tier::ALL {
             let map = &mut tiers[tier as usize];
             let on_disk = &disk.buckets[tier as usize];
             // Back-dated events older than a tier's retention skip that tier: the bucket would
             // be pruned at once, and queries over that time read coarser tiers anyway.
             let oldest = floor_to(now - self.retention.of(tier), tier.size_ms());
+            // With a store attached, an hour or day bucket is built from its minutes or hours
+            // once it closes (see `persist`), so it takes only the events no finer tier keeps,
+            // and late ones for a bucket already built (a delta). The open hour and day then
+            // cost no memory at all.
+            let finer_oldest = match tier.finer() {
+                Some(f) if derive => Some(floor_to(now - self.retention.of(f), f.size_ms())),
+                _ => None,
+            };
             // Events mostly arrive in time order, so consecutive events share a bucket: look
             // the bucket up once per run rather than once per event.
             let mut current: Option<(i64, &mut Bucket)> = None;
+            let mut built: Option<(i64, bool)> = None;
             for (ts, key, sample) in &keyed {
                 let start = floor_to(*ts, tier.size_ms());
                 if start < oldest {
                     continue;
+                }
+                if finer_oldest.is_some_and(|f| *ts >= f) {
+                    let written = match built {
+                        Some((s, w)) if s == start => w,
+                        _ => {
+                            let w = on_disk.contains(&start);
+                            built = Some((start, w));
+                            w
+                        }
+                    };
+                    if !written {
+                        continue;
+                    }
                 }
                 let bucket = match current {
                     Some((s, bucket)) if s == start => bucket,
@@ -419,7 +451,11 @@ impl Engine {
         mut f: impl FnMut(i64, View<'_>),
     ) {
         let now = clientele_core::time::now_ms();
+        let mut segments = Vec::new();
         for (tier, a, b) in self.plan(q.from_ms, q.to_ms, now, max_tier) {
+            self.whole_segments(state, tier, a, b, now, &mut segments);
+        }
+        for (tier, a, b) in segments {
             self.each_bucket(state, tier, a, b, part, &mut f);
         }
     }
@@ -647,7 +683,7 @@ impl Engine {
     pub fn export(&self, tier: Tier, from_ms: i64, to_ms: i64) -> Vec<ExportedRollup> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
-        self.each_bucket(
+        self.each_whole(
             &state,
             tier,
             from_ms,

@@ -1,16 +1,21 @@
 //! Closed buckets on disk, read back through a bounded cache.
 //!
-//! With a [`BucketStore`] attached ([`Engine::attach`]), memory holds only the open buckets of
-//! each tier (and those that closed less than [`GRACE_MS`] ago). [`Engine::flush`] writes every
-//! closed bucket, in one transaction with the names it refers to and the event counts of the
-//! days it completes, and only then drops it from memory. Queries read a persisted bucket back
-//! through a cache of encoded parts bounded in bytes (`[analytics].rollup_cache_mib`).
+//! With a [`BucketStore`] attached ([`Engine::attach`]), memory holds only the open minute
+//! buckets (and those that closed less than [`GRACE_MS`] ago). Hour and day buckets are not
+//! kept open: once an hour has closed, [`Engine::flush`] builds it from its minutes on disk,
+//! and a day from its hours. Until then queries read the open hour as its minutes and the open
+//! day as its hours (`whole_segments`), so memory follows the series active in the last few
+//! minutes, not in the day. [`Engine::flush`] writes every closed minute in one transaction with
+//! the names it refers to and the event counts of the days it completes, and only then drops it
+//! from memory; each built hour or day is one more transaction. Queries read a persisted
+//! bucket back through a cache of encoded parts bounded in bytes (`[analytics].rollup_cache_mib`).
 //!
 //! An event for a bucket already written (a late or back-dated one) goes into a small in-memory
 //! delta that queries add to the persisted bucket, and that the next flush merges into it. So
 //! answers are the same whether a bucket was evicted or not.
 //!
-//! Start-up (see `clientele_app::rollups::restore`) trusts a day whose persisted event count
+//! A day's count is written with its day bucket (or with its last deltas), never before: so
+//! start-up (see `clientele_app::rollups::restore`) trusts a day whose persisted event count
 //! equals the event log's count for that day; any other day with raw events is forgotten and
 //! rebuilt from them. A crash therefore loses nothing derived from durable events, and start-up
 //! replays only the days not yet complete on disk (today's, typically).
@@ -20,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use rustc_hash::FxHashMap as HashMap;
 
-use crate::{Bucket, DAY_MS, Engine, MINUTE_MS, Rollup, SeriesKey, State, Tier};
+use crate::{Bucket, DAY_MS, Engine, MINUTE_MS, Rollup, SeriesKey, State, Tier, ceil_to, floor_to};
 
 /// How long a closed bucket stays in memory before it is written: late events within it are
 /// folded in place.
@@ -498,15 +503,32 @@ impl Engine {
         }
     }
 
-    /// Writes every bucket that closed at least [`GRACE_MS`] before `now_ms` (merging deltas
-    /// into what is on disk) with the names they use and the days they complete, in one
-    /// transaction; then drops them from memory. On error nothing changes: the buckets stay in
-    /// memory and the next flush tries again.
+    /// Writes every bucket that closed at least [`GRACE_MS`] before `now_ms`: closed minutes
+    /// and deltas first (merged into what is on disk), with the names they use and the days
+    /// they complete, in one transaction; then builds each closed hour from its minutes and
+    /// each closed day from its hours, one transaction each. Written buckets leave memory. On
+    /// error the step that failed changes nothing: what it would have written stays in memory
+    /// (or on disk, for the parts of a bucket not yet built) and the next flush tries again.
     pub fn flush(&self, now_ms: i64) -> Result<Flushed, String> {
         let Some(p) = self.persist.get() else {
             return Ok(Flushed::default());
         };
         let _one = p.flushing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut flushed = self.flush_closed(p, now_ms)?;
+        for tier in [Tier::Hour, Tier::Day] {
+            for start in self.unbuilt(tier, now_ms) {
+                let built = self.build(p, tier, start)?;
+                flushed.buckets += built.buckets;
+                flushed.rollups += built.rollups;
+                flushed.days += built.days;
+            }
+        }
+        Ok(flushed)
+    }
+
+    /// The first step of [`Engine::flush`]: closed minutes, and deltas of buckets already
+    /// written, in one transaction.
+    fn flush_closed(&self, p: &Persist, now_ms: i64) -> Result<Flushed, String> {
         // The write lock is held from choosing to dropping, so no event can land in a chosen
         // bucket after it was encoded. Flushes are small (a minute's closed buckets) except in
         // a bulk import, where ingest waiting is the back-pressure wanted.
@@ -525,6 +547,10 @@ impl Engine {
             for tier in Tier::ALL {
                 let end = now_ms - tier.size_ms() - GRACE_MS;
                 for (start, bucket) in state.tiers[tier as usize].range(..=end) {
+                    // An hour or day not yet written is built from its finer tier, after this.
+                    if tier != Tier::Minute && !bucket.delta {
+                        continue;
+                    }
                     let merged;
                     let full = if bucket.delta {
                         let mut base = Bucket::default();
@@ -557,7 +583,13 @@ impl Engine {
                 }
             }
             for (day, c) in &state.disk.days {
-                if day + DAY_MS + GRACE_MS <= now_ms && c.folded != c.saved {
+                // A day whose bucket is still to be built has its count written with it, so
+                // start-up never trusts a day that is not whole on disk.
+                if day + DAY_MS + GRACE_MS <= now_ms
+                    && c.folded != c.saved
+                    && (state.disk.buckets[Tier::Day as usize].contains(day)
+                        || !Self::has_rollups(&state, *day))
+                {
                     save.days.push((*day, c.folded));
                 }
             }
@@ -590,6 +622,244 @@ impl Engine {
             }
         }
         Ok(flushed)
+    }
+
+    /// Whether any rollup of the UTC day starting at `day` is in memory or on disk.
+    fn has_rollups(state: &State, day: i64) -> bool {
+        let range = day..day + DAY_MS;
+        Tier::ALL.iter().any(|t| {
+            state.tiers[*t as usize]
+                .range(range.clone())
+                .next()
+                .is_some()
+                || state.disk.buckets[*t as usize]
+                    .range(range.clone())
+                    .next()
+                    .is_some()
+        })
+    }
+
+    /// Closed buckets of `tier` (hour or day) not yet written that have something to be built
+    /// from: finer buckets in memory or on disk, or events of their own.
+    fn unbuilt(&self, tier: Tier, now_ms: i64) -> Vec<i64> {
+        let Some(finer) = tier.finer() else {
+            return Vec::new();
+        };
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let size = tier.size_ms();
+        let end = now_ms - size - GRACE_MS;
+        let written = &state.disk.buckets[tier as usize];
+        let own = state.tiers[tier as usize]
+            .iter()
+            .filter(|(_, b)| !b.delta)
+            .map(|(s, _)| *s);
+        let parts = state.tiers[finer as usize]
+            .keys()
+            .chain(&state.disk.buckets[finer as usize])
+            .map(|s| floor_to(*s, size));
+        let out: BTreeSet<i64> = own
+            .chain(parts)
+            .filter(|s| *s <= end && !written.contains(s))
+            .collect();
+        out.into_iter().collect()
+    }
+
+    /// Builds one closed bucket of `tier` from its finer buckets and writes it. The finer
+    /// buckets on disk are read without the state lock (only a flush changes them, and this is
+    /// the flush); what arrived since they were written (deltas in memory) is added under the
+    /// write lock, in which the bucket is also written and marked, so no event is missed or
+    /// counted twice.
+    fn build(&self, p: &Persist, tier: Tier, start: i64) -> Result<Flushed, String> {
+        let Some(finer) = tier.finer() else {
+            return Ok(Flushed::default());
+        };
+        let range = start..start + tier.size_ms();
+        let parts: Vec<i64> = {
+            let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+            state.disk.buckets[finer as usize]
+                .range(range.clone())
+                .copied()
+                .collect()
+        };
+        let mut built = Bucket::default();
+        for part_start in parts {
+            let unreadable = || format!("persisted bucket {finer:?} {part_start} cannot be read");
+            if let Some(bytes) = p.store.load(finer, part_start, Part::Consumers)? {
+                walk_consumers(&bytes, |c, r| {
+                    built.consumers.entry(c).or_default().merge(r);
+                    true
+                })
+                .ok_or_else(unreadable)?;
+            }
+            if let Some(bytes) = p.store.load(finer, part_start, Part::Series)? {
+                walk_series(&bytes, |k, r| {
+                    built.series.entry(*k).or_default().merge(r);
+                })
+                .ok_or_else(unreadable)?;
+            }
+        }
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut pending = false;
+        for (_, b) in state.tiers[finer as usize].range(range.clone()) {
+            built.merge(b);
+            pending = true;
+        }
+        if tier == Tier::Day {
+            // Minutes of an hour not built yet (late events that arrived after the hours were
+            // built, before this): the hour is built from them later, but the day is now.
+            let State { tiers, disk, .. } = &*state;
+            for (m, b) in tiers[Tier::Minute as usize].range(range.clone()) {
+                if !disk.buckets[Tier::Hour as usize].contains(&floor_to(*m, crate::HOUR_MS)) {
+                    built.merge(b);
+                }
+            }
+        }
+        if let Some(own) = state.tiers[tier as usize].get(&start) {
+            built.merge(own);
+        }
+        let mut save = Save {
+            first_name: state.disk.names_saved as u32,
+            names: state.names.names[state.disk.names_saved..]
+                .iter()
+                .map(|n| n.to_string())
+                .collect(),
+            ..Default::default()
+        };
+        if tier == Tier::Day {
+            // The day's count goes with its bucket, unless finer deltas still wait in memory:
+            // then the next flush writes them and the count together.
+            let minutes = state.tiers[Tier::Minute as usize]
+                .range(range.clone())
+                .next()
+                .is_some();
+            if let Some(c) = state.disk.days.get(&start) {
+                if !pending && !minutes && c.folded != c.saved {
+                    save.days.push((start, c.folded));
+                }
+            }
+        }
+        let rollups = built.series.len() + built.consumers.len();
+        save.buckets.push(SavedBucket {
+            tier,
+            start_ms: start,
+            consumers: encode_consumers(&built.consumers),
+            series: encode_series(&built.series),
+        });
+        drop(built);
+        let names = save.first_name as usize + save.names.len();
+        let days = save.days.clone();
+        if let Err(e) = p.store.save(save) {
+            clientele_core::warn_every!(p.errors, error = %e, "persisting a closed rollup bucket failed; it is built again at the next flush");
+            return Err(e);
+        }
+        state.tiers[tier as usize].remove(&start);
+        state.disk.buckets[tier as usize].insert(start);
+        p.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget(tier as u8, start);
+        state.disk.names_saved = state.disk.names_saved.max(names);
+        for (day, n) in &days {
+            if let Some(c) = state.disk.days.get_mut(day) {
+                c.saved = *n;
+            }
+        }
+        Ok(Flushed {
+            buckets: 1,
+            rollups,
+            days: days.len(),
+        })
+    }
+
+    /// Whether a bucket holds all its requests itself. Without a store every bucket does; with
+    /// one, an hour or day does once built (on disk), or when its finer tier no longer reaches
+    /// back to it. Until then its finer buckets answer for it.
+    pub(crate) fn whole(&self, state: &State, tier: Tier, start: i64, now: i64) -> bool {
+        match tier.finer() {
+            None => true,
+            Some(finer) => {
+                self.persist.get().is_none()
+                    || start < now - self.retention.of(finer)
+                    || state.disk.buckets[tier as usize].contains(&start)
+            }
+        }
+    }
+
+    /// Buckets of `tier` starting in `[from, to)` as segments of whole buckets: one not yet
+    /// built is replaced by the finer buckets it is made of (recursively), so the open hour is
+    /// read as its minutes and the open day as its hours.
+    pub(crate) fn whole_segments(
+        &self,
+        state: &State,
+        tier: Tier,
+        from: i64,
+        to: i64,
+        now: i64,
+        out: &mut Vec<(Tier, i64, i64)>,
+    ) {
+        let push = |out: &mut Vec<(Tier, i64, i64)>, t: Tier, a: i64, b: i64| {
+            if a < b {
+                out.push((t, a, b));
+            }
+        };
+        if from >= to {
+            return;
+        }
+        let Some(finer) = tier.finer().filter(|_| self.persist.get().is_some()) else {
+            push(out, tier, from, to);
+            return;
+        };
+        let size = tier.size_ms();
+        // Before `lo` every bucket is whole (its finer tier is past retention); after the last
+        // finer bucket there is nothing to be made of.
+        let lo = ceil_to(from, size).max(floor_to(now - self.retention.of(finer), size));
+        let last = [
+            state.tiers[finer as usize].keys().next_back().copied(),
+            state.disk.buckets[finer as usize].last().copied(),
+            state.tiers[tier as usize].keys().next_back().copied(),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        let hi = last.map_or(lo, |l| to.min(floor_to(l, size) + size));
+        let mut run = from;
+        let mut s = lo;
+        while s < hi {
+            if !self.whole(state, tier, s, now) {
+                push(out, tier, run, s);
+                self.whole_segments(state, finer, s, s + size, now, out);
+                run = s + size;
+            }
+            s += size;
+        }
+        push(out, tier, run, to);
+    }
+
+    /// [`Engine::each_bucket`] over whole buckets: one of `tier` not yet built is visited as
+    /// the finer buckets it is made of, each reported with its own start floored to `tier`.
+    /// Callers therefore add up what they see per start, never keep only the last.
+    pub(crate) fn each_whole(
+        &self,
+        state: &State,
+        tier: Tier,
+        from: i64,
+        to: i64,
+        part: Part,
+        mut f: impl FnMut(i64, View<'_>),
+    ) {
+        let mut segments = Vec::new();
+        self.whole_segments(
+            state,
+            tier,
+            from,
+            to,
+            clientele_core::time::now_ms(),
+            &mut segments,
+        );
+        let size = tier.size_ms();
+        for (t, a, b) in segments {
+            self.each_bucket(state, t, a, b, part, |start, v| f(floor_to(start, size), v));
+        }
     }
 
     /// A persisted bucket's part, from the cache or the store; checked before it is cached.

@@ -5,6 +5,11 @@
 //!
 //! Callbacks run while the engine's read lock is held: they should only copy numbers out, so
 //! that ingest (which takes the write lock) waits as little as possible.
+//!
+//! With a store attached, an hour or day not yet built (the open one, or one closed less than
+//! a flush ago) is visited as the minutes or hours it is made of, each reported with the
+//! coarse bucket's start. Callbacks must add up what they see for one start (merge, sum, max
+//! of maxima), never keep only the last rollup.
 
 use std::sync::Arc;
 
@@ -75,7 +80,7 @@ impl Engine {
             return;
         }
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        self.each_bucket(
+        self.each_whole(
             &state,
             tier,
             from_ms,
@@ -98,7 +103,7 @@ impl Engine {
             return;
         }
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        self.each_bucket(
+        self.each_whole(
             &state,
             tier,
             from_ms,
@@ -138,7 +143,7 @@ impl Engine {
         let mut rows: rustc_hash::FxHashMap<u32, usize> = Default::default();
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         let to = from + len as i64 * step;
-        self.each_bucket(&state, tier, from, to, Part::Consumers, |start, bucket| {
+        self.each_whole(&state, tier, from, to, Part::Consumers, |start, bucket| {
             let idx = ((start - from) / step) as usize;
             bucket.consumers(|c, r| {
                 let row = *rows.entry(c).or_insert_with(|| {

@@ -387,6 +387,8 @@ type Parts = (Vec<u8>, Vec<u8>);
 struct MemStore {
     buckets: std::sync::Mutex<HashMap<(u8, i64), Parts>>,
     loads: std::sync::atomic::AtomicUsize,
+    /// Day counts written for a day whose day bucket was not on disk once the save was.
+    untrusty_days: std::sync::atomic::AtomicUsize,
 }
 
 impl BucketStore for MemStore {
@@ -394,6 +396,14 @@ impl BucketStore for MemStore {
         let mut b = self.buckets.lock().unwrap();
         for s in save.buckets {
             b.insert((s.tier as u8, s.start_ms), (s.consumers, s.series));
+        }
+        for (day, _) in save.days {
+            // A day with rollups must be whole on disk before start-up may trust its count.
+            let any = b.keys().any(|(_, s)| (day..day + DAY_MS).contains(s));
+            if any && !b.contains_key(&(Tier::Day as u8, day)) {
+                self.untrusty_days
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         Ok(())
     }
@@ -604,4 +614,92 @@ fn late_events_for_written_buckets_are_counted_before_and_after_the_next_flush()
         "deltas merged into the buckets on disk"
     );
     same_answers(&a, &b, now);
+}
+
+#[test]
+fn open_hours_and_days_are_read_from_their_minutes_and_built_once_closed() {
+    let now = clientele_core::time::now_ms();
+    // Three hours and a half of traffic, flushed every minute as the housekeeping tick would.
+    let from = floor_to(now, MINUTE_MS) - 210 * MINUTE_MS;
+    let a = Engine::default();
+    let b = Engine::default();
+    let store = Arc::new(MemStore::default());
+    b.attach(store.clone(), Persisted::default(), 1 << 20)
+        .unwrap();
+    let consumers = ["acme", "globex", "initech", "hooli"];
+    let routes = ["/pets", "/pets/{id}", "/orders"];
+    let mut most = 0;
+    for minute in 0..210i64 {
+        let events: Vec<_> = (0..24i64)
+            .map(|k| {
+                (
+                    from + minute * MINUTE_MS + k * 2_500,
+                    consumers[(k % 4) as usize],
+                    routes[((k + minute) % 3) as usize],
+                    if (k * minute) % 13 == 0 { 502 } else { 200 },
+                    3.0 + ((k * 7 + minute) % 41) as f64,
+                )
+            })
+            .collect();
+        fold(&a, &events);
+        fold(&b, &events);
+        b.flush(from + (minute + 1) * MINUTE_MS).unwrap();
+        most = most.max(b.stats().buckets);
+        if minute == 100 {
+            // Mid-way: the open hour and day are answered from minutes and hours alone.
+            same_answers(&a, &b, now);
+        }
+    }
+    assert!(
+        most <= 4,
+        "memory holds the open minute and those in their grace, never an hour or a day: {most}"
+    );
+    // Every closed hour was built, each from its minutes.
+    let hours: Vec<i64> = {
+        let built = store.buckets.lock().unwrap();
+        let mut h: Vec<i64> = built
+            .keys()
+            .filter(|(t, _)| *t == Tier::Hour as u8)
+            .map(|(_, s)| *s)
+            .collect();
+        h.sort_unstable();
+        h
+    };
+    let closed = (from..now - HOUR_MS - GRACE_MS)
+        .step_by(HOUR_MS as usize)
+        .filter(|s| s % HOUR_MS == 0)
+        .count();
+    assert!(hours.len() >= 2, "{hours:?}");
+    assert!(
+        hours.len() >= closed.saturating_sub(1),
+        "{hours:?} of {closed}"
+    );
+    same_answers(&a, &b, now);
+    // Late events into a built hour, and into an hour and day of no traffic yet, are counted
+    // before and after the next flush.
+    let late: Vec<_> = (0..30i64)
+        .map(|i| (from + i * 3 * MINUTE_MS, "acme", "/pets", 200, 9.0))
+        .chain((0..5).map(|i| {
+            (
+                from - DAY_MS - 5 * HOUR_MS + i * 1_000,
+                "late",
+                "/x",
+                503,
+                1.0,
+            )
+        }))
+        .collect();
+    fold(&a, &late);
+    fold(&b, &late);
+    same_answers(&a, &b, now);
+    b.flush(now).unwrap();
+    b.flush(now).unwrap();
+    same_answers(&a, &b, now);
+    assert_eq!(
+        store
+            .untrusty_days
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a day's count is written only with (or after) its day bucket"
+    );
 }

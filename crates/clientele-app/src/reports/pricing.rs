@@ -87,21 +87,33 @@ pub fn pricing(
     let names = engine.names();
     let name = |id: u32| names.get(id as usize).map_or("", |n| &**n).to_string();
     let mut usage: HashMap<u32, Usage> = HashMap::new();
+    // A day or hour not yet built is visited as its parts, so both scans add up per bucket
+    // before judging one.
+    let mut limited: HashMap<(u32, i64), u64> = HashMap::new();
     engine.scan_consumers(Tier::Day, from_ms, to_ms, |day, c, r| {
         let u = usage.entry(c).or_default();
         *u.days.entry(day).or_default() += r.counters.requests;
         u.requests += r.counters.requests;
         u.rate_limited += r.counters.rate_limited;
-        if r.counters.rate_limited > 0 {
-            u.limited_days += 1;
-        }
+        *limited.entry((c, day)).or_default() += r.counters.rate_limited;
     });
+    for ((c, _), n) in limited {
+        if n > 0 {
+            if let Some(u) = usage.get_mut(&c) {
+                u.limited_days += 1;
+            }
+        }
+    }
+    let mut hours: HashMap<(u32, i64), u64> = HashMap::new();
     engine.scan_consumers(Tier::Hour, from_ms, to_ms, |hour, c, r| {
+        *hours.entry((c, hour)).or_default() += r.counters.requests;
+    });
+    for ((c, hour), n) in hours {
         let u = usage.entry(c).or_default();
         let day = hour.div_euclid(DAY_MS) * DAY_MS;
         let peak = u.peak_hour.entry(day).or_default();
-        *peak = (*peak).max(r.counters.requests);
-    });
+        *peak = (*peak).max(n);
+    }
     let total: u64 = usage.values().map(|u| u.requests).sum();
     let ranked = plans_by_value(plans);
     let rank = |p: &str| ranked.iter().position(|(n, _)| *n == p);

@@ -327,7 +327,8 @@ fn hourly(
             if suspicious.contains(&c) && !mixed.contains(&(c, start / HOUR_MS)) {
                 let i = (start / HOUR_MS - from_hour) as usize;
                 if let Some(s) = rows.entry(c).or_insert_with(|| vec![None; len]).get_mut(i) {
-                    *s = Some(r.clone());
+                    // An hour not yet built comes as its minutes: add them up.
+                    s.get_or_insert_with(Rollup::default).merge(r);
                 }
             }
         });
