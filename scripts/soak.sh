@@ -5,13 +5,15 @@
 # A benchmark, not a test: it reports the RSS slope after warm-up and never fails on a number.
 #
 # Usage: bash scripts/soak.sh     (env: MINUTES=30 CONSUMERS=10000 CONNS=32 SAMPLE_SECS=10
-#        WARMUP_FRACTION=0.2 BIN=path/to/clientele to skip the release build)
+#        WARMUP_FRACTION=0.2 CACHE_MIB=64 BIN=path/to/clientele to skip the release build)
 # Output: one line per sample (elapsed s, RSS MiB, requests so far), the slope after warm-up in
 # MiB/min, and the change between the first and last post-warm-up samples; the samples are also
 # written to bench-results/soak-<timestamp>.csv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES="${MINUTES:-30}" CONSUMERS="${CONSUMERS:-10000}" CONNS="${CONNS:-32}"
+# The rollup cache's budget ([analytics].rollup_cache_mib): part of the warm-up is its filling.
+CACHE_MIB="${CACHE_MIB:-64}"
 SAMPLE_SECS="${SAMPLE_SECS:-10}" WARMUP_FRACTION="${WARMUP_FRACTION:-0.2}"
 die() { echo "soak: $*" >&2; exit 1; }
 PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
@@ -61,6 +63,8 @@ token = "$token"
 max_body_bytes = 67108864
 [storage]
 data_dir = "$dir/data"
+[analytics]
+rollup_cache_mib = $CACHE_MIB
 [[apis]]
 name = "soak"
 upstream = "http://127.0.0.1:$up_port"

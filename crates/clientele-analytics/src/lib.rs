@@ -312,8 +312,13 @@ impl Engine {
             // once it closes (see `persist`), so it takes only the events no finer tier keeps,
             // and late ones for a bucket already built (a delta). The open hour and day then
             // cost no memory at all.
+            // A bucket its finer tier no longer fully reaches back to (the hour straddling the
+            // minutes' retention) holds its events itself, as queries read it whole.
             let finer_oldest = match tier.finer() {
-                Some(f) if derive => Some(floor_to(now - self.retention.of(f), f.size_ms())),
+                Some(f) if derive => Some((
+                    floor_to(now - self.retention.of(f), f.size_ms()),
+                    now - self.retention.of(f),
+                )),
                 _ => None,
             };
             // Events mostly arrive in time order, so consecutive events share a bucket: look
@@ -325,7 +330,7 @@ impl Engine {
                 if start < oldest {
                     continue;
                 }
-                if finer_oldest.is_some_and(|f| *ts >= f) {
+                if finer_oldest.is_some_and(|(f, aged)| *ts >= f && start >= aged) {
                     let written = match built {
                         Some((s, w)) if s == start => w,
                         _ => {

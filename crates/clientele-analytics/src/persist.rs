@@ -517,7 +517,7 @@ impl Engine {
         let mut flushed = self.flush_closed(p, now_ms)?;
         for tier in [Tier::Hour, Tier::Day] {
             for start in self.unbuilt(tier, now_ms) {
-                let built = self.build(p, tier, start)?;
+                let built = self.build(p, tier, start, now_ms)?;
                 flushed.buckets += built.buckets;
                 flushed.rollups += built.rollups;
                 flushed.days += built.days;
@@ -669,7 +669,7 @@ impl Engine {
     /// the flush); what arrived since they were written (deltas in memory) is added under the
     /// write lock, in which the bucket is also written and marked, so no event is missed or
     /// counted twice.
-    fn build(&self, p: &Persist, tier: Tier, start: i64) -> Result<Flushed, String> {
+    fn build(&self, p: &Persist, tier: Tier, start: i64, now_ms: i64) -> Result<Flushed, String> {
         let Some(finer) = tier.finer() else {
             return Ok(Flushed::default());
         };
@@ -682,6 +682,13 @@ impl Engine {
                 .collect()
         };
         let mut built = Bucket::default();
+        // A bucket past its finer tier's retention took every event itself (see `ingest`):
+        // its finer buckets would count some twice.
+        let aged = start < now_ms - self.retention.of(finer) && {
+            let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+            state.tiers[tier as usize].contains_key(&start)
+        };
+        let parts = if aged { Vec::new() } else { parts };
         for part_start in parts {
             let unreadable = || format!("persisted bucket {finer:?} {part_start} cannot be read");
             if let Some(bytes) = p.store.load(finer, part_start, Part::Consumers)? {
@@ -701,10 +708,12 @@ impl Engine {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         let mut pending = false;
         for (_, b) in state.tiers[finer as usize].range(range.clone()) {
-            built.merge(b);
+            if !aged {
+                built.merge(b);
+            }
             pending = true;
         }
-        if tier == Tier::Day {
+        if tier == Tier::Day && !aged {
             // Minutes of an hour not built yet (late events that arrived after the hours were
             // built, before this): the hour is built from them later, but the day is now.
             let State { tiers, disk, .. } = &*state;
@@ -811,16 +820,18 @@ impl Engine {
         };
         let size = tier.size_ms();
         // Before `lo` every bucket is whole (its finer tier is past retention); after the last
-        // finer bucket there is nothing to be made of.
+        // bucket of this tier or a finer one there is nothing to be made of.
         let lo = ceil_to(from, size).max(floor_to(now - self.retention.of(finer), size));
-        let last = [
-            state.tiers[finer as usize].keys().next_back().copied(),
-            state.disk.buckets[finer as usize].last().copied(),
-            state.tiers[tier as usize].keys().next_back().copied(),
-        ]
-        .into_iter()
-        .flatten()
-        .max();
+        let last = Tier::ALL[..=tier as usize]
+            .iter()
+            .flat_map(|t| {
+                [
+                    state.tiers[*t as usize].keys().next_back().copied(),
+                    state.disk.buckets[*t as usize].last().copied(),
+                ]
+            })
+            .flatten()
+            .max();
         let hi = last.map_or(lo, |l| to.min(floor_to(l, size) + size));
         let mut run = from;
         let mut s = lo;
