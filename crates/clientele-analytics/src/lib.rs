@@ -311,16 +311,13 @@ impl Engine {
             // With a store attached, an hour or day bucket is built from its minutes or hours
             // once it closes (see `persist`), so it takes only the events no finer tier keeps,
             // and late ones for a bucket already built (a delta). The open hour and day then
-            // cost no memory at all.
-            // A bucket its finer tier no longer fully reaches back to (the hour straddling the
-            // minutes' retention) holds its events itself, as queries read it whole.
-            let finer_oldest = match tier.finer() {
-                Some(f) if derive => Some((
-                    floor_to(now - self.retention.of(f), f.size_ms()),
-                    now - self.retention.of(f),
-                )),
-                _ => None,
-            };
+            // cost no memory at all. A bucket starting before `aged_before` (the hour straddling
+            // the minutes' retention, or older) holds its events itself, as queries read it
+            // whole; one starting after it has all its events in the finer tier.
+            let aged_before = tier
+                .finer()
+                .filter(|_| derive)
+                .map(|f| now - self.retention.of(f));
             // Events mostly arrive in time order, so consecutive events share a bucket: look
             // the bucket up once per run rather than once per event.
             let mut current: Option<(i64, &mut Bucket)> = None;
@@ -330,7 +327,7 @@ impl Engine {
                 if start < oldest {
                     continue;
                 }
-                if finer_oldest.is_some_and(|(f, aged)| *ts >= f && start >= aged) {
+                if aged_before.is_some_and(|aged| start >= aged) {
                     let written = match built {
                         Some((s, w)) if s == start => w,
                         _ => {

@@ -534,14 +534,7 @@ impl Engine {
         // a bulk import, where ingest waiting is the back-pressure wanted.
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         let (save, chosen, rollups) = {
-            let mut save = Save {
-                first_name: state.disk.names_saved as u32,
-                names: state.names.names[state.disk.names_saved..]
-                    .iter()
-                    .map(|n| n.to_string())
-                    .collect(),
-                ..Default::default()
-            };
+            let mut save = Self::unsaved_names(&state);
             let mut chosen = Vec::new();
             let mut rollups = 0;
             for tier in Tier::ALL {
@@ -615,13 +608,30 @@ impl Engine {
             state.disk.buckets[tier as usize].insert(start);
             cache.forget(tier as u8, start);
         }
+        Self::mark_saved(&mut state, names, &days);
+        Ok(flushed)
+    }
+
+    /// A save holding the names not yet on disk, which any bucket written with it may use.
+    fn unsaved_names(state: &State) -> Save {
+        Save {
+            first_name: state.disk.names_saved as u32,
+            names: state.names.names[state.disk.names_saved..]
+                .iter()
+                .map(|n| n.to_string())
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// After a save succeeded: names below `names` and the days' counts are on disk.
+    fn mark_saved(state: &mut State, names: usize, days: &[(i64, u64)]) {
         state.disk.names_saved = state.disk.names_saved.max(names);
         for (day, n) in days {
-            if let Some(c) = state.disk.days.get_mut(&day) {
-                c.saved = n;
+            if let Some(c) = state.disk.days.get_mut(day) {
+                c.saved = *n;
             }
         }
-        Ok(flushed)
     }
 
     /// Whether any rollup of the UTC day starting at `day` is in memory or on disk.
@@ -674,21 +684,23 @@ impl Engine {
             return Ok(Flushed::default());
         };
         let range = start..start + tier.size_ms();
-        let parts: Vec<i64> = {
-            let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-            state.disk.buckets[finer as usize]
-                .range(range.clone())
-                .copied()
-                .collect()
-        };
-        let mut built = Bucket::default();
         // A bucket past its finer tier's retention took every event itself (see `ingest`):
         // its finer buckets would count some twice.
-        let aged = start < now_ms - self.retention.of(finer) && {
+        let (aged, parts) = {
             let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-            state.tiers[tier as usize].contains_key(&start)
+            let aged = start < now_ms - self.retention.of(finer)
+                && state.tiers[tier as usize].contains_key(&start);
+            let parts: Vec<i64> = if aged {
+                Vec::new()
+            } else {
+                state.disk.buckets[finer as usize]
+                    .range(range.clone())
+                    .copied()
+                    .collect()
+            };
+            (aged, parts)
         };
-        let parts = if aged { Vec::new() } else { parts };
+        let mut built = Bucket::default();
         for part_start in parts {
             let unreadable = || format!("persisted bucket {finer:?} {part_start} cannot be read");
             if let Some(bytes) = p.store.load(finer, part_start, Part::Consumers)? {
@@ -706,12 +718,10 @@ impl Engine {
             }
         }
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        let mut pending = false;
-        for (_, b) in state.tiers[finer as usize].range(range.clone()) {
-            if !aged {
+        if !aged {
+            for (_, b) in state.tiers[finer as usize].range(range.clone()) {
                 built.merge(b);
             }
-            pending = true;
         }
         if tier == Tier::Day && !aged {
             // Minutes of an hour not built yet (late events that arrived after the hours were
@@ -726,23 +736,18 @@ impl Engine {
         if let Some(own) = state.tiers[tier as usize].get(&start) {
             built.merge(own);
         }
-        let mut save = Save {
-            first_name: state.disk.names_saved as u32,
-            names: state.names.names[state.disk.names_saved..]
-                .iter()
-                .map(|n| n.to_string())
-                .collect(),
-            ..Default::default()
-        };
+        let mut save = Self::unsaved_names(&state);
         if tier == Tier::Day {
             // The day's count goes with its bucket, unless finer deltas still wait in memory:
             // then the next flush writes them and the count together.
-            let minutes = state.tiers[Tier::Minute as usize]
-                .range(range.clone())
-                .next()
-                .is_some();
+            let waiting = [Tier::Minute, Tier::Hour].iter().any(|t| {
+                state.tiers[*t as usize]
+                    .range(range.clone())
+                    .next()
+                    .is_some()
+            });
             if let Some(c) = state.disk.days.get(&start) {
-                if !pending && !minutes && c.folded != c.saved {
+                if !waiting && c.folded != c.saved {
                     save.days.push((start, c.folded));
                 }
             }
@@ -767,12 +772,7 @@ impl Engine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .forget(tier as u8, start);
-        state.disk.names_saved = state.disk.names_saved.max(names);
-        for (day, n) in &days {
-            if let Some(c) = state.disk.days.get_mut(day) {
-                c.saved = *n;
-            }
-        }
+        Self::mark_saved(&mut state, names, &days);
         Ok(Flushed {
             buckets: 1,
             rollups,
