@@ -76,23 +76,7 @@ EOF
 start_clientele "$BIN" "$admin_port"
 
 echo "creating $CONSUMERS consumers with a key each..."
-python3 - "$admin_port" "$token" "$CONSUMERS" > "$dir/keys.txt" <<'PY'
-import http.client, json, sys
-port, token, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-h = {"authorization": "Bearer " + token, "content-type": "application/json"}
-def post(path, body):
-    c.request("POST", path, json.dumps(body), h)
-    r = c.getresponse()
-    data = r.read()
-    if r.status != 201:
-        sys.exit("POST %s: %d %s" % (path, r.status, data[:200]))
-    return json.loads(data)
-for i in range(n):
-    cid = "c%05d" % i
-    post("/v1/consumers", {"id": cid, "plan": "std", "team": "t%d" % (i % 50)})
-    print(post("/v1/consumers/%s/keys" % cid, {})["key"])
-PY
+python3 scripts/provision.py "$admin_port" "$token" "$CONSUMERS" --teams 50 > "$dir/keys.txt"
 
 # Varied routes: ids make each path distinct while templates stay few, like real traffic.
 cat > "$dir/soak.lua" <<'EOF'

@@ -566,7 +566,7 @@ pub async fn patch_consumer(
     validate_optional_text("use_case", &consumer.use_case)?;
     check_plan(&state, &consumer.plan)?;
     let updated = state.control.update_consumer(consumer).await?;
-    state.reload_keys().await?;
+    state.reload_consumer_keys(&updated.id).await?;
     Ok(Json(updated.into()))
 }
 
@@ -577,7 +577,7 @@ pub async fn delete_consumer(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state.control.delete_consumer(&id, now_ms()).await?;
-    state.reload_keys().await?;
+    state.reload_consumer_keys(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -638,7 +638,7 @@ pub async fn create_key(
         imported,
     };
     let stored = state.control.create_key(stored).await?;
-    state.reload_keys().await?;
+    state.reload_consumer_keys(&stored.consumer).await?;
     Ok((
         StatusCode::CREATED,
         Json(KeyCreated {
@@ -677,7 +677,7 @@ pub async fn revoke_key(
 ) -> Result<Json<KeyOut>, ApiError> {
     let now = now_ms();
     let key = state.control.revoke_key(&key_id, now).await?;
-    state.reload_keys().await?;
+    state.reload_consumer_keys(&key.consumer).await?;
     Ok(Json(KeyOut::from_key(key, now)))
 }
 

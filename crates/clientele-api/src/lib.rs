@@ -71,11 +71,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Reloads the gateway's key index from the store, so a change made here applies to the
-    /// very next request.
-    pub async fn reload_keys(&self) -> Result<(), ApiError> {
-        let entries = self.control.key_entries().await?;
-        self.keys.replace_all(entries);
+    /// Reloads one consumer's keys into the gateway's index after a change to that consumer or
+    /// one of its keys: the change applies to the very next request, at the cost of that
+    /// consumer's keys rather than every key (which made creating n consumers O(n²)).
+    pub async fn reload_consumer_keys(&self, consumer: &str) -> Result<(), ApiError> {
+        let entries = self.control.consumer_key_entries(consumer).await?;
+        self.keys.replace_consumer(consumer, entries);
         Ok(())
     }
 }

@@ -413,7 +413,7 @@ pub async fn put_limits(
     let mut consumer = existing_consumer(&state, &id).await?;
     consumer.limits = Some(body).filter(|l| !l.is_empty());
     state.control.update_consumer(consumer).await?;
-    state.reload_keys().await?;
+    state.reload_consumer_keys(&id).await?;
     let q = LimitsQuery {
         from: None,
         to: None,
@@ -433,7 +433,7 @@ pub async fn delete_limits(
     let mut consumer = existing_consumer(&state, &id).await?;
     consumer.limits = None;
     state.control.update_consumer(consumer).await?;
-    state.reload_keys().await?;
+    state.reload_consumer_keys(&id).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 

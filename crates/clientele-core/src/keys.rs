@@ -282,52 +282,104 @@ impl KeyIndex {
 
     /// Replaces every entry at once, as after a reload from the store.
     pub fn replace_all(&self, entries: Vec<KeyEntry>) {
+        self.warn_undefined_plans(&entries);
         let old = self.slots();
         let mut fresh: HashMap<Arc<str>, Option<Arc<LimitSlot>>> = HashMap::new();
         let mut seeds = self.seeds.lock().unwrap_or_else(|e| e.into_inner());
-        // Plans a consumer is on but the config does not define (consumers created by ingest
-        // carry whatever plan their events named): such consumers are unlimited, which an
-        // operator should hear about rather than discover.
-        let mut undefined: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
-        for e in &entries {
-            if let Some(p) = e.plan.as_deref() {
-                if !self.plans.is_empty() && !self.plans.contains_key(p) && !e.revoked {
-                    undefined.insert(p);
-                }
-            }
-        }
-        if !undefined.is_empty() {
-            tracing::warn!(
-                plans = ?undefined,
-                "some consumers are on plans the config does not define, so no limits apply to them; add [plans.NAME] sections or move them to a defined plan"
-            );
-        }
         let map: HashMap<_, _> = entries
             .into_iter()
             .map(|mut e| {
-                let slot = fresh.entry(e.consumer.clone()).or_insert_with(|| {
-                    let policy = LimitPolicy::resolve(
-                        e.plan.as_deref().and_then(|p| self.plans.get(p)),
-                        e.limits.as_deref(),
-                    )?;
-                    Some(match old.get(&e.consumer) {
-                        Some(prev) if prev.policy == policy => prev.clone(),
-                        Some(prev) => Arc::new(prev.successor(policy)),
-                        None => {
-                            let slot = LimitSlot::new(policy);
-                            if let Some(seed) = seeds.remove(e.consumer.as_ref()) {
-                                apply_seed(&slot, &seed);
-                            }
-                            Arc::new(slot)
-                        }
-                    })
-                });
+                let slot = fresh
+                    .entry(e.consumer.clone())
+                    .or_insert_with(|| self.slot_for(&e, old.get(&e.consumer), &mut seeds));
                 e.slot = slot.clone();
                 (e.hash, Arc::new(e))
             })
             .collect();
         drop(seeds);
         *self.map.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+    }
+
+    /// Replaces one consumer's entries, as after a change made through the admin API to that
+    /// consumer or one of its keys. `entries` are all its keys as the store holds them now.
+    ///
+    /// Costs the consumer's keys, not the index's size: creating ten thousand consumers one
+    /// request at a time must not reload every key each time. This relies on the store never
+    /// removing a key (revoking and deleting a consumer mark its keys revoked), so the new
+    /// entries cover every hash the index holds for the consumer, and its current slot is found
+    /// through them.
+    pub fn replace_consumer(&self, consumer: &str, entries: Vec<KeyEntry>) {
+        self.warn_undefined_plans(&entries);
+        let current = self.map.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let old = entries
+            .iter()
+            .filter_map(|e| current.get(&e.hash))
+            .find(|e| e.consumer.as_ref() == consumer)
+            .and_then(|e| e.slot.clone());
+        drop(current);
+        let slot = match entries.first() {
+            Some(first) => {
+                let mut seeds = self.seeds.lock().unwrap_or_else(|e| e.into_inner());
+                self.slot_for(first, old.as_ref(), &mut seeds)
+            }
+            None => None,
+        };
+        let entries: Vec<_> = entries
+            .into_iter()
+            .filter(|e| e.consumer.as_ref() == consumer)
+            .map(|mut e| {
+                e.slot = slot.clone();
+                (e.hash, Arc::new(e))
+            })
+            .collect();
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        // In place unless a reader still walks the previous map (`slots`, `changed_usage`),
+        // in which case that reader keeps its copy and this one is cloned once.
+        Arc::make_mut(&mut map).extend(entries);
+    }
+
+    /// The limit slot of the consumer behind `e` after a reload: its previous slot when its
+    /// policy is unchanged, a successor carrying its quota usage over when the policy changed,
+    /// or a new slot seeded with the usage persisted before a restart. `None` = unlimited.
+    fn slot_for(
+        &self,
+        e: &KeyEntry,
+        old: Option<&Arc<LimitSlot>>,
+        seeds: &mut HashMap<String, QuotaSeed>,
+    ) -> Option<Arc<LimitSlot>> {
+        let policy = LimitPolicy::resolve(
+            e.plan.as_deref().and_then(|p| self.plans.get(p)),
+            e.limits.as_deref(),
+        )?;
+        Some(match old {
+            Some(prev) if prev.policy == policy => prev.clone(),
+            Some(prev) => Arc::new(prev.successor(policy)),
+            None => {
+                let slot = LimitSlot::new(policy);
+                if let Some(seed) = seeds.remove(e.consumer.as_ref()) {
+                    apply_seed(&slot, &seed);
+                }
+                Arc::new(slot)
+            }
+        })
+    }
+
+    /// Plans a consumer is on but the config does not define (consumers created by ingest
+    /// carry whatever plan their events named): such consumers are unlimited, which an
+    /// operator should hear about rather than discover.
+    fn warn_undefined_plans(&self, entries: &[KeyEntry]) {
+        let undefined: std::collections::BTreeSet<&str> = entries
+            .iter()
+            .filter(|e| !e.revoked)
+            .filter_map(|e| e.plan.as_deref())
+            .filter(|p| !self.plans.is_empty() && !self.plans.contains_key(*p))
+            .collect();
+        if !undefined.is_empty() {
+            tracing::warn!(
+                plans = ?undefined,
+                "some consumers are on plans the config does not define, so no limits apply to them; add [plans.NAME] sections or move them to a defined plan"
+            );
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -347,6 +399,7 @@ fn apply_seed(slot: &LimitSlot, seed: &QuotaSeed) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::Decision;
 
     fn entry(hasher: &KeyHasher, key: &str) -> KeyEntry {
         KeyEntry {
@@ -404,6 +457,96 @@ mod tests {
             idx.lookup("good-key-123456789", 0),
             Lookup::Revoked(_)
         ));
+    }
+
+    /// One consumer's keys reloaded: the others are untouched, the consumer's quota state
+    /// survives while its policy holds and carries over when its plan changes.
+    #[test]
+    fn replacing_one_consumer_keeps_the_rest_and_its_quota_state() {
+        let h = KeyHasher::new([7; 32]);
+        let plan = |day: u64| -> PlanConfig {
+            toml::from_str(&format!(
+                "rate_per_second = 1000\nburst = 1000\nquota_per_day = {day}"
+            ))
+            .unwrap()
+        };
+        let plans = BTreeMap::from([("pro".to_string(), plan(10)), ("max".to_string(), plan(20))]);
+        let idx = KeyIndex::with_plans(h.clone(), plans);
+        let keyed = |key: &str, consumer: &str, plan: &str| KeyEntry {
+            key_id: key.into(),
+            consumer: consumer.into(),
+            plan: Some(plan.into()),
+            ..entry(&h, key)
+        };
+        idx.replace_all(vec![
+            keyed("acme-key-1234567890", "acme", "pro"),
+            keyed("globex-key-123456789", "globex", "pro"),
+        ]);
+        let valid = |key: &str| match idx.lookup(key, 0) {
+            Lookup::Valid(e) => e,
+            other => panic!("{key}: {other:?}"),
+        };
+        let acme_slot = valid("acme-key-1234567890").slot.clone().unwrap();
+        let globex_slot = valid("globex-key-123456789").slot.clone().unwrap();
+        for _ in 0..3 {
+            assert!(matches!(
+                acme_slot.check("GET", "/", 0),
+                Decision::Allowed { .. }
+            ));
+        }
+
+        // A second key for acme: both keys share acme's slot, globex's entry is the same one.
+        let globex_before = valid("globex-key-123456789");
+        idx.replace_consumer(
+            "acme",
+            vec![
+                keyed("acme-key-1234567890", "acme", "pro"),
+                keyed("acme-key-2-234567890", "acme", "pro"),
+            ],
+        );
+        assert_eq!(idx.len(), 3);
+        let second = valid("acme-key-2-234567890");
+        assert!(Arc::ptr_eq(second.slot.as_ref().unwrap(), &acme_slot));
+        assert!(Arc::ptr_eq(&valid("globex-key-123456789"), &globex_before));
+        assert!(Arc::ptr_eq(
+            globex_before.slot.as_ref().unwrap(),
+            &globex_slot
+        ));
+
+        // acme moves to a bigger plan: a new slot that still counts the 3 requests made.
+        let mut revoked = keyed("acme-key-2-234567890", "acme", "max");
+        revoked.revoked = true;
+        idx.replace_consumer(
+            "acme",
+            vec![keyed("acme-key-1234567890", "acme", "max"), revoked],
+        );
+        let moved = valid("acme-key-1234567890").slot.clone().unwrap();
+        assert!(!Arc::ptr_eq(&moved, &acme_slot));
+        assert_eq!(moved.policy.quota_per_day, Some(20));
+        assert_eq!(moved.day.used(0), 3);
+        assert!(matches!(
+            idx.lookup("acme-key-2-234567890", 0),
+            Lookup::Revoked(_)
+        ));
+        // Entries of another consumer in the list are not this call's to change.
+        idx.replace_consumer("acme", vec![keyed("globex-key-123456789", "globex", "max")]);
+        assert!(Arc::ptr_eq(&valid("globex-key-123456789"), &globex_before));
+        // The same index a full reload of the store's entries gives.
+        let full = KeyIndex::with_plans(h.clone(), idx.plans().clone());
+        let mut revoked = keyed("acme-key-2-234567890", "acme", "max");
+        revoked.revoked = true;
+        full.replace_all(vec![
+            keyed("acme-key-1234567890", "acme", "max"),
+            revoked,
+            keyed("globex-key-123456789", "globex", "pro"),
+        ]);
+        for key in [
+            "acme-key-1234567890",
+            "acme-key-2-234567890",
+            "globex-key-123456789",
+        ] {
+            assert_eq!(full.lookup(key, 0), idx.lookup(key, 0), "{key}");
+        }
     }
 
     #[test]

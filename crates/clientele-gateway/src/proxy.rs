@@ -1273,9 +1273,18 @@ fn is_mcp_path(path: &str) -> bool {
     path.trim_end_matches('/').ends_with("/mcp")
 }
 
+/// The route a JSON-RPC batch of `tools/call` naming more than one tool is attributed to: one
+/// HTTP exchange cannot be split into per-tool latency, and a route per combination of tools
+/// would grow without bound.
+pub const MCP_MIXED_BATCH: &str = "tools/call (batch)";
+
 /// The tool an MCP JSON-RPC request calls (`{"method": "tools/call", "params": {"name": …}}`),
 /// as the event's route; `None` for any other message. The name is kept to 128 printable
 /// characters.
+///
+/// A batch (a JSON array of messages, which MCP allowed before its 2025-06-18 revision) is
+/// attributed to its tool when every `tools/call` in it names the same one, and to
+/// [`MCP_MIXED_BATCH`] when they name several; a batch with no `tools/call` keeps the path.
 fn mcp_tool(body: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Call<'a> {
@@ -1287,18 +1296,38 @@ fn mcp_tool(body: &[u8]) -> Option<String> {
     struct Params {
         name: Option<String>,
     }
-    let call: Call = serde_json::from_slice(body).ok()?;
-    if call.method.as_deref() != Some("tools/call") {
-        return None;
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Message<'a> {
+        #[serde(borrow)]
+        One(Call<'a>),
+        Batch(Vec<Call<'a>>),
     }
-    let name: String = call
-        .params?
-        .name?
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(128)
-        .collect();
-    (!name.is_empty()).then_some(name)
+    fn tool(call: Call<'_>) -> Option<String> {
+        if call.method.as_deref() != Some("tools/call") {
+            return None;
+        }
+        let name: String = call
+            .params?
+            .name?
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(128)
+            .collect();
+        (!name.is_empty()).then_some(name)
+    }
+    match serde_json::from_slice(body).ok()? {
+        Message::One(call) => tool(call),
+        Message::Batch(calls) => {
+            let mut tools = calls.into_iter().filter_map(tool);
+            let first = tools.next()?;
+            Some(if tools.all(|t| t == first) {
+                first
+            } else {
+                MCP_MIXED_BATCH.to_string()
+            })
+        }
+    }
 }
 
 /// Whether a Content-Type is JSON (`application/json`, `…+json`).
@@ -1381,6 +1410,25 @@ mod tests {
         );
         assert_eq!(mcp_tool(long.as_bytes()).unwrap(), "x".repeat(128));
         assert!(is_mcp_path("/mcp") && is_mcp_path("/tools/mcp/") && !is_mcp_path("/mcpx"));
+    }
+
+    #[test]
+    fn mcp_batches_name_their_one_tool_or_say_they_are_mixed() {
+        let same = br#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search"}},
+                        {"jsonrpc":"2.0","method":"notifications/progress"},
+                        {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"search"}}]"#;
+        assert_eq!(mcp_tool(same).as_deref(), Some("search"));
+        let mixed = br#"[{"method":"tools/call","params":{"name":"search"}},
+                         {"method":"tools/call","params":{"name":"fetch"}}]"#;
+        assert_eq!(mcp_tool(mixed).as_deref(), Some(MCP_MIXED_BATCH));
+        let none = br#"[{"method":"tools/list"},{"method":"ping"}]"#;
+        assert_eq!(mcp_tool(none), None);
+        assert_eq!(mcp_tool(b"[]"), None);
+        // A batch member that is not a message object makes the body no MCP message at all.
+        assert_eq!(
+            mcp_tool(br#"[{"method":"tools/call","params":{"name":"a"}}, 5]"#),
+            None
+        );
     }
 
     #[test]

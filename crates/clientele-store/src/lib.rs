@@ -83,6 +83,9 @@ pub trait ControlStore: Send + Sync {
     /// Every key with what the gateway needs about its consumer, revoked ones included so the
     /// gateway can say why it refuses them.
     async fn key_entries(&self) -> Result<Vec<KeyEntry>>;
+    /// [`ControlStore::key_entries`] of one consumer's keys only, for reloading the gateway
+    /// after a change to that consumer without reading every key.
+    async fn consumer_key_entries(&self, consumer: &str) -> Result<Vec<KeyEntry>>;
     /// Saves each consumer's quota usage in its current day and month, replacing what was
     /// stored, so quotas survive a restart.
     async fn save_quota_usage(&self, usage: Vec<QuotaUsage>) -> Result<()>;

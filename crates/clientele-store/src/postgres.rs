@@ -370,6 +370,50 @@ impl PostgresStore {
     pub(crate) fn db_err(&self, e: tokio_postgres::Error) -> StoreError {
         db_err(&self.inner.place, e)
     }
+
+    /// The key entries `filter` (a WHERE clause over `api_keys k`, or nothing) selects, with
+    /// what the gateway needs of each key's consumer. A key whose stored hash is corrupt is
+    /// skipped with a warning rather than failing every other key.
+    async fn key_entries_where(
+        &self,
+        filter: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<KeyEntry>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT k.key_id, k.hash, k.consumer, c.plan, c.team, c.use_case, k.expires_at,
+                            k.revoked_at IS NOT NULL OR c.id IS NULL, c.limits
+                     FROM api_keys k LEFT JOIN consumers c ON c.id = k.consumer {filter}"
+                ),
+                params,
+            )
+            .await
+            .map_err(|e| self.db_err(e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let key_id: String = col(r, 0)?;
+            let hash_hex: String = col(r, 1)?;
+            let Some(hash) = parse_hash(&hash_hex) else {
+                tracing::warn!(key_id, "skipping key with a corrupt stored hash");
+                continue;
+            };
+            out.push(KeyEntry {
+                key_id: key_id.into(),
+                hash,
+                consumer: col::<String>(r, 2)?.into(),
+                plan: col::<Option<String>>(r, 3)?.map(Into::into),
+                team: col::<Option<String>>(r, 4)?.map(Into::into),
+                use_case: col::<Option<String>>(r, 5)?.map(Into::into),
+                expires_at_ms: col(r, 6)?,
+                revoked: col(r, 7)?,
+                limits: parse_limits(col(r, 8)?).map(Arc::new),
+                slot: None,
+            });
+        }
+        Ok(out)
+    }
 }
 
 impl Inner {
@@ -851,40 +895,15 @@ impl ControlStore for PostgresStore {
     }
 
     async fn key_entries(&self) -> Result<Vec<KeyEntry>> {
-        self.call("key_entries", async {
-            let client = self.client().await?;
-            let rows = client
-                .query(
-                    "SELECT k.key_id, k.hash, k.consumer, c.plan, c.team, c.use_case, k.expires_at,
-                            k.revoked_at IS NOT NULL OR c.id IS NULL, c.limits
-                     FROM api_keys k LEFT JOIN consumers c ON c.id = k.consumer",
-                    &[],
-                )
-                .await
-                .map_err(|e| self.db_err(e))?;
-            let mut out = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let key_id: String = col(r, 0)?;
-                let hash_hex: String = col(r, 1)?;
-                let Some(hash) = parse_hash(&hash_hex) else {
-                    tracing::warn!(key_id, "skipping key with a corrupt stored hash");
-                    continue;
-                };
-                out.push(KeyEntry {
-                    key_id: key_id.into(),
-                    hash,
-                    consumer: col::<String>(r, 2)?.into(),
-                    plan: col::<Option<String>>(r, 3)?.map(Into::into),
-                    team: col::<Option<String>>(r, 4)?.map(Into::into),
-                    use_case: col::<Option<String>>(r, 5)?.map(Into::into),
-                    expires_at_ms: col(r, 6)?,
-                    revoked: col(r, 7)?,
-                    limits: parse_limits(col(r, 8)?).map(Arc::new),
-                    slot: None,
-                });
-            }
-            Ok(out)
-        })
+        self.call("key_entries", self.key_entries_where("", &[]))
+            .await
+    }
+
+    async fn consumer_key_entries(&self, consumer: &str) -> Result<Vec<KeyEntry>> {
+        self.call(
+            "consumer_key_entries",
+            self.key_entries_where("WHERE k.consumer = $1", &[&consumer]),
+        )
         .await
     }
 

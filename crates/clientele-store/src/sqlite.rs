@@ -537,45 +537,13 @@ impl ControlStore for SqliteStore {
     }
 
     async fn key_entries(&self) -> Result<Vec<KeyEntry>> {
-        self.read(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT k.key_id, k.hash, k.consumer, c.plan, c.team, c.use_case, k.expires_at,
-                        k.revoked_at IS NOT NULL OR c.id IS NULL, c.limits
-                 FROM api_keys k LEFT JOIN consumers c ON c.id = k.consumer",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                let hash_hex: String = r.get(1)?;
-                Ok((
-                    hash_hex,
-                    KeyEntry {
-                        key_id: r.get::<_, String>(0)?.into(),
-                        hash: [0; 32],
-                        consumer: r.get::<_, String>(2)?.into(),
-                        plan: r.get::<_, Option<String>>(3)?.map(Into::into),
-                        team: r.get::<_, Option<String>>(4)?.map(Into::into),
-                        use_case: r.get::<_, Option<String>>(5)?.map(Into::into),
-                        expires_at_ms: r.get(6)?,
-                        revoked: r.get(7)?,
-                        limits: parse_limits(r.get(8)?).map(Arc::new),
-                        slot: None,
-                    },
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (hash_hex, mut entry) = row?;
-                match parse_hash(&hash_hex) {
-                    Some(h) => entry.hash = h,
-                    None => {
-                        tracing::warn!(key_id = %entry.key_id, "skipping key with a corrupt stored hash");
-                        continue;
-                    }
-                }
-                out.push(entry);
-            }
-            Ok(out)
-        })
-        .await
+        self.read(|conn| key_entries_where(conn, "", [])).await
+    }
+
+    async fn consumer_key_entries(&self, consumer: &str) -> Result<Vec<KeyEntry>> {
+        let consumer = consumer.to_string();
+        self.read(move |conn| key_entries_where(conn, "WHERE k.consumer = ?1", [consumer]))
+            .await
     }
 
     async fn save_quota_usage(&self, usage: Vec<QuotaUsage>) -> Result<()> {
@@ -974,6 +942,52 @@ impl EventStore for SqliteStore {
         })
         .await
     }
+}
+
+/// The key entries `filter` (a WHERE clause over `api_keys k`, or nothing) selects, with what
+/// the gateway needs of each key's consumer. A key whose stored hash is corrupt is skipped with
+/// a warning rather than failing every other key.
+fn key_entries_where(
+    conn: &rusqlite::Connection,
+    filter: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<KeyEntry>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT k.key_id, k.hash, k.consumer, c.plan, c.team, c.use_case, k.expires_at,
+                k.revoked_at IS NOT NULL OR c.id IS NULL, c.limits
+         FROM api_keys k LEFT JOIN consumers c ON c.id = k.consumer {filter}"
+    ))?;
+    let rows = stmt.query_map(params, |r| {
+        let hash_hex: String = r.get(1)?;
+        Ok((
+            hash_hex,
+            KeyEntry {
+                key_id: r.get::<_, String>(0)?.into(),
+                hash: [0; 32],
+                consumer: r.get::<_, String>(2)?.into(),
+                plan: r.get::<_, Option<String>>(3)?.map(Into::into),
+                team: r.get::<_, Option<String>>(4)?.map(Into::into),
+                use_case: r.get::<_, Option<String>>(5)?.map(Into::into),
+                expires_at_ms: r.get(6)?,
+                revoked: r.get(7)?,
+                limits: parse_limits(r.get(8)?).map(Arc::new),
+                slot: None,
+            },
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (hash_hex, mut entry) = row?;
+        match parse_hash(&hash_hex) {
+            Some(h) => entry.hash = h,
+            None => {
+                tracing::warn!(key_id = %entry.key_id, "skipping key with a corrupt stored hash");
+                continue;
+            }
+        }
+        out.push(entry);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -158,6 +158,53 @@ pub async fn key_entries_carry_the_consumers_plan<S: Backend + ControlStore>(fre
     assert!(!entries[0].revoked);
 }
 
+pub async fn consumer_key_entries_are_that_consumers_keys_only<S: Backend + ControlStore>(
+    fresh: &mut Fresh<S>,
+) {
+    let store = fresh.store();
+    store
+        .create_consumer(consumer("acme", Some("pro")))
+        .await
+        .unwrap();
+    store
+        .create_consumer(consumer("globex", Some("free")))
+        .await
+        .unwrap();
+    for (id, owner, fill) in [
+        ("key_1", "acme", "a"),
+        ("key_2", "globex", "b"),
+        ("key_3", "acme", "c"),
+    ] {
+        store
+            .create_key(key(id, owner, &fill.repeat(64)))
+            .await
+            .unwrap();
+    }
+    store.revoke_key("key_3", 2_000).await.unwrap();
+    let mut acme = store.consumer_key_entries("acme").await.unwrap();
+    acme.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+    let all = store.key_entries().await.unwrap();
+    let mut expected: Vec<_> = all.into_iter().filter(|e| &*e.consumer == "acme").collect();
+    expected.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+    // The same entries the full reload gives, revoked ones included.
+    assert_eq!(acme, expected);
+    assert_eq!(acme.len(), 2);
+    assert!(acme[1].revoked && !acme[0].revoked);
+    assert_eq!(acme[0].plan.as_deref(), Some("pro"));
+    // A deleted consumer's keys stay, revoked, so the gateway can say why it refuses them.
+    store.delete_consumer("globex", 3_000).await.unwrap();
+    let globex = store.consumer_key_entries("globex").await.unwrap();
+    assert_eq!(globex.len(), 1);
+    assert!(globex[0].revoked);
+    assert!(
+        store
+            .consumer_key_entries("nobody")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 pub async fn revoking_a_key_keeps_the_first_time<S: Backend + ControlStore>(fresh: &mut Fresh<S>) {
     let store = fresh.store();
     store.create_consumer(consumer("acme", None)).await.unwrap();

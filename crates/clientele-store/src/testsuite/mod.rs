@@ -181,6 +181,7 @@ macro_rules! control_store_suite {
             updating_a_consumer_replaces_its_fields,
             a_key_needs_a_consumer_and_a_unique_hash,
             key_entries_carry_the_consumers_plan,
+            consumer_key_entries_are_that_consumers_keys_only,
             revoking_a_key_keeps_the_first_time,
             deleting_a_consumer_revokes_its_keys,
             per_consumer_limits_reach_the_key_entries,

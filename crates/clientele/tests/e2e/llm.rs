@@ -969,7 +969,8 @@ async fn bench_streamed_completion_added_latency() {
 }
 
 /// MCP over HTTP: a JSON-RPC `tools/call` is attributed to its tool (the event's route is the
-/// tool's name), so per-tool counts come out of the route stats; other messages keep the path.
+/// tool's name), so per-tool counts come out of the route stats; other messages keep the path,
+/// and a batch naming several tools is one fixed route.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_tool_calls_are_attributed_per_tool() {
     let (server, _) = start().await;
@@ -984,6 +985,10 @@ async fn mcp_tool_calls_are_attributed_per_tool() {
         call(2, "search_docs"),
         call(3, "fetch_page"),
         json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"}),
+        // JSON-RPC batches (MCP before 2025-06-18): one tool throughout is that tool, several
+        // are the fixed mixed-batch route.
+        json!([call(5, "fetch_page"), call(6, "fetch_page")]),
+        json!([call(7, "search_docs"), call(8, "fetch_page")]),
     ];
     for m in &messages {
         let (status, _, _) = crate::support::send(
@@ -1000,7 +1005,7 @@ async fn mcp_tool_calls_are_attributed_per_tool() {
         assert_eq!(status, 200);
     }
     let events = server
-        .wait_events("agent-m", "", |evs| evs.len() == 4)
+        .wait_events("agent-m", "", |evs| evs.len() == 6)
         .await;
     let mut routes: Vec<&str> = events
         .iter()
@@ -1009,7 +1014,14 @@ async fn mcp_tool_calls_are_attributed_per_tool() {
     routes.sort_unstable();
     assert_eq!(
         routes,
-        vec!["/mcp", "fetch_page", "search_docs", "search_docs"],
+        vec![
+            "/mcp",
+            "fetch_page",
+            "fetch_page",
+            "search_docs",
+            "search_docs",
+            "tools/call (batch)"
+        ],
         "{events:?}"
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
