@@ -308,30 +308,27 @@ impl KeyIndex {
     /// removing a key (revoking and deleting a consumer mark its keys revoked), so the new
     /// entries cover every hash the index holds for the consumer, and its current slot is found
     /// through them.
-    pub fn replace_consumer(&self, consumer: &str, entries: Vec<KeyEntry>) {
-        self.warn_undefined_plans(&entries);
-        let current = self.map.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let old = entries
-            .iter()
-            .filter_map(|e| current.get(&e.hash))
-            .find(|e| e.consumer.as_ref() == consumer)
-            .and_then(|e| e.slot.clone());
-        drop(current);
-        let slot = match entries.first() {
-            Some(first) => {
-                let mut seeds = self.seeds.lock().unwrap_or_else(|e| e.into_inner());
-                self.slot_for(first, old.as_ref(), &mut seeds)
-            }
-            None => None,
+    pub fn replace_consumer(&self, consumer: &str, mut entries: Vec<KeyEntry>) {
+        entries.retain(|e| e.consumer.as_ref() == consumer);
+        let Some(first) = entries.first() else {
+            return;
         };
-        let entries: Vec<_> = entries
-            .into_iter()
-            .filter(|e| e.consumer.as_ref() == consumer)
-            .map(|mut e| {
-                e.slot = slot.clone();
-                (e.hash, Arc::new(e))
-            })
-            .collect();
+        self.warn_undefined_plans(&entries);
+        let old = {
+            let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+            entries
+                .iter()
+                .find_map(|e| map.get(&e.hash).filter(|o| o.consumer == e.consumer))
+                .and_then(|o| o.slot.clone())
+        };
+        let slot = {
+            let mut seeds = self.seeds.lock().unwrap_or_else(|e| e.into_inner());
+            self.slot_for(first, old.as_ref(), &mut seeds)
+        };
+        let entries = entries.into_iter().map(|mut e| {
+            e.slot = slot.clone();
+            (e.hash, Arc::new(e))
+        });
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         // In place unless a reader still walks the previous map (`slots`, `changed_usage`),
         // in which case that reader keeps its copy and this one is cloned once.

@@ -1276,7 +1276,7 @@ fn is_mcp_path(path: &str) -> bool {
 /// The route a JSON-RPC batch of `tools/call` naming more than one tool is attributed to: one
 /// HTTP exchange cannot be split into per-tool latency, and a route per combination of tools
 /// would grow without bound.
-pub const MCP_MIXED_BATCH: &str = "tools/call (batch)";
+const MCP_MIXED_BATCH: &str = "tools/call (batch)";
 
 /// The tool an MCP JSON-RPC request calls (`{"method": "tools/call", "params": {"name": …}}`),
 /// as the event's route; `None` for any other message. The name is kept to 128 printable
@@ -1296,13 +1296,6 @@ fn mcp_tool(body: &[u8]) -> Option<String> {
     struct Params {
         name: Option<String>,
     }
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Message<'a> {
-        #[serde(borrow)]
-        One(Call<'a>),
-        Batch(Vec<Call<'a>>),
-    }
     fn tool(call: Call<'_>) -> Option<String> {
         if call.method.as_deref() != Some("tools/call") {
             return None;
@@ -1316,18 +1309,19 @@ fn mcp_tool(body: &[u8]) -> Option<String> {
             .collect();
         (!name.is_empty()).then_some(name)
     }
-    match serde_json::from_slice(body).ok()? {
-        Message::One(call) => tool(call),
-        Message::Batch(calls) => {
-            let mut tools = calls.into_iter().filter_map(tool);
-            let first = tools.next()?;
-            Some(if tools.all(|t| t == first) {
-                first
-            } else {
-                MCP_MIXED_BATCH.to_string()
-            })
-        }
+    // A batch is an array, a single message an object: the first byte says which, so the body
+    // is parsed once as what it is (an untagged enum would buffer it and try both).
+    if body.trim_ascii_start().first() != Some(&b'[') {
+        return tool(serde_json::from_slice(body).ok()?);
     }
+    let calls: Vec<Call> = serde_json::from_slice(body).ok()?;
+    let mut tools = calls.into_iter().filter_map(tool);
+    let first = tools.next()?;
+    Some(if tools.all(|t| t == first) {
+        first
+    } else {
+        MCP_MIXED_BATCH.to_string()
+    })
 }
 
 /// Whether a Content-Type is JSON (`application/json`, `…+json`).

@@ -58,6 +58,14 @@ impl From<rusqlite::Error> for StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// The query behind [`ControlStore::key_entries`] in every SQL backend, before its WHERE clause:
+/// each key with what the gateway needs of its consumer. A key whose consumer is gone counts as
+/// revoked.
+pub(crate) const KEY_ENTRIES_SELECT: &str =
+    "SELECT k.key_id, k.hash, k.consumer, c.plan, c.team, c.use_case, k.expires_at,
+            k.revoked_at IS NOT NULL OR c.id IS NULL, c.limits
+     FROM api_keys k LEFT JOIN consumers c ON c.id = k.consumer";
+
 /// Consumers, keys and the store's key-hashing secret.
 #[async_trait]
 pub trait ControlStore: Send + Sync {

@@ -25,7 +25,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::FromSql;
 use tokio_postgres::{Client, NoTls, Row};
 
-use crate::{ControlStore, Release, Result, StoreError, StoredSpecVersion};
+use crate::{ControlStore, KEY_ENTRIES_SELECT, Release, Result, StoreError, StoredSpecVersion};
 
 mod findings;
 #[cfg(any(test, feature = "testsuite"))]
@@ -381,14 +381,7 @@ impl PostgresStore {
     ) -> Result<Vec<KeyEntry>> {
         let client = self.client().await?;
         let rows = client
-            .query(
-                &format!(
-                    "SELECT k.key_id, k.hash, k.consumer, c.plan, c.team, c.use_case, k.expires_at,
-                            k.revoked_at IS NOT NULL OR c.id IS NULL, c.limits
-                     FROM api_keys k LEFT JOIN consumers c ON c.id = k.consumer {filter}"
-                ),
-                params,
-            )
+            .query(&format!("{KEY_ENTRIES_SELECT} {filter}"), params)
             .await
             .map_err(|e| self.db_err(e))?;
         let mut out = Vec::with_capacity(rows.len());

@@ -17,7 +17,10 @@ use clientele_core::keys::{KeyEntry, QuotaSeed, QuotaUsage};
 use clientele_core::limits::LimitOverride;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{ControlStore, EventCursor, EventQuery, EventStore, Result, StoreError, StoredRollup};
+use crate::{
+    ControlStore, EventCursor, EventQuery, EventStore, KEY_ENTRIES_SELECT, Result, StoreError,
+    StoredRollup,
+};
 
 mod findings;
 mod releases;
@@ -952,11 +955,7 @@ fn key_entries_where(
     filter: &str,
     params: impl rusqlite::Params,
 ) -> Result<Vec<KeyEntry>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT k.key_id, k.hash, k.consumer, c.plan, c.team, c.use_case, k.expires_at,
-                k.revoked_at IS NOT NULL OR c.id IS NULL, c.limits
-         FROM api_keys k LEFT JOIN consumers c ON c.id = k.consumer {filter}"
-    ))?;
+    let mut stmt = conn.prepare_cached(&format!("{KEY_ENTRIES_SELECT} {filter}"))?;
     let rows = stmt.query_map(params, |r| {
         let hash_hex: String = r.get(1)?;
         Ok((
