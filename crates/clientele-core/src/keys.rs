@@ -168,6 +168,39 @@ pub struct KeyIndex {
     /// Quota usage restored from storage for consumers that have no slot yet, by consumer:
     /// (day period, used, month period, used). Taken when the consumer's slot is made.
     seeds: Mutex<HashMap<String, QuotaSeed>>,
+    /// Which consumers [`KeyIndex::replace_consumer`] replaced, in order, for a full reload
+    /// that read the store before them (see [`KeyIndex::replace_all_since`]). Locked only
+    /// while `map`'s write lock is held.
+    replaced: Mutex<Replaced>,
+}
+
+/// At most this many replacements are remembered between two full reloads; a full reload
+/// older than what is remembered is not applied (the next one is).
+const REPLACED_KEPT: usize = 100_000;
+
+#[derive(Debug, Default)]
+struct Replaced {
+    /// Replacements so far.
+    generation: u64,
+    /// `(generation, consumer)` of the latest replacements, oldest first.
+    log: std::collections::VecDeque<(u64, Arc<str>)>,
+}
+
+impl Replaced {
+    /// The consumers replaced after `since`; `None` when the log no longer reaches back.
+    fn since(&self, since: u64) -> Option<std::collections::HashSet<Arc<str>>> {
+        let oldest = self.log.front().map_or(self.generation + 1, |(g, _)| *g);
+        if since + 1 < oldest && since < self.generation {
+            return None;
+        }
+        Some(
+            self.log
+                .iter()
+                .filter(|(g, _)| *g > since)
+                .map(|(_, c)| c.clone())
+                .collect(),
+        )
+    }
 }
 
 /// Persisted quota usage of one consumer.
@@ -198,7 +231,17 @@ impl KeyIndex {
             map: RwLock::new(Arc::new(HashMap::new())),
             plans,
             seeds: Mutex::new(HashMap::new()),
+            replaced: Mutex::new(Replaced::default()),
         }
+    }
+
+    /// How many times [`KeyIndex::replace_consumer`] has run: take it before reading the store
+    /// for [`KeyIndex::replace_all_since`].
+    pub fn generation(&self) -> u64 {
+        self.replaced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation
     }
 
     /// Restores persisted quota usage (at start-up, before traffic).
@@ -280,13 +323,28 @@ impl KeyIndex {
         }
     }
 
-    /// Replaces every entry at once, as after a reload from the store.
+    /// Replaces every entry at once, as after a reload from the store (at start-up, before
+    /// any other writer).
     pub fn replace_all(&self, entries: Vec<KeyEntry>) {
+        let since = self.generation();
+        self.replace_all_since(entries, since);
+    }
+
+    /// Replaces every entry with `entries`, which were read from the store after
+    /// [`KeyIndex::generation`] answered `since`. A consumer replaced since then keeps its
+    /// current entries: its own reload read the store after its change, perhaps after this
+    /// read, so without this a periodic full reload landing last would hide a key made a
+    /// moment before, until the next reload. Returns false (nothing changed) when more
+    /// replacements happened meanwhile than are remembered; the caller reloads again.
+    ///
+    /// The new map is built outside the write lock, so the gateway's lookups wait only for the
+    /// swap; a replacement racing the build makes it patch again (a few times at most).
+    pub fn replace_all_since(&self, entries: Vec<KeyEntry>, since: u64) -> bool {
         self.warn_undefined_plans(&entries);
         let old = self.slots();
         let mut fresh: HashMap<Arc<str>, Option<Arc<LimitSlot>>> = HashMap::new();
         let mut seeds = self.seeds.lock().unwrap_or_else(|e| e.into_inner());
-        let map: HashMap<_, _> = entries
+        let mut map: HashMap<_, _> = entries
             .into_iter()
             .map(|mut e| {
                 let slot = fresh
@@ -297,7 +355,32 @@ impl KeyIndex {
             })
             .collect();
         drop(seeds);
-        *self.map.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+        let mut patched = since;
+        let mut attempt = 0;
+        loop {
+            let mut current = self.map.write().unwrap_or_else(|e| e.into_inner());
+            let replaced = self.replaced.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(touched) = replaced.since(patched) else {
+                return false;
+            };
+            let generation = replaced.generation;
+            // Past a few tries the patch is made under the lock rather than risk never landing.
+            if touched.is_empty() || attempt >= 3 {
+                if !touched.is_empty() {
+                    keep_current(&mut map, &current, &touched);
+                }
+                *current = Arc::new(map);
+                let mut replaced = replaced;
+                replaced.log.retain(|(g, _)| *g > generation);
+                return true;
+            }
+            let snapshot = current.clone();
+            drop(replaced);
+            drop(current);
+            keep_current(&mut map, &snapshot, &touched);
+            patched = generation;
+            attempt += 1;
+        }
     }
 
     /// Replaces one consumer's entries, as after a change made through the admin API to that
@@ -313,6 +396,7 @@ impl KeyIndex {
         let Some(first) = entries.first() else {
             return;
         };
+        let consumer: Arc<str> = first.consumer.clone();
         self.warn_undefined_plans(&entries);
         let old = {
             let map = self.map.read().unwrap_or_else(|e| e.into_inner());
@@ -333,6 +417,13 @@ impl KeyIndex {
         // In place unless a reader still walks the previous map (`slots`, `changed_usage`),
         // in which case that reader keeps its copy and this one is cloned once.
         Arc::make_mut(&mut map).extend(entries);
+        let mut replaced = self.replaced.lock().unwrap_or_else(|e| e.into_inner());
+        replaced.generation += 1;
+        let generation = replaced.generation;
+        replaced.log.push_back((generation, consumer));
+        while replaced.log.len() > REPLACED_KEPT {
+            replaced.log.pop_front();
+        }
     }
 
     /// The limit slot of the consumer behind `e` after a reload: its previous slot when its
@@ -391,6 +482,21 @@ impl KeyIndex {
 fn apply_seed(slot: &LimitSlot, seed: &QuotaSeed) {
     slot.day.restore(seed.day, seed.day_used);
     slot.month.restore(seed.month, seed.month_used);
+}
+
+/// In `map`, the entries of the `touched` consumers become those `current` holds.
+fn keep_current(
+    map: &mut HashMap<[u8; 32], Arc<KeyEntry>>,
+    current: &HashMap<[u8; 32], Arc<KeyEntry>>,
+    touched: &std::collections::HashSet<Arc<str>>,
+) {
+    map.retain(|_, e| !touched.contains(&e.consumer));
+    map.extend(
+        current
+            .iter()
+            .filter(|(_, e)| touched.contains(&e.consumer))
+            .map(|(h, e)| (*h, e.clone())),
+    );
 }
 
 #[cfg(test)]
@@ -544,6 +650,66 @@ mod tests {
         ] {
             assert_eq!(full.lookup(key, 0), idx.lookup(key, 0), "{key}");
         }
+    }
+
+    #[test]
+    fn a_full_reload_read_before_a_change_does_not_undo_it() {
+        let h = KeyHasher::new([7; 32]);
+        let idx = KeyIndex::new(h.clone());
+        let keyed = |key: &str, consumer: &str| KeyEntry {
+            key_id: key.into(),
+            consumer: consumer.into(),
+            ..entry(&h, key)
+        };
+        idx.replace_all(vec![
+            keyed("acme-key-1234567890", "acme"),
+            keyed("globex-key-123456789", "globex"),
+        ]);
+        // The periodic reload reads the store (generation taken first) ...
+        let since = idx.generation();
+        let read_before = vec![
+            keyed("acme-key-1234567890", "acme"),
+            keyed("globex-key-123456789", "globex"),
+            // ... which also holds another node's new key.
+            keyed("initech-key-12345678", "initech"),
+        ];
+        // ... then the admin API makes a key for acme and reloads acme at once ...
+        idx.replace_consumer(
+            "acme",
+            vec![
+                keyed("acme-key-1234567890", "acme"),
+                keyed("acme-key-2-234567890", "acme"),
+            ],
+        );
+        // ... and the older read lands last: acme's new key stays, the rest is applied.
+        assert!(idx.replace_all_since(read_before, since));
+        for key in [
+            "acme-key-1234567890",
+            "acme-key-2-234567890",
+            "globex-key-123456789",
+            "initech-key-12345678",
+        ] {
+            assert!(matches!(idx.lookup(key, 0), Lookup::Valid(_)), "{key}");
+        }
+        // Once landed, what it covered is forgotten: a reload read afterwards is the truth,
+        // so a key it no longer holds is gone.
+        assert!(idx.replaced.lock().unwrap().log.is_empty());
+        let since = idx.generation();
+        assert!(idx.replace_all_since(vec![keyed("globex-key-123456789", "globex")], since));
+        assert!(matches!(
+            idx.lookup("acme-key-2-234567890", 0),
+            Lookup::Unknown
+        ));
+        // A reload older than the replacements remembered is refused, not applied blind.
+        for i in 0..=REPLACED_KEPT {
+            let key = format!("bulk-key-{i:012}");
+            idx.replace_consumer("bulk", vec![keyed(&key, "bulk")]);
+        }
+        assert!(!idx.replace_all_since(Vec::new(), since));
+        assert!(matches!(
+            idx.lookup("globex-key-123456789", 0),
+            Lookup::Valid(_)
+        ));
     }
 
     #[test]

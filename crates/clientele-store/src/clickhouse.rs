@@ -180,6 +180,8 @@ struct Inner {
     place: String,
     /// Versions of the rollup archive's rows: later writes replace earlier ones.
     version: AtomicU64,
+    /// Set once the server has been checked and the schema made.
+    ready: tokio::sync::OnceCell<()>,
 }
 
 impl std::fmt::Debug for ClickHouseStore {
@@ -463,6 +465,16 @@ impl ClickHouseStore {
     /// the schema when absent. An unreachable server, or one that does not answer within
     /// [`CALL_TIMEOUT`], is a clear error naming it.
     pub async fn connect(url: &str) -> Result<ClickHouseStore> {
+        let store = ClickHouseStore::open(url)?;
+        store.ready().await?;
+        Ok(store)
+    }
+
+    /// A store for `url` that has not called the server yet: only the URL is checked. The
+    /// first call that needs the database (or [`ClickHouseStore::ready`]) checks the server and
+    /// makes the schema; until that succeeds every call fails and the next one tries again, so
+    /// a node can start while ClickHouse is down and catch up once it answers.
+    pub fn open(url: &str) -> Result<ClickHouseStore> {
         let u = parse_url(url)?;
         let http = Outbound::new(&ClientOptions::new(Timeouts {
             connect: Duration::from_secs(3),
@@ -476,17 +488,38 @@ impl ClickHouseStore {
         if let Some(password) = &u.password {
             let _ = write!(auth, "&password={}", encode(password));
         }
-        let store = ClickHouseStore {
+        // Rollup archive versions start at the clock so a restarted node's writes replace
+        // the rows it wrote before.
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Ok(ClickHouseStore {
             inner: Arc::new(Inner {
                 http,
                 endpoint: u.endpoint,
                 auth,
                 place: format!("ClickHouse at {}/{}", u.host, u.db),
                 db: u.db,
-                version: AtomicU64::new(0),
+                version: AtomicU64::new(now_ns),
+                ready: tokio::sync::OnceCell::new(),
             }),
-        };
-        let version = store.query_in("SELECT version()", "", false).await?;
+        })
+    }
+
+    /// Checks the server and makes the schema, once: later calls return at once. A failure is
+    /// returned to every caller waiting on it and leaves the next call to try again.
+    /// [`StoreError::Unavailable`] means the server did not answer; any other error is one it
+    /// gave (too old, a wrong password, no rights), which retrying will not mend.
+    pub async fn ready(&self) -> Result<()> {
+        self.inner
+            .ready
+            .get_or_try_init(|| self.prepare())
+            .await
+            .map(|_| ())
+    }
+
+    async fn prepare(&self) -> Result<()> {
+        let version = self.query_in("SELECT version()", "", false).await?;
         let version = String::from_utf8_lossy(&version).trim().to_string();
         let major: u32 = version
             .split('.')
@@ -496,28 +529,28 @@ impl ClickHouseStore {
         if major < 18 {
             return Err(StoreError::Invalid(format!(
                 "{} runs ClickHouse {version}; Clientele needs 18.16 or later",
-                store.inner.place
+                self.inner.place
             )));
         }
-        for statement in schema(&store.inner.db) {
-            store.query_in(&statement, "", false).await?;
+        for statement in schema(&self.inner.db) {
+            self.query_in(&statement, "", false).await?;
         }
-        store.backfill_seqs().await?;
-        let now_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        store.inner.version.store(now_ns, Ordering::Relaxed);
-        Ok(store)
+        self.backfill_seqs().await
     }
 
     /// Rows in the active parts of `table`, from the parts' metadata (no read of the table).
+    /// Called while the schema is made, so it bypasses [`ClickHouseStore::ready`].
     async fn stored_rows(&self, table: &str) -> Result<u64> {
-        self.query_number(&format!(
+        let sql = format!(
             "SELECT sum(rows) FROM system.parts WHERE database = {} AND table = {} AND active FORMAT TSV",
             quote(&self.inner.db),
             quote(table)
-        ))
-        .await
+        );
+        let body = self.query_in(&sql, "", true).await?;
+        Ok(String::from_utf8_lossy(&body)
+            .trim()
+            .parse()
+            .unwrap_or_default())
     }
 
     /// The one number a `... FORMAT TSV` query answers; 0 for an empty answer (no row).
@@ -537,8 +570,12 @@ impl ClickHouseStore {
         if self.stored_rows("event_seqs").await? > 0 || self.stored_rows("events").await? == 0 {
             return Ok(());
         }
-        self.query(&format!("INSERT INTO event_seqs {}", seqs_of("events")), "")
-            .await?;
+        self.query_in(
+            &format!("INSERT INTO event_seqs {}", seqs_of("events")),
+            "",
+            true,
+        )
+        .await?;
         Ok(())
     }
 
@@ -552,8 +589,10 @@ impl ClickHouseStore {
         &self.inner.db
     }
 
-    /// Runs `sql` (with `data` after it, for inserts) and returns the answer's body.
+    /// Runs `sql` (with `data` after it, for inserts) and returns the answer's body; the
+    /// server is checked and the schema made first if that has not succeeded yet.
     pub async fn query(&self, sql: &str, data: &str) -> Result<Bytes> {
+        self.ready().await?;
         self.query_in(sql, data, true).await
     }
 

@@ -85,14 +85,26 @@ async fn clickhouse(storage: &StorageConfig, event_dir: &Path, log: EventLog) ->
         // The config's validation refuses this; kept as an error, not a panic.
         anyhow::bail!("storage.clickhouse_url: required with backend = \"clickhouse\"");
     };
-    let ch = clientele_store::ClickHouseStore::connect(url)
-        .await
+    let ch = clientele_store::ClickHouseStore::open(url)
         .map_err(|e| anyhow::anyhow!("storage.backend = \"clickhouse\": {e}"))?;
-    let node = node_id(event_dir)?;
-    let dir = event_dir.join("clickhouse");
     let max = storage
         .clickhouse_spool_mib
         .map_or(DEFAULT_MAX_BYTES, |m| m << 20);
+    match ch.ready().await {
+        Ok(()) => {}
+        // An outage must not keep a node from starting (a restart during it, a machine that
+        // boots before ClickHouse): this node's log and spool need nothing from it. The shipper
+        // and the tail make the schema and catch up once it answers.
+        Err(clientele_store::StoreError::Unavailable(e)) => tracing::warn!(
+            error = %e,
+            spool_mib = max >> 20,
+            "ClickHouse is unreachable at start-up: starting without it. Traffic is served and stored in this node's log; its events wait in the local spool and are sent once ClickHouse answers, and other nodes' events are read then"
+        ),
+        // An answer that says no (too old, a wrong password): retrying will not mend it.
+        Err(e) => anyhow::bail!("storage.backend = \"clickhouse\": {e}"),
+    }
+    let node = node_id(event_dir)?;
+    let dir = event_dir.join("clickhouse");
     let spool = Arc::new(
         Spool::open(&dir, max)
             .map_err(|e| anyhow::anyhow!("{e}"))
@@ -285,7 +297,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn asking_for_clickhouse_is_an_error_not_a_panic_when_it_cannot_be_had() {
+    async fn asking_for_clickhouse_without_it_built_in_is_an_error_and_an_outage_is_not() {
         let dir = std::env::temp_dir().join(format!(
             "clientele-cluster-{}",
             clientele_core::event::random_id128()
@@ -302,17 +314,27 @@ mod tests {
             clickhouse_url: Some(format!("http://127.0.0.1:{port}")),
             ..StorageConfig::default()
         };
-        let err = open(&storage, &dir, log).await.err().unwrap().to_string();
-        let _ = std::fs::remove_dir_all(&dir);
+        let opened = open(&storage, &dir, log).await;
         if cfg!(feature = "clickhouse") {
-            assert!(
-                err.contains(&format!(
-                    "cannot reach ClickHouse at 127.0.0.1:{port}/clientele"
-                )),
-                "{err}"
-            );
+            // Nothing listens on the port: the node starts, and the store says where it is
+            // trying to reach each time it is asked.
+            let events = opened.unwrap();
+            let cluster = events.cluster.unwrap();
+            #[cfg(feature = "clickhouse")]
+            {
+                let err = cluster.ch.ready().await.unwrap_err().to_string();
+                assert!(
+                    err.contains(&format!(
+                        "cannot reach ClickHouse at 127.0.0.1:{port}/clientele"
+                    )),
+                    "{err}"
+                );
+            }
+            let _ = cluster;
         } else {
+            let err = opened.err().unwrap().to_string();
             assert!(err.contains("--features postgres,clickhouse"), "{err}");
         }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -560,11 +560,15 @@ async fn sync_keys(
             () = &mut shutdown => return,
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
+        // Taken before the read: a consumer this node's admin API reloads meanwhile keeps
+        // what that reload found, which is newer than this read.
+        let since = keys.generation();
         match control.control_version().await {
             Ok(v) if v != seen => match control.key_entries().await {
                 Ok(entries) => {
-                    keys.replace_all(entries);
-                    seen = v;
+                    if keys.replace_all_since(entries, since) {
+                        seen = v;
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "key reload failed; keeping the previous keys")
