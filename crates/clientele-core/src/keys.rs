@@ -169,8 +169,8 @@ pub struct KeyIndex {
     /// (day period, used, month period, used). Taken when the consumer's slot is made.
     seeds: Mutex<HashMap<String, QuotaSeed>>,
     /// Which consumers [`KeyIndex::replace_consumer`] replaced, in order, for a full reload
-    /// that read the store before them (see [`KeyIndex::replace_all_since`]). Locked only
-    /// while `map`'s write lock is held.
+    /// that read the store before them (see [`KeyIndex::replace_all_since`]). Always the
+    /// innermost lock: taken alone or inside `map`'s, never the other way.
     replaced: Mutex<Replaced>,
 }
 
@@ -182,24 +182,31 @@ const REPLACED_KEPT: usize = 100_000;
 struct Replaced {
     /// Replacements so far.
     generation: u64,
-    /// `(generation, consumer)` of the latest replacements, oldest first.
+    /// The newest replacement no longer in `log` (dropped past the cap, or covered by a full
+    /// reload that landed).
+    forgotten: u64,
+    /// `(generation, consumer)` of the replacements after `forgotten`, oldest first.
     log: std::collections::VecDeque<(u64, Arc<str>)>,
 }
 
 impl Replaced {
-    /// The consumers replaced after `since`; `None` when the log no longer reaches back.
+    /// The consumers replaced after `since`; `None` when some of them are forgotten.
     fn since(&self, since: u64) -> Option<std::collections::HashSet<Arc<str>>> {
-        let oldest = self.log.front().map_or(self.generation + 1, |(g, _)| *g);
-        if since + 1 < oldest && since < self.generation {
-            return None;
-        }
-        Some(
+        (since >= self.forgotten).then(|| {
             self.log
                 .iter()
                 .filter(|(g, _)| *g > since)
                 .map(|(_, c)| c.clone())
-                .collect(),
-        )
+                .collect()
+        })
+    }
+
+    /// Forgets the replacements up to `generation`.
+    fn forget(&mut self, generation: u64) {
+        while self.log.front().is_some_and(|(g, _)| *g <= generation) {
+            self.log.pop_front();
+        }
+        self.forgotten = self.forgotten.max(generation);
     }
 }
 
@@ -355,32 +362,36 @@ impl KeyIndex {
             })
             .collect();
         drop(seeds);
+        // Patch outside the lock while replacements keep racing the build (a few rounds at
+        // most), then make what is left of the patch, usually nothing, under it.
         let mut patched = since;
-        let mut attempt = 0;
-        loop {
-            let mut current = self.map.write().unwrap_or_else(|e| e.into_inner());
-            let replaced = self.replaced.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(touched) = replaced.since(patched) else {
-                return false;
+        for _ in 0..3 {
+            let (snapshot, touched, generation) = {
+                let current = self.map.read().unwrap_or_else(|e| e.into_inner());
+                let replaced = self.replaced.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(touched) = replaced.since(patched) else {
+                    return false;
+                };
+                (current.clone(), touched, replaced.generation)
             };
-            let generation = replaced.generation;
-            // Past a few tries the patch is made under the lock rather than risk never landing.
-            if touched.is_empty() || attempt >= 3 {
-                if !touched.is_empty() {
-                    keep_current(&mut map, &current, &touched);
-                }
-                *current = Arc::new(map);
-                let mut replaced = replaced;
-                replaced.log.retain(|(g, _)| *g > generation);
-                return true;
+            if touched.is_empty() {
+                break;
             }
-            let snapshot = current.clone();
-            drop(replaced);
-            drop(current);
             keep_current(&mut map, &snapshot, &touched);
             patched = generation;
-            attempt += 1;
         }
+        let mut current = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let mut replaced = self.replaced.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(touched) = replaced.since(patched) else {
+            return false;
+        };
+        if !touched.is_empty() {
+            keep_current(&mut map, &current, &touched);
+        }
+        *current = Arc::new(map);
+        let generation = replaced.generation;
+        replaced.forget(generation);
+        true
     }
 
     /// Replaces one consumer's entries, as after a change made through the admin API to that
@@ -396,7 +407,7 @@ impl KeyIndex {
         let Some(first) = entries.first() else {
             return;
         };
-        let consumer: Arc<str> = first.consumer.clone();
+        let owner = first.consumer.clone();
         self.warn_undefined_plans(&entries);
         let old = {
             let map = self.map.read().unwrap_or_else(|e| e.into_inner());
@@ -420,9 +431,10 @@ impl KeyIndex {
         let mut replaced = self.replaced.lock().unwrap_or_else(|e| e.into_inner());
         replaced.generation += 1;
         let generation = replaced.generation;
-        replaced.log.push_back((generation, consumer));
-        while replaced.log.len() > REPLACED_KEPT {
-            replaced.log.pop_front();
+        replaced.log.push_back((generation, owner));
+        if replaced.log.len() > REPLACED_KEPT {
+            let oldest = replaced.log.front().map_or(0, |(g, _)| *g);
+            replaced.forget(oldest);
         }
     }
 

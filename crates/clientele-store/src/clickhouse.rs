@@ -192,6 +192,14 @@ impl std::fmt::Debug for ClickHouseStore {
     }
 }
 
+/// The one number of a `... FORMAT TSV` answer; 0 for an empty answer (no row).
+fn number_of<T: std::str::FromStr + Default>(body: &[u8]) -> T {
+    String::from_utf8_lossy(body)
+        .trim()
+        .parse()
+        .unwrap_or_default()
+}
+
 /// `'text'` with ClickHouse's escapes: safe for any string, including ids from clients.
 fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -546,20 +554,12 @@ impl ClickHouseStore {
             quote(&self.inner.db),
             quote(table)
         );
-        let body = self.query_in(&sql, "", true).await?;
-        Ok(String::from_utf8_lossy(&body)
-            .trim()
-            .parse()
-            .unwrap_or_default())
+        Ok(number_of(&self.query_in(&sql, "", true).await?))
     }
 
     /// The one number a `... FORMAT TSV` query answers; 0 for an empty answer (no row).
     async fn query_number<T: std::str::FromStr + Default>(&self, sql: &str) -> Result<T> {
-        let body = self.query(sql, "").await?;
-        Ok(String::from_utf8_lossy(&body)
-            .trim()
-            .parse()
-            .unwrap_or_default())
+        Ok(number_of(&self.query(sql, "").await?))
     }
 
     /// A database made before `event_seqs` existed: fills it once from `events`. The view
