@@ -6,7 +6,9 @@
 #
 # Usage: bash scripts/soak.sh     (env: MINUTES=30 CONSUMERS=10000 CONNS=32 SAMPLE_SECS=10
 #        WARMUP_FRACTION=0.2 CACHE_MIB=64 BIN=path/to/clientele to skip the release build)
-# Output: one line per sample (elapsed s, RSS MiB, requests so far), the slope after warm-up in
+# Output: one line per sample (elapsed s, RSS MiB, then the parts GET /v1/status counts: the
+# allocator's committed MiB, governance features, the rollup cache, sessions and open rollup
+# series), the slope after warm-up in
 # MiB/min, and the change between the first and last post-warm-up samples; the samples are also
 # written to bench-results/soak-<timestamp>.csv.
 set -euo pipefail
@@ -105,8 +107,22 @@ echo "capacity ${cap} req/s; soaking at ~${target} req/s (delay ${delay_ms} ms p
 
 mkdir -p bench-results
 csv="bench-results/soak-$(date -u +%Y%m%dT%H%M%SZ).csv"
-echo "elapsed_s,rss_mib,phase" > "$csv"
+echo "elapsed_s,rss_mib,phase,committed_mib,governance_mib,rollup_cache_mib,sessions,rollup_series" > "$csv"
 rss() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$server_pid/status"; }
+# What holds the memory, from GET /v1/status: the allocator's committed bytes and the parts
+# Clientele counts (blank when the admin API does not answer in time).
+parts() {
+  curl -s -m 5 -H "authorization: Bearer $token" "http://127.0.0.1:$admin_port/v1/status" |
+    python3 -c '
+import json, sys
+try:
+    s = json.load(sys.stdin); m = s["memory"]
+except Exception:
+    print(",,,,"); sys.exit()
+mib = lambda v: "" if v is None else "%.1f" % (v / 1048576)
+print(",".join([mib(m["allocator_committed_bytes"]), mib(m["governance_bytes"]),
+                mib(m["rollup_cache_bytes"]), str(m["sessions"]), str(s["rollups_series"])]))'
+}
 DELAY_MS=$delay_ms wrk -t2 -c"$CONNS" -d"$((MINUTES * 60))s" -s "$dir/soak.lua" "http://127.0.0.1:$gw_port/" > "$dir/wrk.out" 2>&1 &
 wrk_pid=$!
 pids+=($wrk_pid)
@@ -114,14 +130,14 @@ start=$SECONDS
 while kill -0 "$wrk_pid" 2>/dev/null; do
   sleep "$SAMPLE_SECS"
   kill -0 "$wrk_pid" 2>/dev/null || break
-  line="$((SECONDS - start)),$(rss),load"
+  line="$((SECONDS - start)),$(rss),load,$(parts)"
   echo "$line" >> "$csv"
   echo "$line"
 done
 grep -E 'Requests/sec|requests in' "$dir/wrk.out" || true
 for _ in 1 2 3 4 5 6; do
   sleep 10
-  line="$((SECONDS - start)),$(rss),after"
+  line="$((SECONDS - start)),$(rss),after,$(parts)"
   echo "$line" >> "$csv"
   echo "$line"
 done

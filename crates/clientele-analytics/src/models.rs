@@ -145,6 +145,11 @@ impl ModelTable {
         out
     }
 
+    /// Rows held (per hour, consumer and model), for `GET /v1/status`.
+    pub fn rows_held(&self) -> usize {
+        self.rows.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Drops hours before `cutoff_ms`.
     pub fn prune(&self, cutoff_ms: i64) {
         {

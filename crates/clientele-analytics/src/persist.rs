@@ -398,6 +398,13 @@ pub(crate) struct Disk {
 }
 
 impl Engine {
+    /// (bytes held, budget) of the rollup read cache; `None` without a store attached.
+    pub fn rollup_cache_bytes(&self) -> Option<(usize, usize)> {
+        let p = self.persist.get()?;
+        let cache = p.cache.lock().unwrap_or_else(|e| e.into_inner());
+        Some((cache.used, cache.budget))
+    }
+
     /// Persists closed buckets in `store` from now on: memory keeps only the open ones, and
     /// queries read the others back through a cache of `cache_bytes`. `persisted` is what the
     /// store already holds. Call before the first event; an engine already holding names

@@ -440,6 +440,12 @@ impl SessionTable {
         out
     }
 
+    /// (sessions, consumers with an inferred session open) held, for `GET /v1/status`.
+    pub fn held(&self) -> (usize, usize) {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        (st.sessions.len(), st.open.len())
+    }
+
     /// Drops sessions that ended before `cutoff_ms`, and the names only they used.
     pub fn prune(&self, cutoff_ms: i64) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());

@@ -336,6 +336,38 @@ pub struct Status {
     pub limiter_failed_open: u64,
     pub limiter_failed_closed: u64,
     pub limiter_redis_up: bool,
+    pub memory: MemoryStatus,
+}
+
+/// What the process holds in memory and which parts hold it, so that an operator (and the
+/// soak script) can tell live state from the allocator's retention.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemoryStatus {
+    /// Resident set of the process (Linux; null elsewhere).
+    pub rss_bytes: Option<u64>,
+    /// Memory the allocator holds from the system (mimalloc's committed bytes; null with the
+    /// system allocator of a `system-alloc` build). Above the parts below by what it keeps
+    /// for reuse and by everything not counted there (connections, buffers in flight).
+    pub allocator_committed_bytes: Option<u64>,
+    /// Governance features: counters and sketches of every consumer kept (fixed per consumer).
+    pub governance_bytes: u64,
+    pub governance_consumers: u64,
+    /// Encoded closed rollup buckets in the read cache, and its budget
+    /// (`[analytics].rollup_cache_mib`); 0 without rollups on disk.
+    pub rollup_cache_bytes: u64,
+    pub rollup_cache_budget_bytes: u64,
+    /// Sessions kept for `GET /v1/sessions` (at most 200,000).
+    pub sessions: u64,
+    /// LLM usage rows kept (per hour, consumer and model).
+    pub model_rows: u64,
+}
+
+/// The resident set from `/proc/self/status` (`VmRSS`, in KiB).
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kib: u64 = line.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
 }
 
 // ----- helpers -----
@@ -444,7 +476,23 @@ pub async fn status(State(state): State<AppState>) -> Json<Status> {
         limiter_failed_open: l.failed_open.load(Ordering::Relaxed),
         limiter_failed_closed: l.failed_closed.load(Ordering::Relaxed),
         limiter_redis_up: l.redis_up.load(Ordering::Relaxed),
+        memory: memory_status(&state),
     })
+}
+
+fn memory_status(state: &AppState) -> MemoryStatus {
+    let (governance_consumers, governance_bytes) = state.governance.memory();
+    let (cache, budget) = state.engine.rollup_cache_bytes().unwrap_or((0, 0));
+    MemoryStatus {
+        rss_bytes: rss_bytes(),
+        allocator_committed_bytes: (state.allocator_committed)(),
+        governance_bytes: governance_bytes as u64,
+        governance_consumers: governance_consumers as u64,
+        rollup_cache_bytes: cache as u64,
+        rollup_cache_budget_bytes: budget as u64,
+        sessions: state.engine.sessions.held().0 as u64,
+        model_rows: state.engine.models.rows_held() as u64,
+    }
 }
 
 #[utoipa::path(post, path = "/v1/consumers", request_body = CreateConsumer,

@@ -68,6 +68,8 @@ pub struct AppState {
     pub governance: Arc<clientele_governance::FeatureStore>,
     /// `[otlp_ingest]`: where OTLP spans carry the consumer.
     pub otlp: clientele_core::config::OtlpIngestConfig,
+    /// The allocator's committed bytes, for `/v1/status` (the binary knows its allocator).
+    pub allocator_committed: fn() -> Option<u64>,
 }
 
 impl AppState {

@@ -54,10 +54,10 @@ pub async fn restore(
 /// A failed write loses nothing: the next save again holds every change since the last one
 /// written.
 pub fn save(features: &FeatureStore, file: &BucketFile) -> Result<usize, StoreError> {
-    let changes = features.take_changes();
-    file.save_features(&changes.consumers, &changes.meta)?;
-    features.saved(changes.change);
-    Ok(changes.consumers.len())
+    let plan = features.begin_save();
+    file.save_features(plan.batches(features), &plan.meta)?;
+    features.saved(plan.change);
+    Ok(plan.consumers())
 }
 
 /// Saves every [`SAVE_EVERY`] until `shutdown`. The last save of a graceful stop is the

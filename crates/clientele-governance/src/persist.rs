@@ -1,8 +1,8 @@
 //! Persisting the feature store, so that start-up does not replay raw events for governance.
 //!
-//! Each save hands over the consumers changed since the last one written
-//! ([`FeatureStore::take_changes`], encoded under the read lock) and the store-wide state: the calls per day and,
-//! for every day, the number of events folded in. The caller writes them in one transaction
+//! Each save hands over the store-wide state (the calls per day and, for every day, the number
+//! of events folded in) and the consumers changed since the last one written, encoded in
+//! batches as they are written ([`FeatureStore::begin_save`]). The caller writes them in one transaction
 //! (`rollups.db` in the binary). At start-up [`FeatureStore::load`] compares each day's folded
 //! count with the event log's own count of the day: days whose events are all in the saved
 //! state are trusted; from the first day that is not (today's after a crash, a day that took
@@ -48,27 +48,82 @@ pub struct Loaded {
     pub replay_from: Option<i64>,
 }
 
+/// Consumers encoded per batch of a save: each batch takes the read lock once, so the pipeline
+/// waits for one batch (about a millisecond) rather than every consumer, and a save holds one
+/// batch of blobs at a time rather than the whole store's (10,000 consumers: megabytes, every
+/// 10 minutes, which the allocator does not always give back).
+pub const SAVE_BATCH: usize = 256;
+
+/// A save begun by [`FeatureStore::begin_save`]: the store-wide state and the consumers to
+/// write, fixed at one moment; their states are encoded batch by batch as it is written.
+#[derive(Debug)]
+pub struct SavePlan {
+    /// The store-wide state (calls and folded events per day), replacing the previous one.
+    pub meta: Vec<u8>,
+    /// The store's change number the save holds: hand it to [`FeatureStore::saved`] once written.
+    pub change: u64,
+    consumers: Vec<Arc<str>>,
+}
+
+impl SavePlan {
+    /// Consumers the save writes.
+    pub fn consumers(&self) -> usize {
+        self.consumers.len()
+    }
+
+    /// (consumer, encoded state) batches of at most [`SAVE_BATCH`], each encoded when it is
+    /// asked for.
+    pub fn batches<'a>(
+        &'a self,
+        features: &'a FeatureStore,
+    ) -> impl Iterator<Item = Vec<(String, Vec<u8>)>> + 'a {
+        self.consumers
+            .chunks(SAVE_BATCH)
+            .map(|ids| features.encode(ids))
+    }
+}
+
 impl FeatureStore {
-    /// The consumers changed since the last save and the store-wide state, encoded under the
-    /// read lock (the pipeline waits for it; nothing is copied whole). Once written, hand
-    /// [`FeatureSave::change`] to [`FeatureStore::saved`]; a failed write is simply retried
-    /// by the next save, which again holds everything changed since the last success.
-    pub fn take_changes(&self) -> FeatureSave {
+    /// Begins a save of the consumers changed since the last one written. The store-wide state
+    /// is taken now, before any consumer is encoded, so it never counts an event the saved
+    /// consumers lack: a consumer encoded later may hold more, and a day whose saved count is
+    /// short of the event log's is rebuilt at load, so the extra is never counted twice.
+    /// Consumers that change after their batch is encoded keep a change number above
+    /// [`SavePlan::change`] and are written again by the next save.
+    pub fn begin_save(&self) -> SavePlan {
         let since = self.saved_change.load(Ordering::Acquire);
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        FeatureSave {
+        SavePlan {
+            meta: encode_meta(&inner),
+            change: inner.change,
             consumers: inner
                 .consumers
                 .iter()
                 .filter(|(_, c)| c.changed > since)
-                .map(|(k, c)| (k.to_string(), encode_consumer(c)))
+                .map(|(k, _)| k.clone())
                 .collect(),
-            meta: encode_meta(&inner),
-            change: inner.change,
         }
     }
 
-    /// Records that a save of [`FeatureStore::take_changes`] was written.
+    /// The current state of each consumer named, encoded under one read lock.
+    fn encode(&self, ids: &[Arc<str>]) -> Vec<(String, Vec<u8>)> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        ids.iter()
+            .filter_map(|id| Some((id.to_string(), encode_consumer(inner.consumers.get(id)?))))
+            .collect()
+    }
+
+    /// A whole save at once: what [`FeatureStore::begin_save`] and its batches write.
+    pub fn take_changes(&self) -> FeatureSave {
+        let plan = self.begin_save();
+        FeatureSave {
+            consumers: plan.batches(self).flatten().collect(),
+            meta: plan.meta,
+            change: plan.change,
+        }
+    }
+
+    /// Records that a save ([`SavePlan::change`]) was written.
     pub fn saved(&self, change: u64) {
         self.saved_change.fetch_max(change, Ordering::AcqRel);
     }
@@ -637,6 +692,60 @@ mod tests {
             .map(|(c, _)| c)
             .collect();
         assert_eq!(next, ["c2"]);
+    }
+
+    #[test]
+    fn a_save_in_batches_that_traffic_overtakes_still_loads_to_the_same_answers() {
+        // More consumers than one batch, so the save takes several.
+        let n = SAVE_BATCH * 2 + 17;
+        let day0 = 20_400 * DAY_MS;
+        let mut events: Vec<Event> = (0..n * 4)
+            .map(|i| {
+                let mut e = event(
+                    &format!("c{}", i % n),
+                    day0 + (i as i64) * 1_000,
+                    &format!("/items/{i}"),
+                    "/items/{id}",
+                );
+                e.client_ip = Some(format!("10.0.{}.1", i % 7));
+                e
+            })
+            .collect();
+        let a = FeatureStore::new();
+        a.observe(&events);
+        let plan = a.begin_save();
+        assert_eq!(plan.consumers(), n);
+        let mut batches = plan.batches(&a);
+        let mut rows = batches.next().expect("a first batch");
+        assert_eq!(rows.len(), SAVE_BATCH);
+        // Traffic of the next day for every consumer arrives while the save is under way:
+        // the first batch was encoded without it, the others with it.
+        let more: Vec<Event> = (0..n)
+            .map(|i| {
+                let mut e = event(&format!("c{i}"), day0 + DAY_MS + i as i64, "/x", "/x");
+                e.id = format!("late-{i}");
+                e.client_ip = Some("192.168.1.1".into());
+                e
+            })
+            .collect();
+        a.observe(&more);
+        rows.extend(batches.flatten());
+        assert_eq!(rows.len(), n, "every consumer is written once");
+        a.saved(plan.change);
+        // The consumers the late traffic changed are written again by the next save.
+        assert_eq!(a.begin_save().consumers(), n);
+
+        events.extend(more);
+        let b = FeatureStore::new();
+        let loaded = b.load(rows, Some(&plan.meta), &log_days(&events)).unwrap();
+        // The meta was taken first: it does not count the late day, which is rebuilt.
+        assert_eq!(loaded.replay_from, Some(day0 + DAY_MS));
+        b.replay(&events);
+        for i in 0..n {
+            let id = format!("c{i}");
+            assert_eq!(b.consumer(&id), a.consumer(&id), "{id}");
+        }
+        assert_eq!(b.total(20_401), a.total(20_401));
     }
 
     #[test]

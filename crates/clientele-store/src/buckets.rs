@@ -193,16 +193,23 @@ impl BucketFile {
     }
 
     /// Writes the governance features of the consumers given (replacing their rows) and the
-    /// store-wide state, in one transaction.
-    pub fn save_features(&self, consumers: &[(String, Vec<u8>)], meta: &[u8]) -> Result<()> {
+    /// store-wide state, in one transaction. The consumers come in batches, each taken from
+    /// `batches` only once the previous one is written, so a save holds one batch at a time.
+    pub fn save_features(
+        &self,
+        batches: impl IntoIterator<Item = Vec<(String, Vec<u8>)>>,
+        meta: &[u8],
+    ) -> Result<()> {
         let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction()?;
         {
             let mut row = tx.prepare_cached(
                 "INSERT OR REPLACE INTO features (consumer, state) VALUES (?1, ?2)",
             )?;
-            for (consumer, state) in consumers {
-                row.execute(params![consumer, state])?;
+            for batch in batches {
+                for (consumer, state) in &batch {
+                    row.execute(params![consumer, state])?;
+                }
             }
             tx.execute(
                 "INSERT OR REPLACE INTO features_meta (id, state) VALUES (0, ?1)",
@@ -313,9 +320,13 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let file = BucketFile::open(&dir).unwrap();
         assert_eq!(file.load_features().unwrap(), (Vec::new(), None));
-        file.save_features(&[("a".into(), vec![1]), ("b".into(), vec![2])], &[9])
+        file.save_features(
+            [vec![("a".into(), vec![1])], vec![("b".into(), vec![2])]],
+            &[9],
+        )
+        .unwrap();
+        file.save_features([vec![("a".into(), vec![3])]], &[10])
             .unwrap();
-        file.save_features(&[("a".into(), vec![3])], &[10]).unwrap();
         drop(file);
         let file = BucketFile::open(&dir).unwrap();
         let (mut rows, meta) = file.load_features().unwrap();

@@ -27,6 +27,7 @@ use tokio_postgres::{Client, NoTls, Row};
 
 use crate::{ControlStore, KEY_ENTRIES_SELECT, Release, Result, StoreError, StoredSpecVersion};
 
+mod copy;
 mod findings;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testing;
@@ -177,6 +178,14 @@ struct Inner {
     /// The consumers as last read or written here, sorted by id: what consumer reads answer
     /// while the server is unreachable, so statistics (which name plans and teams) still work.
     last_consumers: Mutex<Vec<Consumer>>,
+    /// Set once the server was reached, its schema migrated and its key secret read. A node
+    /// started from its local copy while the server was away gets there at its first call
+    /// that reaches it.
+    ready: tokio::sync::OnceCell<()>,
+    /// This node's copy of the keys and quota counts (see `copy`), when it keeps one.
+    copy: Option<copy::LocalCopy>,
+    /// The copy's keys, answered by key reads until the server is first reached.
+    offline_keys: Mutex<Option<Vec<KeyEntry>>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -251,6 +260,15 @@ impl PostgresStore {
     /// Connects to `url` (`postgres://user[:password]@host[:port]/database`), checks the
     /// server's version, migrates the schema and loads (or creates) the key secret.
     pub async fn connect(url: &str) -> Result<PostgresStore> {
+        PostgresStore::open(url, None).await
+    }
+
+    /// [`PostgresStore::connect`], keeping a copy of the keys and quota counts in `copy_dir`
+    /// (a node's data directory). When the server cannot be reached and a copy of this
+    /// database is there, the store starts from it instead of failing: key reads answer the
+    /// copy's keys, consumer reads its consumers, writes fail as unavailable (503 at the API)
+    /// until a call reaches the server, which then migrates it and checks its key secret.
+    pub async fn open(url: &str, copy_dir: Option<&std::path::Path>) -> Result<PostgresStore> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError::Backend(format!(
                 "storage.postgres_url is not a PostgreSQL URL ({e}); write it as postgres://user@host:port/database"
@@ -261,6 +279,7 @@ impl PostgresStore {
         }
         config.application_name("clientele");
         let place = place_of(&config);
+        let copy = copy_dir.map(|d| copy::LocalCopy::new(d, &place));
         let inner = Inner {
             config,
             place,
@@ -268,23 +287,20 @@ impl PostgresStore {
             busy: tokio::sync::Semaphore::new(MAX_BUSY),
             key_secret: [0; 32],
             last_consumers: Mutex::new(Vec::new()),
+            ready: tokio::sync::OnceCell::new(),
+            copy,
+            offline_keys: Mutex::new(None),
         };
-        let mut client = inner.open().await?;
-        let version = server_version(&client, &inner.place).await?;
-        if version < MIN_SERVER_VERSION {
-            return Err(StoreError::Backend(format!(
-                "PostgreSQL at {} is version {}.{}, too old: clientele needs 12 or later",
-                inner.place,
-                version / 10_000,
-                version % 10_000
-            )));
-        }
-        migrate(&mut client, &inner.place).await?;
-        let key_secret = load_or_create_secret(&client, &inner.place).await?;
+        let (client, key_secret) = match inner.prepare().await {
+            Ok(prepared) => prepared,
+            Err(StoreError::Unavailable(why)) => return inner.start_from_copy(why),
+            Err(e) => return Err(e),
+        };
         let inner = Inner {
             key_secret,
             ..inner
         };
+        let _ = inner.ready.set(());
         inner
             .idle
             .lock()
@@ -322,6 +338,12 @@ impl PostgresStore {
     }
 
     pub(crate) async fn client(&self) -> Result<Pooled<'_>> {
+        if self.inner.ready.get().is_none() {
+            self.inner
+                .ready
+                .get_or_try_init(|| self.inner.catch_up())
+                .await?;
+        }
         // Never closed, so acquiring only waits.
         let turn = self
             .inner
@@ -367,6 +389,34 @@ impl PostgresStore {
         }
     }
 
+    /// Every consumer's quota counts as the server holds them.
+    async fn read_quota_usage(&self) -> Result<Vec<QuotaUsage>> {
+        self.call("load_quota_usage", async {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT consumer, day, day_used, month, month_used FROM quota_usage",
+                    &[],
+                )
+                .await
+                .map_err(|e| self.db_err(e))?;
+            rows.iter()
+                .map(|r| {
+                    Ok(QuotaUsage {
+                        consumer: col(r, 0)?,
+                        seed: QuotaSeed {
+                            day: u32::try_from(col::<i64>(r, 1)?).unwrap_or(0),
+                            day_used: col::<i64>(r, 2)?.max(0) as u64,
+                            month: u32::try_from(col::<i64>(r, 3)?).unwrap_or(0),
+                            month_used: col::<i64>(r, 4)?.max(0) as u64,
+                        },
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
     pub(crate) fn db_err(&self, e: tokio_postgres::Error) -> StoreError {
         db_err(&self.inner.place, e)
     }
@@ -410,6 +460,89 @@ impl PostgresStore {
 }
 
 impl Inner {
+    /// A first connection: the server's version checked, the schema migrated, the key
+    /// secret read (or created by the first node).
+    async fn prepare(&self) -> Result<(Client, [u8; 32])> {
+        let mut client = self.open().await?;
+        let version = server_version(&client, &self.place).await?;
+        if version < MIN_SERVER_VERSION {
+            return Err(StoreError::Backend(format!(
+                "PostgreSQL at {} is version {}.{}, too old: clientele needs 12 or later",
+                self.place,
+                version / 10_000,
+                version % 10_000
+            )));
+        }
+        migrate(&mut client, &self.place).await?;
+        let key_secret = load_or_create_secret(&client, &self.place).await?;
+        Ok((client, key_secret))
+    }
+
+    /// A store started from this node's copy while the server was unreachable (`why`); the
+    /// original error when there is no copy of this database to start from.
+    fn start_from_copy(self, why: String) -> Result<PostgresStore> {
+        let Some(copy) = &self.copy else {
+            return Err(StoreError::Unavailable(why));
+        };
+        let loaded = match copy.load() {
+            Ok(Some(loaded)) => loaded,
+            Ok(None) => {
+                return Err(StoreError::Unavailable(format!(
+                    "{why}; this node has no copy of its keys to start from yet (it keeps one once it has reached the server)"
+                )));
+            }
+            Err(e) => {
+                return Err(StoreError::Unavailable(format!(
+                    "{why}; this node's copy of its keys does not read ({e})"
+                )));
+            }
+        };
+        tracing::warn!(
+            place = self.place,
+            keys = loaded.keys.len(),
+            copy = %copy.keys_path().display(),
+            copied_at = clientele_core::time::format_ts(loaded.saved_at_ms),
+            error = why,
+            "PostgreSQL is unreachable at start-up: serving the keys of this node's copy; admin writes answer 503 until the server is back"
+        );
+        let inner = Inner {
+            key_secret: loaded.key_secret,
+            last_consumers: Mutex::new(loaded.consumers),
+            offline_keys: Mutex::new(Some(loaded.keys)),
+            ..self
+        };
+        Ok(PostgresStore {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The first call to reach the server after an offline start: [`Inner::prepare`], and the
+    /// server's key secret checked against the copy's, which hashed the keys served meanwhile.
+    async fn catch_up(&self) -> Result<()> {
+        let (client, secret) = self.prepare().await?;
+        if secret != self.key_secret {
+            let copy = self
+                .copy
+                .as_ref()
+                .map(|c| c.keys_path().display().to_string())
+                .unwrap_or_default();
+            return Err(StoreError::Backend(format!(
+                "PostgreSQL at {} holds another key secret than this node's copy ({copy}) was taken with: it is another database under the same name; stop the node, remove the copy and start it again",
+                self.place
+            )));
+        }
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(client);
+        *self.offline_keys.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        tracing::info!(
+            place = self.place,
+            "PostgreSQL reached: the control plane is back"
+        );
+        Ok(())
+    }
+
     async fn open(&self) -> Result<Client> {
         let unreachable = |why: String| {
             StoreError::Unavailable(format!(
@@ -888,8 +1021,27 @@ impl ControlStore for PostgresStore {
     }
 
     async fn key_entries(&self) -> Result<Vec<KeyEntry>> {
-        self.call("key_entries", self.key_entries_where("", &[]))
+        match self
+            .call("key_entries", self.key_entries_where("", &[]))
             .await
+        {
+            Ok(entries) => {
+                if let Some(copy) = &self.inner.copy {
+                    copy.save_keys(&self.inner.key_secret, &entries, &self.remembered());
+                }
+                Ok(entries)
+            }
+            Err(StoreError::Unavailable(why)) => {
+                let offline = self
+                    .inner
+                    .offline_keys
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                offline.ok_or(StoreError::Unavailable(why))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn consumer_key_entries(&self, consumer: &str) -> Result<Vec<KeyEntry>> {
@@ -903,6 +1055,10 @@ impl ControlStore for PostgresStore {
     async fn save_quota_usage(&self, usage: Vec<QuotaUsage>) -> Result<()> {
         if usage.is_empty() {
             return Ok(());
+        }
+        // Kept here too, taken or not: counts made while the server is away survive a restart.
+        if let Some(copy) = &self.inner.copy {
+            copy.save_quota(&usage);
         }
         self.call("save_quota_usage", async {
             let mut client = self.client().await?;
@@ -937,30 +1093,15 @@ impl ControlStore for PostgresStore {
     }
 
     async fn load_quota_usage(&self) -> Result<Vec<QuotaUsage>> {
-        self.call("load_quota_usage", async {
-            let client = self.client().await?;
-            let rows = client
-                .query(
-                    "SELECT consumer, day, day_used, month, month_used FROM quota_usage",
-                    &[],
-                )
-                .await
-                .map_err(|e| self.db_err(e))?;
-            rows.iter()
-                .map(|r| {
-                    Ok(QuotaUsage {
-                        consumer: col(r, 0)?,
-                        seed: QuotaSeed {
-                            day: u32::try_from(col::<i64>(r, 1)?).unwrap_or(0),
-                            day_used: col::<i64>(r, 2)?.max(0) as u64,
-                            month: u32::try_from(col::<i64>(r, 3)?).unwrap_or(0),
-                            month_used: col::<i64>(r, 4)?.max(0) as u64,
-                        },
-                    })
-                })
-                .collect()
-        })
-        .await
+        let read = self.read_quota_usage().await;
+        match (&self.inner.copy, read) {
+            (Some(copy), Ok(from_db)) => Ok(copy.merge_quota(from_db)),
+            // Started from the copy and still away: its counts are the best there are.
+            (Some(copy), Err(StoreError::Unavailable(_))) if self.inner.ready.get().is_none() => {
+                Ok(copy.quota())
+            }
+            (_, read) => read,
+        }
     }
 
     async fn control_version(&self) -> Result<u64> {

@@ -67,7 +67,9 @@ async fn postgres(storage: &StorageConfig) -> Result<ControlPlane> {
             storage.backend.as_str()
         );
     };
-    let store = clientele_store::PostgresStore::connect(url)
+    // The node keeps a copy of the keys in its data dir, so a restart while the server is
+    // away still serves them (see clientele_store's postgres::copy).
+    let store = clientele_store::PostgresStore::open(url, Some(&storage.data_dir))
         .await
         .map_err(|e| anyhow::anyhow!("storage.backend = \"{}\": {e}", storage.backend.as_str()))?;
     tracing::info!(place = store.place(), "control plane on PostgreSQL");

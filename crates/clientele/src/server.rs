@@ -370,6 +370,7 @@ pub async fn start(config: Config) -> Result<Running> {
         contracts: contracts.clone(),
         governance: governance.clone(),
         otlp: config.otlp_ingest.clone(),
+        allocator_committed: crate::allocator_committed,
     };
     // The dashboard and portal share the admin listener; the API router keeps the fallback.
     let ui = clientele_ui::router(state.clone());

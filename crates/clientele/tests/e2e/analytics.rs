@@ -405,8 +405,22 @@ async fn kill_nine_during_ingest_then_resend_counts_every_event_once() {
             .sum::<u64>(),
         1_000
     );
+    // What holds memory is reported: the features of the 7 consumers, and the process's
+    // resident set and allocator (mimalloc in this build) above them.
     let (_, status) = restarted.admin(Method::GET, "/v1/status", None).await;
-    assert!(status.is_object());
+    let memory = &status["memory"];
+    assert_eq!(memory["governance_consumers"], 7, "{status}");
+    let governance = memory["governance_bytes"].as_u64().unwrap();
+    assert!(governance > 0, "{status}");
+    assert!(
+        memory["rss_bytes"].as_u64().unwrap() > governance,
+        "{status}"
+    );
+    assert!(
+        memory["allocator_committed_bytes"].as_u64().unwrap() > governance,
+        "{status}"
+    );
+    assert_eq!(memory["rollup_cache_budget_bytes"], 64 << 20, "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -189,6 +189,106 @@ async fn with_postgres_down_the_gateway_serves_and_admin_writes_answer_503() {
     assert_eq!(get_with_key(&a, "/pets/1", &key).await.0, 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_while_postgres_is_down_serves_the_keys_it_knew() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    pg.create_database("clientele");
+    let up = start_upstream().await;
+    let mut a = node(up.addr, &pg.url("clientele")).await;
+    let (_, key) = a.consumer_with_key("acme", Some("pro")).await;
+    assert_eq!(get_with_key(&a, "/pets/1", &key).await.0, 200);
+    // The node's copy follows the key reload (every 500 ms when the control version moved).
+    let copy = a.dir.path().join("data").join("postgres-copy.json");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = std::fs::read_to_string(&copy).unwrap_or_default();
+        if text.contains("\"acme\"") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no copy at {}", copy.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!text.contains(&key), "the copy holds the plaintext key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&copy).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "the copy holds the key secret: owner only"
+        );
+    }
+
+    // Stopped, then started again while the database is down.
+    assert!(a.terminate().success());
+    pg.stop();
+    let dir = std::mem::replace(&mut a.dir, tempfile::tempdir().unwrap());
+    let config = dir.path().join("clientele.toml");
+    let b = Server::spawn(dir, &config, a.gateway, a.admin).await;
+    let stderr = b.stderr();
+    assert!(
+        stderr.contains(
+            "PostgreSQL is unreachable at start-up: serving the keys of this node's copy"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(
+        get_with_key(&b, "/pets/1", &key).await.0,
+        200,
+        "{}",
+        b.stderr()
+    );
+    assert_eq!(
+        get_with_key(&b, "/pets/1", "ck_not_a_key_0123456789abcdef")
+            .await
+            .0,
+        401
+    );
+    let write = || async {
+        send(
+            Method::POST,
+            &format!("http://{}/v1/consumers", b.admin),
+            &[
+                ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
+                ("content-type", "application/json"),
+            ],
+            Some(json!({"id": "globex"}).to_string().into()),
+        )
+        .await
+        .unwrap()
+    };
+    let (status, headers, _) = write().await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["content-type"], "application/problem+json");
+    // Consumer reads answer the copy's consumers.
+    let (status, consumers) = b.admin(Method::GET, "/v1/consumers", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(consumers["consumers"][0]["id"], "acme", "{consumers}");
+
+    // Back: the first call to reach it catches up, and a key made now works at once.
+    pg.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, _, body) = write().await;
+        if status == 201 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes did not resume: {status} {}\n{}",
+            String::from_utf8_lossy(&body),
+            b.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, later) = b.consumer_with_key("initech", None).await;
+    assert_eq!(get_with_key(&b, "/pets/1", &later).await.0, 200);
+    assert_eq!(get_with_key(&b, "/pets/1", &key).await.0, 200);
+}
+
 /// `clientele migrate --config FILE` with only `[storage]` set.
 fn migrate(dir: &std::path::Path, url: &str) -> std::process::Output {
     let config = dir.join("migrate.toml");
