@@ -6,11 +6,11 @@
 #
 # Usage: bash scripts/soak.sh     (env: MINUTES=30 CONSUMERS=10000 CONNS=32 SAMPLE_SECS=10
 #        WARMUP_FRACTION=0.2 CACHE_MIB=64 BIN=path/to/clientele to skip the release build)
-# Output: one line per sample (elapsed s, RSS MiB, then the parts GET /v1/status counts: the
-# allocator's committed MiB, governance features, the rollup cache, sessions and open rollup
-# series), the slope after warm-up in
-# MiB/min, and the change between the first and last post-warm-up samples; the samples are also
-# written to bench-results/soak-<timestamp>.csv.
+# Output: one line per sample (elapsed s, RSS MiB, then what GET /v1/status counts: the
+# allocator's committed MiB, governance features MiB, the rollup cache MiB, sessions and open
+# rollup series), then the RSS slope after warm-up in MiB/min, the change between the first
+# and last post-warm-up samples and between the first and last 5-minute means; the samples
+# are also written to bench-results/soak-<timestamp>.csv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES="${MINUTES:-30}" CONSUMERS="${CONSUMERS:-10000}" CONNS="${CONNS:-32}"
@@ -154,5 +154,18 @@ slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for
 change = (ys[-1] - ys[0]) / ys[0] * 100
 print("after warm-up: RSS %.1f -> %.1f MiB (%+.1f%%), slope %+.2f MiB/min over %.1f min"
       % (ys[0], ys[-1], change, slope, xs[-1] - xs[0]))
+# RSS swings by tens of MiB within a minute (the minute flush builds and frees buckets), so
+# single samples are noisy: the means of the first and last 5 minutes after warm-up too.
+def mean(col, rs):
+    vals = [float(r[col]) for r in rs if r.get(col)]
+    return sum(vals) / len(vals) if vals else float("nan")
+t0, t1 = xs[0], xs[-1]
+first = [r for r, x in zip(rows, xs) if x < t0 + 5]
+last = [r for r, x in zip(rows, xs) if x > t1 - 5]
+a, b = mean("rss_mib", first), mean("rss_mib", last)
+print("after warm-up, 5-minute means: RSS %.1f -> %.1f MiB (%+.1f%%)" % (a, b, (b - a) / a * 100))
+for col, what in [("governance_mib", "governance features"), ("rollup_cache_mib", "rollup cache"),
+                  ("committed_mib", "allocator committed")]:
+    print("  %s: %.1f -> %.1f MiB" % (what, mean(col, first), mean(col, last)))
 PY
 echo "samples: $csv"
